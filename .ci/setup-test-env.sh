@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates the unprivileged test user (with subordinate uid/gid ranges) and a
+# directory of built binaries that user can read. Prints `export` lines for
+# the environment the end-to-end tests read (see tests/src/lib.rs).
+#
+#   eval "$(.ci/setup-test-env.sh target/release)"
+set -euo pipefail
+
+bindir_src=${1:?usage: setup-test-env.sh TARGET_PROFILE_DIR}
+user=${SDK_E2E_USER:-sdktest}
+bin=/opt/sdk-e2e/bin
+
+if ! getent passwd "$user" >/dev/null; then
+  useradd --create-home --shell /bin/sh "$user"
+fi
+# 65536 subordinate ids each, at a fixed start so runs are comparable.
+grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
+grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
+
+mkdir -p "$bin"
+for b in sdk-run sdk-tools; do
+  install -m 0755 "$bindir_src/$b" "$bin/$b"
+done
+
+echo "export SDK_E2E_USER=$user"
+echo "export SDK_E2E_BIN=$bin"

@@ -1,0 +1,28 @@
+//! Exit codes are an interface. The inner command's status passes through
+//! unchanged; sdk-run's own failures use codes a script can tell apart.
+
+/// Bad input: a malformed flag, unknown sandbox, missing path. Nothing changed.
+pub const USAGE: i32 = 2;
+/// sdk-run itself failed (a syscall, a helper tool) after input was accepted.
+pub const FAILURE: i32 = 125;
+/// The command inside could not be executed (like `env`, `docker run`).
+pub const CANNOT_EXEC: i32 = 126;
+/// The command inside was not found.
+pub const NOT_FOUND: i32 = 127;
+
+/// An error that is the user's to fix: printed as one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Map an error chain to the exit code it deserves.
+pub fn code_for(err: &anyhow::Error) -> i32 {
+    if err
+        .chain()
+        .any(|e| e.downcast_ref::<UsageError>().is_some())
+    {
+        USAGE
+    } else {
+        FAILURE
+    }
+}

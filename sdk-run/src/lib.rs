@@ -1,0 +1,7 @@
+//! sdk-run: the host launcher. Owns the CLI, the sandbox lifecycle
+//! (namespaces, id maps, mounts, devices, enter) and the rootfs store.
+//! It does not build packages or images: that is `sdk-tools`, which it binds
+//! into every sandbox.
+
+pub mod cli;
+pub mod exit;

@@ -1,0 +1,80 @@
+//! The multi-call command line. `argv[0]` picks the verb when the binary is
+//! invoked through a link named after it; otherwise the first argument does.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{Parser, Subcommand};
+
+/// Verbs reachable through a link of the same name (multi-call).
+pub const MULTICALL_NAMES: &[&str] = &[];
+
+/// The SDK's in-sandbox toolchain.
+#[derive(Debug, Parser)]
+#[command(name = "sdk-tools", version)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG also works.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the multi-call names, one a line (used by sdk-run to fill PATH).
+    ListTools,
+}
+
+/// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
+/// through a multi-call link.
+pub fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(argv0) = args.first() else {
+        return args;
+    };
+    let name = Path::new(argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if MULTICALL_NAMES.contains(&name.as_str()) {
+        args.insert(0, OsString::from("sdk-tools"));
+    }
+    args
+}
+
+/// Parse, run, and return the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let cli = Cli::parse_from(normalize_args(args));
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::ListTools => {
+            for name in MULTICALL_NAMES {
+                println!("{name}");
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            crate::exit::code_for(&err)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

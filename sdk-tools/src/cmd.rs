@@ -1,0 +1,159 @@
+//! The one helper that runs external tools (mkfs.*, mcopy, qemu-img, dpkg,
+//! ...): logs the command line, checks the exit status, and keeps the tail
+//! of stderr for the error. Never call `.output()?` and ignore the status.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+/// How many bytes of stderr a failure message keeps.
+const STDERR_TAIL: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error("cannot start `{cmd}`: {source}; is it installed and on PATH?")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmd}` failed ({status}): {stderr_tail}")]
+    Failed {
+        cmd: String,
+        status: std::process::ExitStatus,
+        stderr_tail: String,
+    },
+    #[error("`{cmd}` printed output that is not UTF-8")]
+    NotUtf8 { cmd: String },
+}
+
+/// Render a command line for logs and errors, quoting what needs it.
+pub fn display(cmd: &Command) -> String {
+    let mut out = String::new();
+    out.push_str(&quote(cmd.get_program()));
+    for arg in cmd.get_args() {
+        out.push(' ');
+        out.push_str(&quote(arg));
+    }
+    out
+}
+
+fn quote(s: &OsStr) -> String {
+    let s = s.to_string_lossy();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+/// Extension trait: run a command and check its status.
+pub trait CommandExt {
+    /// Run with stdout/stderr captured; fail with the stderr tail on a
+    /// non-zero status. Returns stdout.
+    fn run_capture(&mut self) -> Result<Vec<u8>, CmdError>;
+    /// Like `run_capture`, but the stdout is returned as a `String`.
+    fn run_stdout(&mut self) -> Result<String, CmdError>;
+    /// Run with stdout passed through (or wherever it was set) and stderr
+    /// captured for the error message.
+    fn run_checked(&mut self) -> Result<(), CmdError>;
+}
+
+impl CommandExt for Command {
+    fn run_capture(&mut self) -> Result<Vec<u8>, CmdError> {
+        let shown = display(self);
+        tracing::debug!(cmd = %shown, "running");
+        let out = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| CmdError::Spawn {
+                cmd: shown.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(CmdError::Failed {
+                cmd: shown,
+                status: out.status,
+                stderr_tail: tail(&out.stderr),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    fn run_stdout(&mut self) -> Result<String, CmdError> {
+        let shown = display(self);
+        let out = self.run_capture()?;
+        String::from_utf8(out).map_err(|_| CmdError::NotUtf8 { cmd: shown })
+    }
+
+    fn run_checked(&mut self) -> Result<(), CmdError> {
+        let shown = display(self);
+        tracing::debug!(cmd = %shown, "running");
+        let mut child = self
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| CmdError::Spawn {
+                cmd: shown.clone(),
+                source,
+            })?;
+        let mut err = Vec::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = stderr.read_to_end(&mut err);
+        }
+        let status = child.wait().map_err(|source| CmdError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+        if !status.success() {
+            return Err(CmdError::Failed {
+                cmd: shown,
+                status,
+                stderr_tail: tail(&err),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_returns_stdout() {
+        let out = Command::new("sh")
+            .args(["-c", "echo hi"])
+            .run_stdout()
+            .unwrap();
+        assert_eq!(out, "hi\n");
+    }
+
+    #[test]
+    fn failure_keeps_stderr_tail_and_command() {
+        let err = Command::new("sh")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .run_capture()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("boom"), "{msg}");
+        assert!(msg.contains("'echo boom >&2; exit 3'"), "{msg}");
+        assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[test]
+    fn missing_program_says_so() {
+        let err = Command::new("no-such-tool-here").run_capture().unwrap_err();
+        assert!(matches!(err, CmdError::Spawn { .. }));
+        assert!(err.to_string().contains("installed"));
+    }
+}

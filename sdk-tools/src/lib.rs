@@ -1,0 +1,7 @@
+//! sdk-tools: the in-sandbox toolchain as a library (recipes, cross-roots,
+//! verity, GPT, filesystem builders, image outputs) plus the multi-call CLI
+//! over it. It never creates namespaces; that is `sdk-run`'s job.
+
+pub mod cli;
+pub mod cmd;
+pub mod exit;

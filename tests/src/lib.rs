@@ -1,0 +1,218 @@
+//! End-to-end test harness: runs the built `sdk-run` / `sdk-tools` binaries
+//! as an unprivileged user, in temp dirs that user owns, the way a person
+//! would. The environment comes from `.ci/setup-test-env.sh` (run by
+//! `make test`):
+//!
+//! - `SDK_E2E_USER`: the unprivileged user (with /etc/subuid and /etc/subgid
+//!   ranges) that commands run as;
+//! - `SDK_E2E_BIN`: a directory holding `sdk-run` and `sdk-tools`, readable
+//!   by that user.
+//!
+//! When the tests run as root without that environment they fail with a line
+//! saying to run `make test`; they never pass by skipping.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The user the end-to-end commands run as.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Login name; `None` means "the current user, no switch".
+    pub name: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+fn getent_passwd(name: &str) -> (u32, u32, PathBuf) {
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .expect("run getent");
+    assert!(
+        out.status.success(),
+        "test user {name} does not exist; run `make test`, which creates it"
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let f: Vec<&str> = line.trim().split(':').collect();
+    (
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+        PathBuf::from(f[5]),
+    )
+}
+
+impl TestUser {
+    /// The configured test user. Panics (fails the test) when the
+    /// environment is not set up.
+    pub fn get() -> TestUser {
+        let euid = nix_euid();
+        match std::env::var("SDK_E2E_USER") {
+            Ok(name) if !name.is_empty() => {
+                let (uid, gid, home) = getent_passwd(&name);
+                if euid == uid {
+                    TestUser {
+                        name: None,
+                        uid,
+                        gid,
+                        home,
+                    }
+                } else {
+                    assert_eq!(
+                        euid, 0,
+                        "SDK_E2E_USER={name} needs the tests to run as root (to switch to it) or as {name}"
+                    );
+                    TestUser {
+                        name: Some(name),
+                        uid,
+                        gid,
+                        home,
+                    }
+                }
+            }
+            _ => {
+                assert_ne!(
+                    euid, 0,
+                    "end-to-end tests run as root need SDK_E2E_USER; run `make test`, which sets up an unprivileged test user"
+                );
+                let name = std::env::var("USER").expect("USER");
+                let (uid, gid, home) = getent_passwd(&name);
+                TestUser {
+                    name: None,
+                    uid,
+                    gid,
+                    home,
+                }
+            }
+        }
+    }
+
+    /// A command that runs `program` as this user with a clean, predictable
+    /// environment (HOME, USER, PATH, and `XDG_DATA_HOME` inside `scratch`).
+    pub fn command(&self, scratch: &Scratch, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = match &self.name {
+            Some(name) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    &self.uid.to_string(),
+                    "--regid",
+                    &self.gid.to_string(),
+                    "--init-groups",
+                    "--",
+                ]);
+                c.arg(program);
+                c.env_clear();
+                c.env("USER", name).env("LOGNAME", name);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.env("HOME", &self.home)
+            .env("LANG", "C.UTF-8")
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir().display()),
+            )
+            .env("XDG_DATA_HOME", scratch.path().join("data"))
+            .env("XDG_RUNTIME_DIR", scratch.path().join("run"))
+            .current_dir(scratch.path());
+        if let Ok(v) = std::env::var("RUST_LOG") {
+            cmd.env("RUST_LOG", v);
+        }
+        cmd
+    }
+}
+
+fn nix_euid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("run id -u");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Where the binaries under test live.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SDK_E2E_BIN") {
+        return PathBuf::from(dir);
+    }
+    // Fall back to the cargo target dir of this workspace (running as the
+    // developer, who can read it).
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    for profile in ["release", "debug"] {
+        let d = target.join(profile);
+        if d.join("sdk-run").exists() {
+            return d;
+        }
+    }
+    panic!("no built sdk-run found; run `make test` (or set SDK_E2E_BIN)");
+}
+
+/// A temporary directory owned by the test user, removed on drop.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new(user: &TestUser) -> Scratch {
+        let base = std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into());
+        let dir = tempfile::Builder::new()
+            .prefix("sdk-e2e-")
+            .tempdir_in(base)
+            .expect("create scratch dir");
+        for sub in ["data", "run"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        chown_r(user, dir.path());
+        std::fs::set_permissions(
+            dir.path().join("run"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        Scratch { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Give `path` (recursively) to the test user.
+pub fn chown_r(user: &TestUser, path: &Path) {
+    if user.name.is_some() {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// Run and return the output, failing the test with both streams shown when
+/// the status is not the expected one.
+pub fn run_expect(cmd: &mut Command, expected: i32) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(
+        code,
+        expected,
+        "{cmd:?} exited {code} (wanted {expected})\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run and expect success; returns stdout as a string.
+pub fn run_ok(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run_expect(cmd, 0).stdout).into_owned()
+}
