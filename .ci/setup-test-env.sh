@@ -8,7 +8,8 @@ set -euo pipefail
 
 bindir_src=${1:?usage: setup-test-env.sh TARGET_PROFILE_DIR}
 user=${SDK_E2E_USER:-sdktest}
-bin=/opt/sdk-e2e/bin
+# Developers running several checkouts side by side pick their own.
+bin=${SDK_E2E_INSTALL:-/opt/sdk-e2e/bin}
 
 if ! getent passwd "$user" >/dev/null; then
   useradd --create-home --shell /bin/sh "$user"
