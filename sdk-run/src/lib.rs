@@ -4,4 +4,10 @@
 //! into every sandbox.
 
 pub mod cli;
+pub mod cmd;
 pub mod exit;
+pub mod idmap;
+pub mod paths;
+pub mod sandbox;
+pub mod sys;
+pub mod version;

@@ -1,0 +1,425 @@
+//! User and group id maps for the sandbox's user namespace. Owns reading
+//! `/etc/subuid` / `/etc/subgid` (paths are parameters so tests use temp
+//! files), laying out the map, and writing it for a child process (through
+//! `newuidmap`/`newgidmap`, or directly where the kernel allows it). It does
+//! not create namespaces (see `sandbox::userns`).
+//!
+//! Layout of the full map, for a caller with range `START:COUNT`:
+//!
+//! ```text
+//! inside 0..999         -> START..START+999        (root and system users)
+//! inside 1000 (sdk)     -> the caller's own uid    (files on binds stay the caller's)
+//! inside 1001..COUNT    -> START+1000..START+COUNT-1
+//! ```
+//!
+//! Without a range the map is the single line `1000 CALLER 1`, with a
+//! warning: only the sdk user exists inside, there is no root.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cmd::RunExt;
+
+/// The uid (and gid) the caller has inside every sandbox: the `sdk` user.
+pub const SDK_ID: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdMapError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("cannot write the {which} map of process {pid}: {source}")]
+    Write {
+        which: &'static str,
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] crate::cmd::CmdError),
+}
+
+/// Where the subordinate id files are (`/etc/subuid`, `/etc/subgid`).
+#[derive(Debug, Clone)]
+pub struct SubIdFiles {
+    pub subuid: PathBuf,
+    pub subgid: PathBuf,
+}
+
+impl Default for SubIdFiles {
+    fn default() -> Self {
+        SubIdFiles {
+            subuid: "/etc/subuid".into(),
+            subgid: "/etc/subgid".into(),
+        }
+    }
+}
+
+/// Who is asking: host uid/gid and login name (subid files may use either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    /// The calling process's real ids and its passwd name.
+    pub fn current() -> Caller {
+        let uid = nix::unistd::getuid();
+        let name = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        Caller {
+            name,
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
+    }
+}
+
+/// A range of subordinate ids from `/etc/subuid` or `/etc/subgid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub start: u32,
+    pub count: u32,
+}
+
+/// Ranges for `name` (or the numeric `id`) in a subid file's contents.
+/// Lines that are not `who:start:count` are skipped, as shadow's own
+/// parser does.
+pub fn parse_subid(contents: &str, name: Option<&str>, id: u32) -> Vec<IdRange> {
+    let id_text = id.to_string();
+    contents
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let mut f = line.split(':');
+            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+            if f.next().is_some() || !(Some(who) == name || who == id_text) {
+                return None;
+            }
+            let r = IdRange {
+                start: start.trim().parse().ok()?,
+                count: count.trim().parse().ok()?,
+            };
+            (r.count > 0).then_some(r)
+        })
+        .collect()
+}
+
+/// One line of `/proc/PID/uid_map`: `inside outside count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mapping {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// The uid and gid maps of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdMap {
+    pub uid: Vec<Mapping>,
+    pub gid: Vec<Mapping>,
+}
+
+/// Lay out `ranges` over inside ids 0.. with `own` at [`SDK_ID`].
+fn layout(own: u32, ranges: &[IdRange]) -> Vec<Mapping> {
+    let mut out = vec![Mapping {
+        inside: SDK_ID,
+        outside: own,
+        count: 1,
+    }];
+    let mut next_inside: u32 = 0;
+    for r in ranges {
+        let mut outside = r.start;
+        let mut left = r.count;
+        while left > 0 {
+            if next_inside == SDK_ID {
+                next_inside += 1;
+            }
+            // Fill up to the sdk id, or to the end of the range.
+            let room = if next_inside < SDK_ID {
+                SDK_ID - next_inside
+            } else {
+                u32::MAX - next_inside
+            };
+            let n = left.min(room);
+            if n == 0 {
+                break;
+            }
+            out.push(Mapping {
+                inside: next_inside,
+                outside,
+                count: n,
+            });
+            next_inside += n;
+            outside += n;
+            left -= n;
+        }
+    }
+    out.sort_by_key(|m| m.inside);
+    out
+}
+
+impl IdMap {
+    /// The map for `caller` from the subid files. Returns a warning line
+    /// when it had to fall back to a single mapping.
+    pub fn for_caller(
+        files: &SubIdFiles,
+        caller: &Caller,
+    ) -> Result<(IdMap, Option<String>), IdMapError> {
+        let read = |p: &Path| match std::fs::read_to_string(p) {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(IdMapError::Read(p.to_path_buf(), e)),
+        };
+        let name = caller.name.as_deref();
+        let uids = parse_subid(&read(&files.subuid)?, name, caller.uid);
+        let gids = parse_subid(&read(&files.subgid)?, name, caller.gid);
+        if uids.is_empty() || gids.is_empty() {
+            let who = name.map_or_else(|| caller.uid.to_string(), str::to_string);
+            let missing = if uids.is_empty() {
+                &files.subuid
+            } else {
+                &files.subgid
+            };
+            let warning = format!(
+                "warning: no subordinate id range for {who} in {}; using a single mapping (no root inside); add ranges with `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}`",
+                missing.display()
+            );
+            return Ok((IdMap::single(caller), Some(warning)));
+        }
+        Ok((
+            IdMap {
+                uid: layout(caller.uid, &uids),
+                gid: layout(caller.gid, &gids),
+            },
+            None,
+        ))
+    }
+
+    /// Only the caller, as the sdk user.
+    pub fn single(caller: &Caller) -> IdMap {
+        IdMap {
+            uid: layout(caller.uid, &[]),
+            gid: layout(caller.gid, &[]),
+        }
+    }
+
+    /// True when only the caller is mapped (no subordinate range).
+    pub fn is_single(&self) -> bool {
+        self.uid.len() == 1
+    }
+
+    /// True when uid 0 and gid 0 exist inside.
+    pub fn has_root(&self) -> bool {
+        self.to_host_uid(0).is_some() && to_host(&self.gid, 0).is_some()
+    }
+
+    /// The host uid of an inside uid, if mapped.
+    pub fn to_host_uid(&self, inside: u32) -> Option<u32> {
+        to_host(&self.uid, inside)
+    }
+
+    /// The host gid of an inside gid, if mapped.
+    pub fn to_host_gid(&self, inside: u32) -> Option<u32> {
+        to_host(&self.gid, inside)
+    }
+
+    /// Write both maps for process `pid`, which has just unshared its user
+    /// namespace. A caller with subordinate ranges goes through the setuid
+    /// helpers; root and the single mapping write `/proc` directly (the
+    /// kernel allows both). `proc_root` is `/proc` outside tests.
+    pub fn write_for(&self, pid: i32, proc_root: &Path) -> Result<(), IdMapError> {
+        let direct = self.is_single() || nix::unistd::geteuid().is_root();
+        if direct {
+            let dir = proc_root.join(pid.to_string());
+            if self.is_single() && !nix::unistd::geteuid().is_root() {
+                // An unprivileged gid map needs setgroups disabled first.
+                write_proc(&dir.join("setgroups"), "deny", "setgroups", pid)?;
+            }
+            write_proc(&dir.join("uid_map"), &render(&self.uid), "uid", pid)?;
+            write_proc(&dir.join("gid_map"), &render(&self.gid), "gid", pid)?;
+            return Ok(());
+        }
+        // Run both helpers at once: each is a setuid exec (~1 ms).
+        let mut uid = helper("newuidmap", pid, &self.uid);
+        let mut gid = helper("newgidmap", pid, &self.gid);
+        let a = uid.spawn_captured()?;
+        let b = gid.spawn_captured()?;
+        let ra = a.finish();
+        let rb = b.finish();
+        ra?;
+        rb?;
+        Ok(())
+    }
+}
+
+fn to_host(maps: &[Mapping], inside: u32) -> Option<u32> {
+    maps.iter()
+        .find(|m| inside >= m.inside && inside - m.inside < m.count)
+        .map(|m| m.outside + (inside - m.inside))
+}
+
+/// The map as the kernel's `uid_map` text.
+pub fn render(maps: &[Mapping]) -> String {
+    let mut s = String::new();
+    for m in maps {
+        let _ = writeln!(s, "{} {} {}", m.inside, m.outside, m.count);
+    }
+    s
+}
+
+fn helper(tool: &str, pid: i32, maps: &[Mapping]) -> Command {
+    let mut c = Command::new(tool);
+    c.arg(pid.to_string());
+    for m in maps {
+        c.args([
+            m.inside.to_string(),
+            m.outside.to_string(),
+            m.count.to_string(),
+        ]);
+    }
+    c
+}
+
+fn write_proc(path: &Path, text: &str, which: &'static str, pid: i32) -> Result<(), IdMapError> {
+    // One write(2): the kernel accepts a map only in a single write.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| IdMapError::Write { which, pid, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBUID: &str =
+        "# comment\nalice:100000:65536\nbob:200000:65536\n1002:300000:10\nbroken line\n";
+
+    fn caller(name: &str, uid: u32) -> Caller {
+        Caller {
+            name: Some(name.into()),
+            uid,
+            gid: uid,
+        }
+    }
+
+    #[test]
+    fn parses_by_name_and_by_uid() {
+        assert_eq!(
+            parse_subid(SUBUID, Some("alice"), 1001),
+            vec![IdRange {
+                start: 100000,
+                count: 65536
+            }]
+        );
+        assert_eq!(
+            parse_subid(SUBUID, Some("carol"), 1002),
+            vec![IdRange {
+                start: 300000,
+                count: 10
+            }]
+        );
+        assert!(parse_subid(SUBUID, Some("dave"), 1003).is_empty());
+        assert!(parse_subid("x:1:0\nx:a:3\nx:1:2:3\n", Some("x"), 9).is_empty());
+    }
+
+    #[test]
+    fn full_map_puts_caller_at_1000_and_root_at_range_start() {
+        let m = layout(
+            1001,
+            &[IdRange {
+                start: 100000,
+                count: 65536,
+            }],
+        );
+        assert_eq!(
+            render(&m),
+            "0 100000 1000\n1000 1001 1\n1001 101000 64536\n"
+        );
+        let map = IdMap {
+            uid: m.clone(),
+            gid: m,
+        };
+        assert_eq!(map.to_host_uid(0), Some(100000));
+        assert_eq!(map.to_host_uid(1000), Some(1001));
+        assert_eq!(map.to_host_uid(1001), Some(101000));
+        assert_eq!(map.to_host_uid(65536), Some(165535));
+        assert_eq!(map.to_host_uid(65537), None);
+        assert!(map.has_root() && !map.is_single());
+    }
+
+    #[test]
+    fn small_and_split_ranges_fill_in_order() {
+        let m = layout(
+            5,
+            &[
+                IdRange {
+                    start: 10,
+                    count: 600,
+                },
+                IdRange {
+                    start: 5000,
+                    count: 600,
+                },
+            ],
+        );
+        assert_eq!(
+            render(&m),
+            "0 10 600\n600 5000 400\n1000 5 1\n1001 5400 200\n"
+        );
+    }
+
+    #[test]
+    fn missing_range_falls_back_to_single_map_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SubIdFiles {
+            subuid: dir.path().join("subuid"),
+            subgid: dir.path().join("subgid"),
+        };
+        std::fs::write(&files.subuid, SUBUID).unwrap();
+        // No subgid file at all.
+        let (map, warn) = IdMap::for_caller(&files, &caller("alice", 1001)).unwrap();
+        assert!(map.is_single() && !map.has_root());
+        assert_eq!(render(&map.uid), "1000 1001 1\n");
+        let warn = warn.unwrap();
+        assert!(
+            warn.contains("subgid") && warn.contains("usermod"),
+            "{warn}"
+        );
+        assert!(!warn.contains('\n'));
+
+        std::fs::write(&files.subgid, SUBUID).unwrap();
+        let (map, warn) = IdMap::for_caller(&files, &caller("alice", 1001)).unwrap();
+        assert!(warn.is_none() && map.has_root());
+    }
+
+    #[test]
+    fn writes_maps_directly_for_single_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("42");
+        std::fs::create_dir(&p).unwrap();
+        for f in ["setgroups", "uid_map", "gid_map"] {
+            std::fs::write(p.join(f), "").unwrap();
+        }
+        let map = IdMap::single(&caller("a", 1234));
+        map.write_for(42, dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p.join("uid_map")).unwrap(),
+            "1000 1234 1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join("gid_map")).unwrap(),
+            "1000 1234 1\n"
+        );
+    }
+}

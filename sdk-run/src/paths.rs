@@ -1,0 +1,149 @@
+//! Where sdk-run keeps its state. Owns the layout of the state directory
+//! (`$XDG_DATA_HOME/sdk-run/`, default `~/.local/share/sdk-run/`); it does
+//! not create or lock anything (see `sandbox::lock` for that).
+//!
+//! ```text
+//! sdk-run/
+//!   images/<digest>/            unpacked SDK rootfs bases (the image store)
+//!   sandboxes/<name>/
+//!     config.json               what the sandbox was created with
+//!     state.json                init pid, start time, namespace ids (when started)
+//!     lock                      flock(2) around create/start/stop/remove
+//!     rootfs/                   a rootfs extracted from a tarball (RootfsSpec::Bind)
+//!     upper/ work/              the writable overlay layer (RootfsSpec::Overlay)
+//!     mnt/                      where the sandbox's root is assembled (inside its
+//!                               mount namespace only; empty on the host)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::exit::UsageError;
+
+/// The state directory root (`.../sdk-run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// `$XDG_DATA_HOME/sdk-run`, or `$HOME/.local/share/sdk-run`.
+    pub fn from_env() -> Result<StateDir, UsageError> {
+        Self::from_vars(
+            std::env::var_os("XDG_DATA_HOME").map(PathBuf::from),
+            std::env::var_os("HOME").map(PathBuf::from),
+        )
+    }
+
+    /// Same as [`StateDir::from_env`] with the variables passed in (tests).
+    pub fn from_vars(
+        xdg_data_home: Option<PathBuf>,
+        home: Option<PathBuf>,
+    ) -> Result<StateDir, UsageError> {
+        // The XDG spec says a relative value is invalid and must be ignored.
+        if let Some(x) = xdg_data_home.filter(|p| p.is_absolute()) {
+            return Ok(StateDir::at(x.join("sdk-run")));
+        }
+        match home.filter(|p| p.is_absolute()) {
+            Some(h) => Ok(StateDir::at(h.join(".local/share/sdk-run"))),
+            None => Err(UsageError(
+                "neither XDG_DATA_HOME nor HOME is set to an absolute path; set one so sdk-run knows where to keep its state".into(),
+            )),
+        }
+    }
+
+    /// A state directory at an explicit place.
+    pub fn at(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `images/`: the content-addressed store of unpacked rootfs bases.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// `images/<digest>/`.
+    pub fn image(&self, digest: &str) -> PathBuf {
+        self.images().join(digest)
+    }
+
+    /// `sandboxes/`.
+    pub fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// The paths of one sandbox (the name must already be validated, see
+    /// [`crate::sandbox::validate_name`]).
+    pub fn sandbox(&self, name: &str) -> SandboxPaths {
+        SandboxPaths {
+            dir: self.sandboxes().join(name),
+        }
+    }
+}
+
+/// The files of one sandbox under `sandboxes/<name>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    pub dir: PathBuf,
+}
+
+impl SandboxPaths {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    /// Extracted rootfs (from a tarball) for `RootfsSpec::Bind`.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    /// Overlay upper directory for `RootfsSpec::Overlay`.
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    /// Overlay work directory for `RootfsSpec::Overlay`.
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    /// Mount point where the sandbox root is assembled before `pivot_root`.
+    pub fn mnt(&self) -> PathBuf {
+        self.dir.join("mnt")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdg_wins_over_home() {
+        let s = StateDir::from_vars(Some("/x".into()), Some("/home/a".into())).unwrap();
+        assert_eq!(s.root(), Path::new("/x/sdk-run"));
+        assert_eq!(
+            s.sandbox("n").state(),
+            Path::new("/x/sdk-run/sandboxes/n/state.json")
+        );
+        assert_eq!(
+            s.image("sha256-ab"),
+            Path::new("/x/sdk-run/images/sha256-ab")
+        );
+    }
+
+    #[test]
+    fn relative_xdg_is_ignored() {
+        let s = StateDir::from_vars(Some("rel".into()), Some("/home/a".into())).unwrap();
+        assert_eq!(s.root(), Path::new("/home/a/.local/share/sdk-run"));
+    }
+
+    #[test]
+    fn nothing_set_is_a_usage_error() {
+        assert!(StateDir::from_vars(None, None).is_err());
+    }
+}

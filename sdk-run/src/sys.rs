@@ -1,0 +1,329 @@
+//! The narrow syscall surface of the sandbox. Owns every namespace, mount
+//! and process call sdk-run makes, behind the [`Sys`] trait so the order of
+//! calls can be checked by unit tests without root ([`Recorder`]). Almost
+//! all of sdk-run's `unsafe` lives here, each block with its reason.
+//!
+//! It does not decide *what* to mount; `sandbox::mounts` does.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+/// Namespace, mount and file calls used to build and join a sandbox.
+pub trait Sys {
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
+    fn setns(&self, fd: BorrowedFd<'_>, kind: CloneFlags) -> Result<(), Errno>;
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
+    /// Make a mount and everything below it read-only (`mount_setattr`).
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno>;
+    /// `chdir(new_root); pivot_root(".", "."); umount2(".", MNT_DETACH); chdir("/")`:
+    /// the old root is stacked under the new one and detached.
+    fn pivot_root(&self, new_root: &Path) -> Result<(), Errno>;
+    fn sethostname(&self, name: &str) -> Result<(), Errno>;
+    /// `mkdir -p`, mode 0755 for what it creates.
+    fn mkdir_all(&self, path: &Path) -> Result<(), Errno>;
+    /// Create an empty file (a bind-mount target) if it does not exist.
+    fn touch(&self, path: &Path) -> Result<(), Errno>;
+    fn symlink(&self, target: &str, link: &Path) -> Result<(), Errno>;
+}
+
+/// The real thing.
+pub struct Linux;
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl Sys for Linux {
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        nix::sched::unshare(flags)
+    }
+    fn setns(&self, fd: BorrowedFd<'_>, kind: CloneFlags) -> Result<(), Errno> {
+        nix::sched::setns(fd, kind)
+    }
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
+        mount_setattr_rdonly(target)
+    }
+    fn pivot_root(&self, new_root: &Path) -> Result<(), Errno> {
+        nix::unistd::chdir(new_root)?;
+        nix::unistd::pivot_root(".", ".")?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")
+    }
+    fn sethostname(&self, name: &str) -> Result<(), Errno> {
+        nix::unistd::sethostname(name)
+    }
+    fn mkdir_all(&self, path: &Path) -> Result<(), Errno> {
+        std::fs::create_dir_all(path).map_err(io_errno)
+    }
+    fn touch(&self, path: &Path) -> Result<(), Errno> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_errno(e)),
+        }
+    }
+    fn symlink(&self, target: &str, link: &Path) -> Result<(), Errno> {
+        match std::os::unix::fs::symlink(target, link) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_errno(e)),
+        }
+    }
+}
+
+/// A [`Sys`] that only records the calls, for unit tests of sequences.
+#[derive(Default)]
+pub struct Recorder {
+    pub calls: std::cell::RefCell<Vec<String>>,
+}
+
+impl Recorder {
+    fn push(&self, s: String) -> Result<(), Errno> {
+        self.calls.borrow_mut().push(s);
+        Ok(())
+    }
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.calls.borrow_mut())
+    }
+}
+
+impl Sys for Recorder {
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        self.push(format!("unshare {flags:?}"))
+    }
+    fn setns(&self, _fd: BorrowedFd<'_>, kind: CloneFlags) -> Result<(), Errno> {
+        self.push(format!("setns {kind:?}"))
+    }
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        self.push(format!(
+            "mount {} {} {} {:?} {}",
+            source.map_or("-".into(), |s| s.display().to_string()),
+            target.display(),
+            fstype.unwrap_or("-"),
+            flags,
+            data.unwrap_or("-")
+        ))
+    }
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
+        self.push(format!("readonly {}", target.display()))
+    }
+    fn pivot_root(&self, new_root: &Path) -> Result<(), Errno> {
+        self.push(format!("pivot_root {}", new_root.display()))
+    }
+    fn sethostname(&self, name: &str) -> Result<(), Errno> {
+        self.push(format!("sethostname {name}"))
+    }
+    fn mkdir_all(&self, path: &Path) -> Result<(), Errno> {
+        self.push(format!("mkdir {}", path.display()))
+    }
+    fn touch(&self, path: &Path) -> Result<(), Errno> {
+        self.push(format!("touch {}", path.display()))
+    }
+    fn symlink(&self, target: &str, link: &Path) -> Result<(), Errno> {
+        self.push(format!("symlink {target} {}", link.display()))
+    }
+}
+
+// ---- calls nix does not wrap -------------------------------------------
+
+fn cpath(p: &Path) -> Result<CString, Errno> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// `mount_setattr(AT_FDCWD, target, AT_RECURSIVE, {attr_set: MOUNT_ATTR_RDONLY})`
+/// (Linux 5.12): read-only for a whole bind tree in one call, without
+/// having to repeat each mount's locked flags as `MS_REMOUNT` would.
+fn mount_setattr_rdonly(target: &Path) -> Result<(), Errno> {
+    let c = cpath(target)?;
+    let mut attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `c` is a valid NUL-terminated path and `attr` a valid
+    // mount_attr that outlives the call; the size passed is its size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &mut attr as *mut libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `fork(2)`.
+///
+/// Only call it while the process is single-threaded, or from code that
+/// only does async-signal-safe work (and allocations, which glibc makes
+/// fork-safe) in the child.
+pub fn fork() -> Result<nix::unistd::ForkResult, Errno> {
+    // SAFETY: sdk-run is single-threaded where it forks (it starts no
+    // threads); library callers are told the same in `sandbox::userns`.
+    unsafe { nix::unistd::fork() }
+}
+
+/// A pidfd for `pid` (Linux 5.3): poll it to wait for a process that is
+/// not our child, and signal it without racing pid reuse.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal`.
+pub fn pidfd_kill(fd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
+    // SAFETY: plain syscall; a null siginfo means "as kill(2) would".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Close every fd from `first` up, except `keep` (in the sandbox init,
+/// which must not hold the launcher's lock or pipes).
+pub fn close_fds_from(first: RawFd, keep: &[RawFd]) {
+    let mut lo = first;
+    let mut sorted = keep.to_vec();
+    sorted.sort_unstable();
+    for k in sorted.into_iter().filter(|&k| k >= first) {
+        if k > lo {
+            close_range(lo, k - 1);
+        }
+        lo = k + 1;
+    }
+    close_range(lo, RawFd::MAX);
+}
+
+fn close_range(lo: RawFd, hi: RawFd) {
+    // SAFETY: close_range only closes fds; the callers own the process's
+    // fd table at this point (the init after fork).
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            lo as libc::c_uint,
+            hi as libc::c_uint,
+            0,
+        );
+    }
+}
+
+/// The window size of a terminal.
+pub fn get_winsize(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the valid struct we pass.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (r == 0).then_some(ws)
+}
+
+/// Set the window size of a terminal (the pty master).
+pub fn set_winsize(fd: BorrowedFd<'_>, ws: &libc::winsize) {
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid struct we pass.
+    unsafe {
+        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize);
+    }
+}
+
+/// Open the peer (slave) of a pty master without a path lookup
+/// (`TIOCGPTPEER`, Linux 4.13): it is always the master's own devpts.
+pub fn open_pty_peer(master: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
+    let fd = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Make `fd` (a terminal) the controlling terminal of this session leader.
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY with arg 0 only changes this process's session.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// Bring the loopback interface up in a fresh network namespace.
+pub fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own for the duration of the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    Errno::result(r).map(drop)
+}
+
+/// Reset every signal to its default disposition and unblock all of them
+/// (before exec: Rust ignores SIGPIPE, and the launcher blocks signals).
+pub fn reset_signals() {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: setting SIG_DFL installs no Rust handler.
+            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
