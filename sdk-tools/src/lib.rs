@@ -2,6 +2,9 @@
 //! verity, GPT, filesystem builders, image outputs) plus the multi-call CLI
 //! over it. It never creates namespaces; that is `sdk-run`'s job.
 
+pub mod board;
 pub mod cli;
 pub mod cmd;
 pub mod exit;
+pub mod packages;
+pub mod strict;
