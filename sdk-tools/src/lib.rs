@@ -6,5 +6,6 @@ pub mod board;
 pub mod cli;
 pub mod cmd;
 pub mod exit;
+pub mod image;
 pub mod packages;
 pub mod strict;

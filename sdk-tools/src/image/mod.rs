@@ -1,0 +1,27 @@
+//! Image assembly: `build_image`, `build_sysext` and the OCI export/import
+//! of the OS tree. Turns installed packages (or a staging root) into a GPT
+//! disk image with A/B USR partitions under dm-verity and the outputs that
+//! describe it. The on-disk formats themselves (verity, GPT, filesystems)
+//! live in `verity`, `disk` and `fs`; this module decides what goes where.
+
+pub mod contents;
+pub mod derive;
+pub mod oci;
+pub mod outputs;
+pub mod sbom;
+pub mod tree;
+pub mod usr;
+
+/// What the outputs say about one installed package (from its metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageInfo {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// SPDX license expression, when the package declares one.
+    pub license: Option<String>,
+    /// sha256 of the binary package archive.
+    pub sha256: Option<String>,
+    /// Runtime dependencies (package names).
+    pub depends: Vec<String>,
+}

@@ -1,0 +1,486 @@
+//! The OS tree as an OCI image archive (`build_image --oci OUT.tar`) and
+//! back (`build_image --from-oci IN.tar`).
+//!
+//! Export writes one gzip layer holding the installed tree with the owners
+//! and modes of the package metadata, a config and a manifest, packed as an
+//! OCI image layout in a tar (what `skopeo inspect oci-archive:OUT.tar`
+//! reads and umoci/podman can layer on). Everything is deterministic: tar
+//! headers carry SOURCE_DATE_EPOCH and numeric owners, gzip has no name or
+//! time, and the single annotation keeps index.json stable.
+//!
+//! Import reads such an archive (or any single-platform OCI archive with
+//! tar, tar+gzip or tar+zstd layers), checks every blob against its digest,
+//! and applies the layers in order with whiteouts onto a staging tree.
+//!
+//! Spec: <https://github.com/opencontainers/image-spec> (image-layout.md,
+//! manifest.md, config.md, layer.md for whiteouts).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, DescriptorBuilder, Digest, HistoryBuilder, ImageConfiguration,
+    ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder,
+    MediaType, Os, RootFsBuilder,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::tree::{Tree, TreeError, clean_path, hash_file};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {msg}", path.display())]
+    Bad { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("OCI metadata: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OciError + use<> {
+    let path = path.to_path_buf();
+    move |source| OciError::Io { op, path, source }
+}
+
+/// A writer that hashes and counts what passes through.
+struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> HashWriter<W> {
+    fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+    fn finish(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.len)
+    }
+}
+
+fn sha256_digest(hex: &str) -> Result<Digest, OciError> {
+    Ok(format!("sha256:{hex}").parse()?)
+}
+
+/// What the exported image says about itself.
+pub struct ExportInfo<'a> {
+    /// GOARCH name (`amd64`, `arm64`).
+    pub arch: &'a str,
+    /// The tag recorded as `org.opencontainers.image.ref.name`.
+    pub tag: &'a str,
+    pub epoch: u64,
+    /// Labels for the image config (OS id, version, board).
+    pub labels: Vec<(String, String)>,
+}
+
+/// Write `tree` as a one-layer OCI image archive at `out` (atomically:
+/// a temporary file next to it, then a rename). Returns the manifest
+/// digest.
+pub fn export(tree: &Tree, out: &Path, info: &ExportInfo<'_>) -> Result<String, OciError> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(".oci-")
+        .tempdir_in(dir)
+        .map_err(io_err("create a temporary directory in", dir))?;
+
+    // The layer: tar -> (diff_id hasher) -> gzip -> (digest hasher) -> file.
+    let layer_path = work.path().join("layer");
+    let file = File::create(&layer_path).map_err(io_err("create", &layer_path))?;
+    let compressed = HashWriter::new(BufWriter::new(file));
+    let gz = flate2::GzBuilder::new().write(compressed, flate2::Compression::new(6));
+    let diff = HashWriter::new(gz);
+    let diff = tree.write_tar(diff, info.epoch)?;
+    let (gz, diff_id, _) = diff.finish();
+    let compressed = gz.finish().map_err(io_err("compress", &layer_path))?;
+    let (mut file, layer_digest, layer_size) = compressed.finish();
+    file.flush().map_err(io_err("write", &layer_path))?;
+    drop(file);
+
+    let created = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.epoch),
+    )
+    .to_string();
+    let labels: HashMap<String, String> = info.labels.iter().cloned().collect();
+    let config = ImageConfigurationBuilder::default()
+        .created(created.clone())
+        .architecture(Arch::from(info.arch))
+        .os(Os::Linux)
+        .config(ConfigBuilder::default().labels(labels).build()?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![format!("sha256:{diff_id}")])
+                .build()?,
+        )
+        .history(vec![
+            HistoryBuilder::default()
+                .created(created)
+                .created_by(format!("sdk-tools build_image --oci ({})", info.tag))
+                .build()?,
+        ])
+        .build()?;
+    // serde_json writes map keys in order only for BTreeMap; labels are a
+    // HashMap in oci-spec, so canonicalize through serde_json::Value
+    // (whose maps are sorted) for stable bytes.
+    let config_json = canonical_json(&config)?;
+    let config_digest = hex::encode(Sha256::digest(&config_json));
+
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageConfig)
+                .digest(sha256_digest(&config_digest)?)
+                .size(config_json.len() as u64)
+                .build()?,
+        )
+        .layers(vec![
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageLayerGzip)
+                .digest(sha256_digest(&layer_digest)?)
+                .size(layer_size)
+                .build()?,
+        ])
+        .build()?;
+    let manifest_json = canonical_json(&manifest)?;
+    let manifest_digest = hex::encode(Sha256::digest(&manifest_json));
+
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageManifest)
+                .digest(sha256_digest(&manifest_digest)?)
+                .size(manifest_json.len() as u64)
+                .annotations(HashMap::from([(
+                    "org.opencontainers.image.ref.name".to_string(),
+                    info.tag.to_string(),
+                )]))
+                .build()?,
+        ])
+        .build()?;
+    let index_json = canonical_json(&index)?;
+
+    let tmp_out = work.path().join("archive.tar");
+    let f = File::create(&tmp_out).map_err(io_err("create", &tmp_out))?;
+    let mut b = tar::Builder::new(BufWriter::new(f));
+    let epoch = info.epoch;
+    let add = |b: &mut tar::Builder<BufWriter<File>>,
+               name: &str,
+               size: u64,
+               data: &mut dyn Read,
+               dir: bool|
+     -> io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(epoch);
+        h.set_uid(0);
+        h.set_gid(0);
+        if dir {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(size);
+        }
+        b.append_data(&mut h, name, data)
+    };
+    let werr = io_err("write", &tmp_out);
+    (|| -> io::Result<()> {
+        let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+        add(
+            &mut b,
+            "oci-layout",
+            layout.len() as u64,
+            &mut &layout[..],
+            false,
+        )?;
+        add(
+            &mut b,
+            "index.json",
+            index_json.len() as u64,
+            &mut &index_json[..],
+            false,
+        )?;
+        add(&mut b, "blobs/", 0, &mut io::empty(), true)?;
+        add(&mut b, "blobs/sha256/", 0, &mut io::empty(), true)?;
+        let mut blobs: Vec<(String, Box<dyn Read>, u64)> = vec![
+            (
+                config_digest.clone(),
+                Box::new(io::Cursor::new(config_json.clone())),
+                config_json.len() as u64,
+            ),
+            (
+                manifest_digest.clone(),
+                Box::new(io::Cursor::new(manifest_json.clone())),
+                manifest_json.len() as u64,
+            ),
+            (
+                layer_digest.clone(),
+                Box::new(BufReader::new(File::open(&layer_path)?)),
+                layer_size,
+            ),
+        ];
+        blobs.sort_by(|a, b| a.0.cmp(&b.0));
+        for (digest, mut r, size) in blobs {
+            add(
+                &mut b,
+                &format!("blobs/sha256/{digest}"),
+                size,
+                &mut r,
+                false,
+            )?;
+        }
+        let mut w = b.into_inner()?;
+        w.flush()?;
+        w.get_ref().sync_all()
+    })()
+    .map_err(werr)?;
+    fs::rename(&tmp_out, out).map_err(io_err("rename into place", out))?;
+    Ok(format!("sha256:{manifest_digest}"))
+}
+
+fn canonical_json(v: &impl serde::Serialize) -> Result<Vec<u8>, OciError> {
+    let value = serde_json::to_value(v).map_err(|e| OciError::Bad {
+        path: PathBuf::from("json"),
+        msg: e.to_string(),
+    })?;
+    serde_json::to_vec(&value).map_err(|e| OciError::Bad {
+        path: PathBuf::from("json"),
+        msg: e.to_string(),
+    })
+}
+
+/// What an imported archive was.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// GOARCH of the image config.
+    pub arch: String,
+    pub layers: usize,
+    /// The manifest digest (`sha256:...`).
+    pub manifest: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// Apply the image in the OCI archive `archive` onto `tree`. `work` is a
+/// scratch directory for the unpacked blobs.
+pub fn import(archive: &Path, tree: &mut Tree, work: &Path) -> Result<Imported, OciError> {
+    let bad = |msg: String| OciError::Bad {
+        path: archive.to_path_buf(),
+        msg,
+    };
+    let blobs = work.join("oci");
+    fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
+    let f = File::open(archive).map_err(io_err("open", archive))?;
+    let mut ar = tar::Archive::new(BufReader::new(f));
+    for entry in ar.entries().map_err(io_err("read", archive))? {
+        let mut entry = entry.map_err(io_err("read", archive))?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let raw = entry
+            .path()
+            .map_err(io_err("read", archive))?
+            .to_string_lossy()
+            .into_owned();
+        let Some(path) = clean_path(&raw) else {
+            return Err(bad(format!("entry `{raw}` has an unsafe path")));
+        };
+        let keep = path == "index.json"
+            || path == "oci-layout"
+            || (path.starts_with("blobs/") && path.split('/').count() == 3);
+        if !keep {
+            continue;
+        }
+        let dest = blobs.join(&path);
+        if let Some(p) = dest.parent() {
+            fs::create_dir_all(p).map_err(io_err("create", p))?;
+        }
+        let mut out = File::create(&dest).map_err(io_err("create", &dest))?;
+        io::copy(&mut entry, &mut out).map_err(io_err("write", &dest))?;
+    }
+    let index_path = blobs.join("index.json");
+    if !index_path.exists() {
+        return Err(bad(
+            "no index.json: not an OCI image archive (make one with `build_image --oci` or `skopeo copy ... oci-archive:FILE`)".into(),
+        ));
+    }
+    let blob = |d: &Digest| -> Result<PathBuf, OciError> {
+        let p = blobs
+            .join("blobs")
+            .join(d.algorithm().as_ref())
+            .join(d.digest());
+        if !p.exists() {
+            return Err(bad(format!("blob {d} is missing")));
+        }
+        if d.algorithm().as_ref() == "sha256" {
+            let (_, sum) = hash_file(&p).map_err(io_err("hash", &p))?;
+            if hex::encode(sum) != d.digest() {
+                return Err(bad(format!(
+                    "blob {d} does not match its digest (corrupt archive)"
+                )));
+            }
+        }
+        Ok(p)
+    };
+    let index = ImageIndex::from_file(&index_path).map_err(|e| bad(format!("index.json: {e}")))?;
+    let mut desc = index
+        .manifests()
+        .first()
+        .cloned()
+        .ok_or_else(|| bad("index.json lists no image".into()))?;
+    if index.manifests().len() > 1 {
+        tracing::warn!(archive = %archive.display(), "archive holds several images; using the first");
+    }
+    // A nested index (multi-platform) is followed one level.
+    if *desc.media_type() == MediaType::ImageIndex {
+        let inner = ImageIndex::from_file(blob(desc.digest())?)
+            .map_err(|e| bad(format!("nested index: {e}")))?;
+        desc = inner
+            .manifests()
+            .first()
+            .cloned()
+            .ok_or_else(|| bad("nested index lists no image".into()))?;
+    }
+    let manifest = ImageManifest::from_file(blob(desc.digest())?)
+        .map_err(|e| bad(format!("manifest: {e}")))?;
+    let config = ImageConfiguration::from_file(blob(manifest.config().digest())?)
+        .map_err(|e| bad(format!("config: {e}")))?;
+    for (i, layer) in manifest.layers().iter().enumerate() {
+        let p = blob(layer.digest())?;
+        let f = BufReader::new(File::open(&p).map_err(io_err("open", &p))?);
+        let origin = format!("layer {} ({})", i + 1, layer.digest());
+        let media = layer.media_type().to_string();
+        let reader: Box<dyn Read> = if media.ends_with("tar+gzip") || media.ends_with(".tar.gzip") {
+            Box::new(flate2::read::GzDecoder::new(f))
+        } else if media.ends_with("tar+zstd") {
+            Box::new(zstd::Decoder::new(f).map_err(io_err("decompress", &p))?)
+        } else if media.ends_with(".tar")
+            || media.ends_with("layer.v1.tar")
+            || media.ends_with("diff.tar")
+        {
+            Box::new(f)
+        } else {
+            return Err(bad(format!("{origin}: unsupported media type {media}")));
+        };
+        tree.extract_tar(reader, &origin, true)?;
+    }
+    let labels = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .unwrap_or_default();
+    Ok(Imported {
+        arch: config.architecture().to_string(),
+        layers: manifest.layers().len(),
+        manifest: desc.digest().to_string(),
+        labels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_is_deterministic_and_imports_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(&dir.path().join("s")).unwrap();
+        t.add_file(
+            "usr/bin/tool",
+            &b"#!/bin/sh\n"[..],
+            0o4755,
+            0,
+            0,
+            "p",
+            false,
+        )
+        .unwrap();
+        t.add_symlink("bin", "usr/bin", 0, 0, "p", false).unwrap();
+        t.add_file("etc/conf", &b"k=v\n"[..], 0o640, 0, 7, "p", false)
+            .unwrap();
+        let info = ExportInfo {
+            arch: "amd64",
+            tag: "1.0.0",
+            epoch: 1_700_000_000,
+            labels: vec![("org.example.os".into(), "demo".into())],
+        };
+        let a = dir.path().join("a.tar");
+        let b = dir.path().join("b.tar");
+        let da = export(&t, &a, &info).unwrap();
+        let db = export(&t, &b, &info).unwrap();
+        assert_eq!(da, db);
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        let mut u = Tree::new(&dir.path().join("u")).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let got = import(&a, &mut u, work.path()).unwrap();
+        assert_eq!(got.arch, "amd64");
+        assert_eq!(got.layers, 1);
+        assert_eq!(got.manifest, da);
+        assert_eq!(t.digest(), u.digest());
+    }
+
+    #[test]
+    fn corrupt_blob_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(&dir.path().join("s")).unwrap();
+        t.add_file("usr/x", &b"x"[..], 0o644, 0, 0, "p", false)
+            .unwrap();
+        let a = dir.path().join("a.tar");
+        export(
+            &t,
+            &a,
+            &ExportInfo {
+                arch: "arm64",
+                tag: "t",
+                epoch: 0,
+                labels: vec![],
+            },
+        )
+        .unwrap();
+        // Flip a byte inside the last blob's data (the archive ends with
+        // two zero blocks and padding).
+        let mut bytes = fs::read(&a).unwrap();
+        let pos = bytes.iter().rposition(|&b| b != 0).unwrap();
+        bytes[pos] ^= 0xff;
+        fs::write(&a, bytes).unwrap();
+        let mut u = Tree::new(&dir.path().join("u")).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let err = import(&a, &mut u, work.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("does not match") || err.contains("manifest") || err.contains("config"),
+            "{err}"
+        );
+    }
+}
