@@ -65,10 +65,17 @@ pub trait CommandExt {
     /// Run with stdout passed through (or wherever it was set) and stderr
     /// captured for the error message.
     fn run_checked(&mut self) -> Result<(), CmdError>;
+    /// Like `run_capture`, but returns stderr too (for tools such as
+    /// debugfs that report failed requests only there, with status 0).
+    fn run_output(&mut self) -> Result<std::process::Output, CmdError>;
 }
 
 impl CommandExt for Command {
     fn run_capture(&mut self) -> Result<Vec<u8>, CmdError> {
+        self.run_output().map(|out| out.stdout)
+    }
+
+    fn run_output(&mut self) -> Result<std::process::Output, CmdError> {
         let shown = display(self);
         tracing::debug!(cmd = %shown, "running");
         let out = self
@@ -87,7 +94,7 @@ impl CommandExt for Command {
                 stderr_tail: tail(&out.stderr),
             });
         }
-        Ok(out.stdout)
+        Ok(out)
     }
 
     fn run_stdout(&mut self) -> Result<String, CmdError> {

@@ -1,10 +1,10 @@
 //! `_contents.txt`: one line per path of the USR filesystem as the running
-//! system sees it (`/usr/...`), tab-separated:
+//! system sees it (`/usr/...`), tab-separated (shown with spaces here):
 //!
 //! ```text
-//! /usr/bin/busybox	-rwxr-xr-x	0:0	2201616	<sha256>
-//! /usr/bin/sh	lrwxrwxrwx	0:0	7	-> busybox
-//! /usr/lib	drwxr-xr-x	0:0	-	-
+//! /usr/bin/busybox  -rwxr-xr-x  0:0  2201616  <sha256>
+//! /usr/bin/sh  lrwxrwxrwx  0:0  7  -> busybox
+//! /usr/lib  drwxr-xr-x  0:0  -  -
 //! ```
 //!
 //! Columns: path, `ls -l` mode, numeric uid:gid, size (bytes; a symlink's

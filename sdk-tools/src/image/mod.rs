@@ -4,6 +4,7 @@
 //! describe it. The on-disk formats themselves (verity, GPT, filesystems)
 //! live in `verity`, `disk` and `fs`; this module decides what goes where.
 
+pub mod attrs;
 pub mod contents;
 pub mod derive;
 pub mod oci;

@@ -1,0 +1,256 @@
+//! Owners and modes inside filesystem images built by an unprivileged user.
+//!
+//! The staged files belong to whoever runs the build, and their on-disk
+//! modes are kept readable (see `tree::disk_mode`). The image must instead
+//! carry what the packages say (root:root, setuid bits, 0700 directories)
+//! — which Flatcar gets by running as root. Here each filesystem gets the
+//! table's attributes its own way, without mounting:
+//!
+//! - ext4: after `mkfs.ext4 -d`, one `debugfs -w` batch sets `uid`, `gid`
+//!   and `mode` of every inode that differs (`set_inode_field`);
+//! - squashfs: a pseudo file of `m` (modify) definitions given to
+//!   `mksquashfs -pf`, one per path;
+//! - erofs: erofs-utils 1.5 has only whole-image overrides (`--all-root`,
+//!   `--force-uid/gid`), so the table must be uniform in owner and match
+//!   the staged modes; otherwise the error says to pick ext4 or squashfs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use super::tree::{Entry, Tree, disk_mode};
+use crate::cmd::CommandExt;
+
+/// One path's attributes as a filesystem rooted at the subtree sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// `/` for the filesystem root, else `/a/b`.
+    pub path: String,
+    /// Full `st_mode` (type and permission bits).
+    pub st_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The mode the staged copy has on disk (what a builder reading the
+    /// directory sees).
+    pub disk_mode: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttrError {
+    #[error(
+        "path {0:?} has a double quote or a line break, which debugfs scripts cannot carry; rename it"
+    )]
+    Unquotable(String),
+    #[error("debugfs could not set owners and modes in {image}: {msg}")]
+    Debugfs { image: String, msg: String },
+    #[error(
+        "erofs-utils 1.5 can only give every file the same owner, but {path} is {uid}:{gid}; use usr-fs ext4 or squashfs (the `fs` of USR-A in the disk layout)"
+    )]
+    ErofsOwners { path: String, uid: u32, gid: u32 },
+    #[error(
+        "erofs-utils 1.5 takes modes from the staged files, and {path} needs mode {mode:o}, which the build cannot stage readable; use ext4 or squashfs"
+    )]
+    ErofsMode { path: String, mode: u32 },
+    #[error(transparent)]
+    Cmd(#[from] crate::cmd::CmdError),
+}
+
+/// The attributes of `prefix` (as `/`) and everything below it.
+pub fn attrs_of(tree: &Tree, prefix: &str) -> Vec<Attr> {
+    let conv = |path: String, e: &Entry| Attr {
+        path,
+        st_mode: e.st_mode(),
+        uid: e.uid,
+        gid: e.gid,
+        disk_mode: (e.st_mode() & !0o7777) | disk_mode(e.is_dir(), e.mode),
+    };
+    let mut out = Vec::new();
+    match tree.get(prefix) {
+        Some(e) => out.push(conv("/".to_string(), e)),
+        None => out.push(Attr {
+            path: "/".into(),
+            st_mode: 0o040755,
+            uid: 0,
+            gid: 0,
+            disk_mode: 0o040755,
+        }),
+    }
+    for (k, e) in tree.below(prefix) {
+        out.push(conv(format!("/{}", &k[prefix.len() + 1..]), e));
+    }
+    out
+}
+
+fn quote(path: &str) -> Result<String, AttrError> {
+    if path.contains('"') || path.contains('\n') {
+        return Err(AttrError::Unquotable(path.to_string()));
+    }
+    Ok(format!("\"{path}\""))
+}
+
+/// The debugfs batch that gives an image built from the staged directory
+/// by `disk_uid:disk_gid` the table's attributes. Symlinks keep mode 0777.
+pub fn debugfs_script(attrs: &[Attr], disk_uid: u32, disk_gid: u32) -> Result<String, AttrError> {
+    let mut s = String::new();
+    for a in attrs {
+        let q = quote(&a.path)?;
+        if a.uid != disk_uid {
+            let _ = writeln!(s, "sif {q} uid {}", a.uid);
+        }
+        if a.gid != disk_gid {
+            let _ = writeln!(s, "sif {q} gid {}", a.gid);
+        }
+        let is_link = a.st_mode & 0o170000 == 0o120000;
+        if !is_link && a.st_mode != a.disk_mode {
+            let _ = writeln!(s, "sif {q} mode 0{:o}", a.st_mode);
+        }
+    }
+    Ok(s)
+}
+
+/// Apply the table to an ext4 image built by this process's user.
+pub fn apply_ext4(image: &Path, attrs: &[Attr], work: &Path) -> Result<(), AttrError> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let script = debugfs_script(attrs, uid, gid)?;
+    if script.is_empty() {
+        return Ok(());
+    }
+    let script_path = work.join("debugfs-attrs.txt");
+    std::fs::write(&script_path, script).map_err(|e| AttrError::Debugfs {
+        image: image.display().to_string(),
+        msg: format!("write {}: {e}", script_path.display()),
+    })?;
+    // debugfs exits 0 even when a request fails; its complaints on stderr
+    // are the only signal, so anything beyond the version banner is an
+    // error.
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(image)
+        .run_output()?;
+    let complaints: Vec<&str> = std::str::from_utf8(&out.stderr)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    if !complaints.is_empty() {
+        return Err(AttrError::Debugfs {
+            image: image.display().to_string(),
+            msg: complaints
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    Ok(())
+}
+
+/// mksquashfs `-pf` definitions setting every path's mode and owner
+/// (`mksquashfs -pf FILE`; the root goes through `-root-mode`/`-root-uid`
+/// /`-root-gid`, see [`squashfs_root_args`]).
+pub fn squashfs_pseudo(attrs: &[Attr]) -> Result<String, AttrError> {
+    let mut s = String::new();
+    for a in attrs.iter().filter(|a| a.path != "/") {
+        let is_link = a.st_mode & 0o170000 == 0o120000;
+        let perm = if is_link { 0o777 } else { a.st_mode & 0o7777 };
+        let _ = writeln!(s, "{} m {perm:o} {} {}", quote(&a.path[1..])?, a.uid, a.gid);
+    }
+    Ok(s)
+}
+
+/// mksquashfs arguments for the root directory's attributes.
+pub fn squashfs_root_args(attrs: &[Attr]) -> Vec<String> {
+    let root = attrs.iter().find(|a| a.path == "/");
+    let (mode, uid, gid) = root.map_or((0o755, 0, 0), |a| (a.st_mode & 0o7777, a.uid, a.gid));
+    vec![
+        "-root-mode".into(),
+        format!("{mode:o}"),
+        "-root-uid".into(),
+        uid.to_string(),
+        "-root-gid".into(),
+        gid.to_string(),
+    ]
+}
+
+/// For erofs: the single owner every path has, after checking that the
+/// staged modes are the wanted ones.
+pub fn erofs_owner(attrs: &[Attr]) -> Result<(u32, u32), AttrError> {
+    let first = attrs.first().map_or((0, 0), |a| (a.uid, a.gid));
+    for a in attrs {
+        if (a.uid, a.gid) != first {
+            return Err(AttrError::ErofsOwners {
+                path: a.path.clone(),
+                uid: a.uid,
+                gid: a.gid,
+            });
+        }
+        let is_link = a.st_mode & 0o170000 == 0o120000;
+        if !is_link && a.st_mode != a.disk_mode {
+            return Err(AttrError::ErofsMode {
+                path: a.path.clone(),
+                mode: a.st_mode & 0o7777,
+            });
+        }
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path()).unwrap();
+        t.add_dir("usr", 0o755, 0, 0, "t", false).unwrap();
+        t.add_file("usr/bin/su", &b"x"[..], 0o4755, 0, 0, "t", false)
+            .unwrap();
+        t.add_dir("usr/secret", 0o500, 0, 0, "t", false).unwrap();
+        t.add_file("usr/my file", &b"x"[..], 0o644, 10, 20, "t", false)
+            .unwrap();
+        t.add_symlink("usr/l", "bin/su", 0, 0, "t", false).unwrap();
+        (dir, t)
+    }
+
+    #[test]
+    fn debugfs_script_fixes_owners_and_unstageable_modes() {
+        let (_d, t) = tree();
+        let a = attrs_of(&t, "usr");
+        assert_eq!(a[0].path, "/");
+        let s = debugfs_script(&a, 1001, 1001).unwrap();
+        assert!(s.contains("sif \"/\" uid 0\n"), "{s}");
+        assert!(s.contains("sif \"/my file\" uid 10\n"), "{s}");
+        assert!(s.contains("sif \"/secret\" mode 040500\n"), "{s}");
+        assert!(
+            !s.contains("\"/bin/su\" mode"),
+            "setuid is staged as is: {s}"
+        );
+        assert!(!s.contains("\"/l\" mode"), "{s}");
+        // As root with root-owned content, only the mode fix remains.
+        let s = debugfs_script(&a[..3], 0, 0).unwrap();
+        assert_eq!(s, "");
+    }
+
+    #[test]
+    fn squashfs_pseudo_lists_every_path() {
+        let (_d, t) = tree();
+        let a = attrs_of(&t, "usr");
+        let s = squashfs_pseudo(&a).unwrap();
+        assert!(s.contains("\"bin/su\" m 4755 0 0\n"), "{s}");
+        assert!(s.contains("\"my file\" m 644 10 20\n"), "{s}");
+        assert!(s.contains("\"l\" m 777 0 0\n"), "{s}");
+        assert_eq!(squashfs_root_args(&a)[1], "755");
+    }
+
+    #[test]
+    fn erofs_needs_uniform_owner() {
+        let (_d, t) = tree();
+        let a = attrs_of(&t, "usr");
+        let err = erofs_owner(&a).unwrap_err().to_string();
+        assert!(err.contains("ext4 or squashfs"), "{err}");
+    }
+}
