@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod exit;
 pub mod idmap;
 pub mod paths;
+pub mod rootfs;
 pub mod sandbox;
 pub mod sys;
 pub mod version;
