@@ -101,7 +101,7 @@ pub struct Report {
 impl Report {
     fn skip(&mut self, name: &str, why: impl Into<String>) {
         let why = why.into();
-        tracing::warn!(entry = name, why = %why, "skipped");
+        tracing::debug!(entry = name, why = %why, "skipped");
         self.skipped_total += 1;
         if self.skipped.len() < REPORT_NAMES {
             self.skipped.push((name.to_string(), why));

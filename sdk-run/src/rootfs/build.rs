@@ -1,0 +1,355 @@
+//! Building an image from a rootfs manifest: the base (mmdebstrap from the
+//! host's apt sources, or an archive), then files, packages and commands
+//! run in a chroot, all as root inside the caller's user namespace. The
+//! result is stored under the digest of the manifest's resolved inputs, so
+//! a second `ensure` is a lookup. Owns the build sequence and the input
+//! digest; not the formats (`oci`) nor the store layout (`store`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest as _, Sha256};
+
+use super::apt_sources;
+use super::extract::{Extractor, Options, Report};
+use super::import::{Ctx, in_userns, own_root_dir, progress};
+use super::manifest::{Base, Manifest};
+use super::oci;
+use super::store::{Image, ImageMeta};
+use crate::exit::UsageError;
+
+/// Bumped when the build sequence changes what a manifest produces.
+const BUILD_FORMAT: u32 = 1;
+
+/// What a manifest resolves to before building: everything its output
+/// depends on, in a canonical form.
+#[derive(Debug, serde::Serialize)]
+struct Inputs<'a> {
+    format: u32,
+    base: BTreeMap<&'static str, String>,
+    packages: &'a [String],
+    commands: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    files: Vec<(String, Option<u32>, String)>,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The apt sources a Debian base is bootstrapped from.
+fn debian_sources(suite: &str) -> Result<String> {
+    let etc_apt = std::env::var_os("SDK_RUN_APT_ETC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/apt"));
+    let host = apt_sources::host_sources(&etc_apt);
+    apt_sources::for_suite(&host, suite).ok_or_else(|| {
+        UsageError(format!(
+            "no Debian apt sources configured in {}; a `debian` base is bootstrapped from the host's mirror, so configure one (or use an oci-archive/tarball base)",
+            etc_apt.display()
+        ))
+        .into()
+    })
+}
+
+/// The resolved inputs and their digest (sha256 hex).
+fn resolve(m: &Manifest) -> Result<(String, Option<String>)> {
+    let mut base = BTreeMap::new();
+    let mut sources = None;
+    match &m.base {
+        Base::Debian { suite, variant } => {
+            let s = debian_sources(suite)?;
+            base.insert("debian-suite", suite.clone());
+            base.insert("debian-variant", variant.clone());
+            base.insert("apt-sources", s.clone());
+            sources = Some(s);
+        }
+        Base::OciArchive(p) | Base::OciLayout(p) | Base::Tarball(p) => {
+            let plan = oci::inspect(p).map_err(|e| UsageError(format!("base: {e}")))?;
+            let d = match plan.digest {
+                Some(d) => d,
+                None => sha256_file(p)?,
+            };
+            base.insert("image", d);
+        }
+    }
+    let mut files = Vec::new();
+    for f in &m.files {
+        let d = sha256_file(&f.src).map_err(|e| {
+            UsageError(format!(
+                "{}: files.src {}: {e:#}",
+                m.origin,
+                f.src.display()
+            ))
+        })?;
+        files.push((f.dst.display().to_string(), f.mode, d));
+    }
+    let inputs = Inputs {
+        format: BUILD_FORMAT,
+        base,
+        packages: &m.packages,
+        commands: &m.commands,
+        env: &m.env,
+        files,
+    };
+    let json = serde_json::to_vec(&inputs).expect("serialisable");
+    Ok((hex::encode(Sha256::digest(&json)), sources))
+}
+
+/// The store digest of a manifest (its resolved inputs).
+pub fn digest(m: &Manifest) -> Result<String> {
+    Ok(resolve(m)?.0)
+}
+
+/// The image for `m`, building it first when the store lacks it.
+pub fn ensure(ctx: &Ctx, m: &Manifest) -> Result<Image> {
+    let (digest, sources) = resolve(m)?;
+    if let Some(img) = ctx.store.get(&digest) {
+        return Ok(img);
+    }
+    let lock = ctx.store.lock()?;
+    // Someone may have built it while we waited for the lock.
+    if let Some(img) = ctx.store.get(&digest) {
+        return Ok(img);
+    }
+    ctx.clean_leftovers(&lock)?;
+    eprintln!(
+        "sdk-run: building the SDK rootfs from {} (once; later runs reuse it)",
+        m.origin
+    );
+    let tmp = ctx.store.begin(&lock)?;
+    let built = build_into(ctx, m, sources.as_deref(), &tmp);
+    let report = match built {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(c) = ctx.remove_trees(vec![tmp]) {
+                return Err(e.context(format!("and removing the partial build failed: {c:#}")));
+            }
+            return Err(e);
+        }
+    };
+    let env = m.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let meta = ImageMeta::new(
+        &digest,
+        "manifest",
+        &m.origin,
+        oci::RuntimeConfig {
+            env,
+            ..Default::default()
+        },
+        report.skipped_total,
+    );
+    if !ctx.store.publish(&lock, &tmp, &meta)? {
+        ctx.remove_trees(vec![tmp])?;
+    }
+    ctx.store
+        .get(&digest)
+        .context("the built image vanished right after publishing")
+}
+
+fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Result<Report> {
+    let rootfs = tmp.join("rootfs");
+    let result = tmp.join("result.json");
+    // mmdebstrap runs as the caller in its own user namespace and streams
+    // a tar (with numeric ownership) into our extractor.
+    let mut mmdebstrap = None;
+    let mut stream = None;
+    if let Base::Debian { suite, variant } = &m.base {
+        let mut cmd = Command::new("mmdebstrap");
+        cmd.args(["--mode=unshare", "--format=tar"])
+            .arg(format!("--variant={variant}"));
+        if !m.packages.is_empty() {
+            cmd.arg(format!("--include={}", m.packages.join(",")));
+        }
+        if !tracing::enabled!(tracing::Level::INFO) {
+            cmd.arg("--quiet");
+        }
+        cmd.args([suite.as_str(), "-", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        tracing::info!(cmd = ?cmd, "bootstrapping");
+        let mut child = cmd
+            .spawn()
+            .context("cannot start mmdebstrap; install it (Debian package mmdebstrap)")?;
+        let mut stdin = child.stdin.take().expect("piped");
+        std::io::Write::write_all(&mut stdin, sources.unwrap_or_default().as_bytes())
+            .context("feeding apt sources to mmdebstrap")?;
+        drop(stdin);
+        stream = child.stdout.take();
+        mmdebstrap = Some(child);
+    }
+    let m2 = m.clone();
+    let res: Result<Report> = in_userns(&ctx.map, &result, move || {
+        own_root_dir(&rootfs)?;
+        let mut report = Report::default();
+        match &m2.base {
+            Base::Debian { .. } => {
+                let s = stream.expect("spawned above");
+                let mut x = Extractor::new(&rootfs, Options::tarball());
+                x.apply(s).context("unpacking mmdebstrap's output")?;
+                report.merge(x.report);
+            }
+            Base::OciArchive(p) | Base::OciLayout(p) | Base::Tarball(p) => {
+                let plan = oci::inspect(p)?;
+                let bar = progress(plan.total_bytes(), "unpacking base");
+                let (r, _) = oci::unpack(&plan, &rootfs, &*bar)?;
+                report.merge(r);
+            }
+        }
+        copy_files(&m2, &rootfs, &mut report)?;
+        let mut commands = Vec::new();
+        if !m2.packages.is_empty() && !matches!(m2.base, Base::Debian { .. }) {
+            commands.push(format!(
+                "apt-get update && apt-get install -y --no-install-recommends {} && apt-get clean",
+                m2.packages.join(" ")
+            ));
+        }
+        commands.extend(m2.commands.iter().cloned());
+        if !commands.is_empty() {
+            run_in_chroot(&rootfs, &m2.env, &commands)?;
+        }
+        Ok(report)
+    });
+    if let Some(mut child) = mmdebstrap {
+        let status = child.wait().context("waiting for mmdebstrap")?;
+        if !status.success() {
+            bail!("mmdebstrap failed ({status}); its messages are above");
+        }
+    }
+    res
+}
+
+/// Copy the manifest's files in, through the extractor (so a `dst` under
+/// a symlink stays inside the rootfs).
+fn copy_files(m: &Manifest, rootfs: &Path, report: &mut Report) -> Result<()> {
+    if m.files.is_empty() {
+        return Ok(());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    for f in &m.files {
+        let data = std::fs::read(&f.src).with_context(|| format!("reading {}", f.src.display()))?;
+        let mode = match f.mode {
+            Some(m) => m,
+            None => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(&f.src)?.permissions().mode() & 0o7777
+            }
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        let rel = f.dst.strip_prefix("/").unwrap_or(&f.dst);
+        b.append_data(&mut h, rel, &data[..])
+            .with_context(|| format!("files.dst {}", f.dst.display()))?;
+    }
+    let bytes = b.into_inner()?;
+    let mut x = Extractor::new(rootfs, Options::tarball());
+    x.apply(&bytes[..])?;
+    report.merge(x.report);
+    Ok(())
+}
+
+/// Run `commands` with `/bin/sh -c` chrooted into `rootfs`, with the host's
+/// /proc, /dev and /sys bound in and its resolv.conf for network access.
+/// Must run in a throwaway process (it unshares the mount namespace and
+/// chroots), as root in the user namespace.
+fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[String]) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making mounts private")?;
+    for d in ["proc", "dev", "sys"] {
+        let target = rootfs.join(d);
+        std::fs::create_dir_all(&target)?;
+        mount(
+            Some(Path::new("/").join(d).as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding /{d} into the rootfs"))?;
+    }
+    let resolv = rootfs.join("etc/resolv.conf");
+    // Only when the image has a plain file there (never follow a link).
+    let had_resolv = std::fs::symlink_metadata(&resolv).ok();
+    if Path::new("/etc/resolv.conf").exists() {
+        if had_resolv.is_none() {
+            std::fs::write(&resolv, "")?;
+        }
+        if std::fs::symlink_metadata(&resolv).is_ok_and(|m| m.is_file()) {
+            mount(
+                Some("/etc/resolv.conf"),
+                &resolv,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .context("binding /etc/resolv.conf")?;
+        }
+    }
+    nix::unistd::chroot(rootfs).context("chroot into the new rootfs")?;
+    std::env::set_current_dir("/")?;
+    let mut result = Ok(());
+    for c in commands {
+        tracing::info!(command = %c, "running in the new rootfs");
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(c)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .envs(env)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run /bin/sh in the rootfs for `{c}`"))?;
+        if !status.success() {
+            result = Err(UsageError(format!(
+                "manifest command `{c}` failed ({status}); fix the manifest's `commands`"
+            ))
+            .into());
+            break;
+        }
+    }
+    if had_resolv.is_none() {
+        // Unmount first (we are in our own mount namespace), then drop
+        // the placeholder we created.
+        let _ = nix::mount::umount2("/etc/resolv.conf", nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file("/etc/resolv.conf");
+    }
+    result
+}
+
+/// Where the default SDK comes from: the embedded manifest.
+pub fn default_manifest() -> Manifest {
+    Manifest::default_sdk()
+}
