@@ -6,6 +6,10 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
+pub mod disk;
+pub mod fs;
+pub mod verity;
+
 /// Verbs reachable through a link of the same name (multi-call).
 pub const MULTICALL_NAMES: &[&str] = &[];
 
@@ -24,6 +28,16 @@ pub struct Cli {
 pub enum Command {
     /// Print the multi-call names, one a line (used by sdk-run to fill PATH).
     ListTools,
+    /// dm-verity hash trees, compatible with `veritysetup format/verify`.
+    #[command(subcommand)]
+    Verity(verity::VerityCommand),
+    /// GPT disk images: create from a layout, show, write and extract
+    /// partitions.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+    /// Filesystem images from a directory (ext4, erofs, squashfs, vfat).
+    #[command(subcommand)]
+    Fs(fs::FsCommand),
 }
 
 /// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
@@ -53,6 +67,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
             }
             Ok(())
         }
+        Command::Verity(cmd) => verity::run(cmd),
+        Command::Disk(cmd) => disk::run(cmd),
+        Command::Fs(cmd) => fs::run(cmd),
     };
     match result {
         Ok(()) => 0,

@@ -5,7 +5,10 @@
 pub mod board;
 pub mod cli;
 pub mod cmd;
+pub mod disk;
 pub mod exit;
+pub mod fs;
 pub mod image;
 pub mod packages;
 pub mod strict;
+pub mod verity;
