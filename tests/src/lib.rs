@@ -216,3 +216,67 @@ pub fn run_expect(cmd: &mut Command, expected: i32) -> Output {
 pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run_expect(cmd, 0).stdout).into_owned()
 }
+
+/// Subordinate uid range start of the test user (first line of
+/// /etc/subuid), where root inside a sandbox or image lands on the host.
+pub fn subuid_start(user: &TestUser) -> u32 {
+    let name = user
+        .name
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_default();
+    let text = std::fs::read_to_string("/etc/subuid").expect("read /etc/subuid");
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && (f[0] == name || f[0] == user.uid.to_string()))
+                .then(|| f[1].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no /etc/subuid range for {name}; run `make test`"))
+}
+
+/// The shared store holding the embedded default SDK image, built once per
+/// machine and reused by every test (and test run) that needs it.
+///
+/// Returns an `XDG_DATA_HOME` (set it on a command with
+/// `.env("XDG_DATA_HOME", path)`) whose `sdk-run/images/` already contains
+/// the default SDK: `sdk-run build` finds it there and `sdk-run -t` uses it.
+/// The directory is `/var/tmp/sdk-e2e-sdk-<digest>` where `<digest>` is what
+/// the default manifest resolves to (`sdk-run build --digest-only`: the
+/// manifest plus the host's apt sources), so a changed manifest gets a new
+/// store and an unchanged one is reused across runs. The first caller
+/// builds it (a few minutes); concurrent callers wait on the store's lock.
+/// Sandboxes created with this XDG_DATA_HOME are shared between tests:
+/// give them unique names (`-n`) and remove them (`sdk-run rm -f`).
+/// `SDK_E2E_SDK_STORE` overrides the directory.
+pub fn default_sdk_store() -> PathBuf {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let dir = match std::env::var_os("SDK_E2E_SDK_STORE") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let digest = run_ok(
+                user.command(&scratch, "sdk-run")
+                    .args(["build", "--digest-only"]),
+            );
+            PathBuf::from(format!("/var/tmp/sdk-e2e-sdk-{}", &digest.trim()[..16]))
+        }
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).expect("create the shared SDK store");
+        if user.name.is_some() {
+            let st = Command::new("chown")
+                .arg(format!("{}:{}", user.uid, user.gid))
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
+    run_ok(
+        user.command(&scratch, "sdk-run")
+            .arg("build")
+            .env("XDG_DATA_HOME", &dir),
+    );
+    dir
+}

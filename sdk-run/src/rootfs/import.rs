@@ -87,7 +87,14 @@ where
     F: FnOnce() -> Result<T>,
 {
     let rf = result_file.to_path_buf();
+    let parent = nix::unistd::getpid();
     userns::run_in_userns(map, move || {
+        // Die with sdk-run: a killed import must not keep writing (and
+        // holding the store lock) behind its back.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        if nix::unistd::getppid() != parent {
+            anyhow::bail!("sdk-run exited before the unpack started");
+        }
         let outcome = match f() {
             Ok(v) => Outcome::Ok(v),
             Err(e) => Outcome::Err {

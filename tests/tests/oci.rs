@@ -1,0 +1,419 @@
+//! Image import end to end, as the unprivileged test user: archives made by
+//! independent tools (umoci, skopeo) and a docker-save tarball built here,
+//! whiteouts and ownership in the store, a corpus of hostile tarballs,
+//! damaged inputs (exit 2, store unchanged), kill -9 mid-import, and a
+//! commit read back by skopeo and umoci.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok, subuid_start};
+use sha2::{Digest, Sha256};
+
+fn sdk(user: &TestUser, s: &Scratch) -> Command {
+    user.command(s, "sdk-run")
+}
+
+fn images_json(user: &TestUser, s: &Scratch) -> Vec<serde_json::Value> {
+    let out = run_ok(sdk(user, s).args(["images", "--json"]));
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn store_rootfs(s: &Scratch, digest: &str) -> PathBuf {
+    s.path().join("data/sdk-run/images").join(digest).join("rootfs")
+}
+
+fn import(user: &TestUser, s: &Scratch, what: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(
+        sdk(user, s)
+            .arg("import")
+            .arg(what)
+            .arg("--json")
+            .args(extra),
+    );
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+/// A tar entry list, with raw names (hostile ones included).
+struct T(tar::Builder<Vec<u8>>);
+
+impl T {
+    fn new() -> T {
+        T(tar::Builder::new(Vec::new()))
+    }
+    fn raw(mut self, kind: tar::EntryType, name: &str, data: &[u8], link: &str, uid: u64) -> T {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    fn file(self, name: &str, data: &str) -> T {
+        self.raw(tar::EntryType::Regular, name, data.as_bytes(), "", 0)
+    }
+    fn owned(self, name: &str, uid: u64) -> T {
+        self.raw(tar::EntryType::Regular, name, b"owned", "", uid)
+    }
+    fn dir(self, name: &str) -> T {
+        self.raw(tar::EntryType::Directory, name, b"", "", 0)
+    }
+    fn symlink(self, name: &str, to: &str) -> T {
+        self.raw(tar::EntryType::Symlink, name, b"", to, 0)
+    }
+    fn hardlink(self, name: &str, to: &str) -> T {
+        self.raw(tar::EntryType::Link, name, b"", to, 0)
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A `docker save` style tarball: manifest.json, config, `<id>/layer.tar`.
+fn docker_save(layers: &[Vec<u8>], env: &[&str]) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha(l))).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Env": env, "WorkingDir": "/work", "User": "0:0" },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let cfg_name = format!("{}.json", sha(&config));
+    let mut names = Vec::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    for (i, l) in layers.iter().enumerate() {
+        let n = format!("{:064x}/layer.tar", i + 1);
+        add(&mut b, &n, l);
+        names.push(n);
+    }
+    add(&mut b, &cfg_name, &config);
+    let manifest = serde_json::json!([{ "Config": cfg_name, "RepoTags": ["test/sdk:1"], "Layers": names }]);
+    add(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    b.into_inner().unwrap()
+}
+
+fn write(s: &Scratch, user: &TestUser, name: &str, data: &[u8]) -> PathBuf {
+    let p = s.path().join(name);
+    std::fs::write(&p, data).unwrap();
+    chown_r(user, &p);
+    p
+}
+
+/// Build a two-layer image with umoci (as the test user), copy it to an
+/// OCI archive with skopeo; import the layout and the archive.
+#[test]
+fn umoci_and_skopeo_images_import_with_whiteouts() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let lay = s.path().join("layout");
+    let b = s.path().join("bundle");
+    let sh = |script: &str| {
+        run_ok(
+            user.command(&s, "sh")
+                .args(["-euc", script])
+                .env("L", &lay)
+                .env("B", &b),
+        )
+    };
+    sh(r#"umoci init --layout "$L"
+umoci new --image "$L:t"
+umoci unpack --rootless --image "$L:t" "$B"
+mkdir -p "$B/rootfs/etc" "$B/rootfs/d"
+echo one > "$B/rootfs/etc/a"; echo keep > "$B/rootfs/etc/b"
+echo x > "$B/rootfs/d/x"; echo y > "$B/rootfs/d/y"
+chmod 0600 "$B/rootfs/etc/b"
+umoci repack --image "$L:t" "$B"
+rm "$B/rootfs/etc/a"; rm -r "$B/rootfs/d"; mkdir "$B/rootfs/d"; echo z > "$B/rootfs/d/z"
+umoci repack --image "$L:t" "$B"
+umoci config --image "$L:t" --config.env FOO=bar --config.workingdir /srv
+skopeo copy --quiet "oci:$L:t" "oci-archive:$PWD/img.oci.tar"
+"#);
+    let from_layout = import(&user, &s, &lay, &["--tag", "lay"]);
+    assert_eq!(from_layout["kind"], "oci-layout");
+    let digest = from_layout["digest"].as_str().unwrap().to_string();
+    let r = store_rootfs(&s, &digest);
+    assert!(!r.join("etc/a").exists(), "whiteout of etc/a applied");
+    assert_eq!(std::fs::read_to_string(r.join("d/z")).unwrap(), "z\n");
+    assert!(!r.join("d/x").exists() && !r.join("d/y").exists());
+    // umoci --rootless records the user as root: root in the image is the
+    // start of the subordinate range on the host.
+    let m = std::fs::metadata(r.join("etc/b")).unwrap();
+    assert_eq!(m.uid(), subuid_start(&user));
+    assert_eq!(m.mode() & 0o7777, 0o600);
+
+    // The same image through skopeo's archive: the same manifest digest.
+    let from_archive = import(&user, &s, &s.path().join("img.oci.tar"), &[]);
+    assert_eq!(from_archive["digest"], digest.as_str());
+    assert_eq!(from_archive["existed"], true);
+    let imgs = images_json(&user, &s);
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0]["tags"][0], "lay");
+    let env = imgs[0]["config"]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "FOO=bar"), "{env:?}");
+    assert_eq!(imgs[0]["config"]["working-dir"], "/srv");
+
+    run_ok(sdk(&user, &s).args(["rmi", "lay"]));
+    assert!(images_json(&user, &s).is_empty());
+    assert!(!s.path().join("data/sdk-run/images").join(&digest).exists());
+}
+
+#[test]
+fn docker_save_tarball_with_owners_and_opaque_dirs() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let l1 = T::new()
+        .dir("etc/")
+        .file("etc/os-release", "ID=test\n")
+        .owned("home-file", 1234)
+        .dir("opq/")
+        .file("opq/old", "old")
+        .file("gone", "x")
+        .hardlink("etc/os-release-link", "etc/os-release")
+        .bytes();
+    let l2 = T::new()
+        .file("opq/new", "new")
+        .file("opq/.wh..wh..opq", "")
+        .file(".wh.gone", "")
+        .bytes();
+    let p = write(
+        &s,
+        &user,
+        "docker.tar",
+        &docker_save(&[l1, l2], &["PATH=/usr/bin:/bin", "SDK=1"]),
+    );
+    let v = import(&user, &s, &p, &[]);
+    assert_eq!(v["kind"], "docker-save");
+    let r = store_rootfs(&s, v["digest"].as_str().unwrap());
+    let base = subuid_start(&user);
+    assert_eq!(std::fs::metadata(r.join("etc/os-release")).unwrap().uid(), base);
+    // uid 1234 inside: the map skips 1000 (the caller), so 1234 -> base + 1233.
+    assert_eq!(
+        std::fs::metadata(r.join("home-file")).unwrap().uid(),
+        base + 1233
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("etc/os-release-link")).unwrap().ino(),
+        std::fs::metadata(r.join("etc/os-release")).unwrap().ino()
+    );
+    assert!(r.join("opq/new").exists(), "same-layer entry kept");
+    assert!(!r.join("opq/old").exists(), "opaque dir hides lower content");
+    assert!(!r.join("gone").exists());
+    let imgs = images_json(&user, &s);
+    assert_eq!(imgs[0]["config"]["working-dir"], "/work");
+    assert_eq!(imgs[0]["config"]["user"], "0:0");
+}
+
+#[test]
+fn hostile_tarballs_write_nothing_outside() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let outside = s.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "secret").unwrap();
+    chown_r(&user, &outside);
+    let o = outside.display().to_string();
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", T::new().file("../escape", "x").file("a/../../escape", "x").bytes()),
+        ("absolute", T::new().file(&format!("{o}/abs"), "x").bytes()),
+        (
+            "symlink-then-write",
+            T::new()
+                .symlink("link", &o)
+                .file("link/pwned", "x")
+                .symlink("up", "../../../../../../..")
+                .file(&format!("up{o}/pwned2"), "x")
+                .bytes(),
+        ),
+        (
+            "symlink-replaced-file",
+            T::new()
+                .symlink("victim", &format!("{o}/secret"))
+                .file("victim", "overwritten?")
+                .bytes(),
+        ),
+        (
+            "hardlinks-out",
+            T::new()
+                .hardlink("h1", &format!("{o}/secret"))
+                .hardlink("h2", "../outside/secret")
+                .symlink("l", &o)
+                .hardlink("h3", "l/secret")
+                .bytes(),
+        ),
+        (
+            "devices",
+            T::new()
+                .raw(tar::EntryType::Block, "sda", b"", "", 0)
+                .raw(tar::EntryType::Char, "mem", b"", "", 0)
+                .bytes(),
+        ),
+    ];
+    let before: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.path()).collect();
+    for (name, tar) in &corpus {
+        // As a rootfs tarball, and as a layer of an image.
+        let p = write(&s, &user, &format!("{name}.tar"), tar);
+        let out = run_expect(sdk(&user, &s).arg("import").arg(&p), 0);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("skipped or neutralised"), "{name}: {err}");
+        let p = write(&s, &user, &format!("{name}.docker.tar"), &docker_save(&[tar.clone()], &[]));
+        run_expect(sdk(&user, &s).arg("import").arg(&p), 0);
+    }
+    let after: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(before, after, "nothing created outside");
+    assert_eq!(std::fs::read_to_string(outside.join("secret")).unwrap(), "secret");
+    assert!(!s.path().join("escape").exists() && !s.path().parent().unwrap().join("escape").exists());
+    // Every image is listed; what was neutralised landed inside.
+    let imgs = images_json(&user, &s);
+    assert_eq!(imgs.len(), corpus.len() * 2);
+}
+
+/// Damaged inputs fail with one line and exit 2; the store is unchanged.
+#[test]
+fn bad_inputs_exit_2_and_leave_the_store_unchanged() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let good = docker_save(&[T::new().file("f", "x").bytes()], &[]);
+    let p = write(&s, &user, "good.tar", &good);
+    import(&user, &s, &p, &[]);
+    let listed = images_json(&user, &s);
+
+    let lay = s.path().join("lay");
+    run_ok(user.command(&s, "sh").args(["-euc", r#"umoci init --layout lay; umoci new --image lay:t
+umoci unpack --rootless --image lay:t b; echo hello > b/rootfs/hello; umoci repack --image lay:t b
+skopeo copy --quiet oci:lay:t oci-archive:img.tar"#]));
+    // Flip a byte in the layer blob (the largest blob).
+    let blob = std::fs::read_dir(lay.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    // Truncate the archive.
+    let archive = std::fs::read(s.path().join("img.tar")).unwrap();
+    let cut = write(&s, &user, "cut.tar", &archive[..archive.len() / 2 + 7]);
+    // A layer with a media type nobody knows (digests consistent).
+    let odd = write_layout_with_media_type(&s, &user, "application/vnd.example.layer.v1.squashfs");
+    // A truncated gzip rootfs tarball.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&T::new().file("a", &"a".repeat(100_000)).bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let gzcut = write(&s, &user, "cut.tar.gz", &gz[..gz.len() / 2]);
+
+    for (what, path, needle) in [
+        ("digest", lay.clone(), "digest mismatch"),
+        ("truncated", cut, "truncated"),
+        ("media type", odd, "unknown layer media type"),
+        ("truncated gzip", gzcut, ""),
+        ("missing", s.path().join("nope.tar"), "does not exist"),
+    ] {
+        let out = run_expect(sdk(&user, &s).arg("import").arg(&path), 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert!(err.contains(needle), "{what}: {err}");
+        assert_eq!(images_json(&user, &s), listed, "{what}: store unchanged");
+        let tmp = s.path().join("data/sdk-run/images/.tmp");
+        let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{what}: no partial unpack left");
+    }
+    // An unknown manifest key: file, line and key.
+    let m = write(&s, &user, "m.toml", b"[base]\ntarball = \"good.tar\"\nmirror = \"x\"\n");
+    let out = run_expect(sdk(&user, &s).arg("build").arg(&m), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("m.toml:3:") && err.contains("mirror"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// An OCI layout whose one layer has `media_type`, all digests right.
+fn write_layout_with_media_type(s: &Scratch, user: &TestUser, media_type: &str) -> PathBuf {
+    let dir = s.path().join("odd-layout");
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let d = sha(data);
+        std::fs::write(blobs.join(&d), data).unwrap();
+        (d, data.len())
+    };
+    let layer = T::new().file("f", "x").bytes();
+    let (ld, ls) = put(&layer);
+    let cfg = serde_json::to_vec(&serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[format!("sha256:{ld}")]}})).unwrap();
+    let (cd, cs) = put(&cfg);
+    let man = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+        "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":format!("sha256:{cd}"),"size":cs},
+        "layers":[{"mediaType":media_type,"digest":format!("sha256:{ld}"),"size":ls}]})).unwrap();
+    let (md, ms) = put(&man);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":format!("sha256:{md}"),"size":ms}]})).unwrap(),
+    )
+    .unwrap();
+    chown_r(user, &dir);
+    dir
+}
+
+/// kill -9 in the middle of an import: the next import succeeds and no
+/// half-unpacked image is ever listed.
+#[test]
+fn kill_9_during_import_leaves_nothing_half_done() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    // ~40000 small files: long enough to be killed in the middle.
+    let mut t = tar::Builder::new(Vec::new());
+    for i in 0..40_000 {
+        let mut h = tar::Header::new_gnu();
+        let data = format!("file {i}\n").repeat(20);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, format!("d{}/f{i}", i % 100), data.as_bytes())
+            .unwrap();
+    }
+    let p = write(&s, &user, "big.tar", &t.into_inner().unwrap());
+    let mut child = sdk(&user, &s).arg("import").arg(&p).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Kill sdk-run itself (as `kill -9 PID` would), not its group.
+    // setpriv exec's sdk-run: the child's pid is sdk-run's.
+    let pid = child.id();
+    run_ok(Command::new("kill").args(["-9", &pid.to_string()]));
+    let _ = child.wait();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(images_json(&user, &s).is_empty(), "no half-unpacked image listed");
+    let v = import(&user, &s, &p, &[]);
+    assert_eq!(v["existed"], false);
+    assert_eq!(images_json(&user, &s).len(), 1);
+    let tmp = s.path().join("data/sdk-run/images/.tmp");
+    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0);
+    let r = store_rootfs(&s, v["digest"].as_str().unwrap());
+    assert!(r.join("d99/f39999").exists());
+}

@@ -1,0 +1,165 @@
+//! Rootfs manifests end to end, as the unprivileged test user: the
+//! embedded default SDK builds once (shared through
+//! `sdk_e2e::default_sdk_store`) and has working compilers and filesystem
+//! tools; a manifest over a tarball base copies files and runs commands
+//! inside; a failing command leaves the store unchanged.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use sdk_e2e::{Scratch, TestUser, chown_r, default_sdk_store, run_expect, run_ok, subuid_start};
+
+fn sdk(user: &TestUser, s: &Scratch) -> Command {
+    user.command(s, "sdk-run")
+}
+
+#[test]
+fn default_sdk_builds_once_and_has_the_tools() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let store = default_sdk_store();
+    let digest = run_ok(sdk(&user, &s).arg("build").env("XDG_DATA_HOME", &store));
+    let digest = digest.trim();
+    let root = store.join("sdk-run/images").join(digest).join("rootfs");
+    for tool in [
+        "usr/bin/gcc",
+        "usr/bin/make",
+        "usr/sbin/mkfs.ext4",
+        "usr/bin/mkfs.erofs",
+        "usr/bin/mksquashfs",
+        "usr/sbin/mkfs.vfat",
+        "usr/bin/mcopy",
+        "usr/bin/qemu-img",
+        "usr/sbin/veritysetup",
+        "usr/bin/mmdebstrap",
+        "usr/bin/aarch64-linux-gnu-gcc",
+        "usr/bin/sfdisk",
+        "usr/sbin/sgdisk",
+        "usr/bin/busybox",
+        "usr/bin/git",
+        "usr/bin/sudo",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(root.join(tool)).is_ok(),
+            "default SDK lacks {tool}"
+        );
+    }
+    // Real ownership: root inside is the start of the subordinate range;
+    // sudo keeps its set-uid bit.
+    let sudo = std::fs::metadata(root.join("usr/bin/sudo")).unwrap();
+    assert_eq!(sudo.uid(), subuid_start(&user));
+    assert_ne!(sudo.mode() & 0o4000, 0, "sudo is set-uid root");
+    let listed = run_ok(
+        sdk(&user, &s)
+            .args(["images", "--json"])
+            .env("XDG_DATA_HOME", &store),
+    );
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let img = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["digest"] == digest)
+        .expect("default SDK listed");
+    assert_eq!(img["kind"], "manifest");
+    assert_eq!(img["source"], "rootfs-manifests/sdk.toml");
+
+    // A sandbox from it compiles for both boards and makes a filesystem.
+    let name = format!("rootfs-e2e-{}", std::process::id());
+    let script = r#"set -e
+cd /tmp
+printf 'int main(void){return 0;}\n' > t.c
+gcc -o t t.c && ./t
+aarch64-linux-gnu-gcc -o t-arm64 t.c
+file t-arm64 | grep -q 'ARM aarch64'
+truncate -s 8M fs.img && mkfs.ext4 -q -F fs.img && fsck.ext4 -fn fs.img >/dev/null
+echo tools-ok"#;
+    let out = run_expect(
+        sdk(&user, &s)
+            .args(["--rm", "-n", &name, "--", "sh", "-c", script])
+            .env("XDG_DATA_HOME", &store),
+        0,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tools-ok"));
+}
+
+/// A busybox rootfs tarball (from Debian's busybox-static).
+fn busybox_tarball(path: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, "bin/", std::io::empty()).unwrap();
+    b.append_path_with_name("/bin/busybox", "bin/busybox")
+        .expect("/bin/busybox (Debian package busybox-static); run `make test`");
+    for applet in ["sh", "echo", "mkdir", "cat"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn manifest_over_a_tarball_copies_files_and_runs_commands() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    busybox_tarball(&s.path().join("bb.tar"));
+    std::fs::write(s.path().join("motd"), "hello from the manifest\n").unwrap();
+    std::fs::write(
+        s.path().join("m.toml"),
+        r#"commands = ["mkdir -p /etc && echo \"built $GREETING\" > /etc/greeting"]
+
+[base]
+tarball = "bb.tar"
+
+[env]
+GREETING = "by sdk-run"
+
+[[files]]
+src = "motd"
+dst = "/etc/motd"
+mode = "0640"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        s.path().join("bad.toml"),
+        "commands = [\"exit 3\"]\n[base]\ntarball = \"bb.tar\"\n",
+    )
+    .unwrap();
+    chown_r(&user, s.path());
+    let digest = run_ok(sdk(&user, &s).args(["build", "m.toml", "--tag", "bb"]));
+    let digest = digest.trim();
+    let root = s.path().join("data/sdk-run/images").join(digest).join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/greeting")).unwrap(),
+        "built by sdk-run\n"
+    );
+    let motd = std::fs::metadata(root.join("etc/motd")).unwrap();
+    assert_eq!(motd.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(motd.uid(), subuid_start(&user));
+
+    // The second build is a lookup: same digest, nothing rebuilt.
+    let again = run_ok(sdk(&user, &s).args(["build", "m.toml"]));
+    assert_eq!(again.trim(), digest);
+    let listed = run_ok(sdk(&user, &s).args(["images", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["tags"][0], "bb");
+    assert_eq!(v[0]["config"]["env"][0], "GREETING=by sdk-run");
+
+    // A failing command: exit 2, one line naming it, store unchanged.
+    let out = run_expect(sdk(&user, &s).args(["build", "bad.toml"]), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`exit 3` failed"), "{err}");
+    let listed2 = run_ok(sdk(&user, &s).args(["images", "--json"]));
+    assert_eq!(listed, listed2);
+    let tmp = s.path().join("data/sdk-run/images/.tmp");
+    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0);
+}
