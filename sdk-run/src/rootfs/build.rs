@@ -269,8 +269,8 @@ fn copy_files(m: &Manifest, rootfs: &Path, report: &mut Report) -> Result<()> {
 
 /// Run `commands` with `/bin/sh -c` chrooted into `rootfs`, with the host's
 /// /proc, /dev and /sys bound in and its resolv.conf for network access.
-/// Must run in a throwaway process (it unshares the mount namespace and
-/// chroots), as root in the user namespace.
+/// Must run in a throwaway process (it unshares the mount namespace), as
+/// root in the user namespace.
 fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[String]) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
@@ -297,7 +297,7 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
     let resolv = rootfs.join("etc/resolv.conf");
     // Only when the image has a plain file there (never follow a link).
     let had_resolv = std::fs::symlink_metadata(&resolv).ok();
-    if Path::new("/etc/resolv.conf").exists() {
+    if Path::new("/etc/resolv.conf").exists() && rootfs.join("etc").is_dir() {
         if had_resolv.is_none() {
             std::fs::write(&resolv, "")?;
         }
@@ -312,14 +312,14 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
             .context("binding /etc/resolv.conf")?;
         }
     }
-    nix::unistd::chroot(rootfs).context("chroot into the new rootfs")?;
-    std::env::set_current_dir("/")?;
     let mut result = Ok(());
     for c in commands {
         tracing::info!(command = %c, "running in the new rootfs");
-        let status = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(c)
+        // chroot(8) in a child: this process keeps the host's root (it
+        // still writes its result there).
+        let status = Command::new("chroot")
+            .arg(rootfs)
+            .args(["/bin/sh", "-c", c])
             .env_clear()
             .env(
                 "PATH",
@@ -331,7 +331,7 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
             .envs(env)
             .stdin(Stdio::null())
             .status()
-            .with_context(|| format!("cannot run /bin/sh in the rootfs for `{c}`"))?;
+            .with_context(|| format!("cannot run chroot(8) for `{c}`"))?;
         if !status.success() {
             result = Err(UsageError(format!(
                 "manifest command `{c}` failed ({status}); fix the manifest's `commands`"
@@ -340,11 +340,10 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
             break;
         }
     }
-    if had_resolv.is_none() {
-        // Unmount first (we are in our own mount namespace), then drop
-        // the placeholder we created.
-        let _ = nix::mount::umount2("/etc/resolv.conf", nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file("/etc/resolv.conf");
+    if had_resolv.is_none() && rootfs.join("etc").is_dir() {
+        // Unmount (in our own mount namespace), then drop the placeholder.
+        let _ = nix::mount::umount2(&resolv, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&resolv);
     }
     result
 }

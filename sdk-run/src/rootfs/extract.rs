@@ -230,8 +230,16 @@ impl Extractor {
             }
         }
 
-        let parent = match self.resolve_dir(&rel_parent, true) {
-            Ok(p) => p,
+        let parent = match self.resolve_dir_clamped(&rel_parent, true) {
+            Ok((p, clamped)) => {
+                if clamped {
+                    self.report.skip(
+                        &shown,
+                        "a symlink in its path points outside the target; written inside it instead",
+                    );
+                }
+                p
+            }
             Err(why) => {
                 self.report.skip(&shown, why);
                 return Ok(());
@@ -450,6 +458,17 @@ impl Extractor {
     /// symlinks clamped to the root; create missing directories when
     /// `create`. Returns the host path of the directory.
     fn resolve_dir(&self, rel: &Path, create: bool) -> Result<PathBuf, &'static str> {
+        self.resolve_dir_clamped(rel, create).map(|(p, _)| p)
+    }
+
+    /// [`Self::resolve_dir`], also saying whether a symlink pointed out of
+    /// the root (absolute, or `..` above it) and was clamped inside.
+    fn resolve_dir_clamped(
+        &self,
+        rel: &Path,
+        create: bool,
+    ) -> Result<(PathBuf, bool), &'static str> {
+        let mut clamped = false;
         let mut todo: Vec<OsString> = rel
             .components()
             .rev()
@@ -465,7 +484,9 @@ impl Extractor {
                 continue;
             }
             if c == ".." {
-                cur.pop();
+                if cur.pop().is_none() {
+                    clamped = true;
+                }
                 continue;
             }
             let mut host = self.root.clone();
@@ -481,6 +502,7 @@ impl Extractor {
                     let target = fs::read_link(&host).map_err(|_| "unreadable symlink")?;
                     if target.is_absolute() {
                         cur.clear();
+                        clamped = true;
                     }
                     for part in target.components().rev() {
                         match part {
@@ -500,7 +522,7 @@ impl Extractor {
         }
         let mut host = self.root.clone();
         host.extend(&cur);
-        Ok(host)
+        Ok((host, clamped))
     }
 
     fn whiteout(

@@ -82,6 +82,7 @@ fn sniff(head: &[u8]) -> Compression {
 
 /// What a container needs from an image's config on enter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct RuntimeConfig {
     /// `KEY=VALUE` entries.
     #[serde(default)]
@@ -747,6 +748,28 @@ pub fn unpack(
             )
         });
         // A decompression error explains a tar read error better.
+        if (applied.is_err() || produced.is_err())
+            && let Check::Blob(want) = &layer.check
+        {
+            // A damaged blob usually fails to decompress first; say what
+            // is really wrong when its digest does not match.
+            let mut h = Hashing {
+                inner: layer.loc.open().map_err(ioerr(&plan.path))?,
+                hasher: Sha256::new(),
+                count: 0,
+                progress: &no_progress,
+            };
+            io::copy(&mut h, &mut io::sink()).map_err(ioerr(&plan.path))?;
+            if hex::encode(h.hasher.finalize()) != *want {
+                return Err(bad(
+                    &plan.path,
+                    format!(
+                        "digest mismatch for layer {}: the archive is damaged or was altered",
+                        layer.name
+                    ),
+                ));
+            }
+        }
         let (blob_hex, diff_hex, count) = match (applied, produced) {
             (_, Err(e)) => return Err(e),
             (Err(e), _) => {
