@@ -34,7 +34,7 @@ fn default_sdk_builds_once_and_has_the_tools() {
         "usr/sbin/veritysetup",
         "usr/bin/mmdebstrap",
         "usr/bin/aarch64-linux-gnu-gcc",
-        "usr/bin/sfdisk",
+        "usr/sbin/sfdisk",
         "usr/sbin/sgdisk",
         "usr/bin/busybox",
         "usr/bin/git",
