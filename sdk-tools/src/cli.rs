@@ -11,7 +11,7 @@ pub mod fs;
 pub mod verity;
 
 /// Verbs reachable through a link of the same name (multi-call).
-pub const MULTICALL_NAMES: &[&str] = &[];
+pub const MULTICALL_NAMES: &[&str] = &["setup_board", "build_packages"];
 
 /// The SDK's in-sandbox toolchain.
 #[derive(Debug, Parser)]
@@ -38,6 +38,12 @@ pub enum Command {
     /// Filesystem images from a directory (ext4, erofs, squashfs, vfat).
     #[command(subcommand)]
     Fs(fs::FsCommand),
+    /// Create or update a board's cross-root (/build/<board>) and its wrappers.
+    #[command(name = "setup_board")]
+    SetupBoard(crate::packages::verbs::SetupBoardArgs),
+    /// Build package recipes into a board's cross-root, reusing unchanged ones.
+    #[command(name = "build_packages")]
+    BuildPackages(crate::packages::verbs::BuildPackagesArgs),
 }
 
 /// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
@@ -70,6 +76,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Verity(cmd) => verity::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Fs(cmd) => fs::run(cmd),
+        Command::SetupBoard(args) => crate::packages::verbs::setup_board(args),
+        Command::BuildPackages(args) => crate::packages::verbs::build_packages(args),
     };
     match result {
         Ok(()) => 0,

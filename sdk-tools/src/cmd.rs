@@ -68,6 +68,9 @@ pub trait CommandExt {
     /// Like `run_capture`, but returns stderr too (for tools such as
     /// debugfs that report failed requests only there, with status 0).
     fn run_output(&mut self) -> Result<std::process::Output, CmdError>;
+    /// Run with stdout and stderr appended to the file `log` (a build log);
+    /// a failure carries the log's last lines.
+    fn run_logged(&mut self, log: &std::path::Path) -> Result<(), CmdError>;
 }
 
 impl CommandExt for Command {
@@ -130,6 +133,46 @@ impl CommandExt for Command {
         }
         Ok(())
     }
+
+    fn run_logged(&mut self, log: &std::path::Path) -> Result<(), CmdError> {
+        let shown = display(self);
+        tracing::debug!(cmd = %shown, log = %log.display(), "running");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+        };
+        let spawn_err = |source| CmdError::Spawn {
+            cmd: shown.clone(),
+            source,
+        };
+        let out = open().map_err(spawn_err)?;
+        let err = open().map_err(spawn_err)?;
+        let status = self
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .map_err(spawn_err)?;
+        if !status.success() {
+            return Err(CmdError::Failed {
+                cmd: shown,
+                status,
+                stderr_tail: file_tail(log, 20),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The last `lines` lines of a text file (for failure messages).
+pub fn file_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(64 * 1024);
+    let text = String::from_utf8_lossy(&text[start..]);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("create a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)))
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("write {}", path.display()))?;
     tmp.persist(path)
@@ -139,9 +140,13 @@ impl CrossRoot {
     pub fn work_dir(&self) -> PathBuf {
         self.build_root.join(".work").join(&self.board)
     }
-    /// Downloads shared by all boards.
+    /// Downloads shared by all boards: `SDK_CACHE_DIR`, else
+    /// `<build-root>/.cache`.
     pub fn cache_dir(&self) -> PathBuf {
-        self.build_root.join(".cache")
+        match std::env::var_os("SDK_CACHE_DIR") {
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            _ => self.build_root.join(".cache"),
+        }
     }
     /// Directory of the per-board wrapper commands.
     pub fn wrappers_dir(&self) -> PathBuf {

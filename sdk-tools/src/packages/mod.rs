@@ -4,6 +4,12 @@
 //! [`crossroot::CrossRoot`] and [`binpkg::PackageMeta`].
 
 pub mod binpkg;
+pub mod build;
+pub mod builder;
 pub mod crossroot;
+pub mod debimport;
 pub mod graph;
+pub mod hash;
+pub mod isolate;
 pub mod recipe;
+pub mod verbs;
