@@ -33,6 +33,7 @@ PACKAGES=(
   qemu-user-static  # run arm64 test binaries
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # host-side cross tests
   systemd-boot-efi  # bootloader for images
+  gcc binutils file pkgconf curl  # build_packages: host board compiler, pkg-config wrappers, tarball downloads; tests: file, readelf
 )
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")

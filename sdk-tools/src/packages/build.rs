@@ -157,10 +157,7 @@ fn cached_meta(cross: &CrossRoot, recipe: &Recipe, input_hash: &str) -> Option<P
 
 /// Compute hashes and actions. `installed` gives the installed version
 /// of a package.
-pub fn plan(
-    opts: &Options,
-    installed: &dyn Fn(&str) -> Option<String>,
-) -> Result<Plan> {
+pub fn plan(opts: &Options, installed: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     let (board, recipes, order) = resolve(opts)?;
     let cross = CrossRoot::new(&opts.build_root, &board.name);
     let needs_toolchain = order
@@ -176,8 +173,10 @@ pub fn plan(
     for name in &order {
         let recipe = recipes.get(name).expect("ordered names have recipes");
         let deps: Vec<String> = recipe.all_deps().cloned().collect();
-        let dep_hashes: Vec<(String, String)> =
-            deps.iter().map(|d| (d.clone(), hashes[d].clone())).collect();
+        let dep_hashes: Vec<(String, String)> = deps
+            .iter()
+            .map(|d| (d.clone(), hashes[d].clone()))
+            .collect();
         let h = hash::input_hash(recipe, &board, &toolchain, &dep_hashes)
             .with_context(|| format!("hash the inputs of {name}"))?;
         let action = if installed(name).as_deref() == Some(h.as_str()) {
@@ -327,7 +326,8 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
         job.installer.lock().unwrap().install(&meta)?;
         return Ok(Outcome::Cached);
     }
-    let mut header = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let mut header =
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     writeln!(
         header,
         "== {} {} for {} (input hash {})",
@@ -351,13 +351,21 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
                 let metas: Vec<&PackageMeta> = closure.iter().filter_map(|n| inst.get(n)).collect();
                 debimport::debs_of(&metas)
             };
-            let (content, infos) =
-                debimport::import(&cross.cache_dir(), &board.debian_arch, &spec.for_arch(&board.debian_arch), &have)
-                    .with_context(|| format!("{}: import Debian packages", recipe.name))?;
+            let (content, infos) = debimport::import(
+                &cross.cache_dir(),
+                &board.debian_arch,
+                &spec.for_arch(&board.debian_arch),
+                &have,
+            )
+            .with_context(|| format!("{}: import Debian packages", recipe.name))?;
             debs = infos;
             let mut log_file = std::fs::OpenOptions::new().append(true).open(log)?;
             for d in &debs {
-                writeln!(log_file, "imported {} {} {}", d.package, d.version, d.architecture)?;
+                writeln!(
+                    log_file,
+                    "imported {} {} {}",
+                    d.package, d.version, d.architecture
+                )?;
             }
             content
         }
@@ -415,7 +423,10 @@ fn pack(job: &Job, content: Content, debs: Vec<binpkg::DebInfo>) -> Result<Packa
         archive_sha256: sha,
         files,
     };
-    write_atomic(&dir.join(format!("{stem}.json")), &serde_json::to_vec_pretty(&meta)?)?;
+    write_atomic(
+        &dir.join(format!("{stem}.json")),
+        &serde_json::to_vec_pretty(&meta)?,
+    )?;
     Ok(meta)
 }
 
@@ -424,7 +435,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     let (board, _, _) = resolve(opts)?;
     let cross = CrossRoot::new(&opts.build_root, &board.name);
     if cross.setup(&board, false)? {
-        eprintln!("set up the cross-root {} for {}", cross.root.display(), board.name);
+        eprintln!(
+            "set up the cross-root {} for {}",
+            cross.root.display(),
+            board.name
+        );
     }
     let _lock = cross.lock()?;
     let installer = Installer::open(&cross)?;
@@ -440,7 +455,10 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
         recipes,
         packages,
     } = plan;
-    let todo = packages.iter().filter(|p| p.action != Action::UpToDate).count();
+    let todo = packages
+        .iter()
+        .filter(|p| p.action != Action::UpToDate)
+        .count();
     let mut progress = Progress::new(todo);
     let mut outcome: BTreeMap<String, PackageReport> = BTreeMap::new();
     for p in &packages {
@@ -487,7 +505,11 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
             };
             progress.start(
                 &p.name,
-                if p.action == Action::Build { "building" } else { "installing" },
+                if p.action == Action::Build {
+                    "building"
+                } else {
+                    "installing"
+                },
             );
             let log = cross.log_path(&p.name);
             if let Some(parent) = log.parent() {
@@ -521,7 +543,11 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
             },
             Err(e) => {
                 let msg = format!("{e:#}");
-                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(&log) {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&log)
+                {
                     let _ = writeln!(f, "== FAILED: {msg}");
                 }
                 let tail = crate::cmd::file_tail(&log, 15);
@@ -553,15 +579,17 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
     progress.done();
     // What never ran: a dependency failed, or the run stopped early.
     for p in &packages {
-        outcome.entry(p.name.clone()).or_insert_with(|| PackageReport {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            input_hash: p.input_hash.clone(),
-            outcome: Outcome::Skipped,
-            log: None,
-            error: None,
-            seconds: 0.0,
-        });
+        outcome
+            .entry(p.name.clone())
+            .or_insert_with(|| PackageReport {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                input_hash: p.input_hash.clone(),
+                outcome: Outcome::Skipped,
+                log: None,
+                error: None,
+                seconds: 0.0,
+            });
     }
     let packages = packages
         .iter()

@@ -30,7 +30,9 @@ pub const SOURCE_DATE_EPOCH: u64 = 315_532_800;
 /// Why a build failed, for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{recipe}: tarball {tarball} (line {line}) has sha256 {actual}, but the recipe says {expected}; check the download or update sha256")]
+    #[error(
+        "{recipe}: tarball {tarball} (line {line}) has sha256 {actual}, but the recipe says {expected}; check the download or update sha256"
+    )]
     Checksum {
         recipe: String,
         tarball: String,
@@ -59,8 +61,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             std::os::unix::fs::symlink(target, &dest)
                 .with_context(|| format!("symlink {}", dest.display()))?;
         } else {
-            fs::copy(entry.path(), &dest)
-                .with_context(|| format!("copy {} to {}", entry.path().display(), dest.display()))?;
+            fs::copy(entry.path(), &dest).with_context(|| {
+                format!("copy {} to {}", entry.path().display(), dest.display())
+            })?;
         }
     }
     Ok(())
@@ -83,7 +86,13 @@ fn fetch_tarball(
             if !path.exists() {
                 let tmp = dir.join(format!(".{}.{}.part", t.file_name(), std::process::id()));
                 Command::new("curl")
-                    .args(["--fail", "--location", "--silent", "--show-error", "--output"])
+                    .args([
+                        "--fail",
+                        "--location",
+                        "--silent",
+                        "--show-error",
+                        "--output",
+                    ])
                     .arg(&tmp)
                     .arg(url)
                     .run_logged(log)
@@ -100,7 +109,8 @@ fn fetch_tarball(
                     }
                     .into());
                 }
-                fs::rename(&tmp, &path).with_context(|| format!("rename into {}", path.display()))?;
+                fs::rename(&tmp, &path)
+                    .with_context(|| format!("rename into {}", path.display()))?;
             }
             path
         }

@@ -84,7 +84,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("create a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)))
+        .and_then(|_| {
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+        })
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("write {}", path.display()))?;
     tmp.persist(path)
@@ -698,4 +701,141 @@ fn ensure_real_parents(root: &Path, dest: &Path, safe: &mut HashSet<PathBuf>) ->
     }
     safe.insert(parent.to_path_buf());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packages::binpkg::{self, Content, Data, Item};
+    use crate::packages::recipe::Kind;
+
+    /// Write a package with `files` (path -> contents) into the cross-root's
+    /// package dir, as build_packages does.
+    fn package(cross: &CrossRoot, name: &str, hash: &str, files: &[(&str, &str)]) -> PackageMeta {
+        let mut content = Content::new();
+        for (p, c) in files {
+            let mut item = Item::root_dir(0o644);
+            item.kind = FileKind::File;
+            item.data = Data::Bytes(c.as_bytes().to_vec());
+            content.insert(p.to_string(), item);
+        }
+        binpkg::add_parents(&mut content);
+        let dir = cross.package_dir(name);
+        fs::create_dir_all(&dir).unwrap();
+        let stem = PackageMeta::file_stem("1", hash);
+        let archive = format!("{stem}.tar.zst");
+        let (files, sha) = binpkg::write_archive(&content, &dir.join(&archive), 0).unwrap();
+        let meta = PackageMeta {
+            format: binpkg::FORMAT,
+            name: name.into(),
+            version: "1".into(),
+            kind: Kind::Build,
+            description: String::new(),
+            board: "amd64-usr".into(),
+            arch: "x86_64".into(),
+            debian_arch: "amd64".into(),
+            input_hash: hash.into(),
+            depends: vec![],
+            build_depends: vec![],
+            debs: vec![],
+            archive,
+            archive_sha256: sha,
+            files,
+        };
+        write_atomic(
+            &dir.join(format!("{stem}.json")),
+            &serde_json::to_vec(&meta).unwrap(),
+        )
+        .unwrap();
+        meta
+    }
+
+    fn setup() -> (tempfile::TempDir, CrossRoot) {
+        let d = tempfile::tempdir().unwrap();
+        let cross = CrossRoot::new(d.path(), "amd64-usr");
+        let board = Board::load(None, "amd64-usr").unwrap();
+        assert!(cross.setup(&board, false).unwrap());
+        assert!(!cross.setup(&board, false).unwrap(), "idempotent");
+        assert!(cross.wrapper("cc").is_file() && cross.wrapper("pkg-config").is_file());
+        (d, cross)
+    }
+
+    #[test]
+    fn upgrade_removes_dropped_files_and_conflicts_are_refused() {
+        let (_d, cross) = setup();
+        let mut inst = Installer::open(&cross).unwrap();
+        let v1 = package(
+            &cross,
+            "a/one",
+            &"1".repeat(64),
+            &[("usr/bin/x", "1"), ("usr/bin/old", "o")],
+        );
+        inst.install(&v1).unwrap();
+        assert!(cross.root.join("usr/bin/old").exists());
+        let v2 = package(
+            &cross,
+            "a/one",
+            &"2".repeat(64),
+            &[("usr/bin/x", "2"), ("usr/bin/new", "n")],
+        );
+        inst.install(&v2).unwrap();
+        assert!(!cross.root.join("usr/bin/old").exists());
+        assert_eq!(
+            fs::read_to_string(cross.root.join("usr/bin/x")).unwrap(),
+            "2"
+        );
+        let other = package(&cross, "b/two", &"3".repeat(64), &[("usr/bin/x", "mine")]);
+        let err = inst.install(&other).unwrap_err().to_string();
+        assert!(
+            err.contains("/usr/bin/x, which already belongs to a/one"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(cross.root.join("usr/bin/x")).unwrap(),
+            "2"
+        );
+        assert!(cross.installed_package("b/two").unwrap().is_none());
+        let all: Vec<String> = cross
+            .installed()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(all, vec!["a/one"]);
+        assert_eq!(cross.runtime_closure(&["a/one".into()]).unwrap().len(), 1);
+        assert!(cross.runtime_closure(&["b/two".into()]).is_err());
+    }
+
+    #[test]
+    fn interrupted_install_is_finished_by_the_next_run() {
+        let (_d, cross) = setup();
+        let mut inst = Installer::open(&cross).unwrap();
+        let v1 = package(
+            &cross,
+            "a/one",
+            &"1".repeat(64),
+            &[("usr/bin/x", "1"), ("usr/bin/old", "o")],
+        );
+        inst.install(&v1).unwrap();
+        let v2 = package(&cross, "a/one", &"2".repeat(64), &[("usr/bin/x", "2")]);
+        // A run killed right after writing the journal (files half
+        // unpacked, database still naming v1).
+        let journal = Journal {
+            meta: cross.package_dir("a/one").join(format!(
+                "{}.json",
+                PackageMeta::file_stem("1", &v2.input_hash)
+            )),
+            old_files: vec!["usr/bin/x".into(), "usr/bin/old".into()],
+        };
+        write_atomic(
+            &cross.journal_path(),
+            &serde_json::to_vec(&journal).unwrap(),
+        )
+        .unwrap();
+        drop(inst);
+        let inst = Installer::open(&cross).unwrap();
+        assert_eq!(inst.get("a/one").unwrap().input_hash, v2.input_hash);
+        assert!(!cross.root.join("usr/bin/old").exists());
+        assert!(!cross.journal_path().exists());
+    }
 }

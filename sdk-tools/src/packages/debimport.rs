@@ -57,7 +57,10 @@ impl Apt {
         set("Dir::Etc::Parts", &format!("{d}/etc/apt.conf.d"));
         set("Dir::Etc::Main", "/dev/null");
         set("Dir::Etc::Preferences", "/dev/null");
-        set("Dir::Etc::PreferencesParts", &format!("{d}/etc/preferences.d"));
+        set(
+            "Dir::Etc::PreferencesParts",
+            &format!("{d}/etc/preferences.d"),
+        );
         set("Dir::State", &format!("{d}/state"));
         set("Dir::State::status", &format!("{d}/status"));
         set("Dir::Cache", &format!("{d}/cache"));
@@ -76,8 +79,13 @@ impl Apt {
         }
         // A proxy configured for this machine's apt still applies.
         for key in ["Acquire::http::Proxy", "Acquire::https::Proxy"] {
-            if let Ok(v) = Command::new("apt-config").args(["shell", "V", key]).run_stdout()
-                && let Some(val) = v.trim().strip_prefix("V='").and_then(|s| s.strip_suffix('\''))
+            if let Ok(v) = Command::new("apt-config")
+                .args(["shell", "V", key])
+                .run_stdout()
+                && let Some(val) = v
+                    .trim()
+                    .strip_prefix("V='")
+                    .and_then(|s| s.strip_suffix('\''))
                 && !val.is_empty()
             {
                 set(key, val);
@@ -125,7 +133,10 @@ impl Apt {
         }
         if let Err(e) = self.cmd("apt-get").args(["update", "-q"]).run_capture() {
             let have_lists = fs::read_dir(self.dir.join("state/lists"))
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with("Packages")))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with("Packages"))
+                })
                 .unwrap_or(false);
             if !have_lists {
                 return Err(e).context(format!(
@@ -133,7 +144,10 @@ impl Apt {
                     self.arch
                 ));
             }
-            eprintln!("warning: apt-get update for {} failed; using the package lists from the last update", self.arch);
+            eprintln!(
+                "warning: apt-get update for {} failed; using the package lists from the last update",
+                self.arch
+            );
         }
         done.insert(self.dir.clone());
         Ok(())
@@ -161,7 +175,11 @@ impl Apt {
     /// Resolve `names` (and their dependency closure, minus what
     /// `installed` already provides) with apt, download them, and return
     /// `(deb info, path)` in apt's install order.
-    pub fn fetch(&self, names: &[String], installed: &[DebInfo]) -> Result<Vec<(DebInfo, PathBuf)>> {
+    pub fn fetch(
+        &self,
+        names: &[String],
+        installed: &[DebInfo],
+    ) -> Result<Vec<(DebInfo, PathBuf)>> {
         let mut status = String::new();
         for d in installed {
             status.push_str(&format!(
@@ -184,7 +202,9 @@ impl Apt {
             .args(["install", "--download-only", "-q", "-y"])
             .args(names)
             .run_capture()
-            .with_context(|| format!("apt cannot download {} for {}", names.join(" "), self.arch))?;
+            .with_context(|| {
+                format!("apt cannot download {} for {}", names.join(" "), self.arch)
+            })?;
         let archives = self.dir.join("cache/archives");
         let mut out = Vec::new();
         for d in debs {
@@ -196,7 +216,10 @@ impl Apt {
             );
             let p = archives.join(&file);
             if !p.is_file() {
-                bail!("apt reported {file} downloaded, but it is not in {}", archives.display());
+                bail!(
+                    "apt reported {file} downloaded, but it is not in {}",
+                    archives.display()
+                );
             }
             out.push((d, p));
         }
@@ -262,8 +285,7 @@ pub fn unpack_deb(deb: &Path, content: &mut Content) -> Result<()> {
         if path.is_empty() || path == "." {
             continue;
         }
-        super::crossroot::check_rel_path(&path)
-            .with_context(|| format!("{}", deb.display()))?;
+        super::crossroot::check_rel_path(&path).with_context(|| format!("{}", deb.display()))?;
         let h = entry.header();
         let mut item = Item {
             kind: FileKind::File,
@@ -303,7 +325,10 @@ pub fn unpack_deb(deb: &Path, content: &mut Content) -> Result<()> {
                 item.kind = FileKind::Hardlink;
                 item.data = Data::Link(merge_usr(&target.to_string_lossy()));
             }
-            other => bail!("{}: /{path} is a {other:?}, which packages cannot hold", deb.display()),
+            other => bail!(
+                "{}: /{path} is a {other:?}, which packages cannot hold",
+                deb.display()
+            ),
         }
         if let Some(prev) = content.get(&path)
             && prev.kind != FileKind::Dir
@@ -372,7 +397,14 @@ mod tests {
         let text = "NOTE: x\nInst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [arm64]) []\nInst libattr1 (1:2.5.1-4 Debian:12.15/oldstable [arm64])\nInst base-files [12.4] (12.4+deb12u1 Debian:12 [amd64])\nConf libc6 (2.36)\n";
         let d = parse_simulation(text);
         assert_eq!(d.len(), 3);
-        assert_eq!((d[0].package.as_str(), d[0].version.as_str(), d[0].architecture.as_str()), ("libc6", "2.36-9+deb12u14", "arm64"));
+        assert_eq!(
+            (
+                d[0].package.as_str(),
+                d[0].version.as_str(),
+                d[0].architecture.as_str()
+            ),
+            ("libc6", "2.36-9+deb12u14", "arm64")
+        );
         assert_eq!(d[1].version, "1:2.5.1-4");
         assert_eq!(d[2].version, "12.4+deb12u1");
     }
@@ -380,7 +412,10 @@ mod tests {
     #[test]
     fn usr_merge() {
         assert_eq!(merge_usr("./bin/busybox"), "usr/bin/busybox");
-        assert_eq!(merge_usr("./lib/modules/6.1/x.ko"), "usr/lib/modules/6.1/x.ko");
+        assert_eq!(
+            merge_usr("./lib/modules/6.1/x.ko"),
+            "usr/lib/modules/6.1/x.ko"
+        );
         assert_eq!(merge_usr("./lib64/"), "usr/lib64");
         assert_eq!(merge_usr("./boot/vmlinuz"), "boot/vmlinuz");
         assert_eq!(merge_usr("./library/x"), "library/x");

@@ -54,18 +54,36 @@ fn update_line(h: &mut Sha256, parts: &[&[u8]]) {
 fn hash_recipe_dir(h: &mut Sha256, dir: &Path) -> Result<()> {
     for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
         let entry = entry.with_context(|| format!("read {}", dir.display()))?;
-        let rel = entry.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let ft = entry.file_type();
         if ft.is_dir() {
             update_line(h, &[b"dir", rel.as_bytes()]);
         } else if ft.is_symlink() {
             let target = std::fs::read_link(entry.path())
                 .with_context(|| format!("read link {}", entry.path().display()))?;
-            update_line(h, &[b"link", rel.as_bytes(), target.as_os_str().as_encoded_bytes()]);
+            update_line(
+                h,
+                &[
+                    b"link",
+                    rel.as_bytes(),
+                    target.as_os_str().as_encoded_bytes(),
+                ],
+            );
         } else {
             use std::os::unix::fs::PermissionsExt;
-            let md = entry.metadata().with_context(|| format!("stat {}", entry.path().display()))?;
-            let exec: &[u8] = if md.permissions().mode() & 0o111 != 0 { b"x" } else { b"-" };
+            let md = entry
+                .metadata()
+                .with_context(|| format!("stat {}", entry.path().display()))?;
+            let exec: &[u8] = if md.permissions().mode() & 0o111 != 0 {
+                b"x"
+            } else {
+                b"-"
+            };
             let bytes = std::fs::read(entry.path())
                 .with_context(|| format!("read {}", entry.path().display()))?;
             update_line(h, &[b"file", rel.as_bytes(), exec, &Sha256::digest(&bytes)]);
@@ -84,7 +102,14 @@ pub fn input_hash(
 ) -> Result<String> {
     let mut h = Sha256::new();
     update_line(&mut h, &[FORMAT_TAG.as_bytes()]);
-    update_line(&mut h, &[b"board", board.name.as_bytes(), board.profile_sha256.as_bytes()]);
+    update_line(
+        &mut h,
+        &[
+            b"board",
+            board.name.as_bytes(),
+            board.profile_sha256.as_bytes(),
+        ],
+    );
     update_line(&mut h, &[b"kind", recipe.kind_name().as_str().as_bytes()]);
     update_line(&mut h, &[b"name", recipe.name.as_bytes()]);
     if let RecipeKind::Build(spec) = &recipe.kind {

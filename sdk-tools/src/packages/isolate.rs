@@ -121,7 +121,8 @@ impl Prepared {
 /// Make `cmd` run confined: everything read-only but `writable`. Set the
 /// command's working directory before calling this.
 pub fn confine(cmd: &mut Command, writable: &Path) -> io::Result<()> {
-    let cstr = |b: &[u8]| CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let cstr =
+        |b: &[u8]| CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
     let prepared = Prepared {

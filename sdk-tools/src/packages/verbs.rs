@@ -133,7 +133,13 @@ pub fn build_packages(args: BuildPackagesArgs) -> Result<()> {
                     Action::Install => "install from cache",
                     Action::Build => "build",
                 };
-                println!("{:<20} {} {} ({})", what, p.name, p.version, &p.input_hash[..16]);
+                println!(
+                    "{:<20} {} {} ({})",
+                    what,
+                    p.name,
+                    p.version,
+                    &p.input_hash[..16]
+                );
             }
         }
         return Ok(());
@@ -145,13 +151,19 @@ pub fn build_packages(args: BuildPackagesArgs) -> Result<()> {
         let total = report.packages.len();
         let up = report.count(&Outcome::UpToDate);
         if up == total {
-            println!("nothing to build: all {total} packages for {} are up to date", report.board);
+            println!(
+                "nothing to build: all {total} packages for {} are up to date",
+                report.board
+            );
         } else {
             for (label, o) in [
                 ("built", Outcome::Built),
                 ("installed from cache", Outcome::Cached),
                 ("failed", Outcome::Failed),
-                ("skipped (a dependency failed or the run stopped)", Outcome::Skipped),
+                (
+                    "skipped (a dependency failed or the run stopped)",
+                    Outcome::Skipped,
+                ),
             ] {
                 let names = report.names(&o);
                 if !names.is_empty() {
