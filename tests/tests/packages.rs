@@ -195,6 +195,12 @@ fn demo_os_builds_for_both_boards_and_cross_links() {
             ),
             "{debs:?}"
         );
+        // apt resolved the closure: the kernel's tools need the C library.
+        assert!(
+            debs.iter()
+                .any(|d| d["package"] == "libc6" && d["architecture"] == arch),
+            "{debs:?}"
+        );
         let files = kernel["files"].as_array().unwrap();
         assert!(
             files

@@ -240,6 +240,7 @@ fn parse_simulation(text: &str) -> Vec<DebInfo> {
         };
         let Some(open) = rest.find('(') else { continue };
         let inner = &rest[open + 1..];
+        let inner = inner.split(')').next().unwrap_or(inner);
         let version = inner.split_whitespace().next().unwrap_or_default();
         let arch = inner
             .rfind('[')
@@ -258,7 +259,10 @@ fn parse_simulation(text: &str) -> Vec<DebInfo> {
 
 /// Fold a path from a .deb into the /usr-merged layout.
 pub fn merge_usr(path: &str) -> String {
-    let p = path.trim_start_matches("./").trim_start_matches('/');
+    let p = path
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
     for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
         if p == top {
             return format!("usr/{top}");
@@ -267,7 +271,7 @@ pub fn merge_usr(path: &str) -> String {
             return format!("usr/{top}/{rest}");
         }
     }
-    p.trim_end_matches('/').to_string()
+    p.to_string()
 }
 
 /// Add one .deb's files to `content`.
