@@ -1,27 +1,113 @@
 //! Command line of `sdk-run` (clap derive). Parses, sets up logging, and
-//! hands each verb to its module; prints errors as one `{:#}` chain.
+//! hands each verb to its module; prints errors as one `{:#}` line and maps
+//! them to exit codes (`crate::exit`).
 
-use clap::Parser;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::paths::StateDir;
+use crate::sandbox::{Net, Volume, list, remove, run};
 
 /// Enter a rootless, persistent SDK sandbox for the distro repo you stand in.
 ///
+/// With no verb, sdk-run enters the sandbox named after the repo's
+/// sdk-version.toml (sdk-<sdk-version>_os-<os-version>), starting it if it is
+/// stopped and creating it if it does not exist, then runs CMD inside (the
+/// login shell without one). The repo is at /mnt/host/source inside; the
+/// exit status is CMD's.
+///
 /// Examples:
-///   sdk-run -t                     enter (creating if needed) the repo's sandbox
-///   sdk-run -- make -C src         run one command inside and return its status
+///   sdk-run -t                               a shell in the repo's sandbox
+///   sdk-run --rootfs ~/sdk.tar.zst -t        first time: create it from a rootfs
+///   sdk-run -- make -C src                   one command; its exit status is ours
+///   sdk-run -u root -- apt-get install -y vim     as root inside
+///   sdk-run -n scratch --rootfs /srv/rootfs -v ~/distfiles:/var/cache/distfiles:ro -t
+///   sdk-run --rm -n try --rootfs rootfs.tar -- ./check.sh    throwaway sandbox
+///   sdk-run list --json;  sdk-run stop NAME;  sdk-run rm -f NAME;  sdk-run prune
 #[derive(Debug, Parser)]
-#[command(name = "sdk-run", version, verbatim_doc_comment)]
+#[command(
+    name = "sdk-run",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    max_term_width = 100
+)]
 pub struct Cli {
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG also works.
-    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    /// More logging (--verbose info, twice debug, three times trace); RUST_LOG also works.
+    #[arg(long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-
+    #[command(flatten)]
+    pub run: RunArgs,
     #[command(subcommand)]
     pub verb: Option<Verb>,
 }
 
-/// Verbs besides entering a sandbox.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Allocate a terminal inside the sandbox (for interactive shells).
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Sandbox name (default: from the repo's sdk-version.toml).
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+    /// User to run as inside: sdk (you, uid 1000), root, or a name/uid from the sandbox's /etc/passwd.
+    #[arg(short = 'u', long = "user", value_name = "USER", default_value = "sdk")]
+    pub user: String,
+    /// Bind a host path into the sandbox (at creation), read-only with :ro.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volumes: Vec<Volume>,
+    /// Pass a host device node through (at creation); /dev/kvm and /dev/fuse are added when you can open them.
+    #[arg(long = "device", value_name = "PATH")]
+    pub devices: Vec<PathBuf>,
+    /// Root filesystem for a new sandbox: an unpacked directory (used in place) or a .tar/.tar.gz/.tar.zst (extracted).
+    #[arg(long = "rootfs", value_name = "DIR|TARBALL")]
+    pub rootfs: Option<PathBuf>,
+    /// With --rootfs DIR: leave DIR untouched (shareable) and keep the sandbox's changes in its own overlay layer.
+    #[arg(long = "overlay", requires = "rootfs")]
+    pub overlay: bool,
+    /// Network of a new sandbox: the host's (default) or none (loopback only).
+    #[arg(long = "net", value_enum, value_name = "host|none")]
+    pub net: Option<Net>,
+    /// Remove the sandbox when CMD exits (it must not exist yet).
+    #[arg(long = "rm")]
+    pub rm: bool,
+    /// The command to run inside, after `--`.
+    #[arg(last = true, value_name = "CMD ARGS")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Verb {
+    /// List sandboxes: name, state, init pid, created, rootfs, mounts.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sandboxes: every process in them ends; files stay.
+    Stop {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Remove sandboxes and their files (their rootfs or writable layer).
+    Rm {
+        /// Stop running ones first.
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Remove every sandbox that is not running, and leftovers of interrupted runs.
+    Prune,
+    /// Print a shell completion script (e.g. `sdk-run completions bash > /etc/bash_completion.d/sdk-run`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout (e.g. `sdk-run man | man -l -`).
+    Man,
     Import(crate::rootfs::verbs::ImportArgs),
     Images(crate::rootfs::verbs::ImagesArgs),
     Rmi(crate::rootfs::verbs::RmiArgs),
@@ -29,45 +115,142 @@ pub enum Verb {
     Build(crate::rootfs::verbs::BuildArgs),
 }
 
-fn run_verb(verb: &Verb) -> anyhow::Result<i32> {
-    use crate::rootfs::verbs;
-    match verb {
-        Verb::Import(a) => verbs::import(a),
-        Verb::Images(a) => verbs::images(a),
-        Verb::Rmi(a) => verbs::rmi(a),
-        Verb::Commit(a) => verbs::commit(a),
-        Verb::Build(a) => verbs::build(a),
-    }
-}
-
 /// Parse arguments, run, and return the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let Some(verb) = &cli.verb else {
-        return 0;
-    };
-    match run_verb(verb) {
-        Ok(code) => code,
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return 0;
+        }
         Err(e) => {
-            eprintln!("sdk-run: {e:#}");
-            crate::exit::code_for(&e)
+            // One line: what is wrong; the rest is in --help.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("sdk-run: {first} (see `sdk-run --help`)");
+            return crate::exit::USAGE;
+        }
+    };
+    init_logging(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sdk-run: error: {err:#}");
+            crate::exit::code_for(&err)
         }
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let Some(verb) = cli.verb else {
+        let r = cli.run;
+        return run::run(run::RunOptions {
+            tty: r.tty,
+            name: r.name,
+            user: r.user,
+            volumes: r.volumes,
+            devices: r.devices,
+            rootfs: r.rootfs,
+            overlay: r.overlay,
+            net: r.net,
+            rm: r.rm,
+            command: r.command,
+        });
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    match verb {
+        Verb::List { json } => list::list(&StateDir::from_env()?, json)?,
+        Verb::Stop { names } => remove::stop(&StateDir::from_env()?, &names)?,
+        Verb::Rm { force, names } => remove::rm(&StateDir::from_env()?, &names, force)?,
+        Verb::Prune => remove::prune(&StateDir::from_env()?)?,
+        Verb::Completions { shell } => clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "sdk-run",
+            &mut std::io::stdout(),
+        ),
+        Verb::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
+        Verb::Import(a) => return crate::rootfs::verbs::import(&a),
+        Verb::Images(a) => return crate::rootfs::verbs::images(&a),
+        Verb::Rmi(a) => return crate::rootfs::verbs::rmi(&a),
+        Verb::Commit(a) => return crate::rootfs::verbs::commit(&a),
+        Verb::Build(a) => return crate::rootfs::verbs::build(&a),
+    }
+    Ok(0)
+}
+
+/// Logging to stderr, default level warn. The plain max-level subscriber
+/// keeps the enter path cheap; `RUST_LOG` gets the full filter.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::fmt;
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        let _ = fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+        return;
+    }
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let _ = fmt()
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sdk-run").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_flags_and_command() {
+        let c = parse(&[
+            "-t", "-n", "box", "-u", "root", "-v", "/a:/b:ro", "-v", "/c:/d", "--device",
+            "/dev/kvm", "--net", "none", "--rm", "--", "make", "-j2",
+        ])
+        .unwrap();
+        assert!(c.verb.is_none());
+        let r = c.run;
+        assert!(r.tty && r.rm);
+        assert_eq!(r.name.as_deref(), Some("box"));
+        assert_eq!(r.user, "root");
+        assert_eq!(r.volumes.len(), 2);
+        assert!(r.volumes[0].readonly && !r.volumes[1].readonly);
+        assert_eq!(r.net, Some(Net::None));
+        assert_eq!(r.command, vec![OsString::from("make"), "-j2".into()]);
+    }
+
+    #[test]
+    fn verbs_and_bad_input() {
+        assert!(matches!(
+            parse(&["list", "--json"]).unwrap().verb,
+            Some(Verb::List { json: true })
+        ));
+        assert!(matches!(
+            parse(&["rm", "-f", "a", "b"]).unwrap().verb,
+            Some(Verb::Rm { force: true, .. })
+        ));
+        // A command needs `--`, so a verb is never mistaken for one.
+        assert!(parse(&["make"]).is_err());
+        assert!(parse(&["stop"]).is_err());
+        assert!(parse(&["-v", "nonsense"]).is_err());
+        assert!(parse(&["--net", "bridge"]).is_err());
+        assert!(parse(&["-t", "list"]).is_err());
+        assert!(parse(&["--overlay"]).is_err());
+        assert_eq!(parse(&["-v", "x"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -103,6 +103,15 @@ pub struct Recorder {
     pub calls: std::cell::RefCell<Vec<String>>,
 }
 
+fn flag_names<'a>(it: impl Iterator<Item = (&'a str, ())>) -> String {
+    let v: Vec<&str> = it.map(|(n, ())| n).collect();
+    if v.is_empty() {
+        "0".into()
+    } else {
+        v.join("|")
+    }
+}
+
 impl Recorder {
     fn push(&self, s: String) -> Result<(), Errno> {
         self.calls.borrow_mut().push(s);
@@ -115,10 +124,16 @@ impl Recorder {
 
 impl Sys for Recorder {
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
-        self.push(format!("unshare {flags:?}"))
+        self.push(format!(
+            "unshare {}",
+            flag_names(flags.iter_names().map(|(n, _)| (n, ())))
+        ))
     }
     fn setns(&self, _fd: BorrowedFd<'_>, kind: CloneFlags) -> Result<(), Errno> {
-        self.push(format!("setns {kind:?}"))
+        self.push(format!(
+            "setns {}",
+            flag_names(kind.iter_names().map(|(n, _)| (n, ())))
+        ))
     }
     fn mount(
         &self,
@@ -129,11 +144,11 @@ impl Sys for Recorder {
         data: Option<&str>,
     ) -> Result<(), Errno> {
         self.push(format!(
-            "mount {} {} {} {:?} {}",
+            "mount {} {} {} {} {}",
             source.map_or("-".into(), |s| s.display().to_string()),
             target.display(),
             fstype.unwrap_or("-"),
-            flags,
+            flag_names(flags.iter_names().map(|(n, _)| (n, ()))),
             data.unwrap_or("-")
         ))
     }
@@ -315,15 +330,13 @@ pub fn loopback_up() -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
-/// Reset every signal to its default disposition and unblock all of them
-/// (before exec: Rust ignores SIGPIPE, and the launcher blocks signals).
+/// Undo what the launcher changed about signals before exec: Rust
+/// ignores SIGPIPE (ignored signals survive exec), and the launcher blocks
+/// the signals it relays. Dispositions the caller set up (e.g. `nohup`'s
+/// ignored SIGHUP) are left alone, as any launcher would.
 pub fn reset_signals() {
     use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: setting SIG_DFL installs no Rust handler.
-            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
-        }
-    }
+    // SAFETY: setting SIG_DFL installs no Rust handler.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }

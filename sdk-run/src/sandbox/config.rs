@@ -132,6 +132,9 @@ pub struct Config {
     pub devices: Vec<PathBuf>,
     pub net: Net,
     pub idmap: IdMap,
+    /// What `--rootfs` said at creation (a tarball's path, or the
+    /// directory), to tell a later `--rootfs` that differs.
+    pub rootfs_origin: Option<PathBuf>,
 }
 
 /// Namespace ids (`/proc/PID/ns/*` inode numbers) of a running sandbox.
@@ -161,6 +164,8 @@ pub struct State {
     pub source: Option<PathBuf>,
     /// Whether uid 0 exists inside (false with a single mapping).
     pub has_root: bool,
+    /// Whether the sandbox has its own network namespace (`--net none`).
+    pub own_net: bool,
     /// Extra environment for every command (agent sockets).
     pub env: Vec<(String, String)>,
 }
@@ -257,6 +262,7 @@ mod tests {
             volumes: vec![],
             devices: vec!["/dev/kvm".into()],
             net: Net::None,
+            rootfs_origin: None,
             idmap: IdMap::single(&crate::idmap::Caller {
                 name: None,
                 uid: 5,

@@ -3,6 +3,15 @@
 //! through `crate::sys`.
 
 pub mod config;
+pub mod create;
+pub mod enter;
+pub mod list;
+pub mod lock;
+pub mod mounts;
+pub mod remove;
+pub mod run;
+pub mod start;
 pub mod userns;
+pub mod users;
 
 pub use config::{Config, Net, NsIds, RootfsSpec, State, Volume, validate_name};

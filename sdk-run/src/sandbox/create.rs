@@ -1,0 +1,314 @@
+//! Create a sandbox: validate what was asked (before anything is written),
+//! extract a rootfs tarball if one was given, and write `config.json`
+//! last, so a sandbox exists exactly when its config does. The caller
+//! holds the sandbox lock and starts it afterwards.
+
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::exit::UsageError;
+use crate::idmap::IdMap;
+use crate::paths::SandboxPaths;
+use crate::sandbox::config::{Config, Net, RootfsSpec, Volume, write_json};
+use crate::sandbox::userns;
+
+/// What the user asked for, validated by [`Request::validate`].
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub name: String,
+    /// `None`: the default SDK image (see [`default_rootfs`]).
+    pub rootfs: Option<RootfsSpec>,
+    /// The path `--rootfs` named, as given.
+    pub rootfs_origin: Option<PathBuf>,
+    pub source: Option<PathBuf>,
+    pub volumes: Vec<Volume>,
+    pub devices: Vec<PathBuf>,
+    pub net: Net,
+}
+
+/// The rootfs a sandbox gets when no `--rootfs` is given. The image store
+/// (issue: the SDK rootfs) plugs in here; until it does there is none and
+/// the caller reports a usage error.
+pub fn default_rootfs(
+    _state: &crate::paths::StateDir,
+    _sb: &SandboxPaths,
+) -> anyhow::Result<Option<RootfsSpec>> {
+    Ok(None)
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    UsageError(msg).into()
+}
+
+/// Make `-v` sources absolute and check they exist.
+pub fn resolve_volumes(cwd: &Path, vols: &[Volume]) -> anyhow::Result<Vec<Volume>> {
+    vols.iter()
+        .map(|v| {
+            let src = cwd.join(&v.src);
+            let src = std::fs::canonicalize(&src).map_err(|_| {
+                usage(format!(
+                    "-v {}:{}: {} does not exist; create it or fix the path",
+                    v.src.display(),
+                    v.dst.display(),
+                    src.display()
+                ))
+            })?;
+            Ok(Volume {
+                src,
+                dst: v.dst.clone(),
+                readonly: v.readonly,
+            })
+        })
+        .collect()
+}
+
+/// Check `--device` paths are device nodes.
+pub fn resolve_devices(devs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    devs.iter()
+        .map(|d| {
+            let m = std::fs::metadata(d).map_err(|_| {
+                usage(format!(
+                    "--device {}: no such device; check the path (e.g. --device /dev/kvm)",
+                    d.display()
+                ))
+            })?;
+            let ft = m.file_type();
+            if !(ft.is_char_device() || ft.is_block_device()) || !d.is_absolute() {
+                return Err(usage(format!(
+                    "--device {}: not a device node; pass an absolute /dev path",
+                    d.display()
+                )));
+            }
+            Ok(d.clone())
+        })
+        .collect()
+}
+
+/// Devices every sandbox gets when present and usable by the caller.
+pub fn default_devices() -> Vec<PathBuf> {
+    ["/dev/kvm", "/dev/fuse"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|d| {
+            nix::unistd::access(
+                d,
+                nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+            )
+            .is_ok()
+        })
+        .collect()
+}
+
+/// `--rootfs DIR|TARBALL`: check it exists and is one or the other.
+pub fn resolve_rootfs(cwd: &Path, p: &Path) -> anyhow::Result<(RootfsSpec, PathBuf)> {
+    let abs = cwd.join(p);
+    let m = std::fs::metadata(&abs).map_err(|_| {
+        usage(format!(
+            "--rootfs {}: no such directory or tarball; pass an unpacked rootfs directory or a .tar, .tar.gz or .tar.zst",
+            p.display()
+        ))
+    })?;
+    let abs =
+        std::fs::canonicalize(&abs).with_context(|| format!("cannot resolve {}", abs.display()))?;
+    if m.is_dir() {
+        if !abs.join("bin").exists() && !abs.join("usr/bin").exists() {
+            return Err(usage(format!(
+                "--rootfs {}: not a rootfs (no bin/ or usr/bin/ in it)",
+                p.display()
+            )));
+        }
+    } else if compression(&abs)?.is_none() {
+        return Err(usage(format!(
+            "--rootfs {}: not a directory, nor a tar, gzip or zstd tarball",
+            p.display()
+        )));
+    }
+    for c in [",", ":"] {
+        if abs.to_string_lossy().contains(c) {
+            return Err(usage(format!(
+                "--rootfs {}: the path may not contain `{c}`; move or link it elsewhere",
+                p.display()
+            )));
+        }
+    }
+    Ok((RootfsSpec::Bind(abs.clone()), abs))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Sniff a tarball's compression from its first bytes; `None` when it is
+/// not a tarball we read.
+fn compression(p: &Path) -> anyhow::Result<Option<Compression>> {
+    let mut head = [0u8; 262];
+    let mut f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(if head[..2] == [0x1f, 0x8b] {
+        Some(Compression::Gzip)
+    } else if head[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
+        Some(Compression::Zstd)
+    } else if n >= 262 && &head[257..262] == b"ustar" {
+        Some(Compression::None)
+    } else {
+        None
+    })
+}
+
+/// Unpack `tarball` into `dest` (which must not exist), as root in a user
+/// namespace with `map` so file ownership is kept. Device nodes cannot be
+/// created there and are skipped (the sandbox's /dev is made at start).
+pub fn extract_tarball(map: &IdMap, tarball: &Path, dest: &Path) -> anyhow::Result<()> {
+    let kind = compression(tarball)?.context("not a tarball")?;
+    let shown = tarball.display().to_string();
+    let tarball = tarball.to_path_buf();
+    let dest = dest.to_path_buf();
+    // Ownership can only be kept when root exists inside the namespace.
+    let keep_owners = map.has_root();
+    userns::run_in_userns(map, move || {
+        let f = std::fs::File::open(&tarball)
+            .with_context(|| format!("cannot open {}", tarball.display()))?;
+        let r = BufReader::with_capacity(1 << 20, f);
+        let reader: Box<dyn Read> = match kind {
+            Compression::None => Box::new(r),
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
+            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(r)?),
+        };
+        std::fs::create_dir(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        let mut ar = tar::Archive::new(reader);
+        ar.set_preserve_permissions(true);
+        ar.set_preserve_ownerships(keep_owners);
+        ar.set_overwrite(true);
+        for entry in ar.entries().context("cannot read the tarball")? {
+            let mut entry = entry.context("cannot read the tarball")?;
+            let t = entry.header().entry_type();
+            if t.is_character_special() || t.is_block_special() {
+                continue;
+            }
+            let path = entry.path().map(|p| p.into_owned()).unwrap_or_default();
+            // unpack_in refuses `..` and writes through links that leave dest.
+            entry
+                .unpack_in(&dest)
+                .with_context(|| format!("cannot unpack {}", path.display()))?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("cannot extract {shown}"))
+}
+
+/// Write the sandbox's config (and extract its rootfs). On failure nothing
+/// of the sandbox is left but its directory, which the caller removes.
+pub fn create(
+    sb: &SandboxPaths,
+    req: &Request,
+    rootfs: RootfsSpec,
+    map: IdMap,
+) -> anyhow::Result<Config> {
+    let rootfs = match rootfs {
+        RootfsSpec::Bind(p) if p.is_file() => {
+            let tmp = sb.dir.join("rootfs.tmp");
+            if tmp.exists() {
+                remove_tree(&map, &tmp)?;
+            }
+            extract_tarball(&map, &p, &tmp)?;
+            std::fs::rename(&tmp, sb.rootfs())
+                .context("cannot move the extracted rootfs into place")?;
+            RootfsSpec::Bind(sb.rootfs())
+        }
+        RootfsSpec::Overlay { lower, upper, work } => {
+            // Made as root inside, so the sandbox's / is root's.
+            let (u, w) = (upper.clone(), work.clone());
+            userns::run_in_userns(&map, move || {
+                for d in [&u, &w] {
+                    std::fs::create_dir_all(d)
+                        .with_context(|| format!("cannot create {}", d.display()))?;
+                }
+                Ok(())
+            })?;
+            RootfsSpec::Overlay { lower, upper, work }
+        }
+        other => other,
+    };
+    let cfg = Config {
+        name: req.name.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        rootfs,
+        source: req.source.clone(),
+        volumes: req.volumes.clone(),
+        devices: req.devices.clone(),
+        net: req.net,
+        idmap: map,
+        rootfs_origin: req.rootfs_origin.clone(),
+    };
+    write_json(&sb.config(), &cfg)?;
+    Ok(cfg)
+}
+
+/// Remove a directory tree that may hold files owned by subordinate ids
+/// (only root inside the user namespace may delete those).
+pub fn remove_tree(map: &IdMap, dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if map.has_root() {
+        let d = dir.to_path_buf();
+        userns::run_in_userns(map, move || {
+            std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))
+        })?;
+        Ok(())
+    } else {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_tarballs() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("x.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&t).unwrap());
+        b.append_dir("bin", d.path()).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        assert_eq!(compression(&t).unwrap(), Some(Compression::None));
+        std::fs::write(d.path().join("g"), [0x1f, 0x8b, 8, 0]).unwrap();
+        assert_eq!(
+            compression(&d.path().join("g")).unwrap(),
+            Some(Compression::Gzip)
+        );
+        std::fs::write(d.path().join("n"), b"hello").unwrap();
+        assert_eq!(compression(&d.path().join("n")).unwrap(), None);
+        assert!(resolve_rootfs(d.path(), Path::new("n")).is_err());
+        assert!(resolve_rootfs(d.path(), Path::new("missing")).is_err());
+        assert!(resolve_rootfs(d.path(), Path::new("x.tar")).is_ok());
+    }
+
+    #[test]
+    fn bad_devices_and_volumes_are_usage_errors() {
+        let e = resolve_devices(&["/dev/nope".into()]).unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some());
+        assert!(resolve_devices(&["/etc/passwd".into()]).is_err());
+        assert!(resolve_devices(&["/dev/null".into()]).is_ok());
+        let v: Volume = "nope:/x".parse().unwrap();
+        let e = resolve_volumes(Path::new("/"), &[v]).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+}

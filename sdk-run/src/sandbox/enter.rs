@@ -1,0 +1,597 @@
+//! Enter a running sandbox: check its init is still the one recorded (pid +
+//! start time + namespace ids), `setns` into its namespaces (user first),
+//! fork, and exec the command as the target user in the translated working
+//! directory. The launcher stays as the parent: it relays the exit status,
+//! forwards signals and, with `-t`, proxies a pty allocated in the
+//! sandbox's own devpts.
+//!
+//! This is the hot path (`sdk-run -- true` should cost no more than
+//! `nsenter`): one small state file, a few `/proc` reads, no config parse.
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use crate::exit::{self, UsageError};
+use crate::sandbox::config::{NsIds, State};
+use crate::sandbox::mounts::{PATH, SOURCE_DIR};
+use crate::sandbox::users::{self, Account};
+use crate::sys::{self, Sys};
+
+/// What to run, as whom, from where.
+#[derive(Debug, Clone)]
+pub struct EnterOptions {
+    pub user: String,
+    pub tty: bool,
+    /// Empty: the user's login shell.
+    pub command: Vec<OsString>,
+    /// The caller's working directory on the host.
+    pub cwd: PathBuf,
+    pub name: String,
+}
+
+/// Open namespace files of the init, in join order.
+pub struct NsFds {
+    fds: Vec<(File, CloneFlags)>,
+}
+
+/// Is the recorded init still alive (same pid *and* same start time)?
+pub fn is_running(state: &State) -> bool {
+    crate::sandbox::start::start_time(Path::new("/proc"), state.pid) == Some(state.start_time)
+}
+
+impl NsFds {
+    /// Open `/proc/PID/ns/*` and check each is the namespace recorded at
+    /// start, so a recycled pid is never joined.
+    pub fn open(state: &State) -> anyhow::Result<NsFds> {
+        let want: &NsIds = &state.ns;
+        let mut list = vec![
+            ("user", CloneFlags::CLONE_NEWUSER, want.user),
+            ("mnt", CloneFlags::CLONE_NEWNS, want.mnt),
+            ("pid", CloneFlags::CLONE_NEWPID, want.pid),
+            ("uts", CloneFlags::CLONE_NEWUTS, want.uts),
+            ("ipc", CloneFlags::CLONE_NEWIPC, want.ipc),
+        ];
+        if state.own_net {
+            list.push(("net", CloneFlags::CLONE_NEWNET, want.net));
+        }
+        let mut fds = Vec::with_capacity(list.len());
+        for (name, flag, ino) in list {
+            let p = format!("/proc/{}/ns/{name}", state.pid);
+            let f = File::open(&p).with_context(|| format!("cannot open {p}"))?;
+            if f.metadata().map(|m| m.ino()).ok() != Some(ino) {
+                bail!(
+                    "the sandbox init changed while entering (pid {} reused); run the command again",
+                    state.pid
+                );
+            }
+            fds.push((f, flag));
+        }
+        Ok(NsFds { fds })
+    }
+
+    /// Join all, user namespace first (it grants the rights to join the
+    /// others). The process must be single-threaded.
+    pub fn join(&self, sys: &dyn Sys) -> anyhow::Result<()> {
+        for (f, flag) in &self.fds {
+            sys.setns(f.as_fd(), *flag)
+                .with_context(|| format!("cannot join the sandbox's {flag:?} namespace"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The working directory inside: the same place in the repo when the
+/// caller stands in it, else the user's home.
+pub fn translate_cwd(cwd: &Path, source: Option<&Path>, home: &str) -> PathBuf {
+    if let Some(src) = source
+        && let Ok(rel) = cwd.strip_prefix(src)
+    {
+        return Path::new(SOURCE_DIR).join(rel);
+    }
+    PathBuf::from(home)
+}
+
+/// The environment inside: a clean one, with the terminal and language
+/// settings of the caller and the sandbox's agent sockets.
+pub fn environment(
+    account: &Account,
+    sandbox: &str,
+    extra: &[(String, String)],
+    host: impl Fn(&str) -> Option<OsString>,
+) -> Vec<CString> {
+    let mut env: Vec<(String, OsString)> = vec![
+        ("HOME".into(), account.home.clone().into()),
+        ("USER".into(), account.name.clone().into()),
+        ("LOGNAME".into(), account.name.clone().into()),
+        ("SHELL".into(), account.shell.clone().into()),
+        ("PATH".into(), PATH.into()),
+        ("SDK_RUN_SANDBOX".into(), sandbox.into()),
+    ];
+    for k in ["TERM", "COLORTERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ"] {
+        if let Some(v) = host(k) {
+            env.push((k.into(), v));
+        }
+    }
+    for (k, v) in extra {
+        env.push((k.clone(), v.into()));
+    }
+    env.into_iter()
+        .filter_map(|(k, v)| {
+            let mut b = k.into_bytes();
+            b.push(b'=');
+            b.extend_from_slice(v.as_bytes());
+            CString::new(b).ok()
+        })
+        .collect()
+}
+
+/// Signals the launcher relays to the command.
+const FORWARD: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Enter and run; returns the command's exit code (a command killed by a
+/// signal makes sdk-run die of the same signal).
+pub fn enter(state: &State, opts: &EnterOptions) -> anyhow::Result<i32> {
+    let fds = NsFds::open(state)?;
+    fds.join(&sys::Linux)?;
+    drop(fds);
+
+    let account = users::resolve(Path::new("/"), &opts.user).ok_or_else(|| {
+        UsageError(format!(
+            "no user `{}` in sandbox {}; use -u sdk, -u root, or a user from its /etc/passwd",
+            opts.user, opts.name
+        ))
+    })?;
+    if account.uid == 0 && !state.has_root {
+        return Err(UsageError(format!(
+            "sandbox {} has no root user: it was made with a single id mapping; add a subordinate id range (see `man subuid`), then `sdk-run rm {}` and enter again",
+            opts.name, opts.name
+        ))
+        .into());
+    }
+    let dir = translate_cwd(&opts.cwd, state.source.as_deref(), &account.home);
+    let env = environment(&account, &opts.name, &state.env, |k| std::env::var_os(k));
+    let (prog, argv) = argv(&opts.command, &account)?;
+
+    let pty = if opts.tty { Some(Pty::open()?) } else { None };
+
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGWINCH);
+    for s in FORWARD {
+        mask.add(*s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).context("cannot block signals")?;
+    let sfd =
+        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).context("cannot create a signalfd")?;
+
+    let child = match sys::fork().context("cannot fork")? {
+        ForkResult::Child => {
+            let code = exec_child(
+                &account,
+                &dir,
+                &prog,
+                &argv,
+                &env,
+                state.has_root,
+                pty.as_ref(),
+            );
+            // SAFETY: leave without the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let status = match pty {
+        Some(mut p) => {
+            drop(p.peer.take());
+            p.proxy(&sfd, child)?
+        }
+        None => wait_relaying(&sfd, child)?,
+    };
+    Ok(pass_through(status))
+}
+
+fn argv(command: &[OsString], account: &Account) -> anyhow::Result<(CString, Vec<CString>)> {
+    let c = |s: &[u8]| {
+        CString::new(s).map_err(|_| UsageError("an argument contains a NUL byte".into()))
+    };
+    if command.is_empty() {
+        // A login shell: argv[0] starts with '-'.
+        let shell = c(account.shell.as_bytes())?;
+        let base = Path::new(&account.shell)
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_else(|| b"sh".to_vec());
+        let mut a0 = b"-".to_vec();
+        a0.extend(base);
+        return Ok((shell, vec![c(&a0)?]));
+    }
+    let argv = command
+        .iter()
+        .map(|a| c(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((argv[0].clone(), argv))
+}
+
+/// In the forked child: terminal, directory, identity, exec.
+fn exec_child(
+    account: &Account,
+    dir: &Path,
+    prog: &CString,
+    argv: &[CString],
+    env: &[CString],
+    has_root: bool,
+    pty: Option<&Pty>,
+) -> i32 {
+    sys::reset_signals();
+    if let Some(p) = pty
+        && let Some(peer) = &p.peer
+    {
+        let _ = nix::unistd::setsid();
+        if let Err(e) = sys::set_controlling_tty(peer.as_fd()) {
+            eprintln!("sdk-run: cannot attach the terminal: {e}");
+            return exit::FAILURE;
+        }
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this child.
+            unsafe {
+                libc::dup2(peer.as_raw_fd(), fd);
+            }
+        }
+    }
+    if nix::unistd::chdir(dir).is_err() {
+        let _ = nix::unistd::chdir(account.home.as_str()).or_else(|_| nix::unistd::chdir("/"));
+    }
+    let (uid, gid) = (Uid::from_raw(account.uid), Gid::from_raw(account.gid));
+    // With a single mapping setgroups(2) is denied by the kernel, and the
+    // only group there is the sdk one anyway.
+    let ids = (|| {
+        if has_root {
+            nix::unistd::setgroups(&[gid])?;
+        }
+        nix::unistd::setresgid(gid, gid, gid)?;
+        nix::unistd::setresuid(uid, uid, uid)
+    })();
+    if let Err(e) = ids {
+        eprintln!("sdk-run: cannot switch to user {}: {e}", account.name);
+        return exit::FAILURE;
+    }
+    let e = exec_in_path(prog, argv, env);
+    let prog = prog.to_string_lossy();
+    if e == nix::errno::Errno::ENOENT {
+        eprintln!("sdk-run: {prog}: command not found in the sandbox (PATH={PATH})");
+        exit::NOT_FOUND
+    } else {
+        eprintln!("sdk-run: cannot run {prog}: {}", e.desc());
+        exit::CANNOT_EXEC
+    }
+}
+
+/// `execvpe` with the sandbox's PATH (glibc's searches the launcher's own
+/// PATH, not the one in `env`). Returns the error worth reporting.
+fn exec_in_path(prog: &CString, argv: &[CString], env: &[CString]) -> nix::errno::Errno {
+    use nix::errno::Errno;
+    let bytes = prog.as_bytes();
+    if bytes.contains(&b'/') {
+        return nix::unistd::execve(prog, argv, env).unwrap_err();
+    }
+    let mut err = Errno::ENOENT;
+    for dir in PATH.split(':') {
+        let mut full = dir.as_bytes().to_vec();
+        full.push(b'/');
+        full.extend_from_slice(bytes);
+        let Ok(full) = CString::new(full) else {
+            continue;
+        };
+        match nix::unistd::execve(&full, argv, env).unwrap_err() {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            // Remember "found but not runnable", keep looking like execvp.
+            e => err = e,
+        }
+    }
+    err
+}
+
+/// Wait for the child; relay signals that were sent to us by another
+/// process (terminal signals already reached the child, which shares our
+/// foreground process group).
+pub(crate) fn wait_relaying(sfd: &SignalFd, child: Pid) -> anyhow::Result<WaitStatus> {
+    loop {
+        if let Some(s) = reap(child)? {
+            return Ok(s);
+        }
+        let Some(info) = sfd.read_signal().context("cannot read signals")? else {
+            continue;
+        };
+        let from_kernel = info.ssi_code == libc::SI_KERNEL;
+        if info.ssi_signo != libc::SIGCHLD as u32
+            && info.ssi_signo != libc::SIGWINCH as u32
+            && !from_kernel
+            && let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
+        {
+            let _ = nix::sys::signal::kill(child, sig);
+        }
+    }
+}
+
+fn reap(child: Pid) -> anyhow::Result<Option<WaitStatus>> {
+    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => Ok(None),
+        Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Ok(Some(s)),
+        Ok(_) => Ok(None),
+        Err(nix::errno::Errno::EINTR) => Ok(None),
+        Err(e) => Err(e).context("cannot wait for the command"),
+    }
+}
+
+/// The command's status becomes ours: its exit code, or death by its signal.
+pub(crate) fn pass_through(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, sig, _) => {
+            sys::reset_signals();
+            // No core file of our own for the command's crash.
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            let _ = nix::sys::signal::raise(sig);
+            128 + sig as i32
+        }
+        _ => exit::FAILURE,
+    }
+}
+
+/// A pty from the sandbox's devpts, and the host terminal it is proxied to.
+struct Pty {
+    master: OwnedFd,
+    peer: Option<OwnedFd>,
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl Pty {
+    /// Open `/dev/ptmx` (we are already inside the mount namespace, so it
+    /// is the sandbox's devpts instance) and its peer; size it like the
+    /// host terminal.
+    fn open() -> anyhow::Result<Pty> {
+        use nix::fcntl::OFlag;
+        let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .context("cannot open /dev/ptmx in the sandbox")?;
+        nix::pty::grantpt(&m).context("grantpt")?;
+        nix::pty::unlockpt(&m).context("unlockpt")?;
+        let peer = sys::open_pty_peer(m.as_fd()).context("cannot open the pty's peer")?;
+        let master: OwnedFd = m.into();
+        let stdin = std::io::stdin();
+        let host = stdin.as_fd();
+        if let Some(ws) =
+            sys::get_winsize(host).or_else(|| sys::get_winsize(std::io::stdout().as_fd()))
+        {
+            sys::set_winsize(master.as_fd(), &ws);
+        }
+        Ok(Pty {
+            master,
+            peer: Some(peer),
+            saved: None,
+        })
+    }
+
+    fn raw(&mut self) {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        if let Ok(t) = tcgetattr(stdin.as_fd()) {
+            let mut r = t.clone();
+            cfmakeraw(&mut r);
+            if tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, &r).is_ok() {
+                self.saved = Some(t);
+            }
+        }
+    }
+
+    /// Copy between the host terminal and the master until the child is
+    /// gone; relay SIGWINCH as a window-size change.
+    fn proxy(&mut self, sfd: &SignalFd, child: Pid) -> anyhow::Result<WaitStatus> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        self.raw();
+        let stdin = std::io::stdin();
+        let stdin = stdin.as_fd();
+        let master = self.master.as_fd();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut stdin_open = true;
+        let mut master_open = true;
+        let mut status = None;
+        while status.is_none() {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            if master_open {
+                fds.push(PollFd::new(master, PollFlags::POLLIN));
+            }
+            if stdin_open && master_open {
+                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => r.context("poll")?,
+            };
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            let (sig_ready, master_ready, stdin_ready) = (
+                ready(0),
+                master_open && ready(1),
+                stdin_open && master_open && ready(2),
+            );
+            if master_ready && !copy(master, std::io::stdout().as_fd(), &mut buf) {
+                master_open = false;
+            }
+            if stdin_ready && !copy(stdin, master, &mut buf) {
+                stdin_open = false;
+            }
+            if sig_ready && let Ok(Some(info)) = sfd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => status = reap(child)?,
+                    Ok(Signal::SIGWINCH) => {
+                        if let Some(ws) = sys::get_winsize(stdin) {
+                            sys::set_winsize(master, &ws);
+                        }
+                    }
+                    Ok(sig) => {
+                        let _ = nix::sys::signal::kill(child, sig);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        // What the command wrote just before exiting.
+        let _ = nix::fcntl::fcntl(
+            master,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        while master_open && copy(master, std::io::stdout().as_fd(), &mut buf) {}
+        Ok(status.unwrap_or(WaitStatus::Exited(child, exit::FAILURE)))
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                nix::sys::termios::SetArg::TCSADRAIN,
+                t,
+            );
+        }
+    }
+}
+
+/// One read and a full write; false at end of input or on error.
+fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
+    let n = match nix::unistd::read(from, buf) {
+        Ok(0) | Err(_) => return false,
+        Ok(n) => n,
+    };
+    let mut off = 0;
+    while off < n {
+        match nix::unistd::write(to, &buf[off..n]) {
+            Ok(w) => off += w,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Recorder;
+
+    #[test]
+    fn cwd_follows_into_the_repo() {
+        let src = Path::new("/home/a/distro");
+        assert_eq!(
+            translate_cwd(Path::new("/home/a/distro/pkg/x"), Some(src), "/home/sdk"),
+            Path::new("/mnt/host/source/pkg/x")
+        );
+        assert_eq!(
+            translate_cwd(src, Some(src), "/home/sdk"),
+            Path::new("/mnt/host/source")
+        );
+        assert_eq!(
+            translate_cwd(Path::new("/home/a/distro2"), Some(src), "/home/sdk"),
+            Path::new("/home/sdk")
+        );
+        assert_eq!(translate_cwd(src, None, "/root"), Path::new("/root"));
+    }
+
+    #[test]
+    fn environment_is_clean() {
+        let a = Account {
+            name: "sdk".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/sdk".into(),
+            shell: "/bin/sh".into(),
+        };
+        let env = environment(
+            &a,
+            "box",
+            &[("SSH_AUTH_SOCK".into(), "/run/host/ssh-agent.sock".into())],
+            |k| (k == "TERM").then(|| "xterm".into()),
+        );
+        let env: Vec<String> = env
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        assert!(env.contains(&"HOME=/home/sdk".to_string()));
+        assert!(env.contains(&"TERM=xterm".to_string()));
+        assert!(env.contains(&"SDK_RUN_SANDBOX=box".to_string()));
+        assert!(env.contains(&"SSH_AUTH_SOCK=/run/host/ssh-agent.sock".to_string()));
+        assert!(
+            env.iter()
+                .any(|e| e.starts_with("PATH=/run/sdk-tools/bin:"))
+        );
+        assert!(!env.iter().any(|e| e.starts_with("LANG=")));
+    }
+
+    #[test]
+    fn joins_user_namespace_first() {
+        let state = State {
+            pid: std::process::id() as i32,
+            start_time: 0,
+            ns: crate::sandbox::start::ns_ids(std::process::id() as i32).unwrap(),
+            started: 0,
+            source: None,
+            has_root: true,
+            own_net: true,
+            env: vec![],
+        };
+        let fds = NsFds::open(&state).unwrap();
+        let r = Recorder::default();
+        fds.join(&r).unwrap();
+        assert_eq!(
+            r.take(),
+            [
+                "setns CLONE_NEWUSER",
+                "setns CLONE_NEWNS",
+                "setns CLONE_NEWPID",
+                "setns CLONE_NEWUTS",
+                "setns CLONE_NEWIPC",
+                "setns CLONE_NEWNET"
+            ]
+        );
+        let mut other = state.clone();
+        other.ns.mnt += 1;
+        assert!(NsFds::open(&other).is_err());
+    }
+
+    #[test]
+    fn login_shell_argv0_has_a_dash() {
+        let a = Account {
+            name: "sdk".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/sdk".into(),
+            shell: "/bin/bash".into(),
+        };
+        let (p, v) = argv(&[], &a).unwrap();
+        assert_eq!(p.to_str().unwrap(), "/bin/bash");
+        assert_eq!(v[0].to_str().unwrap(), "-bash");
+        let (p, v) = argv(&["ls".into(), "-l".into()], &a).unwrap();
+        assert_eq!((p.to_str().unwrap(), v.len()), ("ls", 2));
+    }
+}

@@ -1,0 +1,356 @@
+//! The default verb, `sdk-run [-t] [-n NAME] ... [-- CMD]`: enter the
+//! named sandbox, starting it if its init is gone and creating it if it does
+//! not exist. A running sandbox is entered without taking the lock; create
+//! and start happen under it, so concurrent calls make one sandbox.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::exit::UsageError;
+use crate::idmap::{Caller, IdMap, SubIdFiles};
+use crate::paths::StateDir;
+use crate::sandbox::config::{Config, Net, Volume, read_json};
+use crate::sandbox::create::{self, Request};
+use crate::sandbox::enter::{self, EnterOptions, is_running};
+use crate::sandbox::remove::{self, read_state};
+use crate::sandbox::{lock, start, validate_name};
+use crate::version::{self, VersionFile};
+
+/// Options of the default verb (see `cli::RunArgs`).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub tty: bool,
+    pub name: Option<String>,
+    pub user: String,
+    pub volumes: Vec<Volume>,
+    pub devices: Vec<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    /// Use `rootfs` (a directory) as the read-only lower layer of an overlay.
+    pub overlay: bool,
+    pub net: Option<Net>,
+    pub rm: bool,
+    pub command: Vec<OsString>,
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    UsageError(msg).into()
+}
+
+/// The sandbox name and the repo to bind.
+fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let repo = version::find_repo(cwd);
+    let name = match (&opts.name, &repo) {
+        (Some(n), _) => n.clone(),
+        (None, Some(r)) => VersionFile::load(&r.join(version::FILE_NAME))
+            .map_err(|e| usage(format!("{e}")))?
+            .sandbox_name(),
+        (None, None) => {
+            return Err(usage(format!(
+                "no {} in {} or above; cd into a distro repo, or name the sandbox with -n NAME",
+                version::FILE_NAME,
+                cwd.display()
+            )));
+        }
+    };
+    let name = if opts.rm && opts.name.is_none() {
+        format!("{name}-tmp{}", std::process::id())
+    } else {
+        name
+    };
+    validate_name(&name)?;
+    Ok((name, repo.unwrap_or_else(|| cwd.to_path_buf())))
+}
+
+/// A sandbox keeps the mounts, devices, rootfs and network it was created
+/// with; asking for others is an error rather than silently ignored.
+fn check_matches(
+    cfg: &Config,
+    volumes: &[Volume],
+    devices: &[PathBuf],
+    rootfs: Option<&Path>,
+    net: Option<Net>,
+) -> anyhow::Result<()> {
+    let mut diff = Vec::new();
+    if !volumes.is_empty() && volumes != cfg.volumes.as_slice() {
+        diff.push("-v");
+    }
+    if devices.iter().any(|d| !cfg.devices.contains(d)) {
+        diff.push("--device");
+    }
+    if rootfs.is_some() && rootfs != cfg.rootfs_origin.as_deref() {
+        diff.push("--rootfs");
+    }
+    if net.is_some_and(|n| n != cfg.net) {
+        diff.push("--net");
+    }
+    if diff.is_empty() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "sandbox {n} exists with other {}; enter it without them, remove it with `sdk-run rm -f {n}`, or pick another name with -n",
+        diff.join(", "),
+        n = cfg.name
+    )))
+}
+
+/// User namespaces disabled by sysctl: say so before changing anything.
+fn check_userns() -> anyhow::Result<()> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Err(usage(
+            "user namespaces are disabled (user.max_user_namespaces = 0); enable them with `sysctl -w user.max_user_namespaces=15000`".into(),
+        ));
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
+        && !nix::unistd::geteuid().is_root()
+    {
+        return Err(usage(
+            "unprivileged user namespaces are disabled; enable them with `sysctl -w kernel.unprivileged_userns_clone=1`".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    let state_dir = StateDir::from_env()?;
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let (name, repo) = name_and_repo(&opts, &cwd)?;
+    let sb = state_dir.sandbox(&name);
+    let eo = EnterOptions {
+        user: opts.user.clone(),
+        tty: opts.tty,
+        command: opts.command.clone(),
+        cwd: cwd.clone(),
+        name: name.clone(),
+    };
+    let asks = !opts.volumes.is_empty()
+        || !opts.devices.is_empty()
+        || opts.rootfs.is_some()
+        || opts.net.is_some();
+
+    // Hot path: running, nothing to check.
+    if !opts.rm
+        && !asks
+        && let Some(st) = read_state(&sb).filter(is_running)
+    {
+        return enter::enter(&st, &eo);
+    }
+
+    // Validate everything before any change.
+    let volumes = create::resolve_volumes(&cwd, &opts.volumes)?;
+    let devices = create::resolve_devices(&opts.devices)?;
+    let rootfs = opts
+        .rootfs
+        .as_deref()
+        .map(|p| create::resolve_rootfs(&cwd, p))
+        .transpose()?;
+    let exists = sb.config().is_file();
+    if exists && opts.rm {
+        return Err(usage(format!(
+            "sandbox {name} already exists; --rm makes a throwaway sandbox, so pick an unused name with -n"
+        )));
+    }
+    if exists {
+        let cfg: Config = read_json(&sb.config())?;
+        check_matches(
+            &cfg,
+            &volumes,
+            &devices,
+            rootfs.as_ref().map(|r| r.1.as_path()),
+            opts.net,
+        )?;
+    }
+    let spec = match &rootfs {
+        Some((_, dir)) if opts.overlay => {
+            if !dir.is_dir() {
+                return Err(usage(format!(
+                    "--overlay needs --rootfs to be a directory, not {}; unpack it first",
+                    dir.display()
+                )));
+            }
+            Some(crate::sandbox::RootfsSpec::overlay_for(&sb, dir.clone()))
+        }
+        Some((spec, _)) => Some(spec.clone()),
+        None if exists => None,
+        None => Some(create::default_rootfs(&state_dir, &sb)?.ok_or_else(|| {
+            usage(format!(
+                "sandbox {name} does not exist and there is no default SDK rootfs yet; create it with --rootfs DIR|TARBALL"
+            ))
+        })?),
+    };
+    check_userns()?;
+
+    let st = {
+        let _lock = lock::lock(&sb)?;
+        match read_state(&sb).filter(is_running) {
+            Some(st) => st,
+            None => {
+                let new = !sb.config().is_file();
+                let result = (|| {
+                    let cfg: Config = if new {
+                        let (map, warning) =
+                            IdMap::for_caller(&SubIdFiles::default(), &Caller::current())?;
+                        if let Some(w) = warning {
+                            eprintln!("{w}");
+                        }
+                        let mut devs = devices.clone();
+                        for d in create::default_devices() {
+                            if !devs.contains(&d) {
+                                devs.push(d);
+                            }
+                        }
+                        let req = Request {
+                            name: name.clone(),
+                            rootfs: spec.clone(),
+                            rootfs_origin: rootfs.as_ref().map(|r| r.1.clone()),
+                            source: Some(std::fs::canonicalize(&repo).unwrap_or(repo.clone())),
+                            volumes: volumes.clone(),
+                            devices: devs,
+                            net: opts.net.unwrap_or(Net::Host),
+                        };
+                        let spec = spec.clone().context("no rootfs")?;
+                        create::create(&sb, &req, spec, map)?
+                    } else {
+                        read_json(&sb.config())?
+                    };
+                    let st = start::start(&sb, &cfg)?;
+                    start::record(&sb, &st)?;
+                    Ok::<_, anyhow::Error>(st)
+                })();
+                match result {
+                    Ok(st) => st,
+                    Err(e) if new => {
+                        // A failed create leaves nothing behind.
+                        if let Err(e2) = remove::remove_locked(&state_dir, &sb) {
+                            return Err(e.context(format!("(cleaning up also failed: {e2:#})")));
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    };
+
+    if !opts.rm {
+        return enter::enter(&st, &eo);
+    }
+    // --rm: enter from a child (entering moves us into the sandbox's mount
+    // namespace), then remove the sandbox from here.
+    let status = enter_in_child(&st, &eo)?;
+    remove::remove(&state_dir, &sb)?;
+    Ok(enter::pass_through(status))
+}
+
+fn enter_in_child(
+    st: &crate::sandbox::State,
+    eo: &EnterOptions,
+) -> anyhow::Result<nix::sys::wait::WaitStatus> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        mask.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
+    match crate::sys::fork()? {
+        nix::unistd::ForkResult::Child => {
+            drop(sfd);
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);
+            let code = match enter::enter(st, eo) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sdk-run: error: {e:#}");
+                    crate::exit::code_for(&e)
+                }
+            };
+            // SAFETY: leave without the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => enter::wait_relaying(&sfd, child),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config {
+            name: "box".into(),
+            created: 0,
+            rootfs: crate::sandbox::RootfsSpec::Bind("/r".into()),
+            source: None,
+            volumes: vec!["/a:/b".parse().unwrap()],
+            devices: vec!["/dev/kvm".into()],
+            net: Net::Host,
+            idmap: IdMap::single(&Caller {
+                name: None,
+                uid: 1,
+                gid: 1,
+            }),
+            rootfs_origin: Some("/r.tar".into()),
+        }
+    }
+
+    #[test]
+    fn same_or_no_settings_match() {
+        let c = cfg();
+        assert!(check_matches(&c, &[], &[], None, None).is_ok());
+        assert!(
+            check_matches(
+                &c,
+                &c.volumes,
+                &c.devices,
+                Some(Path::new("/r.tar")),
+                Some(Net::Host)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn other_settings_are_a_usage_error_naming_them() {
+        let c = cfg();
+        let e = check_matches(
+            &c,
+            &["/x:/y".parse().unwrap()],
+            &["/dev/fuse".into()],
+            Some(Path::new("/other")),
+            Some(Net::None),
+        )
+        .unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some());
+        let m = e.to_string();
+        assert!(m.contains("-v, --device, --rootfs, --net"), "{m}");
+    }
+
+    #[test]
+    fn name_comes_from_the_version_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(version::FILE_NAME),
+            "sdk-version = \"1.2\"\nos-version = \"3.4\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let o = RunOptions::default();
+        let (n, repo) = name_and_repo(&o, &d.path().join("sub")).unwrap();
+        assert_eq!((n.as_str(), repo.as_path()), ("sdk-1.2_os-3.4", d.path()));
+        let e = name_and_repo(&o, Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("-n NAME"));
+    }
+}

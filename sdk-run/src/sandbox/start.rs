@@ -1,0 +1,415 @@
+//! Start a sandbox from its config: fork, unshare the user namespace, have
+//! the parent write the id maps, unshare mount/pid/uts/ipc (and net), fork
+//! the init (pid 1 inside), which assembles the root, adds the sdk user,
+//! reports back and then only reaps zombies. Writes `state.json`.
+//!
+//! Process tree while starting (L = launcher, C = child, I = init):
+//!
+//! ```text
+//! L --fork--> C: unshare(USER) --"u"--> L: newuidmap/newgidmap --"g"--> C
+//! C: become root, unshare(NS|PID|UTS|IPC[|NET]) --fork--> I (pid 1), C exits
+//! I: assemble root, pivot_root, sdk user --"OK"--> L: write state.json
+//! ```
+//!
+//! I is re-parented to the host's init when C exits, so the sandbox
+//! outlives the launcher and the terminal (it also calls setsid).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::unistd::ForkResult;
+
+use crate::cmd::RunExt;
+use crate::exit::UsageError;
+use crate::paths::SandboxPaths;
+use crate::sandbox::config::{Config, Net, NsIds, State, write_json};
+use crate::sandbox::mounts::{self, RootPlan, Socket};
+use crate::sandbox::{userns, users};
+use crate::sys;
+
+/// Where agent sockets appear inside, and the variable naming them.
+const SSH_SOCK: &str = "/run/host/ssh-agent.sock";
+const GPG_SOCK: &str = "/run/host/gpg-agent.sock";
+
+/// Host pieces the root is assembled from; resolved at each start (the
+/// sdk-tools binary and agent sockets may have moved since creation).
+fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(String, String)>)> {
+    let mut env = Vec::new();
+    let mut sockets = Vec::new();
+    let is_socket = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            .unwrap_or(false)
+    };
+    if let Some(p) = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from)
+        && is_socket(&p)
+    {
+        sockets.push(Socket {
+            host: p,
+            inside: SSH_SOCK.into(),
+        });
+        env.push(("SSH_AUTH_SOCK".into(), SSH_SOCK.into()));
+    }
+    if let Some(info) = std::env::var_os("GPG_AGENT_INFO") {
+        let info = info.to_string_lossy().into_owned();
+        let p = PathBuf::from(info.split(':').next().unwrap_or_default());
+        if is_socket(&p) {
+            sockets.push(Socket {
+                host: p,
+                inside: GPG_SOCK.into(),
+            });
+            env.push(("GPG_AGENT_INFO".into(), format!("{GPG_SOCK}:0:1")));
+        }
+    }
+    let build_dir = match &cfg.source {
+        Some(src) => {
+            if !src.is_dir() {
+                return Err(UsageError(format!(
+                    "the repo {} of sandbox {} is gone; remove the sandbox with `sdk-run rm {}`",
+                    src.display(),
+                    cfg.name,
+                    cfg.name
+                ))
+                .into());
+            }
+            let b = src.join("__build__");
+            if !b.exists() {
+                std::fs::create_dir(&b)
+                    .with_context(|| format!("cannot create {}", b.display()))?;
+            }
+            Some(
+                std::fs::canonicalize(&b)
+                    .with_context(|| format!("cannot resolve {}", b.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mnt = sb.mnt();
+    std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
+    Ok((
+        RootPlan {
+            mnt,
+            rootfs: cfg.rootfs.clone(),
+            hostname: cfg.name.clone(),
+            source: cfg.source.clone(),
+            build_dir,
+            volumes: cfg.volumes.clone(),
+            devices: cfg.devices.clone(),
+            devpts_gid: cfg.idmap.to_host_gid(5).map(|_| 5),
+            tools: tools()?,
+            sockets,
+        },
+        env,
+    ))
+}
+
+/// The `sdk-tools` next to this executable and its multi-call names.
+fn tools() -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
+    let exe = std::env::current_exe().context("cannot find the sdk-run executable")?;
+    let bin = exe.with_file_name("sdk-tools");
+    if !bin.is_file() {
+        eprintln!(
+            "warning: no sdk-tools next to {}; the sandbox has no SDK tools on PATH (install both binaries together)",
+            exe.display()
+        );
+        return Ok(None);
+    }
+    let out = Command::new(&bin).arg("list-tools").run_capture()?;
+    let names = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::trim)
+        .filter(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+        .map(String::from)
+        .collect();
+    Ok(Some((bin, names)))
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in clock ticks after boot) of
+/// a live process; `None` for a missing or dead (zombie) one.
+pub fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
+    use std::io::Read;
+    // One read(2) of a buffer that fits any stat line (this is on the
+    // enter hot path; fs::read would grow its buffer in small steps).
+    let mut f = std::fs::File::open(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = f.read(&mut buf).ok()?;
+    parse_start_time(&buf[..n])
+}
+
+/// The comm field may hold spaces and parentheses: split after the last `)`.
+pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After ")": field 3 (state) is the first; starttime is field 22. A
+    // zombie init (its reaper has not run yet) has no namespaces left.
+    let mut f = rest.split_ascii_whitespace();
+    if matches!(f.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
+}
+
+/// The namespace inode numbers of `pid`.
+pub fn ns_ids(pid: i32) -> anyhow::Result<NsIds> {
+    let ino = |ns: &str| -> anyhow::Result<u64> {
+        let p = format!("/proc/{pid}/ns/{ns}");
+        Ok(std::fs::metadata(&p)
+            .with_context(|| format!("cannot stat {p}"))?
+            .ino())
+    };
+    Ok(NsIds {
+        user: ino("user")?,
+        mnt: ino("mnt")?,
+        pid: ino("pid")?,
+        uts: ino("uts")?,
+        ipc: ino("ipc")?,
+        net: ino("net")?,
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Start the sandbox described by `cfg` (which must not be running; the
+/// caller holds the sandbox lock) and record it in `state.json`.
+pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
+    let (plan, env) = plan(sb, cfg)?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if cfg.net == Net::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe");
+    let (u_r, u_w) = pipe()?;
+    let (g_r, g_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    match sys::fork().context("cannot fork")? {
+        ForkResult::Child => {
+            drop((u_r, g_w, rep_r));
+            let code = child(cfg, &plan, flags, u_w, g_r, rep_w);
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop((u_w, g_r, rep_w));
+            let mut b = [0u8; 1];
+            let unshared = std::fs::File::from(u_r).read(&mut b).unwrap_or(0) == 1;
+            let mut map_err = None;
+            {
+                let mut g = std::fs::File::from(g_w);
+                if unshared {
+                    match cfg.idmap.write_for(child.as_raw(), Path::new("/proc")) {
+                        Ok(()) => {
+                            let _ = g.write_all(b"g");
+                        }
+                        Err(e) => map_err = Some(e),
+                    }
+                }
+            }
+            let mut report = String::new();
+            let _ = std::fs::File::from(rep_r).read_to_string(&mut report);
+            let _ = nix::sys::wait::waitpid(child, None);
+            if let Some(e) = map_err {
+                return Err(e).context("cannot write the sandbox's id maps");
+            }
+            finish(cfg, &report, env)
+        }
+    }
+}
+
+/// Parse the report (`P<pid>` then `OK`, `E<error>` or `U<usage error>`).
+fn finish(cfg: &Config, report: &str, env: Vec<(String, String)>) -> anyhow::Result<State> {
+    let mut pid = None;
+    let mut ok = false;
+    for line in report.lines() {
+        if let Some(p) = line.strip_prefix('P') {
+            pid = p.parse::<i32>().ok();
+        } else if line == "OK" {
+            ok = true;
+        } else if let Some(e) = line.strip_prefix('U') {
+            return Err(UsageError(e.to_string()).into());
+        } else if let Some(e) = line.strip_prefix('E') {
+            bail!("cannot start sandbox {}: {e}", cfg.name);
+        }
+    }
+    let Some(pid) = pid.filter(|_| ok) else {
+        bail!(
+            "cannot start sandbox {}: its init exited without reporting",
+            cfg.name
+        );
+    };
+    let state = (|| {
+        Ok::<_, anyhow::Error>(State {
+            pid,
+            start_time: start_time(Path::new("/proc"), pid)
+                .context("the sandbox init died at once")?,
+            ns: ns_ids(pid)?,
+            started: now(),
+            source: cfg.source.clone(),
+            has_root: cfg.idmap.has_root(),
+            own_net: cfg.net == Net::None,
+            env,
+        })
+    })();
+    if state.is_err() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    state
+}
+
+/// Write the state (under the lock) for a started sandbox.
+pub fn record(sb: &SandboxPaths, state: &State) -> anyhow::Result<()> {
+    if let Err(e) = write_json(&sb.state(), state) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(state.pid),
+            nix::sys::signal::SIGKILL,
+        );
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// C: unshare the user namespace, wait for the maps, unshare the rest,
+/// fork the init. Returns C's exit code.
+fn child(
+    cfg: &Config,
+    plan: &RootPlan,
+    flags: CloneFlags,
+    u_w: OwnedFd,
+    g_r: OwnedFd,
+    rep_w: OwnedFd,
+) -> i32 {
+    let mut rep = std::fs::File::from(rep_w);
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+        let _ = writeln!(rep, "U{}", userns::UsernsError::Unavailable(e));
+        return 1;
+    }
+    if std::fs::File::from(u_w).write_all(b"u").is_err() {
+        return 1;
+    }
+    let mut b = [0u8; 1];
+    if std::fs::File::from(g_r).read(&mut b).unwrap_or(0) != 1 {
+        return 1;
+    }
+    if let Err(e) = userns::become_root(&cfg.idmap) {
+        let _ = writeln!(rep, "Ecannot become root in the user namespace: {e}");
+        return 1;
+    }
+    // Changing uids made us non-dumpable, which would hide /proc/PID/ns/*
+    // of the init from the launcher (ptrace access checks); undo that.
+    let _ = nix::sys::prctl::set_dumpable(true);
+    if let Err(e) = nix::sched::unshare(flags) {
+        let _ = writeln!(rep, "Ecannot create the sandbox namespaces: {e}");
+        return 1;
+    }
+    match sys::fork() {
+        Err(e) => {
+            let _ = writeln!(rep, "Ecannot fork the init: {e}");
+            1
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let _ = writeln!(rep, "P{child}");
+            0
+        }
+        Ok(ForkResult::Child) => init(cfg, plan, rep),
+    }
+}
+
+/// I: pid 1 inside. Assemble, report, then reap forever.
+fn init(cfg: &Config, plan: &RootPlan, mut rep: std::fs::File) -> i32 {
+    let _ = nix::unistd::setsid();
+    let setup = (|| -> anyhow::Result<()> {
+        mounts::assemble(&sys::Linux, plan)?;
+        users::ensure_sdk_user(Path::new("/"), !cfg.idmap.is_single())
+            .context("cannot add the sdk user to /etc/passwd")?;
+        if cfg.net == Net::None {
+            sys::loopback_up().context("cannot bring up the loopback interface")?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        let msg = format!("{e:#}").replace('\n', " ");
+        let _ = writeln!(rep, "E{msg}");
+        return 1;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors we own.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+    let _ = rep.write_all(b"OK\n");
+    drop(rep);
+    // Nothing of the launcher may stay open here: not its lock, not pipes.
+    sys::close_fds_from(3, &[]);
+    let _ = nix::sys::prctl::set_name(c"sdk-run-init");
+    reap_forever()
+}
+
+fn reap_forever() -> ! {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let all = SigSet::all();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    loop {
+        match all.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+            // `sdk-run stop` sends SIGKILL; these mean the same, gently.
+            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => {
+                // SAFETY: exiting pid 1 tears the sandbox down, as asked.
+                unsafe { libc::_exit(0) }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_comm() {
+        let stat =
+            b"1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time(b"garbage"), None);
+        let zombie =
+            b"1234 (a) Z 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(zombie), None);
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        let me = std::process::id() as i32;
+        assert!(start_time(Path::new("/proc"), me).is_some());
+        assert!(start_time(Path::new("/proc"), i32::MAX).is_none());
+    }
+}

@@ -1,0 +1,805 @@
+//! The sandbox, end to end: the release `sdk-run` run as the unprivileged
+//! test user against a busybox rootfs built here from Debian's
+//! busybox-static, with real newuidmap/newgidmap, namespaces and ptys.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
+
+/// A test user's scratch with a busybox rootfs, a repo dir to stand in,
+/// and cleanup of every sandbox it made.
+struct Env {
+    user: TestUser,
+    scratch: Scratch,
+}
+
+impl Env {
+    fn new() -> Env {
+        let user = TestUser::get();
+        let scratch = Scratch::new(&user);
+        let root = scratch.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        let bb = Path::new("/bin/busybox");
+        assert!(
+            bb.exists(),
+            "/bin/busybox missing: install busybox-static (make test does)"
+        );
+        std::fs::copy(bb, root.join("bin/busybox")).unwrap();
+        let list = Command::new(bb).arg("--list").output().unwrap();
+        for name in String::from_utf8(list.stdout).unwrap().lines() {
+            if name != "busybox" {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(name)).unwrap();
+            }
+        }
+        std::fs::create_dir_all(scratch.path().join("repo/sub")).unwrap();
+        chown_r(&user, scratch.path());
+        Env { user, scratch }
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.scratch.path().join("rootfs")
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.scratch.path().join("repo")
+    }
+
+    /// `sdk-run ARGS` as the test user, standing in the repo.
+    fn sdk(&self, args: &[&str]) -> Command {
+        let mut c = self.user.command(&self.scratch, "sdk-run");
+        c.args(args).current_dir(self.repo());
+        c
+    }
+
+    /// `sdk-run -n NAME --rootfs R -- sh -c SCRIPT` (creating on first use).
+    fn sh(&self, name: &str, script: &str) -> Command {
+        let r = self.rootfs();
+        self.sdk(&[
+            "-n",
+            name,
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// Another program run as the test user (tmux, script).
+    fn as_user(&self, program: &str) -> Command {
+        let mut c = self.user.command(&self.scratch, program);
+        c.current_dir(self.repo());
+        c
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        let out = run_ok(&mut self.sdk(&["list", "--json"]));
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn init_pid(&self, name: &str) -> Option<i32> {
+        self.list()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["pid"].as_i64())
+            .map(|p| p as i32)
+    }
+
+    fn sandboxes_dir(&self) -> PathBuf {
+        self.scratch.path().join("data/sdk-run/sandboxes")
+    }
+
+    /// Every file under the scratch's state dir (to show nothing changed).
+    fn snapshot(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    out.push(e.path());
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.scratch.path().join("data"), &mut v);
+        walk(&self.repo(), &mut v);
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Never leave sandboxes running behind a test.
+        if let Ok(out) = self.sdk(&["list", "--json"]).output()
+            && let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&out.stdout)
+        {
+            for e in list {
+                if let Some(n) = e["name"].as_str() {
+                    let _ = self.sdk(&["rm", "-f", n]).output();
+                }
+            }
+        }
+    }
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    run_ok(cmd).trim().to_string()
+}
+
+/// The first id of the test user's subordinate range in `file`.
+fn sub_start(user: &TestUser, file: &str) -> u32 {
+    let name = user
+        .name
+        .clone()
+        .unwrap_or_else(|| std::env::var("USER").unwrap());
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && (f[0] == name || f[0] == user.uid.to_string()))
+                .then(|| f[1].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no range for {name} in {file}; run `make test`"))
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Is `pid` alive and not a zombie?
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let st = s.rsplit_once(')').map(|x| x.1.trim_start()).unwrap_or("");
+            !st.starts_with('Z') && !st.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// Live processes in the pid namespace with inode `ns`.
+fn live_processes_in(ns: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .map(|m| m.ino())
+            .ok()
+            == Some(ns)
+            && alive(pid)
+        {
+            out.push(pid.to_string());
+        }
+    }
+    out
+}
+
+/// The recorded pid namespace of a running sandbox.
+fn pid_ns(env: &Env, name: &str) -> u64 {
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.sandboxes_dir().join(name).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    st["ns"]["pid"].as_u64().unwrap()
+}
+
+#[test]
+fn create_enter_and_identity() {
+    let env = Env::new();
+    let out = stdout_of(&mut env.sh("box", "id; hostname; pwd"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "uid=1000(sdk) gid=1000(sdk) groups=1000(sdk)");
+    assert_eq!(lines[1], "box");
+    assert_eq!(lines[2], "/mnt/host/source");
+    // The working directory follows into the repo.
+    let mut c = env.sdk(&["-n", "box", "--", "pwd"]);
+    c.current_dir(env.repo().join("sub"));
+    assert_eq!(stdout_of(&mut c), "/mnt/host/source/sub");
+    // Root inside.
+    assert_eq!(
+        stdout_of(&mut env.sdk(&["-n", "box", "-u", "root", "--", "id", "-u"])),
+        "0"
+    );
+    // The sdk user and home were added to the rootfs.
+    let passwd = std::fs::read_to_string(env.rootfs().join("etc/passwd")).unwrap();
+    assert!(passwd.contains("sdk:x:1000:1000:"), "{passwd}");
+    assert_eq!(
+        stdout_of(&mut env.sdk(&[
+            "-n",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo $HOME; test -d $HOME && echo ok"
+        ])),
+        "/home/sdk\nok"
+    );
+    // Pipes work without -t.
+    let mut c = env.sdk(&["-n", "box", "--", "tr", "a-z", "A-Z"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED\n");
+    // sdk-tools is bound read-only with its links on PATH.
+    let out = stdout_of(&mut env.sdk(&["-n", "box", "--", "sh", "-c",
+        "echo $PATH; test -f /run/sdk-tools/bin/sdk-tools && echo bound; echo x > /run/sdk-tools/bin/sdk-tools 2>/dev/null || echo ro"]));
+    assert!(out.starts_with("/run/sdk-tools/bin:"), "{out}");
+    assert!(out.contains("bound") && out.ends_with("ro"), "{out}");
+    // Listed with its rootfs and repo mount.
+    let l = env.list();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0]["state"], "running");
+    assert_eq!(
+        l[0]["rootfs"],
+        env.rootfs().canonicalize().unwrap().to_str().unwrap()
+    );
+    assert!(
+        l[0]["mounts"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("repo:/mnt/host/source")
+    );
+}
+
+#[test]
+fn consoles_share_one_sandbox_and_outlive_each_other() {
+    let env = Env::new();
+    let mut first: Child = env
+        .sh("box", "echo from-first > /tmp/shared; sleep 60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the first console's file", || {
+        env.sdk(&["-n", "box", "--", "cat", "/tmp/shared"])
+            .output()
+            .map(|o| o.status.success() && o.stdout == b"from-first\n")
+            .unwrap_or(false)
+    });
+    // Closing the first console does not end the sandbox.
+    let pid = env.init_pid("box").unwrap();
+    let _ = nix_kill(first.id() as i32, 15);
+    let st = first.wait().unwrap();
+    assert_eq!(
+        st.signal(),
+        Some(15),
+        "the launcher dies of the command's signal"
+    );
+    assert_eq!(
+        stdout_of(&mut env.sdk(&["-n", "box", "--", "cat", "/tmp/shared"])),
+        "from-first"
+    );
+    assert_eq!(env.init_pid("box"), Some(pid));
+}
+
+fn nix_kill(pid: i32, sig: i32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn ten_concurrent_invocations_make_one_sandbox() {
+    let env = Env::new();
+    let children: Vec<Child> = (0..10)
+        .map(|_| {
+            env.sh("many", "readlink /proc/self/ns/pid")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ns = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ns.push(String::from_utf8(o.stdout).unwrap());
+    }
+    ns.dedup();
+    assert_eq!(ns.len(), 1, "all ten ran in one pid namespace: {ns:?}");
+    let l = env.list();
+    assert_eq!(l.len(), 1, "{l:?}");
+    let names: Vec<_> = std::fs::read_dir(env.sandboxes_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn exit_codes_and_signals_pass_through() {
+    let env = Env::new();
+    run_expect(&mut env.sh("box", "exit 42"), 42);
+    run_expect(&mut env.sdk(&["-n", "box", "--", "no-such-command"]), 127);
+    run_expect(&mut env.sdk(&["-n", "box", "--", "/etc"]), 126);
+    let st = env.sh("box", "kill -TERM $$").status().unwrap();
+    assert_eq!(st.signal(), Some(15));
+    // A signal sent to the launcher reaches the command.
+    let mut c = env
+        .sh(
+            "box",
+            "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.05; done",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = c.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    use std::io::Read;
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    assert!(nix_kill(c.id() as i32, 2));
+    let st = c.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!((st.code(), rest.as_str()), (Some(5), "got-int\n"));
+}
+
+#[test]
+fn files_on_binds_belong_to_the_caller_and_root_maps_to_the_subordinate_range() {
+    let env = Env::new();
+    run_ok(&mut env.sh("box", "echo mine > /mnt/host/source/by-sdk"));
+    run_ok(&mut env.sdk(&[
+        "-n",
+        "box",
+        "-u",
+        "root",
+        "--",
+        "touch",
+        "/mnt/host/source/by-root",
+    ]));
+    let m = std::fs::metadata(env.repo().join("by-sdk")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (env.user.uid, env.user.gid));
+    let m = std::fs::metadata(env.repo().join("by-root")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (
+            sub_start(&env.user, "/etc/subuid"),
+            sub_start(&env.user, "/etc/subgid")
+        )
+    );
+    // __build__ is created and bound too.
+    run_ok(&mut env.sh("box", "echo out > /mnt/host/source/__build__/artifact"));
+    assert!(env.repo().join("__build__/artifact").exists());
+    // -v with :ro.
+    let extra = env.scratch.path().join("extra");
+    std::fs::create_dir(&extra).unwrap();
+    std::fs::write(extra.join("f"), "ro-data").unwrap();
+    chown_r(&env.user, &extra);
+    let v = format!("{}:/opt/extra:ro", extra.display());
+    let r = env.rootfs();
+    let out = stdout_of(&mut env.sdk(&[
+        "-n",
+        "vol",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "-v",
+        &v,
+        "--",
+        "sh",
+        "-c",
+        "cat /opt/extra/f; echo; touch /opt/extra/g 2>/dev/null && echo writable || echo read-only",
+    ]));
+    assert_eq!(out, "ro-data\nread-only");
+}
+
+#[test]
+fn host_is_hidden_and_sys_is_read_only() {
+    let env = Env::new();
+    let secret = env.scratch.path().join("secret");
+    std::fs::write(&secret, "x").unwrap();
+    let script = format!(
+        "ls /proc | grep -c '^[0-9]*$'; cat /proc/1/comm; test -e {} && echo host-visible; test -e /home/{} && echo home-visible; touch /sys/x 2>&1; echo end",
+        secret.display(),
+        env.user.name.clone().unwrap_or_default()
+    );
+    let out = stdout_of(&mut env.sh("box", &script));
+    let lines: Vec<&str> = out.lines().collect();
+    let procs: usize = lines[0].parse().unwrap();
+    assert!(
+        procs <= 4,
+        "only the sandbox's processes are visible: {out}"
+    );
+    assert_eq!(lines[1], "sdk-run-init");
+    assert!(
+        !out.contains("host-visible") && !out.contains("home-visible"),
+        "{out}"
+    );
+    assert!(out.contains("Read-only file system"), "{out}");
+    // Even root inside cannot write /sys.
+    let out = env
+        .sdk(&[
+            "-n",
+            "box",
+            "-u",
+            "root",
+            "--",
+            "sh",
+            "-c",
+            "echo 1 > /sys/kernel/mm/ksm/run",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // The host's pids are not ours to see: our own pid is not in there.
+    let me = std::process::id();
+    let out = stdout_of(&mut env.sdk(&[
+        "-n",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        &format!("test -e /proc/{me}/comm && echo seen || echo hidden"),
+    ]));
+    assert_eq!(out, "hidden");
+    // --net none: only loopback, and it is up.
+    let r = env.rootfs();
+    let out = stdout_of(&mut env.sdk(&[
+        "-n",
+        "nonet",
+        "--net",
+        "none",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    ]));
+    assert_eq!(out, "lo");
+}
+
+#[test]
+fn stop_and_rm_clean_up_every_process_and_file() {
+    let env = Env::new();
+    // A tarball rootfs, extracted into the sandbox's own directory.
+    let tarball = env.scratch.path().join("rootfs.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(env.rootfs())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    chown_r(&env.user, &tarball);
+    let t = tarball.to_str().unwrap();
+    run_ok(&mut env.sdk(&[
+        "-n",
+        "box",
+        "--rootfs",
+        t,
+        "-u",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /var/lib/x && echo y > /var/lib/x/root-file",
+    ]));
+    let mut bg = env
+        .sdk(&["-n", "box", "--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = env.init_pid("box").unwrap();
+    let ns = pid_ns(&env, "box");
+    wait_for("the background command", || {
+        live_processes_in(ns).len() >= 2
+    });
+    run_ok(&mut env.sdk(&["stop", "box"]));
+    assert!(!alive(pid));
+    assert_eq!(bg.wait().unwrap().signal(), Some(9));
+    assert_eq!(live_processes_in(ns), Vec::<String>::new());
+    let l = env.list();
+    assert_eq!(
+        (l[0]["state"].as_str(), l[0]["pid"].as_i64()),
+        (Some("stopped"), None)
+    );
+    // Files stay after stop; rm removes all of them, root-owned ones too.
+    assert!(
+        env.sandboxes_dir()
+            .join("box/rootfs/var/lib/x/root-file")
+            .exists()
+    );
+    run_ok(&mut env.sdk(&["rm", "box"]));
+    assert_eq!(std::fs::read_dir(env.sandboxes_dir()).unwrap().count(), 0);
+    assert!(env.list().is_empty());
+    // rm -f of a running one.
+    run_ok(&mut env.sh("two", "true"));
+    let pid = env.init_pid("two").unwrap();
+    run_expect(&mut env.sdk(&["rm", "two"]), 2);
+    run_ok(&mut env.sdk(&["rm", "-f", "two"]));
+    assert!(!alive(pid));
+    assert_eq!(std::fs::read_dir(env.sandboxes_dir()).unwrap().count(), 0);
+    // --rm: a throwaway sandbox.
+    let r = env.rootfs();
+    assert_eq!(
+        stdout_of(&mut env.sdk(&[
+            "--rm",
+            "-n",
+            "tmp",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--",
+            "echo",
+            "once"
+        ])),
+        "once"
+    );
+    assert_eq!(std::fs::read_dir(env.sandboxes_dir()).unwrap().count(), 0);
+    // prune removes stopped sandboxes, keeps running ones.
+    run_ok(&mut env.sh("keep", "true"));
+    run_ok(&mut env.sh("gone", "true"));
+    run_ok(&mut env.sdk(&["stop", "gone"]));
+    run_ok(&mut env.sdk(&["prune"]));
+    let names: Vec<_> = env
+        .list()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["keep"]);
+}
+
+#[test]
+fn dead_init_is_restarted_with_the_rootfs_intact() {
+    let env = Env::new();
+    run_ok(&mut env.sdk(&[
+        "-n",
+        "box",
+        "--rootfs",
+        env.rootfs().to_str().unwrap(),
+        "--overlay",
+        "-u",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /etc/marker",
+    ]));
+    let pid = env.init_pid("box").unwrap();
+    assert!(nix_kill(pid, 9));
+    wait_for("the init to die", || !alive(pid));
+    assert_eq!(env.list()[0]["state"], "stopped");
+    assert_eq!(
+        stdout_of(&mut env.sdk(&["-n", "box", "--", "cat", "/etc/marker"])),
+        "kept"
+    );
+    let new = env.init_pid("box").unwrap();
+    assert_ne!(new, pid);
+    // The overlay kept the shared rootfs untouched.
+    assert!(!env.rootfs().join("etc/marker").exists());
+}
+
+#[test]
+fn tty_gives_a_pts_inside_with_job_control() {
+    let env = Env::new();
+    run_ok(&mut env.sh("box", "true"));
+    let sock = env.scratch.path().join("tmux.sock");
+    let sock = sock.to_str().unwrap();
+    let tmux = |args: &[&str]| {
+        let mut c = env.as_user("tmux");
+        c.arg("-S").arg(sock).args(args);
+        c
+    };
+    run_ok(&mut tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "sdk-run -n box -t",
+    ]));
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).output().unwrap().stdout)
+            .into_owned()
+    };
+    let send = |keys: &[&str]| run_ok(&mut tmux(&[&["send-keys", "-t", "0"][..], keys].concat()));
+    let t = Instant::now();
+    while !pane().contains("/mnt/host/source $") {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no prompt: {}",
+            pane()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send(&["tty; ls /dev/pts; stty size; echo mark-$((6*7))", "Enter"]);
+    wait_for("tty output", || pane().contains("mark-42"));
+    let p = pane();
+    assert!(p.contains("\n/dev/pts/0\n"), "{p}");
+    assert!(
+        p.contains("\n0      ptmx\n") || p.contains("\n0     ptmx\n") || p.contains("0\nptmx"),
+        "only the sandbox's own pts: {p}"
+    );
+    assert!(p.contains("\n40 120\n"), "window size follows: {p}");
+    // Job control: stop a foreground job, list it, resume and interrupt it.
+    send(&["sleep 30", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    send(&["C-z"]);
+    wait_for("the job to stop", || pane().contains("Stopped"));
+    send(&["jobs; echo jobs-$((1+1))", "Enter"]);
+    wait_for("jobs", || pane().contains("jobs-2"));
+    send(&["fg", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    send(&["C-c"]);
+    send(&["echo status-$?", "Enter"]);
+    wait_for("the interrupted job's status", || {
+        pane().contains("status-130")
+    });
+    // A window-size change reaches the shell.
+    run_ok(&mut tmux(&["resize-window", "-x", "100", "-y", "30"]));
+    std::thread::sleep(Duration::from_millis(300));
+    send(&["stty size", "Enter"]);
+    wait_for("the new size", || pane().contains("\n30 100\n"));
+    send(&["exit 3", "Enter"]);
+    wait_for("tmux to end", || {
+        !tmux(&["has-session"]).output().unwrap().status.success()
+    });
+    // Under `script`, the exit status comes through.
+    let st = env
+        .as_user("script")
+        .args([
+            "-qec",
+            "sdk-run -n box -t -- sh -c 'test -t 0 && exit 9'",
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(9));
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2_and_changes_nothing() {
+    let env = Env::new();
+    run_ok(&mut env.sh("box", "true"));
+    let before = env.snapshot();
+    let r = env.rootfs();
+    let r = r.to_str().unwrap();
+    let bad_version = env.scratch.path().join("badrepo");
+    std::fs::create_dir(&bad_version).unwrap();
+    std::fs::write(
+        bad_version.join("sdk-version.toml"),
+        "sdk-version = \"1\"\nos = \"2\"\n",
+    )
+    .unwrap();
+    chown_r(&env.user, &bad_version);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["stop", "nosuch"], "no sandbox named"),
+        (vec!["rm", "nosuch"], "no sandbox named"),
+        (vec!["rm", "-f", "box", "nosuch"], "no sandbox named"),
+        (
+            vec!["-n", "new", "--rootfs", r, "-v", "nonsense", "--", "true"],
+            "SRC:DST",
+        ),
+        (
+            vec![
+                "-n",
+                "new",
+                "--rootfs",
+                r,
+                "-v",
+                "/no/such/dir:/x",
+                "--",
+                "true",
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "-n",
+                "new",
+                "--rootfs",
+                r,
+                "--device",
+                "/dev/no-such-device",
+                "--",
+                "true",
+            ],
+            "no such device",
+        ),
+        (
+            vec![
+                "-n",
+                "new",
+                "--rootfs",
+                r,
+                "--device",
+                "/etc/passwd",
+                "--",
+                "true",
+            ],
+            "not a device",
+        ),
+        (
+            vec!["-n", "new", "--rootfs", "/no/such/rootfs", "--", "true"],
+            "--rootfs",
+        ),
+        (vec!["-n", "new", "--", "true"], "--rootfs"),
+        (vec!["--", "true"], "sdk-version.toml"),
+        (vec!["-n", "bad/name", "--", "true"], "not a sandbox name"),
+        (
+            vec!["-n", "box", "--net", "none", "--", "true"],
+            "exists with other --net",
+        ),
+        (
+            vec!["-n", "box", "-u", "nobody-here", "--", "true"],
+            "no user",
+        ),
+        (vec!["--net", "bridge"], "invalid value"),
+        (vec!["completions", "tcsh"], "invalid value"),
+    ];
+    for (args, needle) in cases {
+        let out = run_expect(&mut env.sdk(&args), 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line, got:\n{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A broken version file names the file, the line and the key.
+    let mut c = env.sdk(&["--", "true"]);
+    c.current_dir(&bad_version);
+    let out = run_expect(&mut c, 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sdk-version.toml:2:") && err.contains("os"),
+        "{err}"
+    );
+    assert_eq!(env.snapshot(), before, "bad input changed files");
+    // No user namespaces: in a user namespace whose limit is 0.
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec sdk-run -n new2 --rootfs {r} -- true"
+    );
+    let out = run_expect(
+        env.as_user("unshare")
+            .args(["-U", "-r", "sh", "-c", &script]),
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("user namespaces") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(env.snapshot(), before, "bad input changed files");
+    assert_eq!(env.list().len(), 1);
+}
+
+#[test]
+fn completions_and_man_page() {
+    let env = Env::new();
+    let bash = run_ok(&mut env.sdk(&["completions", "bash"]));
+    assert!(bash.contains("sdk-run") && bash.contains("--rootfs"));
+    let man = run_ok(&mut env.sdk(&["man"]));
+    assert!(
+        man.contains(".TH sdk-run"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    let help = run_ok(&mut env.sdk(&["--help"]));
+    assert!(help.contains("Examples:"));
+}
