@@ -334,6 +334,7 @@ fn child(
 /// I: pid 1 inside. Assemble, report, then reap forever.
 fn init(cfg: &Config, plan: &RootPlan, mut rep: std::fs::File) -> i32 {
     let _ = nix::unistd::setsid();
+    let _ = nix::sys::prctl::set_name(c"sdk-run-init");
     let setup = (|| -> anyhow::Result<()> {
         mounts::assemble(&sys::Linux, plan)?;
         users::ensure_sdk_user(Path::new("/"), !cfg.idmap.is_single())
@@ -364,7 +365,6 @@ fn init(cfg: &Config, plan: &RootPlan, mut rep: std::fs::File) -> i32 {
     drop(rep);
     // Nothing of the launcher may stay open here: not its lock, not pipes.
     sys::close_fds_from(3, &[]);
-    let _ = nix::sys::prctl::set_name(c"sdk-run-init");
     reap_forever()
 }
 
