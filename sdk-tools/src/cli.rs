@@ -11,7 +11,7 @@ pub mod fs;
 pub mod verity;
 
 /// Verbs reachable through a link of the same name (multi-call).
-pub const MULTICALL_NAMES: &[&str] = &["setup_board", "build_packages"];
+pub const MULTICALL_NAMES: &[&str] = &["setup_board", "build_packages", "build_image", "build_sysext"];
 
 /// The SDK's in-sandbox toolchain.
 #[derive(Debug, Parser)]
@@ -44,6 +44,12 @@ pub enum Command {
     /// Build package recipes into a board's cross-root, reusing unchanged ones.
     #[command(name = "build_packages")]
     BuildPackages(crate::packages::verbs::BuildPackagesArgs),
+    /// Build a GPT disk image with A/B USR partitions under dm-verity.
+    #[command(name = "build_image")]
+    BuildImage(crate::image::cli::BuildImageArgs),
+    /// Build a systemd-sysext image from packages.
+    #[command(name = "build_sysext")]
+    BuildSysext(crate::image::cli::BuildSysextArgs),
 }
 
 /// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
@@ -57,6 +63,8 @@ pub fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if MULTICALL_NAMES.contains(&name.as_str()) {
+        // `/usr/bin/build_image` and `build_image` both mean the verb.
+        args[0] = OsString::from(&name);
         args.insert(0, OsString::from("sdk-tools"));
     }
     args
@@ -78,6 +86,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Fs(cmd) => fs::run(cmd),
         Command::SetupBoard(args) => crate::packages::verbs::setup_board(args),
         Command::BuildPackages(args) => crate::packages::verbs::build_packages(args),
+        Command::BuildImage(a) => crate::image::cli::run_build_image(a),
+        Command::BuildSysext(a) => crate::image::cli::run_build_sysext(a),
     };
     match result {
         Ok(()) => 0,

@@ -12,7 +12,9 @@
 //!   `mksquashfs -pf`, one per path;
 //! - erofs: erofs-utils 1.5 has only whole-image overrides (`--all-root`,
 //!   `--force-uid/gid`), so the table must be uniform in owner and match
-//!   the staged modes; otherwise the error says to pick ext4 or squashfs.
+//!   the staged modes; otherwise the error says to pick ext4. The
+//!   squashfs builder takes whole-image owners the same way
+//!   ([`uniform_owner`]); [`squashfs_pseudo`] renders the per-path form.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -44,13 +46,24 @@ pub enum AttrError {
     #[error("debugfs could not set owners and modes in {image}: {msg}")]
     Debugfs { image: String, msg: String },
     #[error(
-        "erofs-utils 1.5 can only give every file the same owner, but {path} is {uid}:{gid}; use usr-fs ext4 or squashfs (the `fs` of USR-A in the disk layout)"
+        "a {fs} image built unprivileged gives every file one owner, but {path} is {uid}:{gid} while / is {root_uid}:{root_gid}; use ext4 (the `fs` of USR-A in the disk layout)"
     )]
-    ErofsOwners { path: String, uid: u32, gid: u32 },
+    MixedOwners {
+        fs: &'static str,
+        path: String,
+        uid: u32,
+        gid: u32,
+        root_uid: u32,
+        root_gid: u32,
+    },
     #[error(
-        "erofs-utils 1.5 takes modes from the staged files, and {path} needs mode {mode:o}, which the build cannot stage readable; use ext4 or squashfs"
+        "a {fs} image takes modes from the staged files, and {path} needs mode {mode:o}, which an unprivileged build cannot stage readable; use ext4"
     )]
-    ErofsMode { path: String, mode: u32 },
+    UnstageableMode {
+        fs: &'static str,
+        path: String,
+        mode: u32,
+    },
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
 }
@@ -65,6 +78,17 @@ pub fn attrs_of(tree: &Tree, prefix: &str) -> Vec<Attr> {
         disk_mode: (e.st_mode() & !0o7777) | disk_mode(e.is_dir(), e.mode),
     };
     let mut out = Vec::new();
+    if prefix.is_empty() {
+        out.push(Attr {
+            path: "/".into(),
+            st_mode: 0o040755,
+            uid: 0,
+            gid: 0,
+            disk_mode: 0o040755,
+        });
+        out.extend(tree.entries().iter().map(|(k, e)| conv(format!("/{k}"), e)));
+        return out;
+    }
     match tree.get(prefix) {
         Some(e) => out.push(conv("/".to_string(), e)),
         None => out.push(Attr {
@@ -108,11 +132,10 @@ pub fn debugfs_script(attrs: &[Attr], disk_uid: u32, disk_gid: u32) -> Result<St
     Ok(s)
 }
 
-/// Apply the table to an ext4 image built by this process's user.
-pub fn apply_ext4(image: &Path, attrs: &[Attr], work: &Path) -> Result<(), AttrError> {
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
-    let script = debugfs_script(attrs, uid, gid)?;
+/// Apply the table to an ext4 image whose inodes all belong to
+/// `built_owner` (what the builder set) and carry the staged modes.
+pub fn apply_ext4(image: &Path, attrs: &[Attr], built_owner: (u32, u32), work: &Path) -> Result<(), AttrError> {
+    let script = debugfs_script(attrs, built_owner.0, built_owner.1)?;
     if script.is_empty() {
         return Ok(());
     }
@@ -176,21 +199,26 @@ pub fn squashfs_root_args(attrs: &[Attr]) -> Vec<String> {
     ]
 }
 
-/// For erofs: the single owner every path has, after checking that the
-/// staged modes are the wanted ones.
-pub fn erofs_owner(attrs: &[Attr]) -> Result<(u32, u32), AttrError> {
+/// For builders with whole-image owners only (erofs, squashfs): the one
+/// owner every path has, after checking the staged modes are the wanted
+/// ones.
+pub fn uniform_owner(attrs: &[Attr], fs: &'static str) -> Result<(u32, u32), AttrError> {
     let first = attrs.first().map_or((0, 0), |a| (a.uid, a.gid));
     for a in attrs {
         if (a.uid, a.gid) != first {
-            return Err(AttrError::ErofsOwners {
+            return Err(AttrError::MixedOwners {
+                fs,
                 path: a.path.clone(),
                 uid: a.uid,
                 gid: a.gid,
+                root_uid: first.0,
+                root_gid: first.1,
             });
         }
         let is_link = a.st_mode & 0o170000 == 0o120000;
         if !is_link && a.st_mode != a.disk_mode {
-            return Err(AttrError::ErofsMode {
+            return Err(AttrError::UnstageableMode {
+                fs,
                 path: a.path.clone(),
                 mode: a.st_mode & 0o7777,
             });
@@ -250,7 +278,7 @@ mod tests {
     fn erofs_needs_uniform_owner() {
         let (_d, t) = tree();
         let a = attrs_of(&t, "usr");
-        let err = erofs_owner(&a).unwrap_err().to_string();
-        assert!(err.contains("ext4 or squashfs"), "{err}");
+        let err = uniform_owner(&a, "erofs").unwrap_err().to_string();
+        assert!(err.contains("use ext4") && err.contains("/my file"), "{err}");
     }
 }

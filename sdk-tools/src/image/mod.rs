@@ -5,11 +5,17 @@
 //! live in `verity`, `disk` and `fs`; this module decides what goes where.
 
 pub mod attrs;
+pub mod build;
+pub mod cli;
 pub mod contents;
 pub mod derive;
+pub mod esp;
+pub mod install;
 pub mod oci;
 pub mod outputs;
+pub mod repo;
 pub mod sbom;
+pub mod sysext;
 pub mod tree;
 pub mod usr;
 

@@ -87,7 +87,11 @@ impl OutputDir {
             let name = name.to_string_lossy();
             if name.starts_with(TMP_PREFIX) || name.starts_with(".latest-") {
                 tracing::info!(path = %entry.path().display(), "removing what an interrupted build left");
-                remove_any(&entry.path())?;
+                // Best effort: a tool the killed build started may still be
+                // writing there; the next build tries again.
+                if let Err(e) = remove_any(&entry.path()) {
+                    tracing::warn!("{e}");
+                }
             }
         }
         Ok(out)

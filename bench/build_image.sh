@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# build_image vs systemd-repart, same run, same staging root: both make a
+# GPT disk with an ESP (vfat, the kernel on it) and a /usr ext4 filesystem
+# protected by dm-verity, sized to the content.
+#
+# - ours: `sdk-tools build_image --root STAGING` (also builds the
+#   initramfs, OEM and ROOT filesystems, contents list, SBOM, manifest);
+# - peer: `systemd-repart` (Debian 12's systemd 252) with Format=ext4,
+#   CopyFiles=/usr:/ and Verity=data/hash partitions, then `mcopy` for the
+#   ESP files (repart 252 copies into vfat by mounting it, which needs the
+#   vfat driver this kernel lacks).
+#
+# The staging root is Debian bookworm minbase + the cloud kernel + busybox
+# (bootstrapped once with mmdebstrap from the host's apt sources and kept
+# in $BENCH_DIR), a /usr of about the example OS's make-up.
+#
+# Usage: bench/build_image.sh   (as root; BENCH_DIR=/var/tmp/sdk-bench-image)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo_dir=$PWD
+tools=${SDK_TOOLS:-$repo_dir/target/release/sdk-tools}
+work=${BENCH_DIR:-/var/tmp/sdk-bench-image}
+runs=${RUNS:-5}
+mkdir -p "$work"
+[ -x "$tools" ] || cargo build --release -p sdk-tools
+systemd-repart --version | head -1
+
+root=$work/root
+if [ ! -d "$root/usr" ]; then
+  sources=()
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -s "$f" ] && sources+=("$f")
+  done
+  rm -rf "$root.tmp"
+  mmdebstrap --quiet --mode=root --variant=minbase --skip=output/dev \
+    --include=linux-image-cloud-amd64,busybox bookworm "$root.tmp" "${sources[@]}"
+  # A /usr-only OS carries no dpkg or apt caches.
+  rm -rf "$root.tmp"/var/cache/apt/* "$root.tmp"/var/lib/apt/lists/*
+  mv "$root.tmp" "$root"
+fi
+echo "staging root: $(du -sh --apparent-size "$root/usr" | cut -f1) in /usr, $(find "$root" | wc -l) paths"
+
+# A repo with a bench board: the amd64-usr profile and its `vm` layout.
+repo=$work/repo
+mkdir -p "$repo/profiles/bench"
+printf 'sdk-version = "bench"\nos-version = "1.0.0"\n' >"$repo/sdk-version.toml"
+sed 's/^description = .*/description = "benchmark board"/' profiles/amd64-usr/profile.toml >"$repo/profiles/bench/profile.toml"
+cp profiles/amd64-usr/disk-layout.toml "$repo/profiles/bench/disk-layout.toml"
+export SOURCE_DATE_EPOCH=1700000000
+
+# One build of ours, to size the peer's partitions the same and to show
+# the stage breakdown.
+out=$work/out
+rm -rf "$out"
+(cd "$repo" && "$tools" build_image --board bench --disk-layout vm --root "$root" --output "$out") 2>"$work/stages.txt" >/dev/null
+cat "$work/stages.txt"
+usr_bytes=$(sed -n 's/^VERITY_HASH_OFFSET=//p' "$out"/latest/*_verity.txt)
+kernel=$(ls "$root"/boot/vmlinuz-* | head -1)
+
+defs=$work/repart.d
+mkdir -p "$defs"
+cat >"$defs/10-esp.conf" <<EOF
+[Partition]
+Type=esp
+Format=vfat
+SizeMinBytes=128M
+SizeMaxBytes=128M
+EOF
+cat >"$defs/20-usr.conf" <<EOF
+[Partition]
+Type=usr
+Format=ext4
+CopyFiles=/usr:/
+Verity=data
+VerityMatchKey=usr
+SizeMinBytes=$usr_bytes
+SizeMaxBytes=$usr_bytes
+EOF
+cat >"$defs/21-usr-verity.conf" <<EOF
+[Partition]
+Type=usr-verity
+Verity=hash
+VerityMatchKey=usr
+EOF
+cat >"$work/repart.sh" <<EOF
+#!/bin/sh
+set -e
+rm -f "$work/repart.img"
+systemd-repart --empty=create --size=auto --definitions="$defs" --root="$root" \
+  --dry-run=no --seed=0d9a3e4a-5a1b-4c7e-9d55-2f6b1c3d4e5f --json=short "$work/repart.img" >"$work/repart.json" 2>/dev/null
+off=\$(sfdisk --json "$work/repart.img" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][0]["start"]*512)')
+MTOOLS_SKIP_CHECK=1 mcopy -i "$work/repart.img@@\$off" "$kernel" ::/vmlinuz
+EOF
+chmod +x "$work/repart.sh"
+"$work/repart.sh"
+echo "peer roothash: $(python3 -c 'import json,sys; print([p["roothash"] for p in json.load(open(sys.argv[1])) if p["roothash"]][0])' "$work/repart.json")"
+
+hyperfine --runs "$runs" --warmup 1 --export-json "$work/hyperfine.json" \
+  -n build_image "cd '$repo' && '$tools' build_image --board bench --disk-layout vm --root '$root' --output '$out' --replace >/dev/null 2>&1" \
+  -n systemd-repart "$work/repart.sh"
+python3 - "$work/hyperfine.json" <<'EOF'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+ours, peer = r["build_image"]["median"], r["systemd-repart"]["median"]
+print(f"median build_image {ours:.2f} s, systemd-repart {peer:.2f} s: {peer / ours:.2f}x")
+EOF

@@ -1,0 +1,619 @@
+//! `build_image`: packages (or a staging root, or an OCI archive) in, a
+//! GPT disk image with a verity-protected USR-A and its outputs out.
+//!
+//! Stages, each timed in the log: install (staging tree), usr (the USR
+//! filesystem), verity (hash tree appended after it), esp (boot files),
+//! disk (partition table and partitions), outputs (lists, SBOM, manifest).
+//! Everything is written in a temporary directory inside the output
+//! directory and published by renames (`image::outputs`), so a failed or
+//! killed build leaves the previous `latest` as it was.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::attrs;
+use super::contents::contents_txt;
+use super::derive::{Seed, env_epoch};
+use super::esp::{EspInputs, populate};
+use super::install::{Source, install};
+use super::outputs::{Artifact, OutputDir, artifacts};
+use super::repo::Repo;
+use super::sbom;
+use super::tree::Tree;
+use super::usr::make_usr_only;
+use crate::board::Board;
+use crate::disk::{self, Layout};
+use crate::exit::UsageError;
+use crate::fs::{self as fsb, FsOptions, FsType, Ownership};
+use crate::verity;
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub board: String,
+    pub group: String,
+    pub replace: bool,
+    /// Where `<group>-<version>-a<N>/` and `latest` go; default
+    /// `<repo>/__build__/images/<board>`.
+    pub output: Option<PathBuf>,
+    /// A staging root to build from instead of the board's packages.
+    pub root: Option<PathBuf>,
+    /// An OCI archive to build from.
+    pub from_oci: Option<PathBuf>,
+    /// Write the OS tree as an OCI archive here instead of a disk image.
+    pub oci: Option<PathBuf>,
+    pub check_reproducible: bool,
+    /// Cross-root parent (`/build` by default).
+    pub build_root: Option<PathBuf>,
+    /// Disk layout variant (`[variant.NAME]` of the layout).
+    pub layout_variant: Option<String>,
+}
+
+/// Stage timings, printed as the build goes.
+struct Stages {
+    start: Instant,
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+    quiet: bool,
+}
+
+impl Stages {
+    fn new(quiet: bool) -> Stages {
+        let now = Instant::now();
+        Stages {
+            start: now,
+            last: now,
+            done: Vec::new(),
+            quiet,
+        }
+    }
+    fn mark(&mut self, stage: &'static str, detail: &str) {
+        let now = Instant::now();
+        let took = now - self.last;
+        self.last = now;
+        self.done.push((stage, took));
+        tracing::info!(stage, seconds = took.as_secs_f64(), "{detail}");
+        // On a terminal the stages show as they go; otherwise they are in
+        // the log (-v) and in the summary of a successful build, so a
+        // failure is the one line saying what is wrong.
+        if !self.quiet && std::io::stderr().is_terminal() {
+            eprintln!("build_image: {stage:<8} {:>7.2}s  {detail}", took.as_secs_f64());
+        }
+    }
+    fn summary(&self) -> String {
+        let mut s = String::new();
+        for (stage, d) in &self.done {
+            let _ = write!(s, "{stage} {:.2}s, ", d.as_secs_f64());
+        }
+        let _ = write!(s, "total {:.2}s", self.start.elapsed().as_secs_f64());
+        s
+    }
+}
+
+/// Everything fixed before the first build (shared by the check build).
+struct Plan {
+    repo: Repo,
+    board: Board,
+    layout: Layout,
+    layout_text: String,
+    group: String,
+    usr_fs: FsType,
+    source: Source,
+}
+
+/// The result of one build in a work directory.
+struct Built {
+    name: String,
+    root_hash: String,
+    artifacts: Vec<Artifact>,
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+fn valid_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 32
+        && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
+    let repo = Repo::find(cwd).map_err(|e| usage(e.to_string()))?;
+    let board = Board::load(Some(&repo.root), &req.board).map_err(|e| usage(e.to_string()))?;
+    if !valid_group(&req.group) {
+        return Err(usage(format!(
+            "--group {:?}: use letters, digits, - and _ (e.g. developer, production)",
+            req.group
+        )));
+    }
+    let (layout_path, layout_text) = board
+        .read_file(&board.disk_layout)
+        .map_err(|e| usage(e.to_string()))?;
+    let layout = Layout::parse(&layout_text, &layout_path, req.layout_variant.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
+    let usr = layout.by_label("USR-A").ok_or_else(|| {
+        usage(format!(
+            "{}: the layout has no partition labelled USR-A; an A/B image needs USR-A and USR-B",
+            layout_path.display()
+        ))
+    })?;
+    let usr_fs: FsType = usr
+        .fs
+        .as_deref()
+        .unwrap_or("ext4")
+        .parse()
+        .map_err(|e: fsb::FsError| usage(format!("{}: USR-A fs: {e}", layout_path.display())))?;
+    if usr_fs == FsType::Vfat {
+        return Err(usage(format!(
+            "{}: USR-A fs vfat cannot carry owners and modes; use ext4, erofs or squashfs",
+            layout_path.display()
+        )));
+    }
+    let source = match (&req.root, &req.from_oci) {
+        (Some(dir), None) => Source::Dir(absolute(cwd, dir)),
+        (None, Some(oci)) => Source::Oci(absolute(cwd, oci)),
+        (None, None) => {
+            let build_root = crate::packages::crossroot::build_root(req.build_root.as_deref());
+            Source::Packages {
+                cross: crate::packages::crossroot::CrossRoot::new(&build_root, &board.name),
+                roots: vec![board.os_package.clone()],
+                exclude: vec![],
+            }
+        }
+        (Some(_), Some(_)) => return Err(usage("--root and --from-oci exclude each other; pick one input")),
+    };
+    Ok(Plan {
+        repo,
+        board,
+        layout,
+        layout_text,
+        group: req.group.clone(),
+        usr_fs,
+        source,
+    })
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
+}
+
+/// `ID=` of the tree's os-release, the image's name prefix.
+fn os_id(tree: &Tree) -> String {
+    for p in ["usr/lib/os-release", "etc/os-release", "usr/share/factory/etc/os-release"] {
+        if let Ok(text) = fs::read_to_string(tree.disk_path(p)) {
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("ID=") {
+                    let v = v.trim().trim_matches('"');
+                    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                        return v.to_string();
+                    }
+                }
+            }
+        }
+    }
+    "os".to_string()
+}
+
+/// Run `build_image`. Returns the published directory.
+pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("read the working directory")?;
+    let plan = plan(req, &cwd)?;
+    let mut stages = Stages::new(false);
+    if let Some(out) = &req.oci {
+        return export_oci(&plan, &absolute(&cwd, out), &mut stages);
+    }
+    let out_dir = req
+        .output
+        .as_ref()
+        .map(|o| absolute(&cwd, o))
+        .unwrap_or_else(|| plan.repo.root.join("__build__/images").join(&plan.board.name));
+    let out = OutputDir::open(&out_dir).map_err(|e| match e {
+        super::outputs::OutputError::Busy { .. } => usage(e.to_string()),
+        other => anyhow::Error::new(other),
+    })?;
+    let stem = format!("{}-{}", plan.group, plan.repo.os_version);
+    let attempt = out
+        .next_attempt(&stem, req.replace)
+        .map_err(|e| usage(e.to_string()))?;
+    let name = format!("{stem}-a{attempt}");
+    let work = out.temp()?;
+    let built = build_once(&plan, work.path(), attempt, &mut stages).map_err(explain_full_disk)?;
+    if req.check_reproducible {
+        eprintln!("build_image: --check-reproducible: building a second time to compare");
+        let again = build_once(&plan, &work.path().join("check"), attempt, &mut Stages::new(true))
+            .map_err(explain_full_disk)?;
+        compare(&built, &again)?;
+        eprintln!(
+            "build_image: reproducible: both builds gave the same {} artifacts",
+            built.artifacts.len()
+        );
+        super::outputs::remove_any(&work.path().join("check"))?;
+    }
+    let dest = out
+        .publish(&work.path().join("out"), &name, &stem)
+        .map_err(explain_full_disk_err)?;
+    stages.mark("publish", &format!("latest -> {name}"));
+    eprintln!(
+        "build_image: {} in {}\nbuild_image: USR-A root hash {}\nbuild_image: stages: {}",
+        built.name,
+        dest.display(),
+        built.root_hash,
+        stages.summary()
+    );
+    println!("{}", dest.join(format!("{}.bin", built.name)).display());
+    Ok(dest)
+}
+
+fn compare(a: &Built, b: &Built) -> Result<()> {
+    for (x, y) in a.artifacts.iter().zip(&b.artifacts) {
+        if x != y {
+            anyhow::bail!(
+                "not reproducible: {} differs between two builds from the same inputs (sha256 {} vs {}); the inputs carry something time- or host-dependent",
+                x.name,
+                x.sha256,
+                y.sha256
+            );
+        }
+    }
+    if a.artifacts.len() != b.artifacts.len() {
+        anyhow::bail!("not reproducible: the two builds wrote different sets of files");
+    }
+    Ok(())
+}
+
+fn is_enospc(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(nix::libc::ENOSPC))
+            || e.to_string().contains("No space left on device")
+            || e.to_string().contains("Could not allocate block")
+    })
+}
+
+/// A full disk is the user's to fix: say so in one line (exit 2).
+fn explain_full_disk(err: anyhow::Error) -> anyhow::Error {
+    if is_enospc(&err) && err.downcast_ref::<UsageError>().is_none() {
+        usage(format!(
+            "out of disk space while building ({}); free space where the output goes and retry — the previous image is untouched",
+            err.root_cause()
+        ))
+    } else {
+        err
+    }
+}
+
+fn explain_full_disk_err(err: super::outputs::OutputError) -> anyhow::Error {
+    explain_full_disk(err.into())
+}
+
+fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(usage(format!(
+            "--oci {}: directory {} does not exist",
+            out.display(),
+            dir.display()
+        )));
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".oci-staging-")
+        .tempdir_in(dir)
+        .with_context(|| format!("create a temporary directory in {}", dir.display()))?;
+    let mut tree = Tree::new(&work.path().join("staging"))?;
+    let packages = install(&mut tree, &plan.source, &plan.board, work.path())?;
+    stages.mark("install", &format!("{} packages, {} paths", packages.len(), tree.entries().len()));
+    let epoch = env_epoch().map_err(usage)?.unwrap_or_else(|| tree.newest_mtime());
+    let id = os_id(&tree);
+    let tag = format!("{}-{}", plan.repo.os_version, plan.group);
+    let digest = super::oci::export(
+        &tree,
+        out,
+        &super::oci::ExportInfo {
+            arch: &plan.board.debian_arch,
+            tag: &tag,
+            epoch,
+            labels: vec![
+                ("org.opencontainers.image.version".into(), plan.repo.os_version.clone()),
+                ("org.opencontainers.image.title".into(), id),
+                ("dev.sdk-run.board".into(), plan.board.name.clone()),
+            ],
+        },
+    )
+    .map_err(|e| explain_full_disk(e.into()))?;
+    stages.mark("oci", &format!("{} ({digest})", out.display()));
+    println!("{}", out.display());
+    Ok(out.to_path_buf())
+}
+
+/// One complete build in `work`; the finished artifacts are in
+/// `work/out`.
+fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Result<Built> {
+    fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
+    // install
+    let mut tree = Tree::new(&work.join("staging"))?;
+    let packages = install(&mut tree, &plan.source, &plan.board, work)?;
+    let id = os_id(&tree);
+    make_usr_only(&mut tree).map_err(|e| usage(e.to_string()))?;
+    let epoch = env_epoch().map_err(usage)?.unwrap_or_else(|| tree.newest_mtime());
+    let seed = Seed::new(
+        &[
+            &tree.digest(),
+            plan.board.name.as_bytes(),
+            plan.board.profile_sha256.as_bytes(),
+            plan.layout_text.as_bytes(),
+            plan.repo.os_version.as_bytes(),
+            plan.group.as_bytes(),
+            plan.usr_fs.name().as_bytes(),
+        ],
+        epoch,
+    );
+    tree.settle(epoch)?;
+    stages.mark(
+        "install",
+        &format!("{} packages, {} paths, SOURCE_DATE_EPOCH={epoch}", packages.len(), tree.entries().len()),
+    );
+
+    let mut layout = plan.layout.clone();
+    layout.derive_uuids(&seed.hex());
+    let part = |label: &str| layout.by_label(label).cloned();
+    let usr_a = part("USR-A").expect("checked in plan");
+    let usr_b = part("USR-B");
+    let name = format!("{id}_{}_image", plan.group);
+    let out = work.join("out");
+    fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+
+    // usr
+    let usr_img = out.join(format!("{name}_update.bin"));
+    let usr_attrs = attrs::attrs_of(&tree, "usr");
+    let usr_src = tree.disk_path("usr");
+    let owner = match plan.usr_fs {
+        FsType::Ext4 => Ownership::Root,
+        other => {
+            let (uid, gid) =
+                attrs::uniform_owner(&usr_attrs, other.name()).map_err(|e| usage(e.to_string()))?;
+            Ownership::Force { uid, gid }
+        }
+    };
+    let slack = 10;
+    let size = match plan.usr_fs {
+        FsType::Ext4 => Some(fsb::suggested_size(FsType::Ext4, &usr_src, slack)?),
+        _ => None,
+    };
+    let opts = FsOptions {
+        label: (plan.usr_fs == FsType::Ext4).then(|| "USR-A".to_string()),
+        uuid: (plan.usr_fs != FsType::Squashfs).then(|| seed.uuid("usr")),
+        epoch,
+        owner,
+        size,
+        read_only: true,
+        ..FsOptions::default()
+    };
+    let built = fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts).map_err(fs_err)?;
+    if plan.usr_fs == FsType::Ext4 {
+        attrs::apply_ext4(&usr_img, &usr_attrs, (0, 0), work)?;
+    }
+    // The hash area starts at a data-block boundary.
+    let fs_size = built.size.div_ceil(4096) * 4096;
+    if fs_size != built.size {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&usr_img)
+            .and_then(|f| f.set_len(fs_size))
+            .with_context(|| format!("pad {}", usr_img.display()))?;
+    }
+    stages.mark(
+        "usr",
+        &format!("{} {} MiB from {}", plan.usr_fs.name(), fs_size >> 20, usr_src.display()),
+    );
+
+    // verity
+    let vopts = verity::Options {
+        salt: Some(seed.salt("verity").to_vec()),
+        uuid: Some(seed.uuid("verity")),
+        data_blocks: Some(fs_size / 4096),
+        hash_offset: fs_size,
+        ..verity::Options::default()
+    };
+    let formatted = verity::format(&usr_img, &usr_img, &vopts)?;
+    let usr_total = fs_size + formatted.hash_size;
+    if usr_total > usr_a.size {
+        let short = usr_total - usr_a.size;
+        return Err(usage(format!(
+            "USR-A is {} but the USR filesystem ({}) and its verity tree ({}) need {} — {} more; grow USR-A (and USR-B) in {}",
+            mib(usr_a.size),
+            mib(fs_size),
+            mib(formatted.hash_size),
+            mib(usr_total),
+            mib(short),
+            layout.source.display()
+        )));
+    }
+    let root_hash = formatted.root_hash_hex();
+    stages.mark("verity", &format!("root hash {root_hash}, tree {} KiB", formatted.hash_size >> 10));
+
+    // esp
+    let esp_part = layout
+        .partitions
+        .iter()
+        .find(|p| p.label == "EFI-SYSTEM" || p.type_name == "efi")
+        .cloned();
+    let esp_dir = work.join("esp");
+    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
+    let esp = populate(&EspInputs {
+        staging_root: tree.root(),
+        esp_dir: &esp_dir,
+        usr_hash: &root_hash,
+        usr_hash_offset: fs_size,
+        usr_a_uuid: usr_a.uuid,
+        usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
+        root_uuid: part("ROOT").map(|p| p.uuid),
+        title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
+        epoch,
+    })?;
+    let mut images: Vec<(u32, PathBuf)> = vec![(usr_a.number, usr_img.clone())];
+    if let Some(p) = &esp_part {
+        let img = work.join("esp.img");
+        fsb::build(
+            FsType::Vfat,
+            &esp_dir,
+            &img,
+            &FsOptions {
+                label: Some("EFI-SYSTEM".into()),
+                uuid: Some(seed.uuid("esp")),
+                epoch,
+                size: Some(p.size),
+                read_only: false,
+                ..FsOptions::default()
+            },
+        )
+        .map_err(fs_err)?;
+        images.push((p.number, img));
+    }
+    stages.mark("esp", &format!("kernel {}, cmdline: {}", esp.kernel_version, esp.cmdline));
+
+    // disk: empty filesystems where the layout wants them, the table, the
+    // partitions.
+    let empty = work.join("empty");
+    fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
+    for p in &layout.partitions {
+        let wanted = match (p.label.as_str(), p.fs.as_deref()) {
+            ("USR-A", _) => None,
+            (_, _) if Some(p.number) == esp_part.as_ref().map(|e| e.number) => None,
+            (_, Some(f)) => Some(f.to_string()),
+            ("ROOT" | "OEM", None) => Some("ext4".to_string()),
+            _ => None,
+        };
+        let Some(f) = wanted else { continue };
+        let fs_type: FsType = f
+            .parse()
+            .map_err(|e: fsb::FsError| usage(format!("{}: partition {}: {e}", layout.source.display(), p.label)))?;
+        if matches!(fs_type, FsType::Erofs | FsType::Squashfs) {
+            continue; // nothing to put in an empty read-only filesystem
+        }
+        let img = work.join(format!("part{}.img", p.number));
+        let label = if fs_type == FsType::Vfat && p.label.len() > 11 {
+            p.label[..11].to_string()
+        } else {
+            p.label.clone()
+        };
+        fsb::build(
+            fs_type,
+            &empty,
+            &img,
+            &FsOptions {
+                label: Some(label),
+                uuid: Some(seed.uuid(&format!("fs-{}", p.label))),
+                epoch,
+                owner: Ownership::Root,
+                size: Some(p.size),
+                read_only: false,
+                ..FsOptions::default()
+            },
+        )
+        .map_err(fs_err)?;
+        images.push((p.number, img));
+    }
+    let disk_img = out.join(format!("{name}.bin"));
+    layout.write_image(&disk_img).map_err(disk_err)?;
+    images.sort();
+    for (number, img) in &images {
+        disk::write_partition(&disk_img, *number, img).map_err(disk_err)?;
+    }
+    stages.mark(
+        "disk",
+        &format!("{} MiB, {} partitions written", layout.size >> 20, images.len()),
+    );
+
+    // outputs
+    let version_txt = format!(
+        "OS_ID={id}\nOS_VERSION={}\nSDK_VERSION={}\nBOARD={}\nARCH={}\nGROUP={}\nATTEMPT={attempt}\nBUILD_ID={}-{}-a{attempt}\nSOURCE_DATE_EPOCH={epoch}\nUSR_FS={}\nUSR_ROOT_HASH={root_hash}\n",
+        plan.repo.os_version,
+        plan.repo.sdk_version,
+        plan.board.name,
+        plan.board.arch,
+        plan.group,
+        plan.group,
+        plan.repo.os_version,
+        plan.usr_fs.name(),
+    );
+    let verity_txt = format!(
+        "VERITY_ROOT_HASH={root_hash}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\nVERITY_PARTITION=USR-A\nVERITY_PARTUUID={}\n",
+        formatted.salt_hex(),
+        formatted.uuid.map(|u| u.to_string()).unwrap_or_default(),
+        formatted.data_blocks,
+        formatted.data_block_size,
+        formatted.hash_block_size,
+        formatted.algorithm.name(),
+        usr_a.uuid,
+    );
+    let packages_txt: String = packages
+        .iter()
+        .map(|p| format!("{}\t{}\t{}\n", p.name, p.version, p.arch))
+        .collect();
+    let sbom = sbom::spdx(
+        &sbom::ImageInfo {
+            name: &name,
+            os_id: &id,
+            version: &plan.repo.os_version,
+            board: &plan.board.name,
+            epoch,
+            namespace_uuid: seed.uuid("sbom"),
+        },
+        &packages,
+    );
+    let files: [(String, Vec<u8>); 5] = [
+        ("version.txt".into(), version_txt.into_bytes()),
+        (format!("{name}_verity.txt"), verity_txt.into_bytes()),
+        (format!("{name}_packages.txt"), packages_txt.into_bytes()),
+        (format!("{name}_contents.txt"), contents_txt(&tree, "usr").into_bytes()),
+        (
+            format!("{name}_sbom.json"),
+            serde_json::to_vec_pretty(&sbom).context("render the SBOM")?,
+        ),
+    ];
+    for (file, bytes) in &files {
+        let p = out.join(file);
+        fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
+    }
+    let arts = artifacts(&out, &["manifest.json"])?;
+    let manifest = serde_json::json!({
+        "name": name,
+        "board": plan.board.name,
+        "group": plan.group,
+        "version": plan.repo.os_version,
+        "attempt": attempt,
+        "source-date-epoch": epoch,
+        "usr-root-hash": root_hash,
+        "artifacts": arts,
+    });
+    let mpath = out.join("manifest.json");
+    fs::write(&mpath, serde_json::to_vec_pretty(&manifest).context("render manifest")?)
+        .with_context(|| format!("write {}", mpath.display()))?;
+    for f in fs::read_dir(&out).with_context(|| format!("read {}", out.display()))?.flatten() {
+        let _ = fs::File::open(f.path()).and_then(|f| f.sync_all());
+    }
+    stages.mark("outputs", &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1));
+    Ok(Built {
+        name,
+        root_hash,
+        artifacts: arts,
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+fn fs_err(e: fsb::FsError) -> anyhow::Error {
+    if e.is_bad_input() { usage(e.to_string()) } else { e.into() }
+}
+
+fn disk_err(e: disk::DiskError) -> anyhow::Error {
+    if e.is_bad_input() { usage(e.to_string()) } else { e.into() }
+}

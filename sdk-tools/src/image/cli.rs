@@ -1,0 +1,140 @@
+//! Command-line arguments of `build_image` and `build_sysext`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::build::{ImageRequest, build_image};
+use super::sysext::{SysextRequest, build_sysext};
+use crate::fs::FsType;
+
+/// Build a GPT disk image with A/B USR partitions under dm-verity.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  build_image --board amd64-usr
+      Install the board's OS meta-package (and its runtime dependencies)
+      from the binary packages in /build/amd64-usr and write
+      __build__/images/amd64-usr/developer-<version>-a1/ and `latest`.
+  build_image --board amd64-usr --replace --check-reproducible
+      Build the same version again (as attempt 2), twice, and fail unless
+      both builds are byte-identical.
+  build_image --board amd64-usr --root ./staging
+      Build from a staging root made elsewhere (files owned by you count
+      as root's in the image).
+  build_image --board amd64-usr --oci os.tar
+      Write the OS tree as a one-layer OCI image archive instead; layer on
+      it (umoci, podman) and come back with --from-oci os-custom.tar.
+
+Outputs (in <group>-<version>-a<attempt>/): <name>.bin (the disk image),
+<name>_update.bin (USR-A: filesystem + verity tree), <name>_verity.txt,
+<name>_contents.txt, <name>_packages.txt, <name>_sbom.json (SPDX 2.3),
+version.txt and manifest.json (sha256 and size of each).
+SOURCE_DATE_EPOCH, when set, fixes every timestamp; by default it is the
+newest modification time among the inputs.")]
+pub struct BuildImageArgs {
+    /// Board to build for (profiles/<board>/ in the repo or shipped).
+    #[arg(long)]
+    pub board: String,
+    /// Image group: part of the output folder and image names.
+    #[arg(long, default_value = "developer")]
+    pub group: String,
+    /// Build again when this group and version exist (as the next attempt;
+    /// the older attempt is removed once `latest` points at the new one).
+    #[arg(long)]
+    pub replace: bool,
+    /// Output folder holding the builds and `latest` [default:
+    /// <repo>/__build__/images/<board>].
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Build from this staging root instead of the board's packages.
+    #[arg(long, value_name = "DIR", conflicts_with = "from_oci")]
+    pub root: Option<PathBuf>,
+    /// Build twice and fail unless every artifact is byte-identical.
+    #[arg(long)]
+    pub check_reproducible: bool,
+    /// Write the OS tree as an OCI image archive (one layer) and stop.
+    #[arg(long, value_name = "OUT.tar")]
+    pub oci: Option<PathBuf>,
+    /// Build from an OCI image archive (its layers applied in order).
+    #[arg(long, value_name = "IN.tar")]
+    pub from_oci: Option<PathBuf>,
+    /// Disk layout variant (`[variant.NAME]` in the board's disk layout).
+    #[arg(long, value_name = "NAME")]
+    pub disk_layout: Option<String>,
+    /// Where the cross-roots live [default: /build].
+    #[arg(long, value_name = "DIR", env = "SDK_BUILD_ROOT")]
+    pub build_root: Option<PathBuf>,
+}
+
+/// Build a systemd-sysext image from packages.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  build_sysext --board amd64-usr tools app-misc/tool
+      Install app-misc/tool and what it needs beyond the OS image into
+      __build__/images/amd64-usr/sysext/tools.raw (squashfs) with
+      usr/lib/extension-release.d/extension-release.tools.
+  build_sysext --board amd64-usr --fs erofs --verity tools app-misc/tool
+      erofs, plus tools.verity and tools.roothash beside tools.raw.")]
+pub struct BuildSysextArgs {
+    #[arg(long)]
+    pub board: String,
+    /// Extension name (file name and extension-release suffix).
+    pub name: String,
+    /// Packages to install (`category/name`); dependencies the OS image
+    /// already has are left out.
+    pub packages: Vec<String>,
+    /// Build from this staging root instead of packages.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// squashfs or erofs.
+    #[arg(long, default_value = "squashfs", value_parser = parse_fs)]
+    pub fs: FsType,
+    /// Also write NAME.verity (hash tree) and NAME.roothash.
+    #[arg(long)]
+    pub verity: bool,
+    /// Overwrite an existing NAME.raw.
+    #[arg(long)]
+    pub replace: bool,
+    /// Output folder [default: <repo>/__build__/images/<board>/sysext].
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", env = "SDK_BUILD_ROOT")]
+    pub build_root: Option<PathBuf>,
+}
+
+fn parse_fs(s: &str) -> Result<FsType, String> {
+    s.parse::<FsType>().map_err(|e| e.to_string())
+}
+
+pub fn run_build_image(a: BuildImageArgs) -> Result<()> {
+    build_image(&ImageRequest {
+        board: a.board,
+        group: a.group,
+        replace: a.replace,
+        output: a.output,
+        root: a.root,
+        from_oci: a.from_oci,
+        oci: a.oci,
+        check_reproducible: a.check_reproducible,
+        build_root: a.build_root,
+        layout_variant: a.disk_layout,
+    })
+    .map(|_| ())
+}
+
+pub fn run_build_sysext(a: BuildSysextArgs) -> Result<()> {
+    build_sysext(&SysextRequest {
+        board: a.board,
+        name: a.name,
+        packages: a.packages,
+        root: a.root,
+        fs: a.fs,
+        verity: a.verity,
+        replace: a.replace,
+        output: a.output,
+        build_root: a.build_root,
+    })
+    .map(|_| ())
+}

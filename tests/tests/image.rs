@@ -1,0 +1,671 @@
+//! build_image and build_sysext, run as the unprivileged test user on a
+//! small distro repo (a test board with a small disk layout) and checked
+//! with tools nobody here wrote: sfdisk, veritysetup, fsck.ext4, debugfs,
+//! unsquashfs, fsck.erofs, skopeo, umoci.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
+
+const LAYOUT: &str = r#"
+[disk]
+sector-size = 512
+alignment = "1MiB"
+arch = "x86-64"
+
+[[partition]]
+number = 1
+label = "EFI-SYSTEM"
+type = "efi"
+size = "40MiB"
+fs = "vfat"
+
+[[partition]]
+number = 2
+label = "BIOS-BOOT"
+type = "bios"
+size = "1MiB"
+
+[[partition]]
+number = 3
+label = "USR-A"
+type = "flatcar-usr"
+size = "24MiB"
+features = ["prioritize", "verity"]
+fs = "ext4"
+
+[[partition]]
+number = 4
+label = "USR-B"
+type = "flatcar-usr"
+size = "24MiB"
+
+[[partition]]
+number = 6
+label = "OEM"
+type = "linux"
+size = "8MiB"
+fs = "ext4"
+
+[[partition]]
+number = 9
+label = "ROOT"
+type = "flatcar-resize"
+size = "16MiB"
+fs = "ext4"
+
+# USR-A too small for the content.
+[variant.tiny.partition.3]
+size = "2MiB"
+
+[variant.erofs.partition.3]
+fs = "erofs"
+
+[variant.squashfs.partition.3]
+fs = "squashfs"
+"#;
+
+const PROFILE: &str = r#"
+description = "test board"
+arch = "x86_64"
+debian-arch = "amd64"
+target = "x86_64-linux-gnu"
+os-package = "meta/os"
+disk-layout = "disk-layout.toml"
+
+[toolchain]
+cc = "x86_64-linux-gnu-gcc"
+cxx = "x86_64-linux-gnu-g++"
+ar = "x86_64-linux-gnu-ar"
+"#;
+
+/// A distro repo with the test board, and a staging root beside it.
+struct Fixture {
+    user: TestUser,
+    scratch: Scratch,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let user = TestUser::get();
+        let scratch = Scratch::new(&user);
+        let repo = scratch.path().join("repo");
+        fs::create_dir_all(repo.join("profiles/testboard")).unwrap();
+        fs::write(
+            repo.join("sdk-version.toml"),
+            "sdk-version = \"2025.01.0\"\nos-version = \"1.2.3\"\n",
+        )
+        .unwrap();
+        fs::write(repo.join("profiles/testboard/profile.toml"), PROFILE).unwrap();
+        fs::write(repo.join("profiles/testboard/disk-layout.toml"), LAYOUT).unwrap();
+        let root = scratch.path().join("root");
+        let w = |p: &str, data: &[u8], mode: u32| {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, data).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        w("usr/bin/hello", b"#!/bin/sh\necho hello\n", 0o755);
+        w("usr/bin/helper", b"setuid helper\n", 0o4755);
+        let lib: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        w("usr/lib/libdemo.so.1", &lib, 0o644);
+        std::os::unix::fs::symlink("libdemo.so.1", root.join("usr/lib/libdemo.so")).unwrap();
+        w("usr/share/private/key", b"secret\n", 0o600);
+        fs::set_permissions(root.join("usr/share/private"), fs::Permissions::from_mode(0o700)).unwrap();
+        w("usr/share/doc/owned", b"owned by 1234\n", 0o644);
+        w("etc/os-release", b"ID=testos\nVERSION_ID=1.2.3\n", 0o644);
+        w("usr/lib/modules/6.1.0-test/vmlinuz", b"not really a kernel\n", 0o644);
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        chown_r(&user, scratch.path());
+        if user.name.is_some() {
+            // A file owned by someone else than the builder keeps its owner.
+            let st = Command::new("chown")
+                .args(["1234:1234"])
+                .arg(root.join("usr/share/doc/owned"))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        Fixture { user, scratch }
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.scratch.path().join("repo")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.scratch.path().join("root")
+    }
+
+    fn tool(&self, verb: &str) -> Command {
+        let mut c = self.user.command(&self.scratch, "sdk-tools");
+        c.arg(verb).current_dir(self.repo());
+        c
+    }
+
+    /// `build_image --root` into `out`, returning the published folder.
+    fn build(&self, out: &Path, extra: &[&str]) -> PathBuf {
+        let mut c = self.tool("build_image");
+        c.args(["--board", "testboard", "--root"]).arg(self.root()).arg("--output").arg(out).args(extra);
+        run_ok(&mut c);
+        let latest = out.join("latest");
+        out.join(fs::read_link(&latest).expect("latest is a symlink"))
+    }
+}
+
+fn images_dir(f: &Fixture, name: &str) -> PathBuf {
+    f.scratch.path().join(name)
+}
+
+/// `KEY=value` lines.
+fn kv(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn one(dir: &Path, suffix: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    assert_eq!(found.len(), 1, "one *{suffix} in {}: {found:?}", dir.display());
+    found.pop().unwrap()
+}
+
+#[derive(Debug)]
+struct Part {
+    name: String,
+    start: u64,
+    size: u64,
+    attrs: String,
+}
+
+fn sfdisk(image: &Path) -> Vec<Part> {
+    let out = run_ok(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["partitiontable"]["label"], "gpt");
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Part {
+            name: p["name"].as_str().unwrap_or("").to_string(),
+            start: p["start"].as_u64().unwrap() * 512,
+            size: p["size"].as_u64().unwrap() * 512,
+            attrs: p["attrs"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+fn extract(image: &Path, part: &Part, out: &Path) {
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", out.display()))
+            .arg("bs=512")
+            .arg(format!("skip={}", part.start / 512))
+            .arg(format!("count={}", part.size / 512))
+            .arg("status=none"),
+    );
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// `ls -l`-style string of an octal st_mode, as `_contents.txt` writes it.
+fn mode_string(m: u32) -> String {
+    let t = match m & 0o170000 {
+        0o040000 => 'd',
+        0o120000 => 'l',
+        _ => '-',
+    };
+    let mut s = String::from(t);
+    for (shift, special, on, off) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+        let b = (m >> shift) & 7;
+        s.push(if b & 4 != 0 { 'r' } else { '-' });
+        s.push(if b & 2 != 0 { 'w' } else { '-' });
+        s.push(match (b & 1 != 0, m & special != 0) {
+            (true, true) => on,
+            (false, true) => off,
+            (true, false) => 'x',
+            _ => '-',
+        });
+    }
+    s
+}
+
+fn verity_verify(usr: &Path, v: &BTreeMap<String, String>) -> std::process::Output {
+    Command::new("veritysetup")
+        .arg("verify")
+        .arg(usr)
+        .arg(usr)
+        .arg(&v["VERITY_ROOT_HASH"])
+        .arg(format!("--hash-offset={}", v["VERITY_HASH_OFFSET"]))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
+    let f = Fixture::new();
+    let out = images_dir(&f, "images");
+    let dir = f.build(&out, &[]);
+    assert!(dir.file_name().unwrap().to_string_lossy() == "developer-1.2.3-a1", "{}", dir.display());
+    let image = one(&dir, "_image.bin");
+    assert!(image.ends_with("testos_developer_image.bin"), "{}", image.display());
+
+    // manifest.json: sha256 and size of every other artifact.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let arts = manifest["artifacts"].as_array().unwrap();
+    let names: Vec<&str> = arts.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    for want in [
+        "testos_developer_image.bin",
+        "testos_developer_image_update.bin",
+        "testos_developer_image_verity.txt",
+        "testos_developer_image_contents.txt",
+        "testos_developer_image_packages.txt",
+        "testos_developer_image_sbom.json",
+        "version.txt",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    for a in arts {
+        let p = dir.join(a["name"].as_str().unwrap());
+        assert_eq!(a["sha256"].as_str().unwrap(), sha256(&p), "{}", p.display());
+        assert_eq!(a["size"].as_u64().unwrap(), fs::metadata(&p).unwrap().len());
+    }
+    let sbom: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.join("testos_developer_image_sbom.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+
+    // The GPT, as sfdisk reads it: USR-A priority 1 + successful, USR-B
+    // empty and not bootable.
+    let parts = sfdisk(&image);
+    let by = |n: &str| parts.iter().find(|p| p.name == n).unwrap_or_else(|| panic!("{n} in {parts:?}"));
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B", "OEM", "ROOT"]);
+    assert_eq!(by("USR-A").attrs, "GUID:48,56", "{parts:?}");
+    assert_eq!(by("USR-B").attrs, "", "{parts:?}");
+    assert_eq!(by("USR-A").size, 24 << 20);
+
+    // USR-A verifies with the recorded root hash at the recorded offset.
+    let v = kv(&fs::read_to_string(dir.join("testos_developer_image_verity.txt")).unwrap());
+    let work = f.scratch.path().join("check");
+    fs::create_dir_all(&work).unwrap();
+    let usr = work.join("usr-a");
+    extract(&image, by("USR-A"), &usr);
+    let ok = verity_verify(&usr, &v);
+    assert!(ok.status.success(), "veritysetup verify: {}", String::from_utf8_lossy(&ok.stderr));
+    // The update payload is USR-A's filesystem and tree.
+    let update = fs::read(dir.join("testos_developer_image_update.bin")).unwrap();
+    assert_eq!(&fs::read(&usr).unwrap()[..update.len()], &update[..]);
+    let offset: u64 = v["VERITY_HASH_OFFSET"].parse().unwrap();
+    assert_eq!(offset % 4096, 0);
+    assert!(offset < update.len() as u64);
+
+    run_ok(Command::new("fsck.ext4").arg("-fn").arg(&usr));
+    let root_part = work.join("root");
+    extract(&image, by("ROOT"), &root_part);
+    run_ok(Command::new("fsck.ext4").arg("-fn").arg(&root_part));
+
+    // The boot configuration on the ESP carries the root hash.
+    let esp = work.join("esp");
+    extract(&image, by("EFI-SYSTEM"), &esp);
+    let entries = run_ok(
+        Command::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-b", "-/", "-i"])
+            .arg(&esp)
+            .arg("::/loader/entries"),
+    );
+    let entry = entries.lines().next().expect("a loader entry").trim().to_string();
+    let text = run_ok(
+        Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&esp)
+            .arg(format!("::{entry}")),
+    );
+    let hash = &v["VERITY_ROOT_HASH"];
+    assert!(text.contains(&format!(" usrhash={hash}")), "{text}");
+    assert!(text.contains(&format!("verity.usrhash={hash}")), "{text}");
+
+    // _contents.txt says what debugfs finds in USR-A: paths, modes,
+    // owners (root:root although an unprivileged user built it), sizes,
+    // and file hashes.
+    let contents = fs::read_to_string(dir.join("testos_developer_image_contents.txt")).unwrap();
+    let mut listed: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
+    for line in contents.lines() {
+        let c: Vec<&str> = line.split('\t').collect();
+        assert_eq!(c.len(), 5, "{line}");
+        let path = c[0].strip_prefix("/usr").unwrap().to_string();
+        let path = if path.is_empty() { "/".to_string() } else { path };
+        listed.insert(path, (c[1].into(), c[2].into(), c[3].into(), c[4].into()));
+    }
+    let dirs: Vec<String> = listed
+        .iter()
+        .filter(|(_, v)| v.0.starts_with('d'))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let dumps = work.join("dumps");
+    fs::create_dir_all(&dumps).unwrap();
+    let mut script = String::new();
+    for d in &dirs {
+        script += &format!("ls -p \"{d}\"\n");
+    }
+    let files: Vec<String> = listed
+        .iter()
+        .filter(|(_, v)| v.0.starts_with('-'))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (i, p) in files.iter().enumerate() {
+        script += &format!("dump \"{p}\" \"{}/{i}\"\n", dumps.display());
+    }
+    fs::write(work.join("script"), script).unwrap();
+    let ls = run_ok(Command::new("debugfs").arg("-f").arg(work.join("script")).arg(&usr));
+    let mut seen: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    let mut cwd = String::new();
+    for line in ls.lines() {
+        if let Some(d) = line.strip_prefix("debugfs: ls -p ") {
+            cwd = d.trim_matches('"').to_string();
+            continue;
+        }
+        // /inode/mode/uid/gid/name/size/
+        let c: Vec<&str> = line.split('/').collect();
+        if c.len() < 7 || c[5] == "." || c[5] == ".." || c[5] == "lost+found" {
+            continue;
+        }
+        let path = if cwd == "/" { format!("/{}", c[5]) } else { format!("{cwd}/{}", c[5]) };
+        let mode = u32::from_str_radix(c[2], 8).unwrap();
+        seen.insert(path, (mode_string(mode), format!("{}:{}", c[3], c[4]), c[6].to_string()));
+    }
+    let listed_paths: Vec<&String> = listed.keys().filter(|k| k.as_str() != "/").collect();
+    let seen_paths: Vec<&String> = seen.keys().collect();
+    assert_eq!(listed_paths, seen_paths, "_contents.txt and debugfs list different paths");
+    for (path, (mode, owner, size)) in &seen {
+        let l = &listed[path];
+        assert_eq!((&l.0, &l.1), (mode, owner), "{path}");
+        if mode.starts_with('-') {
+            assert_eq!(&l.2, size, "{path}");
+        }
+    }
+    for (i, p) in files.iter().enumerate() {
+        assert_eq!(sha256(&dumps.join(i.to_string())), listed[p].3, "{p}");
+    }
+    assert_eq!(listed["/bin/helper"].0, "-rwsr-xr-x");
+    assert_eq!(listed["/share/private"].0, "drwx------");
+    assert_eq!(listed["/bin/hello"].1, "0:0");
+    if f.user.name.is_some() {
+        assert_eq!(listed["/share/doc/owned"].1, "1234:1234");
+    }
+    assert!(listed.contains_key("/share/factory/etc/os-release"), "/etc defaults under /usr/share/factory");
+
+    // One flipped byte in USR-A's data: veritysetup refuses it.
+    let mut bytes = fs::read(&usr).unwrap();
+    bytes[8192 + 17] ^= 0x01;
+    fs::write(&usr, bytes).unwrap();
+    let bad = verity_verify(&usr, &v);
+    assert!(!bad.status.success(), "a flipped byte went unnoticed");
+}
+
+#[test]
+fn two_builds_from_the_same_inputs_are_byte_identical() {
+    let f = Fixture::new();
+    let a = f.build(&images_dir(&f, "a"), &["--check-reproducible"]);
+    let b = f.build(&images_dir(&f, "b"), &[]);
+    for name in ["testos_developer_image.bin", "testos_developer_image_update.bin", "manifest.json"] {
+        assert!(
+            fs::read(a.join(name)).unwrap() == fs::read(b.join(name)).unwrap(),
+            "{name} differs between two builds"
+        );
+    }
+    // The other USR filesystems build reproducibly too.
+    for variant in ["erofs", "squashfs"] {
+        let x = f.build(&images_dir(&f, &format!("x-{variant}")), &["--disk-layout", variant]);
+        let y = f.build(&images_dir(&f, &format!("y-{variant}")), &["--disk-layout", variant]);
+        let img = "testos_developer_image.bin";
+        assert!(fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(), "{variant}");
+        let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
+        let ok = verity_verify(&x.join("testos_developer_image_update.bin"), &v);
+        assert!(ok.status.success(), "{variant}: {}", String::from_utf8_lossy(&ok.stderr));
+    }
+}
+
+fn assert_one_line_exit_2(out: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line wanted: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn bad_input_exits_2_in_one_line_and_leaves_latest_alone() {
+    let f = Fixture::new();
+    let out = images_dir(&f, "images");
+    let first = f.build(&out, &[]);
+    let latest = || fs::read_link(out.join("latest")).unwrap();
+    let before = latest();
+
+    let run = |extra: &[&str], root: bool| {
+        let mut c = f.tool("build_image");
+        c.args(["--board", "testboard", "--output"]).arg(&out).args(extra);
+        if root {
+            c.arg("--root").arg(f.root());
+        }
+        run_expect(&mut c, 2)
+    };
+    // Same version again without --replace.
+    assert_one_line_exit_2(&run(&[], true), "--replace");
+    // USR-A too small: says by how much.
+    let o = run(&["--replace", "--disk-layout", "tiny"], true);
+    assert_one_line_exit_2(&o, "more");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("MiB"));
+    // No cross-root for the board: nothing built yet.
+    let empty = f.scratch.path().join("no-build-root");
+    fs::create_dir_all(&empty).unwrap();
+    chown_r(&f.user, &empty);
+    let o = run(&["--replace", "--build-root", empty.to_str().unwrap()], false);
+    assert_one_line_exit_2(&o, "setup_board");
+    // The OS meta-package built for another board.
+    let br = f.scratch.path().join("other-build-root");
+    let db = br.join("testboard/var/lib/sdk/db/meta");
+    fs::create_dir_all(&db).unwrap();
+    fs::write(
+        br.join("testboard/var/lib/sdk/board.json"),
+        r#"{"board":"testboard","arch":"x86_64","debian-arch":"amd64","target":"x86_64-linux-gnu","profile-sha256":"0"}"#,
+    )
+    .unwrap();
+    fs::write(
+        db.join("os.json"),
+        r#"{"format":1,"name":"meta/os","version":"1","kind":"meta","description":"","board":"arm64-usr","arch":"aarch64","debian-arch":"arm64","input-hash":"00000000000000000000000000000000","depends":[],"build-depends":[],"archive":"1-0000000000000000.tar.zst","archive-sha256":"00","files":[]}"#,
+    )
+    .unwrap();
+    chown_r(&f.user, &br);
+    let o = run(&["--replace", "--build-root", br.to_str().unwrap()], false);
+    assert_one_line_exit_2(&o, "arm64-usr");
+    // An unknown board.
+    let mut c = f.tool("build_image");
+    c.args(["--board", "no-such-board", "--root"]).arg(f.root());
+    assert_one_line_exit_2(&run_expect(&mut c, 2), "no-such-board");
+
+    assert_eq!(latest(), before);
+    assert!(first.join("manifest.json").exists());
+    let leftovers: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaves_latest_alone() {
+    let f = Fixture::new();
+    assert!(
+        f.user.name.is_some(),
+        "this test mounts a small tmpfs and needs to run as root (make test)"
+    );
+    let out = images_dir(&f, "small");
+    fs::create_dir_all(&out).unwrap();
+    // Room for one build, not for a second beside it.
+    run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&out));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(out.clone());
+    chown_r(&f.user, &out);
+    let first = f.build(&out, &[]);
+    let mut c = f.tool("build_image");
+    c.args(["--board", "testboard", "--replace", "--output"]).arg(&out).arg("--root").arg(f.root());
+    let o = run_expect(&mut c, 2);
+    assert_one_line_exit_2(&o, "space");
+    assert_eq!(out.join(fs::read_link(out.join("latest")).unwrap()), first);
+    assert!(first.join("manifest.json").exists());
+}
+
+#[test]
+fn killed_builds_never_leave_latest_incomplete() {
+    let f = Fixture::new();
+    let out = images_dir(&f, "images");
+    f.build(&out, &[]);
+    for delay_ms in [30u64, 150, 400, 900] {
+        let mut c = f.tool("build_image");
+        c.args(["--board", "testboard", "--replace", "--output"]).arg(&out).arg("--root").arg(f.root());
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Whatever moment it died at, latest is a complete, verified image.
+        let dir = out.join(fs::read_link(out.join("latest")).unwrap());
+        let manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        for a in manifest["artifacts"].as_array().unwrap() {
+            let p = dir.join(a["name"].as_str().unwrap());
+            assert_eq!(a["sha256"].as_str().unwrap(), sha256(&p), "after kill at {delay_ms} ms");
+        }
+    }
+    // And the next build succeeds and cleans up after the killed ones.
+    let last = f.build(&out, &["--replace"]);
+    assert!(last.join("manifest.json").exists());
+    let names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".lock"))
+        .collect();
+    assert_eq!(names.len(), 2, "one attempt and latest: {names:?}");
+}
+
+#[test]
+fn sysext_images_carry_the_release_file_and_read_back() {
+    let f = Fixture::new();
+    let ext = f.scratch.path().join("ext");
+    fs::create_dir_all(ext.join("usr/bin")).unwrap();
+    fs::write(ext.join("usr/bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    fs::set_permissions(ext.join("usr/bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    chown_r(&f.user, &ext);
+    let out = images_dir(&f, "sysext");
+    let release = "ID=_any\nVERSION_ID=1.2.3\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n";
+
+    let mut c = f.tool("build_sysext");
+    c.args(["--board", "testboard", "--root"]).arg(&ext).arg("--output").arg(&out).arg("tools");
+    run_ok(&mut c);
+    let raw = out.join("tools.raw");
+    let list = run_ok(Command::new("unsquashfs").arg("-lln").arg(&raw));
+    assert!(list.contains("squashfs-root/usr/lib/extension-release.d/extension-release.tools"), "{list}");
+    assert!(list.contains("-rwxr-xr-x 0/0"), "root-owned although built unprivileged: {list}");
+    assert!(!list.contains("squashfs-root/etc"), "{list}");
+    let got = run_ok(
+        Command::new("unsquashfs")
+            .arg("-cat")
+            .arg(&raw)
+            .arg("usr/lib/extension-release.d/extension-release.tools"),
+    );
+    assert_eq!(got, release);
+    // Not again without --replace.
+    let mut c = f.tool("build_sysext");
+    c.args(["--board", "testboard", "--root"]).arg(&ext).arg("--output").arg(&out).arg("tools");
+    assert_one_line_exit_2(&run_expect(&mut c, 2), "--replace");
+
+    let mut c = f.tool("build_sysext");
+    c.args(["--board", "testboard", "--fs", "erofs", "--verity", "--root"])
+        .arg(&ext)
+        .arg("--output")
+        .arg(&out)
+        .arg("tools-erofs");
+    run_ok(&mut c);
+    let raw = out.join("tools-erofs.raw");
+    let x = f.scratch.path().join("x");
+    run_ok(Command::new("fsck.erofs").arg(format!("--extract={}", x.display())).arg(&raw));
+    let got = fs::read_to_string(x.join("usr/lib/extension-release.d/extension-release.tools-erofs")).unwrap();
+    assert_eq!(got, release);
+    let root_hash = fs::read_to_string(out.join("tools-erofs.roothash")).unwrap();
+    run_ok(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(&raw)
+            .arg(out.join("tools-erofs.verity"))
+            .arg(root_hash.trim()),
+    );
+}
+
+#[test]
+fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
+    let f = Fixture::new();
+    let archive = f.scratch.path().join("os.tar");
+    let mut c = f.tool("build_image");
+    c.args(["--board", "testboard", "--root"]).arg(f.root()).arg("--oci").arg(&archive);
+    run_ok(&mut c);
+    let inspect = run_ok(Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}", archive.display())));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Architecture"], "amd64", "{inspect}");
+    assert_eq!(v["Os"], "linux");
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 1);
+
+    // The archive builds the same USR as the staging root it came from.
+    let direct = f.build(&images_dir(&f, "direct"), &[]);
+    let mut c = f.tool("build_image");
+    c.args(["--board", "testboard", "--from-oci"]).arg(&archive).arg("--output").arg(images_dir(&f, "from-oci"));
+    run_ok(&mut c);
+    let from_oci = images_dir(&f, "from-oci").join("latest");
+    let hash = |d: &Path| kv(&fs::read_to_string(d.join("testos_developer_image_verity.txt")).unwrap())["VERITY_ROOT_HASH"].clone();
+    assert_eq!(hash(&direct), hash(&from_oci));
+
+    // Layer on it with umoci (rootless), the coreos-assembler way: the
+    // derived image's whiteout removes a file, the new layer adds one.
+    let layout = f.scratch.path().join("layout");
+    let bundle = f.scratch.path().join("bundle");
+    let as_user = |prog: &str| f.user.command(&f.scratch, prog);
+    run_ok(as_user("skopeo").arg("copy").arg(format!("oci-archive:{}", archive.display())).arg(format!("oci:{}:base", layout.display())));
+    run_ok(as_user("umoci").args(["unpack", "--rootless", "--image"]).arg(format!("{}:base", layout.display())).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    run_ok(as_user("rm").arg(rootfs.join("usr/bin/hello")));
+    run_ok(as_user("sh").arg("-c").arg(format!("echo extra > {}/usr/bin/extra", rootfs.display())));
+    run_ok(as_user("umoci").args(["repack", "--image"]).arg(format!("{}:derived", layout.display())).arg(&bundle));
+    let derived = f.scratch.path().join("derived.tar");
+    run_ok(as_user("skopeo").arg("copy").arg(format!("oci:{}:derived", layout.display())).arg(format!("oci-archive:{}", derived.display())));
+    let mut c = f.tool("build_image");
+    c.args(["--board", "testboard", "--from-oci"]).arg(&derived).arg("--output").arg(images_dir(&f, "derived"));
+    run_ok(&mut c);
+    let d = images_dir(&f, "derived").join("latest");
+    let contents = fs::read_to_string(d.join("testos_developer_image_contents.txt")).unwrap();
+    assert!(!contents.contains("/usr/bin/hello\t"), "whiteout applied: {contents}");
+    let extra = contents.lines().find(|l| l.starts_with("/usr/bin/extra\t")).expect("new layer's file");
+    assert!(extra.contains("\t0:0\t"), "{extra}");
+    assert_ne!(hash(&d), hash(&direct));
+}
