@@ -34,6 +34,7 @@ PACKAGES=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # host-side cross tests
   systemd-boot-efi  # bootloader for images
   gcc binutils file pkgconf curl  # build_packages: host board compiler, pkg-config wrappers, tarball downloads; tests: file, readelf
+  systemd           # systemd-repart: benchmark peer of build_image
 )
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")

@@ -88,19 +88,17 @@ set -e
 rm -f "$work/repart.img"
 systemd-repart --empty=create --size=auto --definitions="$defs" --root="$root" \
   --dry-run=no --seed=0d9a3e4a-5a1b-4c7e-9d55-2f6b1c3d4e5f --json=short "$work/repart.img" >"$work/repart.json" 2>/dev/null
-off=\$(sfdisk --json "$work/repart.img" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][0]["start"]*512)')
+off=\$(( \$(sfdisk -l -o Start "$work/repart.img" | awk 'f { print; exit } /^ *Start/ { f = 1 }') * 512 ))
 MTOOLS_SKIP_CHECK=1 mcopy -i "$work/repart.img@@\$off" "$kernel" ::/vmlinuz
 EOF
 chmod +x "$work/repart.sh"
 "$work/repart.sh"
-echo "peer roothash: $(python3 -c 'import json,sys; print([p["roothash"] for p in json.load(open(sys.argv[1])) if p["roothash"]][0])' "$work/repart.json")"
+echo "peer roothash: $(grep -o '"roothash":"[0-9a-f]*"' "$work/repart.json" | head -1)"
 
 hyperfine --runs "$runs" --warmup 1 --export-json "$work/hyperfine.json" \
   -n build_image "cd '$repo' && '$tools' build_image --board bench --disk-layout vm --root '$root' --output '$out' --replace >/dev/null 2>&1" \
   -n systemd-repart "$work/repart.sh"
-python3 - "$work/hyperfine.json" <<'EOF'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-ours, peer = r["build_image"]["median"], r["systemd-repart"]["median"]
-print(f"median build_image {ours:.2f} s, systemd-repart {peer:.2f} s: {peer / ours:.2f}x")
-EOF
+median() { grep -A30 "\"command\": \"$1\"" "$work/hyperfine.json" | grep -m1 '"median"' | grep -o '[0-9.]*'; }
+ours=$(median build_image)
+peer=$(median systemd-repart)
+echo "median build_image ${ours} s, systemd-repart ${peer} s: $(awk -v a="$peer" -v b="$ours" 'BEGIN { printf "%.2f", a / b }')x"

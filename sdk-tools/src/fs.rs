@@ -144,6 +144,11 @@ pub struct FsOptions {
     /// squashfs/erofs compressor (`zstd`, `xz`, `lz4hc`...); default:
     /// the tool's.
     pub compression: Option<String>,
+    /// squashfs only: a mksquashfs pseudo file (`-pf`) applied after the
+    /// tree is read, e.g. `path m MODE UID GID` lines giving every path its
+    /// own owner and mode (see `image::attrs`). With one, `owner` applies
+    /// to the root directory only.
+    pub pseudo_file: Option<PathBuf>,
 }
 
 impl Default for FsOptions {
@@ -156,6 +161,7 @@ impl Default for FsOptions {
             size: None,
             read_only: true,
             compression: None,
+            pseudo_file: None,
         }
     }
 }
@@ -258,6 +264,12 @@ pub fn build(fs: FsType, src: &Path, out: &Path, opts: &FsOptions) -> Result<Bui
         return Err(bad(format!(
             "source {} is not a directory; give the tree to put in the image",
             src.display()
+        )));
+    }
+    if opts.pseudo_file.is_some() && fs != FsType::Squashfs {
+        return Err(bad(format!(
+            "pseudo files are a squashfs feature; {} cannot take one",
+            fs.name()
         )));
     }
     let uuid = opts.uuid.unwrap_or_else(|| {
@@ -451,20 +463,34 @@ fn squashfs(src: &Path, image: &Path, opts: &FsOptions) -> Result<(), FsError> {
         .arg(image)
         .args(["-noappend", "-quiet", "-no-progress", "-no-xattrs"])
         .args(["-mkfs-time", &epoch, "-all-time", &epoch]);
-    match opts.owner {
-        Ownership::Keep => {}
-        Ownership::Root => {
+    match (opts.owner, &opts.pseudo_file) {
+        (Ownership::Keep, _) => {}
+        (Ownership::Root, None) => {
             cmd.arg("-all-root");
         }
-        Ownership::Force { uid, gid } => {
+        (Ownership::Force { uid, gid }, None) => {
             cmd.arg("-force-uid")
                 .arg(uid.to_string())
                 .arg("-force-gid")
                 .arg(gid.to_string());
         }
+        // -all-root/-force-uid would override the pseudo file, and pseudo
+        // files cannot name the root: the owner goes to the root only.
+        (Ownership::Root, Some(_)) => {
+            cmd.args(["-root-uid", "0", "-root-gid", "0"]);
+        }
+        (Ownership::Force { uid, gid }, Some(_)) => {
+            cmd.arg("-root-uid")
+                .arg(uid.to_string())
+                .arg("-root-gid")
+                .arg(gid.to_string());
+        }
     }
     if let Some(c) = &opts.compression {
         cmd.arg("-comp").arg(c);
+    }
+    if let Some(p) = &opts.pseudo_file {
+        cmd.arg("-pf").arg(p);
     }
     cmd.run_capture()?;
     Ok(())

@@ -111,16 +111,32 @@ impl Fixture {
         };
         w("usr/bin/hello", b"#!/bin/sh\necho hello\n", 0o755);
         w("usr/bin/helper", b"setuid helper\n", 0o4755);
-        let lib: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let lib: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         w("usr/lib/libdemo.so.1", &lib, 0o644);
         std::os::unix::fs::symlink("libdemo.so.1", root.join("usr/lib/libdemo.so")).unwrap();
         w("usr/share/private/key", b"secret\n", 0o600);
-        fs::set_permissions(root.join("usr/share/private"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(
+            root.join("usr/share/private"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         w("usr/share/doc/owned", b"owned by 1234\n", 0o644);
         w("etc/os-release", b"ID=testos\nVERSION_ID=1.2.3\n", 0o644);
-        w("usr/lib/modules/6.1.0-test/vmlinuz", b"not really a kernel\n", 0o644);
+        w(
+            "usr/lib/modules/6.1.0-test/vmlinuz",
+            b"not really a kernel\n",
+            0o644,
+        );
         std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
         chown_r(&user, scratch.path());
+        // chown clears setuid; set it again.
+        fs::set_permissions(
+            root.join("usr/bin/helper"),
+            fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
         if user.name.is_some() {
             // A file owned by someone else than the builder keeps its owner.
             let st = Command::new("chown")
@@ -150,7 +166,11 @@ impl Fixture {
     /// `build_image --root` into `out`, returning the published folder.
     fn build(&self, out: &Path, extra: &[&str]) -> PathBuf {
         let mut c = self.tool("build_image");
-        c.args(["--board", "testboard", "--root"]).arg(self.root()).arg("--output").arg(out).args(extra);
+        c.args(["--board", "testboard", "--root"])
+            .arg(self.root())
+            .arg("--output")
+            .arg(out)
+            .args(extra);
         run_ok(&mut c);
         let latest = out.join("latest");
         out.join(fs::read_link(&latest).expect("latest is a symlink"))
@@ -175,7 +195,12 @@ fn one(dir: &Path, suffix: &str) -> PathBuf {
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(suffix))
         .collect();
-    assert_eq!(found.len(), 1, "one *{suffix} in {}: {found:?}", dir.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "one *{suffix} in {}: {found:?}",
+        dir.display()
+    );
     found.pop().unwrap()
 }
 
@@ -229,7 +254,11 @@ fn mode_string(m: u32) -> String {
         _ => '-',
     };
     let mut s = String::from(t);
-    for (shift, special, on, off) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, on, off) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let b = (m >> shift) & 7;
         s.push(if b & 4 != 0 { 'r' } else { '-' });
         s.push(if b & 2 != 0 { 'w' } else { '-' });
@@ -259,9 +288,17 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     let f = Fixture::new();
     let out = images_dir(&f, "images");
     let dir = f.build(&out, &[]);
-    assert!(dir.file_name().unwrap().to_string_lossy() == "developer-1.2.3-a1", "{}", dir.display());
+    assert!(
+        dir.file_name().unwrap().to_string_lossy() == "developer-1.2.3-a1",
+        "{}",
+        dir.display()
+    );
     let image = one(&dir, "_image.bin");
-    assert!(image.ends_with("testos_developer_image.bin"), "{}", image.display());
+    assert!(
+        image.ends_with("testos_developer_image.bin"),
+        "{}",
+        image.display()
+    );
 
     // manifest.json: sha256 and size of every other artifact.
     let manifest: serde_json::Value =
@@ -293,9 +330,17 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     // The GPT, as sfdisk reads it: USR-A priority 1 + successful, USR-B
     // empty and not bootable.
     let parts = sfdisk(&image);
-    let by = |n: &str| parts.iter().find(|p| p.name == n).unwrap_or_else(|| panic!("{n} in {parts:?}"));
+    let by = |n: &str| {
+        parts
+            .iter()
+            .find(|p| p.name == n)
+            .unwrap_or_else(|| panic!("{n} in {parts:?}"))
+    };
     let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B", "OEM", "ROOT"]);
+    assert_eq!(
+        names,
+        ["EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B", "OEM", "ROOT"]
+    );
     assert_eq!(by("USR-A").attrs, "GUID:48,56", "{parts:?}");
     assert_eq!(by("USR-B").attrs, "", "{parts:?}");
     assert_eq!(by("USR-A").size, 24 << 20);
@@ -307,7 +352,11 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     let usr = work.join("usr-a");
     extract(&image, by("USR-A"), &usr);
     let ok = verity_verify(&usr, &v);
-    assert!(ok.status.success(), "veritysetup verify: {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "veritysetup verify: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // The update payload is USR-A's filesystem and tree.
     let update = fs::read(dir.join("testos_developer_image_update.bin")).unwrap();
     assert_eq!(&fs::read(&usr).unwrap()[..update.len()], &update[..]);
@@ -330,13 +379,18 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
             .arg(&esp)
             .arg("::/loader/entries"),
     );
-    let entry = entries.lines().next().expect("a loader entry").trim().to_string();
+    let entry = entries
+        .lines()
+        .next()
+        .expect("a loader entry")
+        .trim()
+        .to_string();
     let text = run_ok(
         Command::new("mtype")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(&esp)
-            .arg(format!("::{entry}")),
+            .arg(&entry),
     );
     let hash = &v["VERITY_ROOT_HASH"];
     assert!(text.contains(&format!(" usrhash={hash}")), "{text}");
@@ -351,7 +405,11 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
         let c: Vec<&str> = line.split('\t').collect();
         assert_eq!(c.len(), 5, "{line}");
         let path = c[0].strip_prefix("/usr").unwrap().to_string();
-        let path = if path.is_empty() { "/".to_string() } else { path };
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
         listed.insert(path, (c[1].into(), c[2].into(), c[3].into(), c[4].into()));
     }
     let dirs: Vec<String> = listed
@@ -374,7 +432,12 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
         script += &format!("dump \"{p}\" \"{}/{i}\"\n", dumps.display());
     }
     fs::write(work.join("script"), script).unwrap();
-    let ls = run_ok(Command::new("debugfs").arg("-f").arg(work.join("script")).arg(&usr));
+    let ls = run_ok(
+        Command::new("debugfs")
+            .arg("-f")
+            .arg(work.join("script"))
+            .arg(&usr),
+    );
     let mut seen: BTreeMap<String, (String, String, String)> = BTreeMap::new();
     let mut cwd = String::new();
     for line in ls.lines() {
@@ -384,16 +447,35 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
         }
         // /inode/mode/uid/gid/name/size/
         let c: Vec<&str> = line.split('/').collect();
-        if c.len() < 7 || c[5] == "." || c[5] == ".." || c[5] == "lost+found" {
+        if !line.starts_with('/')
+            || c.len() < 7
+            || c[5] == "."
+            || c[5] == ".."
+            || c[5] == "lost+found"
+        {
             continue;
         }
-        let path = if cwd == "/" { format!("/{}", c[5]) } else { format!("{cwd}/{}", c[5]) };
+        let path = if cwd == "/" {
+            format!("/{}", c[5])
+        } else {
+            format!("{cwd}/{}", c[5])
+        };
         let mode = u32::from_str_radix(c[2], 8).unwrap();
-        seen.insert(path, (mode_string(mode), format!("{}:{}", c[3], c[4]), c[6].to_string()));
+        seen.insert(
+            path,
+            (
+                mode_string(mode),
+                format!("{}:{}", c[3], c[4]),
+                c[6].to_string(),
+            ),
+        );
     }
     let listed_paths: Vec<&String> = listed.keys().filter(|k| k.as_str() != "/").collect();
     let seen_paths: Vec<&String> = seen.keys().collect();
-    assert_eq!(listed_paths, seen_paths, "_contents.txt and debugfs list different paths");
+    assert_eq!(
+        listed_paths, seen_paths,
+        "_contents.txt and debugfs list different paths"
+    );
     for (path, (mode, owner, size)) in &seen {
         let l = &listed[path];
         assert_eq!((&l.0, &l.1), (mode, owner), "{path}");
@@ -410,7 +492,10 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     if f.user.name.is_some() {
         assert_eq!(listed["/share/doc/owned"].1, "1234:1234");
     }
-    assert!(listed.contains_key("/share/factory/etc/os-release"), "/etc defaults under /usr/share/factory");
+    assert!(
+        listed.contains_key("/share/factory/etc/os-release"),
+        "/etc defaults under /usr/share/factory"
+    );
 
     // One flipped byte in USR-A's data: veritysetup refuses it.
     let mut bytes = fs::read(&usr).unwrap();
@@ -425,22 +510,70 @@ fn two_builds_from_the_same_inputs_are_byte_identical() {
     let f = Fixture::new();
     let a = f.build(&images_dir(&f, "a"), &["--check-reproducible"]);
     let b = f.build(&images_dir(&f, "b"), &[]);
-    for name in ["testos_developer_image.bin", "testos_developer_image_update.bin", "manifest.json"] {
+    for name in [
+        "testos_developer_image.bin",
+        "testos_developer_image_update.bin",
+        "manifest.json",
+    ] {
         assert!(
             fs::read(a.join(name)).unwrap() == fs::read(b.join(name)).unwrap(),
             "{name} differs between two builds"
         );
     }
-    // The other USR filesystems build reproducibly too.
-    for variant in ["erofs", "squashfs"] {
-        let x = f.build(&images_dir(&f, &format!("x-{variant}")), &["--disk-layout", variant]);
-        let y = f.build(&images_dir(&f, &format!("y-{variant}")), &["--disk-layout", variant]);
-        let img = "testos_developer_image.bin";
-        assert!(fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(), "{variant}");
-        let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
-        let ok = verity_verify(&x.join("testos_developer_image_update.bin"), &v);
-        assert!(ok.status.success(), "{variant}: {}", String::from_utf8_lossy(&ok.stderr));
+    // squashfs USR carries per-file owners too, and builds reproducibly.
+    let x = f.build(
+        &images_dir(&f, "x-squashfs"),
+        &["--disk-layout", "squashfs"],
+    );
+    let y = f.build(
+        &images_dir(&f, "y-squashfs"),
+        &["--disk-layout", "squashfs"],
+    );
+    let img = "testos_developer_image.bin";
+    assert!(
+        fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(),
+        "squashfs"
+    );
+    let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
+    let update = x.join("testos_developer_image_update.bin");
+    let ok = verity_verify(&update, &v);
+    assert!(
+        ok.status.success(),
+        "squashfs: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let list = run_ok(Command::new("unsquashfs").arg("-lln").arg(&update));
+    assert!(list.contains("-rwsr-xr-x 0/0"), "{list}");
+    if f.user.name.is_some() {
+        assert!(list.contains("-rw-r--r-- 1234/1234"), "{list}");
+        // erofs-utils 1.5 gives every file one owner: a tree with another
+        // owner is refused, saying which file and what to use.
+        let mut c = f.tool("build_image");
+        c.args(["--board", "testboard", "--disk-layout", "erofs", "--root"])
+            .arg(f.root())
+            .arg("--output")
+            .arg(images_dir(&f, "x-erofs"));
+        assert_one_line_exit_2(&run_expect(&mut c, 2), "/share/doc/owned");
+        fs::remove_file(f.root().join("usr/share/doc/owned")).unwrap();
     }
+    let x = f.build(&images_dir(&f, "x-erofs"), &["--disk-layout", "erofs"]);
+    let y = f.build(&images_dir(&f, "y-erofs"), &["--disk-layout", "erofs"]);
+    assert!(
+        fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(),
+        "erofs"
+    );
+    let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
+    let update = x.join("testos_developer_image_update.bin");
+    let ok = verity_verify(&update, &v);
+    assert!(
+        ok.status.success(),
+        "erofs: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let fs_only = f.scratch.path().join("erofs-fs");
+    let offset: usize = v["VERITY_HASH_OFFSET"].parse().unwrap();
+    fs::write(&fs_only, &fs::read(&update).unwrap()[..offset]).unwrap();
+    run_ok(Command::new("fsck.erofs").arg(&fs_only));
 }
 
 fn assert_one_line_exit_2(out: &std::process::Output, needle: &str) {
@@ -460,7 +593,9 @@ fn bad_input_exits_2_in_one_line_and_leaves_latest_alone() {
 
     let run = |extra: &[&str], root: bool| {
         let mut c = f.tool("build_image");
-        c.args(["--board", "testboard", "--output"]).arg(&out).args(extra);
+        c.args(["--board", "testboard", "--output"])
+            .arg(&out)
+            .args(extra);
         if root {
             c.arg("--root").arg(f.root());
         }
@@ -476,7 +611,10 @@ fn bad_input_exits_2_in_one_line_and_leaves_latest_alone() {
     let empty = f.scratch.path().join("no-build-root");
     fs::create_dir_all(&empty).unwrap();
     chown_r(&f.user, &empty);
-    let o = run(&["--replace", "--build-root", empty.to_str().unwrap()], false);
+    let o = run(
+        &["--replace", "--build-root", empty.to_str().unwrap()],
+        false,
+    );
     assert_one_line_exit_2(&o, "setup_board");
     // The OS meta-package built for another board.
     let br = f.scratch.path().join("other-build-root");
@@ -519,8 +657,11 @@ fn a_full_disk_is_a_clear_error_and_leaves_latest_alone() {
     );
     let out = images_dir(&f, "small");
     fs::create_dir_all(&out).unwrap();
-    // Room for one build, not for a second beside it.
-    run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&out));
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+            .arg(&out),
+    );
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -530,8 +671,20 @@ fn a_full_disk_is_a_clear_error_and_leaves_latest_alone() {
     let _guard = Unmount(out.clone());
     chown_r(&f.user, &out);
     let first = f.build(&out, &[]);
+    // Leave 256 KiB: not enough for a second build beside the first.
+    let df = run_ok(Command::new("df").args(["--output=avail", "-B1"]).arg(&out));
+    let avail: u64 = df.lines().nth(1).unwrap().trim().parse().unwrap();
+    run_ok(
+        Command::new("fallocate")
+            .arg("-l")
+            .arg((avail - (256 << 10)).to_string())
+            .arg(out.join("filler")),
+    );
     let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--replace", "--output"]).arg(&out).arg("--root").arg(f.root());
+    c.args(["--board", "testboard", "--replace", "--output"])
+        .arg(&out)
+        .arg("--root")
+        .arg(f.root());
     let o = run_expect(&mut c, 2);
     assert_one_line_exit_2(&o, "space");
     assert_eq!(out.join(fs::read_link(out.join("latest")).unwrap()), first);
@@ -545,8 +698,12 @@ fn killed_builds_never_leave_latest_incomplete() {
     f.build(&out, &[]);
     for delay_ms in [30u64, 150, 400, 900] {
         let mut c = f.tool("build_image");
-        c.args(["--board", "testboard", "--replace", "--output"]).arg(&out).arg("--root").arg(f.root());
-        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.args(["--board", "testboard", "--replace", "--output"])
+            .arg(&out)
+            .arg("--root")
+            .arg(f.root());
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
@@ -557,7 +714,11 @@ fn killed_builds_never_leave_latest_incomplete() {
             serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
         for a in manifest["artifacts"].as_array().unwrap() {
             let p = dir.join(a["name"].as_str().unwrap());
-            assert_eq!(a["sha256"].as_str().unwrap(), sha256(&p), "after kill at {delay_ms} ms");
+            assert_eq!(
+                a["sha256"].as_str().unwrap(),
+                sha256(&p),
+                "after kill at {delay_ms} ms"
+            );
         }
     }
     // And the next build succeeds and cleans up after the killed ones.
@@ -583,12 +744,22 @@ fn sysext_images_carry_the_release_file_and_read_back() {
     let release = "ID=_any\nVERSION_ID=1.2.3\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n";
 
     let mut c = f.tool("build_sysext");
-    c.args(["--board", "testboard", "--root"]).arg(&ext).arg("--output").arg(&out).arg("tools");
+    c.args(["--board", "testboard", "--root"])
+        .arg(&ext)
+        .arg("--output")
+        .arg(&out)
+        .arg("tools");
     run_ok(&mut c);
     let raw = out.join("tools.raw");
     let list = run_ok(Command::new("unsquashfs").arg("-lln").arg(&raw));
-    assert!(list.contains("squashfs-root/usr/lib/extension-release.d/extension-release.tools"), "{list}");
-    assert!(list.contains("-rwxr-xr-x 0/0"), "root-owned although built unprivileged: {list}");
+    assert!(
+        list.contains("squashfs-root/usr/lib/extension-release.d/extension-release.tools"),
+        "{list}"
+    );
+    assert!(
+        list.contains("-rwxr-xr-x 0/0"),
+        "root-owned although built unprivileged: {list}"
+    );
     assert!(!list.contains("squashfs-root/etc"), "{list}");
     let got = run_ok(
         Command::new("unsquashfs")
@@ -599,20 +770,37 @@ fn sysext_images_carry_the_release_file_and_read_back() {
     assert_eq!(got, release);
     // Not again without --replace.
     let mut c = f.tool("build_sysext");
-    c.args(["--board", "testboard", "--root"]).arg(&ext).arg("--output").arg(&out).arg("tools");
-    assert_one_line_exit_2(&run_expect(&mut c, 2), "--replace");
-
-    let mut c = f.tool("build_sysext");
-    c.args(["--board", "testboard", "--fs", "erofs", "--verity", "--root"])
+    c.args(["--board", "testboard", "--root"])
         .arg(&ext)
         .arg("--output")
         .arg(&out)
-        .arg("tools-erofs");
+        .arg("tools");
+    assert_one_line_exit_2(&run_expect(&mut c, 2), "--replace");
+
+    let mut c = f.tool("build_sysext");
+    c.args([
+        "--board",
+        "testboard",
+        "--fs",
+        "erofs",
+        "--verity",
+        "--root",
+    ])
+    .arg(&ext)
+    .arg("--output")
+    .arg(&out)
+    .arg("tools-erofs");
     run_ok(&mut c);
     let raw = out.join("tools-erofs.raw");
     let x = f.scratch.path().join("x");
-    run_ok(Command::new("fsck.erofs").arg(format!("--extract={}", x.display())).arg(&raw));
-    let got = fs::read_to_string(x.join("usr/lib/extension-release.d/extension-release.tools-erofs")).unwrap();
+    run_ok(
+        Command::new("fsck.erofs")
+            .arg(format!("--extract={}", x.display()))
+            .arg(&raw),
+    );
+    let got =
+        fs::read_to_string(x.join("usr/lib/extension-release.d/extension-release.tools-erofs"))
+            .unwrap();
     assert_eq!(got, release);
     let root_hash = fs::read_to_string(out.join("tools-erofs.roothash")).unwrap();
     run_ok(
@@ -629,9 +817,16 @@ fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
     let f = Fixture::new();
     let archive = f.scratch.path().join("os.tar");
     let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--root"]).arg(f.root()).arg("--oci").arg(&archive);
+    c.args(["--board", "testboard", "--root"])
+        .arg(f.root())
+        .arg("--oci")
+        .arg(&archive);
     run_ok(&mut c);
-    let inspect = run_ok(Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}", archive.display())));
+    let inspect = run_ok(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}", archive.display())),
+    );
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(v["Architecture"], "amd64", "{inspect}");
     assert_eq!(v["Os"], "linux");
@@ -640,10 +835,15 @@ fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
     // The archive builds the same USR as the staging root it came from.
     let direct = f.build(&images_dir(&f, "direct"), &[]);
     let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--from-oci"]).arg(&archive).arg("--output").arg(images_dir(&f, "from-oci"));
+    c.args(["--board", "testboard", "--from-oci"])
+        .arg(&archive)
+        .arg("--output")
+        .arg(images_dir(&f, "from-oci"));
     run_ok(&mut c);
     let from_oci = images_dir(&f, "from-oci").join("latest");
-    let hash = |d: &Path| kv(&fs::read_to_string(d.join("testos_developer_image_verity.txt")).unwrap())["VERITY_ROOT_HASH"].clone();
+    let hash = |d: &Path| {
+        kv(&fs::read_to_string(d.join("testos_developer_image_verity.txt")).unwrap())["VERITY_ROOT_HASH"].clone()
+    };
     assert_eq!(hash(&direct), hash(&from_oci));
 
     // Layer on it with umoci (rootless), the coreos-assembler way: the
@@ -651,21 +851,54 @@ fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
     let layout = f.scratch.path().join("layout");
     let bundle = f.scratch.path().join("bundle");
     let as_user = |prog: &str| f.user.command(&f.scratch, prog);
-    run_ok(as_user("skopeo").arg("copy").arg(format!("oci-archive:{}", archive.display())).arg(format!("oci:{}:base", layout.display())));
-    run_ok(as_user("umoci").args(["unpack", "--rootless", "--image"]).arg(format!("{}:base", layout.display())).arg(&bundle));
+    run_ok(
+        as_user("skopeo")
+            .arg("copy")
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("oci:{}:base", layout.display())),
+    );
+    run_ok(
+        as_user("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:base", layout.display()))
+            .arg(&bundle),
+    );
     let rootfs = bundle.join("rootfs");
     run_ok(as_user("rm").arg(rootfs.join("usr/bin/hello")));
-    run_ok(as_user("sh").arg("-c").arg(format!("echo extra > {}/usr/bin/extra", rootfs.display())));
-    run_ok(as_user("umoci").args(["repack", "--image"]).arg(format!("{}:derived", layout.display())).arg(&bundle));
+    run_ok(
+        as_user("sh")
+            .arg("-c")
+            .arg(format!("echo extra > {}/usr/bin/extra", rootfs.display())),
+    );
+    run_ok(
+        as_user("umoci")
+            .args(["repack", "--image"])
+            .arg(format!("{}:derived", layout.display()))
+            .arg(&bundle),
+    );
     let derived = f.scratch.path().join("derived.tar");
-    run_ok(as_user("skopeo").arg("copy").arg(format!("oci:{}:derived", layout.display())).arg(format!("oci-archive:{}", derived.display())));
+    run_ok(
+        as_user("skopeo")
+            .arg("copy")
+            .arg(format!("oci:{}:derived", layout.display()))
+            .arg(format!("oci-archive:{}", derived.display())),
+    );
     let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--from-oci"]).arg(&derived).arg("--output").arg(images_dir(&f, "derived"));
+    c.args(["--board", "testboard", "--from-oci"])
+        .arg(&derived)
+        .arg("--output")
+        .arg(images_dir(&f, "derived"));
     run_ok(&mut c);
     let d = images_dir(&f, "derived").join("latest");
     let contents = fs::read_to_string(d.join("testos_developer_image_contents.txt")).unwrap();
-    assert!(!contents.contains("/usr/bin/hello\t"), "whiteout applied: {contents}");
-    let extra = contents.lines().find(|l| l.starts_with("/usr/bin/extra\t")).expect("new layer's file");
+    assert!(
+        !contents.contains("/usr/bin/hello\t"),
+        "whiteout applied: {contents}"
+    );
+    let extra = contents
+        .lines()
+        .find(|l| l.starts_with("/usr/bin/extra\t"))
+        .expect("new layer's file");
     assert!(extra.contains("\t0:0\t"), "{extra}");
     assert_ne!(hash(&d), hash(&direct));
 }

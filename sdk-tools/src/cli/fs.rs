@@ -107,6 +107,7 @@ pub fn run(cmd: FsCommand) -> Result<()> {
         size,
         read_only: !writable,
         compression,
+        pseudo_file: None,
     };
     let built = fs::build(fs_type, &src, &out, &opts).map_err(usage)?;
     println!(

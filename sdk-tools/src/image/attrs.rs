@@ -12,9 +12,8 @@
 //!   `mksquashfs -pf`, one per path;
 //! - erofs: erofs-utils 1.5 has only whole-image overrides (`--all-root`,
 //!   `--force-uid/gid`), so the table must be uniform in owner and match
-//!   the staged modes; otherwise the error says to pick ext4. The
-//!   squashfs builder takes whole-image owners the same way
-//!   ([`uniform_owner`]); [`squashfs_pseudo`] renders the per-path form.
+//!   the staged modes ([`uniform_owner`]); otherwise the error says to
+//!   pick ext4 or squashfs.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -46,7 +45,7 @@ pub enum AttrError {
     #[error("debugfs could not set owners and modes in {image}: {msg}")]
     Debugfs { image: String, msg: String },
     #[error(
-        "a {fs} image built unprivileged gives every file one owner, but {path} is {uid}:{gid} while / is {root_uid}:{root_gid}; use ext4 (the `fs` of USR-A in the disk layout)"
+        "a {fs} image built unprivileged gives every file one owner, but {path} is {uid}:{gid} while / is {root_uid}:{root_gid}; use ext4 or squashfs (the `fs` of USR-A in the disk layout)"
     )]
     MixedOwners {
         fs: &'static str,
@@ -57,7 +56,7 @@ pub enum AttrError {
         root_gid: u32,
     },
     #[error(
-        "a {fs} image takes modes from the staged files, and {path} needs mode {mode:o}, which an unprivileged build cannot stage readable; use ext4"
+        "a {fs} image takes modes from the staged files, and {path} needs mode {mode:o}, which an unprivileged build cannot stage readable; use ext4 or squashfs"
     )]
     UnstageableMode {
         fs: &'static str,
@@ -134,7 +133,12 @@ pub fn debugfs_script(attrs: &[Attr], disk_uid: u32, disk_gid: u32) -> Result<St
 
 /// Apply the table to an ext4 image whose inodes all belong to
 /// `built_owner` (what the builder set) and carry the staged modes.
-pub fn apply_ext4(image: &Path, attrs: &[Attr], built_owner: (u32, u32), work: &Path) -> Result<(), AttrError> {
+pub fn apply_ext4(
+    image: &Path,
+    attrs: &[Attr],
+    built_owner: (u32, u32),
+    work: &Path,
+) -> Result<(), AttrError> {
     let script = debugfs_script(attrs, built_owner.0, built_owner.1)?;
     if script.is_empty() {
         return Ok(());
@@ -172,9 +176,8 @@ pub fn apply_ext4(image: &Path, attrs: &[Attr], built_owner: (u32, u32), work: &
     Ok(())
 }
 
-/// mksquashfs `-pf` definitions setting every path's mode and owner
-/// (`mksquashfs -pf FILE`; the root goes through `-root-mode`/`-root-uid`
-/// /`-root-gid`, see [`squashfs_root_args`]).
+/// mksquashfs `-pf` definitions setting every path's mode and owner (the
+/// root cannot be named there; `fs::FsOptions::owner` sets it).
 pub fn squashfs_pseudo(attrs: &[Attr]) -> Result<String, AttrError> {
     let mut s = String::new();
     for a in attrs.iter().filter(|a| a.path != "/") {
@@ -183,20 +186,6 @@ pub fn squashfs_pseudo(attrs: &[Attr]) -> Result<String, AttrError> {
         let _ = writeln!(s, "{} m {perm:o} {} {}", quote(&a.path[1..])?, a.uid, a.gid);
     }
     Ok(s)
-}
-
-/// mksquashfs arguments for the root directory's attributes.
-pub fn squashfs_root_args(attrs: &[Attr]) -> Vec<String> {
-    let root = attrs.iter().find(|a| a.path == "/");
-    let (mode, uid, gid) = root.map_or((0o755, 0, 0), |a| (a.st_mode & 0o7777, a.uid, a.gid));
-    vec![
-        "-root-mode".into(),
-        format!("{mode:o}"),
-        "-root-uid".into(),
-        uid.to_string(),
-        "-root-gid".into(),
-        gid.to_string(),
-    ]
 }
 
 /// For builders with whole-image owners only (erofs, squashfs): the one
@@ -271,7 +260,6 @@ mod tests {
         assert!(s.contains("\"bin/su\" m 4755 0 0\n"), "{s}");
         assert!(s.contains("\"my file\" m 644 10 20\n"), "{s}");
         assert!(s.contains("\"l\" m 777 0 0\n"), "{s}");
-        assert_eq!(squashfs_root_args(&a)[1], "755");
     }
 
     #[test]
@@ -279,6 +267,9 @@ mod tests {
         let (_d, t) = tree();
         let a = attrs_of(&t, "usr");
         let err = uniform_owner(&a, "erofs").unwrap_err().to_string();
-        assert!(err.contains("use ext4") && err.contains("/my file"), "{err}");
+        assert!(
+            err.contains("use ext4 or squashfs") && err.contains("/my file"),
+            "{err}"
+        );
     }
 }

@@ -9,8 +9,8 @@
 //! killed build leaves the previous `latest` as it was.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ use crate::disk::{self, Layout};
 use crate::exit::UsageError;
 use crate::fs::{self as fsb, FsOptions, FsType, Ownership};
 use crate::verity;
+
+/// Spare room in an ext4 USR beyond its content (percent).
+const USR_SLACK_PERCENT: u64 = 10;
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -82,7 +85,10 @@ impl Stages {
         // the log (-v) and in the summary of a successful build, so a
         // failure is the one line saying what is wrong.
         if !self.quiet && std::io::stderr().is_terminal() {
-            eprintln!("build_image: {stage:<8} {:>7.2}s  {detail}", took.as_secs_f64());
+            eprintln!(
+                "build_image: {stage:<8} {:>7.2}s  {detail}",
+                took.as_secs_f64()
+            );
         }
     }
     fn summary(&self) -> String {
@@ -120,7 +126,8 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 fn valid_group(g: &str) -> bool {
     !g.is_empty()
         && g.len() <= 32
-        && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && g.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
@@ -166,7 +173,11 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
                 exclude: vec![],
             }
         }
-        (Some(_), Some(_)) => return Err(usage("--root and --from-oci exclude each other; pick one input")),
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "--root and --from-oci exclude each other; pick one input",
+            ));
+        }
     };
     Ok(Plan {
         repo,
@@ -180,17 +191,28 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
 }
 
 /// `ID=` of the tree's os-release, the image's name prefix.
 fn os_id(tree: &Tree) -> String {
-    for p in ["usr/lib/os-release", "etc/os-release", "usr/share/factory/etc/os-release"] {
+    for p in [
+        "usr/lib/os-release",
+        "etc/os-release",
+        "usr/share/factory/etc/os-release",
+    ] {
         if let Ok(text) = fs::read_to_string(tree.disk_path(p)) {
             for line in text.lines() {
                 if let Some(v) = line.strip_prefix("ID=") {
                     let v = v.trim().trim_matches('"');
-                    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                    if !v.is_empty()
+                        && v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    {
                         return v.to_string();
                     }
                 }
@@ -212,7 +234,12 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
         .output
         .as_ref()
         .map(|o| absolute(&cwd, o))
-        .unwrap_or_else(|| plan.repo.root.join("__build__/images").join(&plan.board.name));
+        .unwrap_or_else(|| {
+            plan.repo
+                .root
+                .join("__build__/images")
+                .join(&plan.board.name)
+        });
     let out = OutputDir::open(&out_dir).map_err(|e| match e {
         super::outputs::OutputError::Busy { .. } => usage(e.to_string()),
         other => anyhow::Error::new(other),
@@ -226,8 +253,13 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
     let built = build_once(&plan, work.path(), attempt, &mut stages).map_err(explain_full_disk)?;
     if req.check_reproducible {
         eprintln!("build_image: --check-reproducible: building a second time to compare");
-        let again = build_once(&plan, &work.path().join("check"), attempt, &mut Stages::new(true))
-            .map_err(explain_full_disk)?;
+        let again = build_once(
+            &plan,
+            &work.path().join("check"),
+            attempt,
+            &mut Stages::new(true),
+        )
+        .map_err(explain_full_disk)?;
         compare(&built, &again)?;
         eprintln!(
             "build_image: reproducible: both builds gave the same {} artifacts",
@@ -293,7 +325,10 @@ fn explain_full_disk_err(err: super::outputs::OutputError) -> anyhow::Error {
 }
 
 fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(usage(format!(
             "--oci {}: directory {} does not exist",
@@ -307,8 +342,17 @@ fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
         .with_context(|| format!("create a temporary directory in {}", dir.display()))?;
     let mut tree = Tree::new(&work.path().join("staging"))?;
     let packages = install(&mut tree, &plan.source, &plan.board, work.path())?;
-    stages.mark("install", &format!("{} packages, {} paths", packages.len(), tree.entries().len()));
-    let epoch = env_epoch().map_err(usage)?.unwrap_or_else(|| tree.newest_mtime());
+    stages.mark(
+        "install",
+        &format!(
+            "{} packages, {} paths",
+            packages.len(),
+            tree.entries().len()
+        ),
+    );
+    let epoch = env_epoch()
+        .map_err(usage)?
+        .unwrap_or_else(|| tree.newest_mtime());
     let id = os_id(&tree);
     let tag = format!("{}-{}", plan.repo.os_version, plan.group);
     let digest = super::oci::export(
@@ -319,7 +363,10 @@ fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
             tag: &tag,
             epoch,
             labels: vec![
-                ("org.opencontainers.image.version".into(), plan.repo.os_version.clone()),
+                (
+                    "org.opencontainers.image.version".into(),
+                    plan.repo.os_version.clone(),
+                ),
                 ("org.opencontainers.image.title".into(), id),
                 ("dev.sdk-run.board".into(), plan.board.name.clone()),
             ],
@@ -340,7 +387,9 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let packages = install(&mut tree, &plan.source, &plan.board, work)?;
     let id = os_id(&tree);
     make_usr_only(&mut tree).map_err(|e| usage(e.to_string()))?;
-    let epoch = env_epoch().map_err(usage)?.unwrap_or_else(|| tree.newest_mtime());
+    let epoch = env_epoch()
+        .map_err(usage)?
+        .unwrap_or_else(|| tree.newest_mtime());
     let seed = Seed::new(
         &[
             &tree.digest(),
@@ -356,7 +405,11 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     tree.settle(epoch)?;
     stages.mark(
         "install",
-        &format!("{} packages, {} paths, SOURCE_DATE_EPOCH={epoch}", packages.len(), tree.entries().len()),
+        &format!(
+            "{} packages, {} paths, SOURCE_DATE_EPOCH={epoch}",
+            packages.len(),
+            tree.entries().len()
+        ),
     );
 
     let mut layout = plan.layout.clone();
@@ -372,28 +425,42 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let usr_img = out.join(format!("{name}_update.bin"));
     let usr_attrs = attrs::attrs_of(&tree, "usr");
     let usr_src = tree.disk_path("usr");
-    let owner = match plan.usr_fs {
-        FsType::Ext4 => Ownership::Root,
-        other => {
-            let (uid, gid) =
-                attrs::uniform_owner(&usr_attrs, other.name()).map_err(|e| usage(e.to_string()))?;
-            Ownership::Force { uid, gid }
-        }
-    };
-    let slack = 10;
-    let size = match plan.usr_fs {
-        FsType::Ext4 => Some(fsb::suggested_size(FsType::Ext4, &usr_src, slack)?),
-        _ => None,
-    };
-    let opts = FsOptions {
+    let mut opts = FsOptions {
         label: (plan.usr_fs == FsType::Ext4).then(|| "USR-A".to_string()),
         uuid: (plan.usr_fs != FsType::Squashfs).then(|| seed.uuid("usr")),
         epoch,
-        owner,
-        size,
+        owner: Ownership::Root,
         read_only: true,
         ..FsOptions::default()
     };
+    match plan.usr_fs {
+        FsType::Ext4 => {
+            opts.size = Some(fsb::suggested_size(
+                FsType::Ext4,
+                &usr_src,
+                USR_SLACK_PERCENT,
+            )?)
+        }
+        FsType::Squashfs => {
+            let pf = work.join("usr.pseudo");
+            fs::write(
+                &pf,
+                attrs::squashfs_pseudo(&usr_attrs).map_err(|e| usage(e.to_string()))?,
+            )
+            .with_context(|| format!("write {}", pf.display()))?;
+            let root = &usr_attrs[0];
+            opts.owner = Ownership::Force {
+                uid: root.uid,
+                gid: root.gid,
+            };
+            opts.pseudo_file = Some(pf);
+        }
+        _ => {
+            let (uid, gid) = attrs::uniform_owner(&usr_attrs, plan.usr_fs.name())
+                .map_err(|e| usage(e.to_string()))?;
+            opts.owner = Ownership::Force { uid, gid };
+        }
+    }
     let built = fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts).map_err(fs_err)?;
     if plan.usr_fs == FsType::Ext4 {
         attrs::apply_ext4(&usr_img, &usr_attrs, (0, 0), work)?;
@@ -409,7 +476,12 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     }
     stages.mark(
         "usr",
-        &format!("{} {} MiB from {}", plan.usr_fs.name(), fs_size >> 20, usr_src.display()),
+        &format!(
+            "{} {} MiB from {}",
+            plan.usr_fs.name(),
+            fs_size >> 20,
+            usr_src.display()
+        ),
     );
 
     // verity
@@ -435,7 +507,13 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         )));
     }
     let root_hash = formatted.root_hash_hex();
-    stages.mark("verity", &format!("root hash {root_hash}, tree {} KiB", formatted.hash_size >> 10));
+    stages.mark(
+        "verity",
+        &format!(
+            "root hash {root_hash}, tree {} KiB",
+            formatted.hash_size >> 10
+        ),
+    );
 
     // esp
     let esp_part = layout
@@ -475,7 +553,10 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         .map_err(fs_err)?;
         images.push((p.number, img));
     }
-    stages.mark("esp", &format!("kernel {}, cmdline: {}", esp.kernel_version, esp.cmdline));
+    stages.mark(
+        "esp",
+        &format!("kernel {}, cmdline: {}", esp.kernel_version, esp.cmdline),
+    );
 
     // disk: empty filesystems where the layout wants them, the table, the
     // partitions.
@@ -490,9 +571,13 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             _ => None,
         };
         let Some(f) = wanted else { continue };
-        let fs_type: FsType = f
-            .parse()
-            .map_err(|e: fsb::FsError| usage(format!("{}: partition {}: {e}", layout.source.display(), p.label)))?;
+        let fs_type: FsType = f.parse().map_err(|e: fsb::FsError| {
+            usage(format!(
+                "{}: partition {}: {e}",
+                layout.source.display(),
+                p.label
+            ))
+        })?;
         if matches!(fs_type, FsType::Erofs | FsType::Squashfs) {
             continue; // nothing to put in an empty read-only filesystem
         }
@@ -527,7 +612,11 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     }
     stages.mark(
         "disk",
-        &format!("{} MiB, {} partitions written", layout.size >> 20, images.len()),
+        &format!(
+            "{} MiB, {} partitions written",
+            layout.size >> 20,
+            images.len()
+        ),
     );
 
     // outputs
@@ -571,7 +660,10 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         ("version.txt".into(), version_txt.into_bytes()),
         (format!("{name}_verity.txt"), verity_txt.into_bytes()),
         (format!("{name}_packages.txt"), packages_txt.into_bytes()),
-        (format!("{name}_contents.txt"), contents_txt(&tree, "usr").into_bytes()),
+        (
+            format!("{name}_contents.txt"),
+            contents_txt(&tree, "usr").into_bytes(),
+        ),
         (
             format!("{name}_sbom.json"),
             serde_json::to_vec_pretty(&sbom).context("render the SBOM")?,
@@ -593,12 +685,21 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         "artifacts": arts,
     });
     let mpath = out.join("manifest.json");
-    fs::write(&mpath, serde_json::to_vec_pretty(&manifest).context("render manifest")?)
-        .with_context(|| format!("write {}", mpath.display()))?;
-    for f in fs::read_dir(&out).with_context(|| format!("read {}", out.display()))?.flatten() {
+    fs::write(
+        &mpath,
+        serde_json::to_vec_pretty(&manifest).context("render manifest")?,
+    )
+    .with_context(|| format!("write {}", mpath.display()))?;
+    for f in fs::read_dir(&out)
+        .with_context(|| format!("read {}", out.display()))?
+        .flatten()
+    {
         let _ = fs::File::open(f.path()).and_then(|f| f.sync_all());
     }
-    stages.mark("outputs", &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1));
+    stages.mark(
+        "outputs",
+        &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
+    );
     Ok(Built {
         name,
         root_hash,
@@ -611,9 +712,17 @@ fn mib(bytes: u64) -> String {
 }
 
 fn fs_err(e: fsb::FsError) -> anyhow::Error {
-    if e.is_bad_input() { usage(e.to_string()) } else { e.into() }
+    if e.is_bad_input() {
+        usage(e.to_string())
+    } else {
+        e.into()
+    }
 }
 
 fn disk_err(e: disk::DiskError) -> anyhow::Error {
-    if e.is_bad_input() { usage(e.to_string()) } else { e.into() }
+    if e.is_bad_input() {
+        usage(e.to_string())
+    } else {
+        e.into()
+    }
 }

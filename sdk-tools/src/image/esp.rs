@@ -66,7 +66,10 @@ pub fn populate(inputs: &EspInputs<'_>) -> Result<EspOutcome> {
     if let Ok(rd) = std::fs::read_dir(root.join("usr/lib/modules")) {
         for e in rd.flatten() {
             let v = e.file_name().to_string_lossy().into_owned();
-            for cand in [e.path().join("vmlinuz"), root.join(format!("usr/boot/vmlinuz-{v}"))] {
+            for cand in [
+                e.path().join("vmlinuz"),
+                root.join(format!("usr/boot/vmlinuz-{v}")),
+            ] {
                 if cand.is_file() {
                     kernels.push((v.clone(), cand));
                     break;
@@ -99,6 +102,9 @@ pub fn populate(inputs: &EspInputs<'_>) -> Result<EspOutcome> {
     Ok(EspOutcome {
         cmdline,
         kernel_version: version,
-        files: vec![kdir.join("linux"), PathBuf::from("loader/entries/usr-a.conf")],
+        files: vec![
+            kdir.join("linux"),
+            PathBuf::from("loader/entries/usr-a.conf"),
+        ],
     })
 }

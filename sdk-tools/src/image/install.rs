@@ -36,7 +36,12 @@ pub enum Source {
 
 /// Install `source` into `tree`; returns what the SBOM and package list
 /// say about it.
-pub fn install(tree: &mut Tree, source: &Source, board: &Board, work: &Path) -> Result<Vec<PackageInfo>> {
+pub fn install(
+    tree: &mut Tree,
+    source: &Source,
+    board: &Board,
+    work: &Path,
+) -> Result<Vec<PackageInfo>> {
     match source {
         Source::Dir(dir) => {
             if !dir.is_dir() {
@@ -83,7 +88,11 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board, work: &Path) -> 
                 depends: vec![],
             }])
         }
-        Source::Packages { cross, roots, exclude } => {
+        Source::Packages {
+            cross,
+            roots,
+            exclude,
+        } => {
             let metas = closure(cross, board, roots, exclude)?;
             for meta in &metas {
                 let path = cross.archive_path(meta);
@@ -124,7 +133,12 @@ fn info_of(m: &PackageMeta) -> PackageInfo {
 
 /// The installed packages `roots` need, minus `exclude`'s closure, each
 /// checked to be built for `board`.
-fn closure(cross: &CrossRoot, board: &Board, roots: &[String], exclude: &[String]) -> Result<Vec<PackageMeta>> {
+fn closure(
+    cross: &CrossRoot,
+    board: &Board,
+    roots: &[String],
+    exclude: &[String],
+) -> Result<Vec<PackageMeta>> {
     if !cross.is_set_up() {
         return Err(UsageError(format!(
             "board {} is not set up in {}; run `setup_board --board {0}` and `build_packages --board {0}` first",
@@ -144,7 +158,10 @@ fn closure(cross: &CrossRoot, board: &Board, roots: &[String], exclude: &[String
             .map(|m| m.into_iter().map(|m| m.name).collect())
             .unwrap_or_default()
     };
-    let metas: Vec<PackageMeta> = metas.into_iter().filter(|m| !skip.contains(&m.name)).collect();
+    let metas: Vec<PackageMeta> = metas
+        .into_iter()
+        .filter(|m| !skip.contains(&m.name))
+        .collect();
     for m in &metas {
         if m.board != board.name || m.debian_arch != board.debian_arch {
             return Err(UsageError(format!(

@@ -61,6 +61,7 @@ impl OutputDir {
     /// Create/lock `dir` and remove what killed builds left behind.
     pub fn open(dir: &Path) -> Result<OutputDir, OutputError> {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let dir = &fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
         let lock_path = dir.join(".lock");
         let lock = File::options()
             .create(true)

@@ -33,7 +33,8 @@ pub struct Repo {
 fn valid_version(v: &str) -> bool {
     (1..=64).contains(&v.len())
         && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
 }
 
 impl Repo {
@@ -59,7 +60,10 @@ impl Repo {
     pub fn load(root: &Path) -> Result<Repo, ParseError> {
         let path = root.join(VERSION_FILE);
         let (raw, text): (RawVersions, String) = strict::read_toml(&path)?;
-        for (key, v) in [("sdk-version", &raw.sdk_version), ("os-version", &raw.os_version)] {
+        for (key, v) in [
+            ("sdk-version", &raw.sdk_version),
+            ("os-version", &raw.os_version),
+        ] {
             if !valid_version(v.get_ref()) {
                 return Err(ParseError::at(
                     &path,

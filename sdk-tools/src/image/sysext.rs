@@ -10,7 +10,7 @@
 //! systemd-nspawn look for next to a raw image.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -68,7 +68,9 @@ fn os_release_value(text: &str, key: &str) -> Option<String> {
 /// The extension-release file for an OS with os-release text `os` (if
 /// known).
 pub fn release_file(os: Option<&str>, version_id: &str, arch: &str) -> String {
-    let id = os.and_then(|t| os_release_value(t, "ID")).unwrap_or_else(|| "_any".into());
+    let id = os
+        .and_then(|t| os_release_value(t, "ID"))
+        .unwrap_or_else(|| "_any".into());
     let level = os
         .and_then(|t| os_release_value(t, "SYSEXT_LEVEL"))
         .unwrap_or_else(|| "1.0".into());
@@ -82,7 +84,8 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && !n.starts_with('.')
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Build the sysext; returns the path of `NAME.raw`.
@@ -102,10 +105,16 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
     let build_root = crate::packages::crossroot::build_root(req.build_root.as_deref());
     let cross = crate::packages::crossroot::CrossRoot::new(&build_root, &board.name);
     let source = match &req.root {
-        Some(r) if req.packages.is_empty() => Source::Dir(if r.is_absolute() { r.clone() } else { cwd.join(r) }),
+        Some(r) if req.packages.is_empty() => Source::Dir(if r.is_absolute() {
+            r.clone()
+        } else {
+            cwd.join(r)
+        }),
         Some(_) => return Err(usage("give packages or --root, not both")),
         None if req.packages.is_empty() => {
-            return Err(usage("name the packages to put in the sysext, e.g. `build_sysext --board B NAME app/tool`"));
+            return Err(usage(
+                "name the packages to put in the sysext, e.g. `build_sysext --board B NAME app/tool`",
+            ));
         }
         None => Source::Packages {
             cross: cross.clone(),
@@ -116,7 +125,11 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
     let out_dir = match &req.output {
         Some(o) if o.is_absolute() => o.clone(),
         Some(o) => cwd.join(o),
-        None => repo.root.join("__build__/images").join(&board.name).join("sysext"),
+        None => repo
+            .root
+            .join("__build__/images")
+            .join(&board.name)
+            .join("sysext"),
     };
     fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let raw = out_dir.join(format!("{}.raw", req.name));
@@ -146,28 +159,44 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         "build_sysext",
         true,
     )?;
-    let epoch = env_epoch().map_err(usage)?.unwrap_or_else(|| tree.newest_mtime());
-    let seed = Seed::new(&[&tree.digest(), req.name.as_bytes(), board.name.as_bytes()], epoch);
+    let epoch = env_epoch()
+        .map_err(usage)?
+        .unwrap_or_else(|| tree.newest_mtime());
+    let seed = Seed::new(
+        &[&tree.digest(), req.name.as_bytes(), board.name.as_bytes()],
+        epoch,
+    );
     tree.settle(epoch)?;
-    let usr_attrs = attrs::attrs_of(&tree, "");
-    let (uid, gid) = attrs::uniform_owner(&usr_attrs, req.fs.name()).map_err(|e| usage(e.to_string()))?;
+    let all = attrs::attrs_of(&tree, "");
     let img = work.path().join("sysext.raw");
+    let mut opts = FsOptions {
+        uuid: (req.fs == FsType::Erofs).then(|| seed.uuid("sysext")),
+        epoch,
+        owner: Ownership::Root,
+        read_only: true,
+        ..FsOptions::default()
+    };
+    if req.fs == FsType::Squashfs {
+        let pf = work.path().join("sysext.pseudo");
+        fs::write(
+            &pf,
+            attrs::squashfs_pseudo(&all).map_err(|e| usage(e.to_string()))?,
+        )
+        .with_context(|| format!("write {}", pf.display()))?;
+        opts.pseudo_file = Some(pf);
+    } else {
+        let (uid, gid) =
+            attrs::uniform_owner(&all, req.fs.name()).map_err(|e| usage(e.to_string()))?;
+        opts.owner = Ownership::Force { uid, gid };
+    }
     // The image root is the tree root: /usr inside, nothing else.
-    let built = fsb::build(
-        req.fs,
-        tree.root(),
-        &img,
-        &FsOptions {
-            label: None,
-            uuid: (req.fs == FsType::Erofs).then(|| seed.uuid("sysext")),
-            epoch,
-            owner: Ownership::Force { uid, gid },
-            size: None,
-            read_only: true,
-            ..FsOptions::default()
-        },
-    )
-    .map_err(|e| if e.is_bad_input() { usage(e.to_string()) } else { e.into() })?;
+    let built = fsb::build(req.fs, tree.root(), &img, &opts).map_err(|e| {
+        if e.is_bad_input() {
+            usage(e.to_string())
+        } else {
+            e.into()
+        }
+    })?;
     let mut published = vec![];
     if req.verity {
         let size = built.size.div_ceil(4096) * 4096;
@@ -213,10 +242,20 @@ mod tests {
 
     #[test]
     fn release_file_follows_the_os() {
-        let r = release_file(Some("NAME=Demo\nID=demo\nSYSEXT_LEVEL=2.1\n"), "1.2.3", "aarch64");
-        assert_eq!(r, "ID=demo\nVERSION_ID=1.2.3\nSYSEXT_LEVEL=2.1\nARCHITECTURE=arm64\n");
+        let r = release_file(
+            Some("NAME=Demo\nID=demo\nSYSEXT_LEVEL=2.1\n"),
+            "1.2.3",
+            "aarch64",
+        );
+        assert_eq!(
+            r,
+            "ID=demo\nVERSION_ID=1.2.3\nSYSEXT_LEVEL=2.1\nARCHITECTURE=arm64\n"
+        );
         let r = release_file(None, "1", "x86_64");
-        assert_eq!(r, "ID=_any\nVERSION_ID=1\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n");
+        assert_eq!(
+            r,
+            "ID=_any\nVERSION_ID=1\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n"
+        );
     }
 
     #[test]
