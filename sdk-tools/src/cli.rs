@@ -11,7 +11,12 @@ pub mod fs;
 pub mod verity;
 
 /// Verbs reachable through a link of the same name (multi-call).
-pub const MULTICALL_NAMES: &[&str] = &["setup_board", "build_packages", "build_image", "build_sysext"];
+pub const MULTICALL_NAMES: &[&str] = &[
+    "setup_board",
+    "build_packages",
+    "build_image",
+    "build_sysext",
+];
 
 /// The SDK's in-sandbox toolchain.
 #[derive(Debug, Parser)]
