@@ -327,7 +327,6 @@ pub fn write_archive(
     let enc = builder.into_inner().map_err(io(out))?;
     let mut file = enc.finish().map_err(io(out))?;
     file.flush().map_err(io(out))?;
-    file.sync_all().map_err(io(out))?;
     drop(file);
     let sha = sha256_file(out)?;
     Ok((files, sha))
