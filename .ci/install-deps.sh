@@ -13,6 +13,7 @@ PACKAGES=(
   util-linux        # setpriv, nsenter (tests, benchmark peer)
   bubblewrap        # benchmark peer
   hyperfine         # benchmarks
+  openssl           # bench/verity.sh: what two cores can hash (openssl speed)
   tmux              # -t terminal tests
   cryptsetup-bin    # veritysetup: outside oracle for our verity trees
   e2fsprogs         # mkfs.ext4 -d, fsck.ext4, debugfs

@@ -280,3 +280,40 @@ pub fn default_sdk_store() -> PathBuf {
     );
     dir
 }
+
+/// Run expecting bad-input exit code 2 and return stderr, checked to be a
+/// single line (the house rule for bad input).
+pub fn run_bad_input(cmd: &mut Command) -> String {
+    let err = String::from_utf8_lossy(&run_expect(cmd, 2).stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line wanted: {err}");
+    err
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), for test data that
+/// neither compresses nor repeats.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Flip one bit of `path` at `byte` (in place).
+pub fn flip_bit(path: &Path, byte: u64, bit: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, byte).unwrap();
+    b[0] ^= 1 << bit;
+    f.write_all_at(&b, byte).unwrap();
+}

@@ -774,6 +774,40 @@ size = "2MiB"
     }
 
     #[test]
+    fn board_layouts_load_in_every_variant() {
+        for board in ["amd64-usr", "arm64-usr"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../profiles")
+                .join(board)
+                .join("disk-layout.toml");
+            for variant in [None, Some("vm"), Some("container")] {
+                let l = Layout::load(&path, variant).unwrap();
+                let labels: Vec<_> = l.partitions.iter().map(|p| p.label.as_str()).collect();
+                assert_eq!(
+                    labels,
+                    [
+                        "EFI-SYSTEM",
+                        "BIOS-BOOT",
+                        "USR-A",
+                        "USR-B",
+                        "OEM",
+                        "OEM-CONFIG",
+                        "ROOT"
+                    ]
+                );
+                let usr = l.by_label("USR-A").unwrap();
+                assert!(usr.verity && usr.priority == 1 && usr.successful);
+                assert_eq!(l.by_label("USR-B").unwrap().attributes(), 0);
+                assert!(l.partitions.iter().all(|p| p.start.is_multiple_of(2 << 20)));
+            }
+            let base = Layout::load(&path, None).unwrap();
+            assert_eq!(base.by_label("USR-A").unwrap().size, 2 << 30);
+            assert_eq!(base.by_label("EFI-SYSTEM").unwrap().size, 1 << 30);
+            assert_eq!(base.by_label("OEM-CONFIG").unwrap().size, 64 << 20);
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(Size::parse("2MiB").unwrap().0, 2 << 20);
         assert_eq!(Size::parse("512").unwrap().0, 512);

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use super::superblock::{self, Superblock};
 use super::tree::{self, Children};
-use super::{Algorithm, Formatted, Geometry, Options, VerityError, bad, random_bytes};
+use super::{
+    Algorithm, Formatted, Geometry, Options, VerityError, bad, check_block_sizes, random_bytes,
+};
 
 /// Whether two paths name the same existing file.
 pub(super) fn same_file(a: &Path, b: &Path) -> bool {
@@ -84,6 +86,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     let algorithm = opts.algorithm.unwrap_or(Algorithm::Sha256);
     let dbs = opts.data_block_size.unwrap_or(4096);
     let hbs = opts.hash_block_size.unwrap_or(4096);
+    check_block_sizes(dbs, hbs)?;
     let appended = same_file(data, hash);
     if appended && opts.hash_offset == 0 {
         return Err(bad(

@@ -201,6 +201,18 @@ fn bad(msg: impl Into<String>) -> VerityError {
     VerityError::BadInput(msg.into())
 }
 
+/// Both block sizes must be powers of two from 512 to 4096.
+fn check_block_sizes(data: u32, hash: u32) -> Result<(), VerityError> {
+    for (what, size) in [("data", data), ("hash", hash)] {
+        if !(512..=4096).contains(&size) || !size.is_power_of_two() {
+            return Err(bad(format!(
+                "{what} block size {size} is not supported; use a power of two from 512 to 4096"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Resolved parameters and where each hash level lives in HASH.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Geometry {
@@ -228,13 +240,7 @@ impl Geometry {
         hash_offset: u64,
         superblock: bool,
     ) -> Result<Geometry, VerityError> {
-        for (what, size) in [("data", data_block_size), ("hash", hash_block_size)] {
-            if !(512..=4096).contains(&size) || !size.is_power_of_two() {
-                return Err(bad(format!(
-                    "{what} block size {size} is not supported; use a power of two from 512 to 4096"
-                )));
-            }
-        }
+        check_block_sizes(data_block_size, hash_block_size)?;
         if data_blocks == 0 {
             return Err(bad(
                 "the data area is empty (0 blocks); a tree needs at least one data block",
@@ -314,6 +320,30 @@ impl Geometry {
     fn hash_blocks(&self) -> u64 {
         self.levels.iter().map(|l| l.1).sum()
     }
+}
+
+/// Bytes the hash area takes (superblock block, unless `no_superblock`,
+/// plus the tree) for `data_blocks` blocks with `opts`' algorithm and
+/// block sizes, placed at a `hash_offset` that is a multiple of the hash
+/// block size. For sizing a partition before formatting: USR-A needs
+/// `data_blocks * data_block_size + hash_area_size(..)` bytes.
+///
+/// ```
+/// use sdk_tools::verity::{hash_area_size, Options};
+/// // 1 GiB of 4 KiB blocks: superblock block + 2048 + 16 + 1 tree blocks.
+/// assert_eq!(hash_area_size(262144, &Options::default()).unwrap(), (1 + 2048 + 16 + 1) * 4096);
+/// ```
+pub fn hash_area_size(data_blocks: u64, opts: &Options) -> Result<u64, VerityError> {
+    let geo = Geometry::new(
+        opts.algorithm.unwrap_or_default(),
+        opts.data_block_size.unwrap_or(4096),
+        opts.hash_block_size.unwrap_or(4096),
+        data_blocks,
+        Vec::new(),
+        0,
+        !opts.no_superblock,
+    )?;
+    Ok(geo.end)
 }
 
 /// Read 16 random bytes or more from the kernel (salts, UUIDs).

@@ -14,7 +14,7 @@ use super::{Algorithm, Geometry, VerityError};
 
 /// Child bytes hashed per chunk: bounds memory (a mapping or a buffer of
 /// this size) while giving every core plenty of blocks.
-const CHUNK_BYTES: u64 = 64 << 20;
+const CHUNK_BYTES: u64 = 16 << 20;
 
 /// `H(salt || block)` of one block into `out` (digest length).
 pub(super) fn digest(alg: Algorithm, salt: &[u8], block: &[u8], out: &mut [u8]) {

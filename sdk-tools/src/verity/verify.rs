@@ -8,7 +8,7 @@ use std::path::Path;
 use super::format::{open_data, same_file};
 use super::superblock::{self, Superblock};
 use super::tree::{self, Children};
-use super::{Algorithm, Formatted, Geometry, Options, VerityError, bad};
+use super::{Algorithm, Formatted, Geometry, Options, VerityError, bad, check_block_sizes};
 
 /// Settle the parameters: from the superblock (options given must agree)
 /// or, with `no_superblock`, from the options alone.
@@ -22,6 +22,7 @@ fn resolve(
     if opts.no_superblock {
         let algorithm = opts.algorithm.unwrap_or(Algorithm::Sha256);
         let dbs = opts.data_block_size.unwrap_or(4096);
+        check_block_sizes(dbs, opts.hash_block_size.unwrap_or(4096))?;
         let salt = opts.salt.clone().ok_or_else(|| {
             bad("without a superblock the salt must be given: pass --salt HEX (or --salt - for none)")
         })?;
