@@ -115,9 +115,43 @@ pub enum Verb {
     Build(crate::rootfs::verbs::BuildArgs),
 }
 
+/// The common enter forms, `[-t] [-n NAME] [-u USER] [-- CMD...]`, parsed
+/// without building the clap command (entering is the hot path). Anything
+/// else, or anything odd, returns `None` and goes through clap.
+pub fn fast_args(args: &[OsString]) -> Option<run::RunOptions> {
+    let mut o = run::RunOptions {
+        user: "sdk".into(),
+        ..Default::default()
+    };
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let value = |v: Option<&OsString>| -> Option<String> {
+            let v = v?.to_str()?;
+            (!v.is_empty() && !v.starts_with('-')).then(|| v.to_string())
+        };
+        match a.to_str()? {
+            "-t" | "--tty" if !o.tty => o.tty = true,
+            "-n" | "--name" if o.name.is_none() => o.name = Some(value(it.next())?),
+            "-u" | "--user" => o.user = value(it.next())?,
+            "--" => {
+                o.command = it.cloned().collect();
+                return Some(o);
+            }
+            _ => return None,
+        }
+    }
+    Some(o)
+}
+
 /// Parse arguments, run, and return the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if std::env::var_os("RUST_LOG").is_none()
+        && let Some(opts) = fast_args(&args)
+    {
+        return finish(run::run(opts));
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -132,7 +166,11 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.verbose);
-    match dispatch(cli) {
+    finish(dispatch(cli))
+}
+
+fn finish(r: anyhow::Result<i32>) -> i32 {
+    match r {
         Ok(code) => code,
         Err(err) => {
             eprintln!("sdk-run: error: {err:#}");
@@ -178,9 +216,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Logging to stderr, default level warn. The plain max-level subscriber
+/// Logging to stderr, default level warn (idempotent). The plain max-level subscriber
 /// keeps the enter path cheap; `RUST_LOG` gets the full filter.
-fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8) {
     use tracing_subscriber::fmt;
     if let Ok(spec) = std::env::var("RUST_LOG") {
         let _ = fmt()
@@ -247,6 +285,33 @@ mod tests {
         assert!(parse(&["-t", "list"]).is_err());
         assert!(parse(&["--overlay"]).is_err());
         assert_eq!(parse(&["-v", "x"]).unwrap_err().exit_code(), 2);
+    }
+
+    /// The fast path parses exactly what clap would, or declines.
+    #[test]
+    fn fast_args_agree_with_clap() {
+        let cases: &[&[&str]] = &[
+            &[],
+            &["-t"],
+            &["-n", "box", "--", "make", "-j2"],
+            &["-u", "root", "-n", "b", "-t", "--", "sh", "-c", "x -- y"],
+            &["--name", "b", "--user", "0", "--"],
+            &["--", "-n", "x"],
+        ];
+        for c in cases {
+            let argv: Vec<OsString> = std::iter::once("sdk-run").chain(c.iter().copied()).map(OsString::from).collect();
+            let fast = fast_args(&argv).unwrap_or_else(|| panic!("declined {c:?}"));
+            let r = parse(c).unwrap().run;
+            assert_eq!(
+                (fast.tty, fast.name, fast.user, fast.command),
+                (r.tty, r.name, r.user, r.command),
+                "{c:?}"
+            );
+        }
+        for c in [&["list"][..], &["-v", "/a:/b"], &["-n"], &["-n", "-t"], &["-t", "-t"], &["--rootfs", "x"], &["--verbose"], &["-tn", "x"], &["--help"]] {
+            let argv: Vec<OsString> = std::iter::once("sdk-run").chain(c.iter().copied()).map(OsString::from).collect();
+            assert!(fast_args(&argv).is_none(), "{c:?}");
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Without a range the map is the single line `1000 CALLER 1`, with a
-//! warning: only the sdk user exists inside, there is no root.
+//! warning: only the sdk user exists inside, there is no root. Root is the
+//! exception: it may write any map itself, so without an entry it uses
+//! [`ROOT_DEFAULT_RANGE`].
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -24,6 +26,14 @@ use crate::cmd::RunExt;
 
 /// The uid (and gid) the caller has inside every sandbox: the `sdk` user.
 pub const SDK_ID: u32 = 1000;
+
+/// Root without an `/etc/subuid` entry needs no helper to map ids (it may
+/// map any), so it gets this fixed range: ids no account uses, the same on
+/// every run so existing sandboxes and images keep their owners.
+pub const ROOT_DEFAULT_RANGE: IdRange = IdRange {
+    start: 1_000_000_000,
+    count: 65536,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdMapError {
@@ -180,8 +190,16 @@ impl IdMap {
             Err(e) => Err(IdMapError::Read(p.to_path_buf(), e)),
         };
         let name = caller.name.as_deref();
-        let uids = parse_subid(&read(&files.subuid)?, name, caller.uid);
-        let gids = parse_subid(&read(&files.subgid)?, name, caller.gid);
+        let mut uids = parse_subid(&read(&files.subuid)?, name, caller.uid);
+        let mut gids = parse_subid(&read(&files.subgid)?, name, caller.gid);
+        if caller.uid == 0 {
+            if uids.is_empty() {
+                uids.push(ROOT_DEFAULT_RANGE);
+            }
+            if gids.is_empty() {
+                gids.push(ROOT_DEFAULT_RANGE);
+            }
+        }
         if uids.is_empty() || gids.is_empty() {
             let who = name.map_or_else(|| caller.uid.to_string(), str::to_string);
             let missing = if uids.is_empty() {
@@ -401,6 +419,20 @@ mod tests {
         std::fs::write(&files.subgid, SUBUID).unwrap();
         let (map, warn) = IdMap::for_caller(&files, &caller("alice", 1001)).unwrap();
         assert!(warn.is_none() && map.has_root());
+    }
+
+    #[test]
+    fn root_without_a_range_gets_the_fixed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SubIdFiles {
+            subuid: dir.path().join("none"),
+            subgid: dir.path().join("none"),
+        };
+        let (map, warn) = IdMap::for_caller(&files, &caller("root", 0)).unwrap();
+        assert!(warn.is_none());
+        assert_eq!(map.to_host_uid(0), Some(1_000_000_000));
+        assert_eq!(map.to_host_uid(1000), Some(0));
+        assert_eq!(map.to_host_gid(5), Some(1_000_000_005));
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         return enter::enter(&st, &eo);
     }
 
+    // Off the hot path: logging for the work below (the fast argument
+    // path skipped it).
+    crate::cli::init_logging(0);
     // Validate everything before any change.
     let volumes = create::resolve_volumes(&cwd, &opts.volumes)?;
     let devices = create::resolve_devices(&opts.devices)?;
@@ -228,7 +231,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
                     Err(e) if new => {
                         // A failed create leaves nothing behind.
                         if let Err(e2) = remove::remove_locked(&state_dir, &sb) {
-                            return Err(e.context(format!("(cleaning up also failed: {e2:#})")));
+                            eprintln!(
+                                "sdk-run: warning: removing the half-made sandbox {name} failed too: {e2:#}; `sdk-run prune` retries"
+                            );
                         }
                         return Err(e);
                     }

@@ -37,6 +37,15 @@ use crate::sys;
 const SSH_SOCK: &str = "/run/host/ssh-agent.sock";
 const GPG_SOCK: &str = "/run/host/gpg-agent.sock";
 
+/// `<state>/tools.json`, next to `sandboxes/`.
+fn tools_cache(sb: &SandboxPaths) -> PathBuf {
+    sb.dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .join("tools.json")
+}
+
 /// Host pieces the root is assembled from; resolved at each start (the
 /// sdk-tools binary and agent sockets may have moved since creation).
 fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(String, String)>)> {
@@ -102,7 +111,7 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(Strin
             volumes: cfg.volumes.clone(),
             devices: cfg.devices.clone(),
             devpts_gid: cfg.idmap.to_host_gid(5).map(|_| 5),
-            tools: tools()?,
+            tools: tools(&tools_cache(sb))?,
             sockets,
         },
         env,
@@ -110,18 +119,35 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(Strin
 }
 
 /// The `sdk-tools` next to this executable and its multi-call names.
-fn tools() -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
+///
+/// The names are cached in the state directory (`tools.json`), keyed by
+/// the binary's inode, size and mtime: asking the binary costs an exec on
+/// every start, which is most of a start's time.
+fn tools(cache: &Path) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
     let exe = std::env::current_exe().context("cannot find the sdk-run executable")?;
     let bin = exe.with_file_name("sdk-tools");
-    if !bin.is_file() {
+    let Some(meta) = std::fs::metadata(&bin).ok().filter(|m| m.is_file()) else {
         eprintln!(
             "warning: no sdk-tools next to {}; the sandbox has no SDK tools on PATH (install both binaries together)",
             exe.display()
         );
         return Ok(None);
+    };
+    let key = format!(
+        "{}:{}:{}:{}.{}",
+        bin.display(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    if let Ok(c) = crate::sandbox::config::read_json::<ToolsCache>(cache)
+        && c.key == key
+    {
+        return Ok(Some((bin, c.names)));
     }
     let out = Command::new(&bin).arg("list-tools").run_capture()?;
-    let names = String::from_utf8_lossy(&out)
+    let names: Vec<String> = String::from_utf8_lossy(&out)
         .lines()
         .map(str::trim)
         .filter(|n| {
@@ -131,7 +157,23 @@ fn tools() -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
         })
         .map(String::from)
         .collect();
+    // A cache that cannot be written only costs time.
+    let _ = write_json(
+        cache,
+        &ToolsCache {
+            key,
+            names: names.clone(),
+        },
+    );
     Ok(Some((bin, names)))
+}
+
+/// `tools.json` in the state directory.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ToolsCache {
+    key: String,
+    names: Vec<String>,
 }
 
 /// Field 22 of `/proc/PID/stat` (start time in clock ticks after boot) of
