@@ -299,7 +299,10 @@ mod tests {
             &["--", "-n", "x"],
         ];
         for c in cases {
-            let argv: Vec<OsString> = std::iter::once("sdk-run").chain(c.iter().copied()).map(OsString::from).collect();
+            let argv: Vec<OsString> = std::iter::once("sdk-run")
+                .chain(c.iter().copied())
+                .map(OsString::from)
+                .collect();
             let fast = fast_args(&argv).unwrap_or_else(|| panic!("declined {c:?}"));
             let r = parse(c).unwrap().run;
             assert_eq!(
@@ -308,8 +311,21 @@ mod tests {
                 "{c:?}"
             );
         }
-        for c in [&["list"][..], &["-v", "/a:/b"], &["-n"], &["-n", "-t"], &["-t", "-t"], &["--rootfs", "x"], &["--verbose"], &["-tn", "x"], &["--help"]] {
-            let argv: Vec<OsString> = std::iter::once("sdk-run").chain(c.iter().copied()).map(OsString::from).collect();
+        for c in [
+            &["list"][..],
+            &["-v", "/a:/b"],
+            &["-n"],
+            &["-n", "-t"],
+            &["-t", "-t"],
+            &["--rootfs", "x"],
+            &["--verbose"],
+            &["-tn", "x"],
+            &["--help"],
+        ] {
+            let argv: Vec<OsString> = std::iter::once("sdk-run")
+                .chain(c.iter().copied())
+                .map(OsString::from)
+                .collect();
             assert!(fast_args(&argv).is_none(), "{c:?}");
         }
     }

@@ -9,7 +9,10 @@
 #![no_main]
 
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
     // std reads the arguments itself on glibc (std::env::args_os).
     let code = sdk_run::cli::main();
     // Flush stdout like returning from a Rust main would.
