@@ -6,8 +6,9 @@
 //! alternate signal stack) costs more than the rest of `sdk-run -- true`
 //! in user space. Without it SIGPIPE keeps its default action, as in any C
 //! tool: `sdk-run list | head -1` ends quietly.
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(
     _argc: std::ffi::c_int,
