@@ -902,3 +902,106 @@ fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
     assert!(extra.contains("\t0:0\t"), "{extra}");
     assert_ne!(hash(&d), hash(&direct));
 }
+
+fn recipe(repo: &Path, name: &str, toml: &str, script: Option<&str>) {
+    let dir = repo.join("packages").join(name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("package.toml"), toml).unwrap();
+    if let Some(s) = script {
+        fs::write(dir.join("build.sh"), s).unwrap();
+    }
+}
+
+#[test]
+fn images_come_from_the_boards_binary_packages() {
+    let f = Fixture::new();
+    let repo = f.repo();
+    recipe(
+        &repo,
+        "app/hello",
+        "version = \"1.0\"\nkind = \"build\"\n",
+        Some(
+            "install -Dm0755 /dev/null \"$DESTDIR/usr/bin/hello\"\n\
+             echo 'echo hello' > \"$DESTDIR/usr/bin/hello\"\n\
+             install -Dm4755 /dev/null \"$DESTDIR/usr/bin/helper\"\n\
+             install -Dm0644 /dev/null \"$DESTDIR/etc/hello.conf\"\n\
+             install -Dm0644 /dev/null \"$DESTDIR/usr/lib/os-release\"\n\
+             echo ID=pkgos > \"$DESTDIR/usr/lib/os-release\"\n",
+        ),
+    );
+    recipe(
+        &repo,
+        "sys-kernel/kernel",
+        "version = \"6.1\"\nkind = \"build\"\n",
+        Some(
+            "mkdir -p \"$DESTDIR/usr/lib/modules/6.1.0-test\"\n\
+             echo kernel > \"$DESTDIR/usr/lib/modules/6.1.0-test/vmlinuz\"\n",
+        ),
+    );
+    recipe(
+        &repo,
+        "meta/os",
+        "version = \"1\"\nkind = \"meta\"\ndepends = [\"app/hello\", \"sys-kernel/kernel\"]\n",
+        None,
+    );
+    chown_r(&f.user, &repo);
+    let build_root = f.scratch.path().join("build");
+    let tool = |verb: &str| {
+        let mut c = f.tool(verb);
+        c.env("SDK_BUILD_ROOT", &build_root);
+        c
+    };
+    run_ok(tool("setup_board").args(["--board", "testboard"]));
+    // Built, but not the OS meta-package yet: a clear error.
+    run_ok(tool("build_packages").args(["--board", "testboard", "app/hello"]));
+    let out = images_dir(&f, "images");
+    let mut c = tool("build_image");
+    c.args(["--board", "testboard", "--output"]).arg(&out);
+    assert_one_line_exit_2(&run_expect(&mut c, 2), "meta/os");
+    assert!(!out.join("latest").exists());
+
+    run_ok(tool("build_packages").args(["--board", "testboard"]));
+    let mut c = tool("build_image");
+    c.args(["--board", "testboard", "--output"]).arg(&out);
+    run_ok(&mut c);
+    let dir = out.join("latest");
+    let packages = fs::read_to_string(dir.join("pkgos_developer_image_packages.txt")).unwrap();
+    let names: Vec<&str> = packages
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["app/hello", "meta/os", "sys-kernel/kernel"],
+        "{packages}"
+    );
+    let contents = fs::read_to_string(dir.join("pkgos_developer_image_contents.txt")).unwrap();
+    let line = |p: &str| {
+        contents
+            .lines()
+            .find(|l| l.starts_with(&format!("{p}\t")))
+            .unwrap_or_else(|| panic!("{p} not in {contents}"))
+            .to_string()
+    };
+    assert!(line("/usr/bin/helper").contains("-rwsr-xr-x\t0:0\t"));
+    assert!(line("/usr/share/factory/etc/hello.conf").contains("\t0:0\t"));
+    let sbom: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.join("pkgos_developer_image_sbom.json")).unwrap(),
+    )
+    .unwrap();
+    let pkg = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "app/hello")
+        .expect("app/hello in the SBOM");
+    assert_eq!(pkg["versionInfo"], "1.0");
+    assert_eq!(pkg["checksums"][0]["algorithm"], "SHA256");
+    let v = kv(&fs::read_to_string(dir.join("pkgos_developer_image_verity.txt")).unwrap());
+    let ok = verity_verify(&dir.join("pkgos_developer_image_update.bin"), &v);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
