@@ -163,15 +163,20 @@ impl Fixture {
         c
     }
 
-    /// `build_image --root` into `out`, returning the published folder.
-    fn build(&self, out: &Path, extra: &[&str]) -> PathBuf {
+    /// `build_image --root ROOT --output OUT EXTRA...`.
+    fn build_cmd(&self, out: &Path, extra: &[&str]) -> Command {
         let mut c = self.tool("build_image");
         c.args(["--board", "testboard", "--root"])
             .arg(self.root())
             .arg("--output")
             .arg(out)
             .args(extra);
-        run_ok(&mut c);
+        c
+    }
+
+    /// `build_image --root` into `out`, returning the published folder.
+    fn build(&self, out: &Path, extra: &[&str]) -> PathBuf {
+        run_ok(&mut self.build_cmd(out, extra));
         let latest = out.join("latest");
         out.join(fs::read_link(&latest).expect("latest is a symlink"))
     }
@@ -505,6 +510,33 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     assert!(!bad.status.success(), "a flipped byte went unnoticed");
 }
 
+/// Build with the layout `variant` twice: the images must be identical and
+/// USR-A must verify. Returns the first build's update payload.
+fn built_twice_alike(f: &Fixture, variant: &str) -> PathBuf {
+    let x = f.build(
+        &images_dir(f, &format!("x-{variant}")),
+        &["--disk-layout", variant],
+    );
+    let y = f.build(
+        &images_dir(f, &format!("y-{variant}")),
+        &["--disk-layout", variant],
+    );
+    let img = "testos_developer_image.bin";
+    assert!(
+        fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(),
+        "{variant}: two builds differ"
+    );
+    let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
+    let update = x.join("testos_developer_image_update.bin");
+    let ok = verity_verify(&update, &v);
+    assert!(
+        ok.status.success(),
+        "{variant}: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    update
+}
+
 #[test]
 fn two_builds_from_the_same_inputs_are_byte_identical() {
     let f = Fixture::new();
@@ -521,27 +553,7 @@ fn two_builds_from_the_same_inputs_are_byte_identical() {
         );
     }
     // squashfs USR carries per-file owners too, and builds reproducibly.
-    let x = f.build(
-        &images_dir(&f, "x-squashfs"),
-        &["--disk-layout", "squashfs"],
-    );
-    let y = f.build(
-        &images_dir(&f, "y-squashfs"),
-        &["--disk-layout", "squashfs"],
-    );
-    let img = "testos_developer_image.bin";
-    assert!(
-        fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(),
-        "squashfs"
-    );
-    let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
-    let update = x.join("testos_developer_image_update.bin");
-    let ok = verity_verify(&update, &v);
-    assert!(
-        ok.status.success(),
-        "squashfs: {}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let update = built_twice_alike(&f, "squashfs");
     let list = run_ok(Command::new("unsquashfs").arg("-lln").arg(&update));
     assert!(list.contains("-rwsr-xr-x 0/0"), "{list}");
     if f.user.name.is_some() {
@@ -556,19 +568,9 @@ fn two_builds_from_the_same_inputs_are_byte_identical() {
         assert_one_line_exit_2(&run_expect(&mut c, 2), "/share/doc/owned");
         fs::remove_file(f.root().join("usr/share/doc/owned")).unwrap();
     }
-    let x = f.build(&images_dir(&f, "x-erofs"), &["--disk-layout", "erofs"]);
-    let y = f.build(&images_dir(&f, "y-erofs"), &["--disk-layout", "erofs"]);
-    assert!(
-        fs::read(x.join(img)).unwrap() == fs::read(y.join(img)).unwrap(),
-        "erofs"
-    );
-    let v = kv(&fs::read_to_string(x.join("testos_developer_image_verity.txt")).unwrap());
-    let update = x.join("testos_developer_image_update.bin");
-    let ok = verity_verify(&update, &v);
-    assert!(
-        ok.status.success(),
-        "erofs: {}",
-        String::from_utf8_lossy(&ok.stderr)
+    let update = built_twice_alike(&f, "erofs");
+    let v = kv(
+        &fs::read_to_string(update.with_file_name("testos_developer_image_verity.txt")).unwrap(),
     );
     let fs_only = f.scratch.path().join("erofs-fs");
     let offset: usize = v["VERITY_HASH_OFFSET"].parse().unwrap();
@@ -680,12 +682,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_latest_alone() {
             .arg((avail - (256 << 10)).to_string())
             .arg(out.join("filler")),
     );
-    let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--replace", "--output"])
-        .arg(&out)
-        .arg("--root")
-        .arg(f.root());
-    let o = run_expect(&mut c, 2);
+    let o = run_expect(&mut f.build_cmd(&out, &["--replace"]), 2);
     assert_one_line_exit_2(&o, "space");
     assert_eq!(out.join(fs::read_link(out.join("latest")).unwrap()), first);
     assert!(first.join("manifest.json").exists());
@@ -697,11 +694,7 @@ fn killed_builds_never_leave_latest_incomplete() {
     let out = images_dir(&f, "images");
     f.build(&out, &[]);
     for delay_ms in [30u64, 150, 400, 900] {
-        let mut c = f.tool("build_image");
-        c.args(["--board", "testboard", "--replace", "--output"])
-            .arg(&out)
-            .arg("--root")
-            .arg(f.root());
+        let mut c = f.build_cmd(&out, &["--replace"]);
         c.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
@@ -834,13 +827,16 @@ fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
 
     // The archive builds the same USR as the staging root it came from.
     let direct = f.build(&images_dir(&f, "direct"), &[]);
-    let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--from-oci"])
-        .arg(&archive)
-        .arg("--output")
-        .arg(images_dir(&f, "from-oci"));
-    run_ok(&mut c);
-    let from_oci = images_dir(&f, "from-oci").join("latest");
+    let build_from = |archive: &Path, name: &str| {
+        let mut c = f.tool("build_image");
+        c.args(["--board", "testboard", "--from-oci"])
+            .arg(archive)
+            .arg("--output")
+            .arg(images_dir(&f, name));
+        run_ok(&mut c);
+        images_dir(&f, name).join("latest")
+    };
+    let from_oci = build_from(&archive, "from-oci");
     let hash = |d: &Path| {
         kv(&fs::read_to_string(d.join("testos_developer_image_verity.txt")).unwrap())["VERITY_ROOT_HASH"].clone()
     };
@@ -883,13 +879,7 @@ fn oci_export_is_an_image_skopeo_reads_and_layers_build_back_into_a_disk() {
             .arg(format!("oci:{}:derived", layout.display()))
             .arg(format!("oci-archive:{}", derived.display())),
     );
-    let mut c = f.tool("build_image");
-    c.args(["--board", "testboard", "--from-oci"])
-        .arg(&derived)
-        .arg("--output")
-        .arg(images_dir(&f, "derived"));
-    run_ok(&mut c);
-    let d = images_dir(&f, "derived").join("latest");
+    let d = build_from(&derived, "derived");
     let contents = fs::read_to_string(d.join("testos_developer_image_contents.txt")).unwrap();
     assert!(
         !contents.contains("/usr/bin/hello\t"),

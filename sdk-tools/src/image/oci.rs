@@ -28,27 +28,18 @@ use oci_spec::image::{
 use sha2::{Digest as _, Sha256};
 
 use super::tree::{Tree, TreeError, clean_path, hash_file};
+use super::{IoError, io_err};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{}: {msg}", path.display())]
     Bad { path: PathBuf, msg: String },
     #[error(transparent)]
     Tree(#[from] TreeError),
     #[error("OCI metadata: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OciError + use<> {
-    let path = path.to_path_buf();
-    move |source| OciError::Io { op, path, source }
 }
 
 /// A writer that hashes and counts what passes through.

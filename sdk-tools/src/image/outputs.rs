@@ -23,19 +23,15 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::tree::hash_file;
+use super::{IoError, io_err};
 
 pub const LATEST: &str = "latest";
 const TMP_PREFIX: &str = ".tmp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(
         "{} already exists; pass --replace to build it again (as a new attempt), or bump the OS version",
         path.display()
@@ -43,11 +39,6 @@ pub enum OutputError {
     Exists { path: PathBuf },
     #[error("another build is writing to {}; wait for it to finish", dir.display())]
     Busy { dir: PathBuf },
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OutputError + use<> {
-    let path = path.to_path_buf();
-    move |source| OutputError::Io { op, path, source }
 }
 
 /// An output directory, locked for the lifetime of this value.
@@ -76,7 +67,7 @@ impl OutputDir {
                     dir: dir.to_path_buf(),
                 });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e).into()),
         }
         let out = OutputDir {
             dir: dir.to_path_buf(),
@@ -137,10 +128,10 @@ impl OutputDir {
     /// A fresh working directory inside the output directory (same
     /// filesystem, so publishing is a rename).
     pub fn temp(&self) -> Result<tempfile::TempDir, OutputError> {
-        tempfile::Builder::new()
+        Ok(tempfile::Builder::new()
             .prefix(TMP_PREFIX)
             .tempdir_in(&self.dir)
-            .map_err(io_err("create a temporary directory in", &self.dir))
+            .map_err(io_err("create a temporary directory in", &self.dir))?)
     }
 
     /// Rename the finished folder `built` to `name`, point `latest` at it,
@@ -166,9 +157,9 @@ impl OutputDir {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OutputError> {
-    File::open(dir)
+    Ok(File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", dir))
+        .map_err(io_err("sync", dir))?)
 }
 
 /// Remove a file or a directory tree; staged trees keep their directories
@@ -177,12 +168,12 @@ pub fn remove_any(path: &Path) -> Result<(), OutputError> {
     let md = match fs::symlink_metadata(path) {
         Ok(md) => md,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("stat", path)(e)),
+        Err(e) => return Err(io_err("stat", path)(e).into()),
     };
     if md.is_dir() {
-        fs::remove_dir_all(path).map_err(io_err("remove", path))
+        Ok(fs::remove_dir_all(path).map_err(io_err("remove", path))?)
     } else {
-        fs::remove_file(path).map_err(io_err("remove", path))
+        Ok(fs::remove_file(path).map_err(io_err("remove", path))?)
     }
 }
 

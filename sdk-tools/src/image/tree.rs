@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::{IoError, io_err};
+
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -63,13 +65,8 @@ impl Entry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{origin}: `{path}` is a {what}; images cannot carry device nodes, fifos or sockets")]
     Unsupported {
         origin: String,
@@ -98,11 +95,6 @@ pub enum TreeError {
 }
 
 type Result<T, E = TreeError> = std::result::Result<T, E>;
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TreeError + use<> {
-    let path = path.to_path_buf();
-    move |source| TreeError::Io { op, path, source }
-}
 
 /// How on-disk owners of a directory given with `--root` map to image
 /// owners: the user running the tool stands for root (as it would inside
@@ -163,9 +155,8 @@ fn parent_of(path: &str) -> Option<&str> {
 
 const HASH_BUF: usize = 256 * 1024;
 
-/// Copy `r` into a new file at `dest`, returning size and sha256.
-fn write_hashed(mut r: impl Read, dest: &Path, mode: u32) -> Result<(u64, [u8; 32])> {
-    let mut f = File::create(dest).map_err(io_err("create", dest))?;
+/// Copy `r` to `w`, returning the size and sha256 of what passed.
+fn copy_hashed(mut r: impl Read, mut w: impl Write) -> io::Result<(u64, [u8; 32])> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_BUF];
     let mut size = 0u64;
@@ -174,15 +165,22 @@ fn write_hashed(mut r: impl Read, dest: &Path, mode: u32) -> Result<(u64, [u8; 3
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("read data for", dest)(e)),
+            Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
-        f.write_all(&buf[..n]).map_err(io_err("write", dest))?;
+        w.write_all(&buf[..n])?;
         size += n as u64;
     }
+    Ok((size, hasher.finalize().into()))
+}
+
+/// Copy `r` into a new file at `dest`, returning size and sha256.
+fn write_hashed(r: impl Read, dest: &Path, mode: u32) -> Result<(u64, [u8; 32])> {
+    let f = File::create(dest).map_err(io_err("create", dest))?;
+    let got = copy_hashed(r, &f).map_err(io_err("write", dest))?;
     f.set_permissions(fs::Permissions::from_mode(disk_mode(false, mode)))
         .map_err(io_err("chmod", dest))?;
-    Ok((size, hasher.finalize().into()))
+    Ok(got)
 }
 
 /// The mode a staged entry has on disk: the image mode, kept readable (and
@@ -199,21 +197,7 @@ pub fn disk_mode(dir: bool, mode: u32) -> u32 {
 
 /// sha256 and size of a file.
 pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
-    let mut f = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_BUF];
-    let mut size = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hasher.finalize().into()))
+    copy_hashed(File::open(path)?, io::sink())
 }
 
 impl Tree {
@@ -386,6 +370,37 @@ impl Tree {
         }
     }
 
+    /// Resolve `path` for a new entry, create its parents and clear the
+    /// way (see `make_room`). Returns the resolved path and whether
+    /// nothing is there any more.
+    fn place(
+        &mut self,
+        path: &str,
+        is_dir: bool,
+        replace: bool,
+        origin: &str,
+    ) -> Result<(String, bool)> {
+        let path = self.resolve(path, origin)?;
+        self.ensure_parents(&path, origin)?;
+        let empty = self.make_room(&path, is_dir, replace, origin)?;
+        Ok((path, empty))
+    }
+
+    fn record(&mut self, path: String, kind: Kind, mode: u32, uid: u32, gid: u32, origin: &str) {
+        let mode = mode & 0o7777;
+        let origin = origin.to_string();
+        self.entries.insert(
+            path,
+            Entry {
+                kind,
+                mode,
+                uid,
+                gid,
+                origin,
+            },
+        );
+    }
+
     /// Add a directory (or update the attributes of an existing one).
     pub fn add_dir(
         &mut self,
@@ -396,25 +411,14 @@ impl Tree {
         origin: &str,
         replace: bool,
     ) -> Result<()> {
-        let path = self.resolve(path, origin)?;
-        self.ensure_parents(&path, origin)?;
-        if self.make_room(&path, true, replace, origin)? {
-            let disk = self.root.join(&path);
+        let (path, empty) = self.place(path, true, replace, origin)?;
+        let disk = self.root.join(&path);
+        if empty {
             fs::create_dir(&disk).map_err(io_err("create directory", &disk))?;
         }
-        let disk = self.root.join(&path);
         fs::set_permissions(&disk, fs::Permissions::from_mode(disk_mode(true, mode)))
             .map_err(io_err("chmod", &disk))?;
-        self.entries.insert(
-            path,
-            Entry {
-                kind: Kind::Dir,
-                mode: mode & 0o7777,
-                uid,
-                gid,
-                origin: origin.to_string(),
-            },
-        );
+        self.record(path, Kind::Dir, mode, uid, gid, origin);
         Ok(())
     }
 
@@ -430,21 +434,9 @@ impl Tree {
         origin: &str,
         replace: bool,
     ) -> Result<()> {
-        let path = self.resolve(path, origin)?;
-        self.ensure_parents(&path, origin)?;
-        self.make_room(&path, false, replace, origin)?;
-        let disk = self.root.join(&path);
-        let (size, sha256) = write_hashed(data, &disk, mode)?;
-        self.entries.insert(
-            path,
-            Entry {
-                kind: Kind::File { size, sha256 },
-                mode: mode & 0o7777,
-                uid,
-                gid,
-                origin: origin.to_string(),
-            },
-        );
+        let (path, _) = self.place(path, false, replace, origin)?;
+        let (size, sha256) = write_hashed(data, &self.root.join(&path), mode)?;
+        self.record(path, Kind::File { size, sha256 }, mode, uid, gid, origin);
         Ok(())
     }
 
@@ -458,23 +450,11 @@ impl Tree {
         origin: &str,
         replace: bool,
     ) -> Result<()> {
-        let path = self.resolve(path, origin)?;
-        self.ensure_parents(&path, origin)?;
-        self.make_room(&path, false, replace, origin)?;
+        let (path, _) = self.place(path, false, replace, origin)?;
         let disk = self.root.join(&path);
         std::os::unix::fs::symlink(target, &disk).map_err(io_err("create symlink", &disk))?;
-        self.entries.insert(
-            path,
-            Entry {
-                kind: Kind::Symlink {
-                    target: target.to_string(),
-                },
-                mode: 0o777,
-                uid,
-                gid,
-                origin: origin.to_string(),
-            },
-        );
+        let target = target.to_string();
+        self.record(path, Kind::Symlink { target }, 0o777, uid, gid, origin);
         Ok(())
     }
 
@@ -795,14 +775,7 @@ impl Tree {
     pub fn write_tar<W: Write>(&self, w: W, epoch: u64) -> Result<W> {
         let mut b = tar::Builder::new(w);
         b.mode(tar::HeaderMode::Deterministic);
-        let werr = |p: &str| {
-            let p = PathBuf::from(p);
-            move |e: io::Error| TreeError::Io {
-                op: "write archive entry",
-                path: p,
-                source: e,
-            }
-        };
+        let werr = |p: &str| io_err("write archive entry", Path::new(p));
         for (k, e) in &self.entries {
             let mut h = tar::Header::new_gnu();
             h.set_mode(e.mode);
@@ -830,8 +803,8 @@ impl Tree {
                 }
             }
         }
-        b.into_inner()
-            .map_err(io_err("finish archive", Path::new("tar")))
+        Ok(b.into_inner()
+            .map_err(io_err("finish archive", Path::new("tar")))?)
     }
 }
 
