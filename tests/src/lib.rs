@@ -317,3 +317,49 @@ pub fn flip_bit(path: &Path, byte: u64, bit: u8) {
     b[0] ^= 1 << bit;
     f.write_all_at(&b, byte).unwrap();
 }
+
+/// The usual start of a test: the test user and a scratch directory it
+/// owns, with short ways to name files there and run commands as it.
+pub struct Session {
+    pub user: TestUser,
+    pub scratch: Scratch,
+}
+
+impl Default for Session {
+    fn default() -> Session {
+        Session::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Session {
+        let user = TestUser::get();
+        let scratch = Scratch::new(&user);
+        Session { user, scratch }
+    }
+
+    /// `name` inside the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// Write `bytes` to `name` in the scratch directory, owned by the user.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        chown_r(&self.user, &p);
+        p
+    }
+
+    /// `program args...` as the user, in the scratch directory.
+    pub fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = self.user.command(&self.scratch, program);
+        c.args(args);
+        c
+    }
+
+    /// Run as the user, expect success, return stdout.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        run_ok(&mut self.cmd(program, args))
+    }
+}

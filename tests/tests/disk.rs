@@ -6,57 +6,25 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sdk_e2e::{Scratch, TestUser, chown_r, pattern, run_bad_input, run_ok};
+use sdk_e2e::{Session, chown_r, pattern, run_bad_input};
 use serde_json::Value;
 
-struct Env {
-    user: TestUser,
-    scratch: Scratch,
+/// The board's layout, copied where the test user can read it.
+fn board_layout(env: &Session, board: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../profiles")
+        .join(board)
+        .join("disk-layout.toml");
+    env.write(&format!("{board}.toml"), &std::fs::read(src).unwrap())
 }
 
-impl Env {
-    fn new() -> Env {
-        let user = TestUser::get();
-        let scratch = Scratch::new(&user);
-        Env { user, scratch }
-    }
+fn bad(env: &Session, args: &[&str]) -> String {
+    run_bad_input(&mut env.cmd("sdk-tools", args))
+}
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.scratch.path().join(name)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, bytes).unwrap();
-        chown_r(&self.user, &p);
-        p
-    }
-
-    /// The board's layout, copied where the test user can read it.
-    fn board_layout(&self, board: &str) -> PathBuf {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../profiles")
-            .join(board)
-            .join("disk-layout.toml");
-        self.write(&format!("{board}.toml"), &std::fs::read(src).unwrap())
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        let mut c = self.user.command(&self.scratch, program);
-        c.args(args);
-        run_ok(&mut c)
-    }
-
-    fn bad(&self, args: &[&str]) -> String {
-        let mut c = self.user.command(&self.scratch, "sdk-tools");
-        c.args(args);
-        run_bad_input(&mut c)
-    }
-
-    fn sfdisk(&self, image: &Path) -> Value {
-        let out = self.run("sfdisk", &["--json", s(image)]);
-        serde_json::from_str::<Value>(&out).unwrap()["partitiontable"].clone()
-    }
+fn sfdisk(env: &Session, image: &Path) -> Value {
+    let out = env.run("sfdisk", &["--json", s(image)]);
+    serde_json::from_str::<Value>(&out).unwrap()["partitiontable"].clone()
 }
 
 /// `len` bytes of `path` at `offset` (images are too large to read whole).
@@ -136,22 +104,22 @@ fn check_table(table: &Value, image: &Path, want: &[Want]) -> Vec<String> {
     uuids
 }
 
-fn sgdisk_clean(env: &Env, image: &Path) {
+fn sgdisk_clean(env: &Session, image: &Path) {
     let out = env.run("sgdisk", &["-v", s(image)]);
     assert!(out.contains("No problems found"), "sgdisk -v:\n{out}");
 }
 
 #[test]
 fn board_layouts_read_back_exactly_with_sfdisk_and_verify_with_sgdisk() {
-    let env = Env::new();
+    let env = Session::new();
     for (board, arch_usr) in [("amd64-usr", "x86-64"), ("arm64-usr", "arm64")] {
-        let layout = env.board_layout(board);
+        let layout = board_layout(&env, board);
         let image = env.path(&format!("{board}.img"));
         env.run(
             "sdk-tools",
             &["disk", "layout", "--layout", s(&layout), s(&image)],
         );
-        let uuids = check_table(&env.sfdisk(&image), &image, &flatcar_base(2162));
+        let uuids = check_table(&sfdisk(&env, &image), &image, &flatcar_base(2162));
         sgdisk_clean(&env, &image);
         // Sparse: only the tables are allocated.
         assert!(std::fs::metadata(&image).unwrap().blocks() * 512 < 4 * MIB);
@@ -191,7 +159,7 @@ fn board_layouts_read_back_exactly_with_sfdisk_and_verify_with_sgdisk() {
                 _ => *mib,
             };
         }
-        check_table(&env.sfdisk(&vm), &vm, &want);
+        check_table(&sfdisk(&env, &vm), &vm, &want);
         sgdisk_clean(&env, &vm);
         let container = env.path(&format!("{board}-container.img"));
         env.run(
@@ -212,8 +180,8 @@ fn board_layouts_read_back_exactly_with_sfdisk_and_verify_with_sgdisk() {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_uuids() {
-    let env = Env::new();
-    let layout = env.board_layout("amd64-usr");
+    let env = Session::new();
+    let layout = board_layout(&env, "amd64-usr");
     let img = |name: &str, seed: &str| {
         let p = env.path(name);
         env.run(
@@ -237,7 +205,7 @@ fn same_seed_same_bytes_other_seed_other_uuids() {
     let c = img("c.img", "build-2");
     let head = |p: &Path| read_at(p, 0, 34 * 512);
     assert!(head(&a) == head(&b), "same seed, different tables");
-    let (ta, tc) = (env.sfdisk(&a), env.sfdisk(&c));
+    let (ta, tc) = (sfdisk(&env, &a), sfdisk(&env, &c));
     assert_ne!(ta["id"], tc["id"], "disk GUID should follow the seed");
     assert_ne!(ta["partitions"][0]["uuid"], tc["partitions"][0]["uuid"]);
     // Fixed UUIDs stay fixed.
@@ -246,8 +214,8 @@ fn same_seed_same_bytes_other_seed_other_uuids() {
 
 #[test]
 fn write_partition_and_extract_round_trip_keeping_holes() {
-    let env = Env::new();
-    let layout = env.board_layout("amd64-usr");
+    let env = Session::new();
+    let layout = board_layout(&env, "amd64-usr");
     let image = env.path("disk.img");
     env.run(
         "sdk-tools",
@@ -276,7 +244,7 @@ fn write_partition_and_extract_round_trip_keeping_holes() {
         &["disk", "write-partition", s(&image), "3", s(&fsimg)],
     );
     // sfdisk still sees an intact table, and the data sits at USR-A's start.
-    let t = env.sfdisk(&image);
+    let t = sfdisk(&env, &image);
     let start = t["partitions"][2]["start"].as_u64().unwrap() * 512;
     let src = std::fs::read(&fsimg).unwrap();
     assert!(read_at(&image, start, 6 * MIB as usize) == src);
@@ -302,8 +270,8 @@ fn write_partition_and_extract_round_trip_keeping_holes() {
 
 #[test]
 fn bad_layouts_and_requests_exit_2_and_leave_the_image_alone() {
-    let env = Env::new();
-    let base = std::fs::read_to_string(env.board_layout("amd64-usr")).unwrap();
+    let env = Session::new();
+    let base = std::fs::read_to_string(board_layout(&env, "amd64-usr")).unwrap();
     let line_of =
         |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let image = env.write("precious.img", b"do not touch");
@@ -355,27 +323,30 @@ fn bad_layouts_and_requests_exit_2_and_leave_the_image_alone() {
         },
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
-        let bad = env.write(&format!("bad{i}.toml"), text.as_bytes());
-        let e = env.bad(&["disk", "layout", "--layout", s(&bad), s(&image)]);
+        let file = env.write(&format!("bad{i}.toml"), text.as_bytes());
+        let e = bad(&env, &["disk", "layout", "--layout", s(&file), s(&image)]);
         assert!(
-            e.contains(&format!("{}{needle}", bad.display())),
+            e.contains(&format!("{}{needle}", file.display())),
             "wanted {needle:?}: {e}"
         );
         assert_eq!(std::fs::read(&image).unwrap(), b"do not touch");
         let fresh = env.path("fresh.img");
-        env.bad(&["disk", "layout", "--layout", s(&bad), s(&fresh)]);
+        bad(&env, &["disk", "layout", "--layout", s(&file), s(&fresh)]);
         assert!(!fresh.exists());
     }
-    let layout = env.board_layout("amd64-usr");
-    let e = env.bad(&[
-        "disk",
-        "layout",
-        "--layout",
-        s(&layout),
-        "--type",
-        "metal",
-        s(&image),
-    ]);
+    let layout = board_layout(&env, "amd64-usr");
+    let e = bad(
+        &env,
+        &[
+            "disk",
+            "layout",
+            "--layout",
+            s(&layout),
+            "--type",
+            "metal",
+            s(&image),
+        ],
+    );
     assert!(e.contains("no variant \"metal\""), "{e}");
 
     // write-partition: a file bigger than the partition, a missing
@@ -396,11 +367,11 @@ fn bad_layouts_and_requests_exit_2_and_leave_the_image_alone() {
     let md = std::fs::metadata(&disk).unwrap();
     let before = (md.mtime(), md.mtime_nsec());
     let big = env.write("big.img", &vec![1u8; 3 * MIB as usize]);
-    let e = env.bad(&["disk", "write-partition", s(&disk), "2", s(&big)]);
+    let e = bad(&env, &["disk", "write-partition", s(&disk), "2", s(&big)]);
     assert!(e.contains("partition 2 (BIOS-BOOT) holds 2097152"), "{e}");
-    let e = env.bad(&["disk", "write-partition", s(&disk), "5", s(&big)]);
+    let e = bad(&env, &["disk", "write-partition", s(&disk), "5", s(&big)]);
     assert!(e.contains("has no partition 5"), "{e}");
-    let e = env.bad(&["disk", "show", s(&big)]);
+    let e = bad(&env, &["disk", "show", s(&big)]);
     assert!(e.contains("no GPT found"), "{e}");
     let md = std::fs::metadata(&disk).unwrap();
     assert_eq!((md.mtime(), md.mtime_nsec()), before);

@@ -6,39 +6,21 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use sdk_e2e::{Scratch, TestUser, chown_r, pattern, run_bad_input, run_expect, run_ok};
+use sdk_e2e::{Session, chown_r, pattern, run_bad_input, run_expect, run_ok};
 
 const EPOCH: u64 = 1_700_000_000;
 const UUID: &str = "0e5ab1a5-0000-4000-8000-000000000001";
 
-struct Env {
-    user: TestUser,
-    scratch: Scratch,
+/// What the file-system tests add to a session.
+trait FsSession {
+    fn bytes(&self, program: &str, args: &[&str]) -> Vec<u8>;
+    fn tree(&self, name: &str, posix: bool) -> PathBuf;
+    fn build(&self, fs: &str, extra: &[&str], src: &Path, out: &Path);
+    fn build_twice(&self, fs: &str, extra: &[&str], src: &Path) -> PathBuf;
 }
 
-impl Env {
-    fn new() -> Env {
-        let user = TestUser::get();
-        let scratch = Scratch::new(&user);
-        Env { user, scratch }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.scratch.path().join(name)
-    }
-
-    fn cmd(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = self.user.command(&self.scratch, program);
-        c.args(args);
-        c
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        run_ok(&mut self.cmd(program, args))
-    }
-
+impl FsSession for Session {
     fn bytes(&self, program: &str, args: &[&str]) -> Vec<u8> {
         run_expect(&mut self.cmd(program, args), 0).stdout
     }
@@ -130,7 +112,7 @@ fn same_tree(src: &Path, got: &Path, with_symlink: bool) {
 
 #[test]
 fn ext4_is_clean_deterministic_root_owned_and_read_only() {
-    let env = Env::new();
+    let env = Session::new();
     let src = env.tree("tree", true);
     let img = env.build_twice(
         "ext4",
@@ -196,7 +178,7 @@ fn ext4_is_clean_deterministic_root_owned_and_read_only() {
 
 #[test]
 fn erofs_is_clean_deterministic_and_reads_back() {
-    let env = Env::new();
+    let env = Session::new();
     let src = env.tree("tree", true);
     let img = env.build_twice("erofs", &["--uuid", UUID, "--all-root"], &src);
     env.run("fsck.erofs", &[s(&img)]);
@@ -212,7 +194,7 @@ fn erofs_is_clean_deterministic_and_reads_back() {
 
 #[test]
 fn squashfs_is_clean_deterministic_and_reads_back() {
-    let env = Env::new();
+    let env = Session::new();
     let src = env.tree("tree", true);
     let img = env.build_twice("squashfs", &["--all-root"], &src);
     let list = env.run("unsquashfs", &["-lln", s(&img)]);
@@ -237,7 +219,7 @@ fn squashfs_is_clean_deterministic_and_reads_back() {
 
 #[test]
 fn vfat_is_clean_deterministic_and_reads_back_with_mtools() {
-    let env = Env::new();
+    let env = Session::new();
     let src = env.tree("tree", false);
     let img = env.build_twice(
         "vfat",
@@ -267,7 +249,7 @@ fn vfat_is_clean_deterministic_and_reads_back_with_mtools() {
 
 #[test]
 fn bad_requests_exit_2_and_write_nothing() {
-    let env = Env::new();
+    let env = Session::new();
     let src = env.tree("tree", true);
     let out = env.path("out.img");
     for (args, needle) in [

@@ -5,48 +5,22 @@
 
 use std::path::{Path, PathBuf};
 
-use sdk_e2e::{Scratch, TestUser, chown_r, flip_bit, pattern, run_bad_input, run_expect, run_ok};
+use sdk_e2e::{Session, flip_bit, pattern, run_bad_input, run_expect};
 
 const UUID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 const SALT: &str = "5a17ab1e0123456789abcdef0123456789abcdef0123456789abcdef00c0ffee";
 
-struct Env {
-    user: TestUser,
-    scratch: Scratch,
+/// A data file of `len` pseudo-random bytes owned by the test user.
+fn data(env: &Session, name: &str, len: usize, seed: u64) -> PathBuf {
+    env.write(name, &pattern(len, seed))
 }
 
-impl Env {
-    fn new() -> Env {
-        let user = TestUser::get();
-        let scratch = Scratch::new(&user);
-        Env { user, scratch }
-    }
+fn sdk_tools(env: &Session, args: &[&str]) -> String {
+    env.run("sdk-tools", args)
+}
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.scratch.path().join(name)
-    }
-
-    /// A data file of `len` pseudo-random bytes owned by the test user.
-    fn data(&self, name: &str, len: usize, seed: u64) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, pattern(len, seed)).unwrap();
-        chown_r(&self.user, &p);
-        p
-    }
-
-    fn cmd(&self, program: &str, args: &[&str]) -> std::process::Command {
-        let mut c = self.user.command(&self.scratch, program);
-        c.args(args);
-        c
-    }
-
-    fn ours(&self, args: &[&str]) -> String {
-        run_ok(&mut self.cmd("sdk-tools", args))
-    }
-
-    fn veritysetup(&self, args: &[&str]) -> String {
-        run_ok(&mut self.cmd("veritysetup", args))
-    }
+fn veritysetup(env: &Session, args: &[&str]) -> String {
+    env.run("veritysetup", args)
 }
 
 /// The value of a `Name:   value` line of veritysetup-style output.
@@ -64,10 +38,15 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn same_root_hash_and_bytes_as_veritysetup_for_many_sizes_block_sizes_and_salts() {
-    let env = Env::new();
+    let env = Session::new();
     for blocks in [1usize, 127, 128, 129, 16385] {
         for (dbs, hbs) in [(4096usize, 4096usize), (512, 512)] {
-            let data = env.data("data.img", blocks * dbs, blocks as u64 * 31 + dbs as u64);
+            let data = data(
+                &env,
+                "data.img",
+                blocks * dbs,
+                blocks as u64 * 31 + dbs as u64,
+            );
             for salt in [SALT, "-"] {
                 let (d, h) = (dbs.to_string(), hbs.to_string());
                 let common = [
@@ -86,11 +65,11 @@ fn same_root_hash_and_bytes_as_veritysetup_for_many_sizes_block_sizes_and_salts(
                 let mut a = vec!["verity", "format"];
                 a.extend_from_slice(&common);
                 a.extend_from_slice(&[s(&data), s(&ours_h)]);
-                let ours = env.ours(&a);
+                let ours = sdk_tools(&env, &a);
                 let mut b = vec!["format"];
                 b.extend_from_slice(&common);
                 b.extend_from_slice(&[s(&data), s(&theirs_h)]);
-                let theirs = env.veritysetup(&b);
+                let theirs = veritysetup(&env, &b);
                 let what = format!("{blocks} blocks, {dbs}/{hbs}, salt {salt}");
                 let root = field(&ours, "Root hash:");
                 assert_eq!(root, field(&theirs, "Root hash:"), "{what}");
@@ -104,8 +83,8 @@ fn same_root_hash_and_bytes_as_veritysetup_for_many_sizes_block_sizes_and_salts(
                     std::fs::read(&ours_h).unwrap() == std::fs::read(&theirs_h).unwrap(),
                     "hash files differ: {what}"
                 );
-                env.veritysetup(&["verify", s(&data), s(&ours_h), &root]);
-                env.ours(&["verity", "verify", s(&data), s(&ours_h), &root]);
+                veritysetup(&env, &["verify", s(&data), s(&ours_h), &root]);
+                sdk_tools(&env, &["verity", "verify", s(&data), s(&ours_h), &root]);
             }
         }
     }
@@ -113,151 +92,178 @@ fn same_root_hash_and_bytes_as_veritysetup_for_many_sizes_block_sizes_and_salts(
 
 #[test]
 fn hundred_mib_and_sha512_agree_with_veritysetup() {
-    let env = Env::new();
-    let data = env.data("big.img", 100 << 20, 7);
+    let env = Session::new();
+    let data = data(&env, "big.img", 100 << 20, 7);
     for alg in ["sha256", "sha512"] {
         let ours_h = env.path("ours.hash");
-        let ours = env.ours(&[
-            "verity",
-            "format",
-            "--hash",
-            alg,
-            "--salt",
-            SALT,
-            "--uuid",
-            UUID,
-            s(&data),
-            s(&ours_h),
-        ]);
+        let ours = sdk_tools(
+            &env,
+            &[
+                "verity",
+                "format",
+                "--hash",
+                alg,
+                "--salt",
+                SALT,
+                "--uuid",
+                UUID,
+                s(&data),
+                s(&ours_h),
+            ],
+        );
         let theirs_h = env.path("theirs.hash");
         let _ = std::fs::remove_file(&theirs_h);
-        let theirs = env.veritysetup(&[
-            "format",
-            "--hash",
-            alg,
-            "--salt",
-            SALT,
-            "--uuid",
-            UUID,
-            s(&data),
-            s(&theirs_h),
-        ]);
+        let theirs = veritysetup(
+            &env,
+            &[
+                "format",
+                "--hash",
+                alg,
+                "--salt",
+                SALT,
+                "--uuid",
+                UUID,
+                s(&data),
+                s(&theirs_h),
+            ],
+        );
         let root = field(&ours, "Root hash:");
         assert_eq!(root, field(&theirs, "Root hash:"), "{alg}");
         assert_eq!(field(&ours, "Hash algorithm:"), alg);
-        env.veritysetup(&["verify", s(&data), s(&ours_h), &root]);
+        veritysetup(&env, &["verify", s(&data), s(&ours_h), &root]);
     }
 }
 
 #[test]
 fn appended_form_verifies_with_hash_offset() {
-    let env = Env::new();
+    let env = Session::new();
     // A 129-block "filesystem" in a partition image with 1 MiB of room
     // before the tree, as USR-A carries it.
     let fs_len = 129 * 4096;
     let offset = (1 << 20).to_string();
-    let part = env.data("part.img", fs_len, 99);
-    let out = env.ours(&[
-        "verity",
-        "format",
-        "--salt",
-        SALT,
-        "--uuid",
-        UUID,
-        "--data-blocks",
-        "129",
-        "--hash-offset",
-        &offset,
-        s(&part),
-        s(&part),
-    ]);
+    let part = data(&env, "part.img", fs_len, 99);
+    let out = sdk_tools(
+        &env,
+        &[
+            "verity",
+            "format",
+            "--salt",
+            SALT,
+            "--uuid",
+            UUID,
+            "--data-blocks",
+            "129",
+            "--hash-offset",
+            &offset,
+            s(&part),
+            s(&part),
+        ],
+    );
     let root = field(&out, "Root hash:");
     // The partition grew by the superblock block plus the tree.
     let len = std::fs::metadata(&part).unwrap().len();
     assert_eq!(len, (1 << 20) + 4096 + 3 * 4096);
-    env.veritysetup(&[
-        "verify",
-        "--hash-offset",
-        &offset,
-        s(&part),
-        s(&part),
-        &root,
-    ]);
-    env.ours(&[
-        "verity",
-        "verify",
-        "--hash-offset",
-        &offset,
-        s(&part),
-        s(&part),
-        &root,
-    ]);
+    veritysetup(
+        &env,
+        &[
+            "verify",
+            "--hash-offset",
+            &offset,
+            s(&part),
+            s(&part),
+            &root,
+        ],
+    );
+    sdk_tools(
+        &env,
+        &[
+            "verity",
+            "verify",
+            "--hash-offset",
+            &offset,
+            s(&part),
+            s(&part),
+            &root,
+        ],
+    );
     // veritysetup computing the same layout gives the same root.
-    let copy = env.data("copy.img", fs_len, 99);
-    let theirs = env.veritysetup(&[
-        "format",
-        "--salt",
-        SALT,
-        "--uuid",
-        UUID,
-        "--data-blocks",
-        "129",
-        "--hash-offset",
-        &offset,
-        s(&copy),
-        s(&copy),
-    ]);
+    let copy = data(&env, "copy.img", fs_len, 99);
+    let theirs = veritysetup(
+        &env,
+        &[
+            "format",
+            "--salt",
+            SALT,
+            "--uuid",
+            UUID,
+            "--data-blocks",
+            "129",
+            "--hash-offset",
+            &offset,
+            s(&copy),
+            s(&copy),
+        ],
+    );
     assert_eq!(root, field(&theirs, "Root hash:"));
     assert!(std::fs::read(&part).unwrap() == std::fs::read(&copy).unwrap());
 
     // Without a superblock: the parameters travel on the command line.
-    let bare = env.data("bare.img", fs_len, 5);
+    let bare = data(&env, "bare.img", fs_len, 5);
     let off = (fs_len as u64).to_string();
-    let out = env.ours(&[
-        "verity",
-        "format",
-        "--no-superblock",
-        "--salt",
-        SALT,
-        "--hash-offset",
-        &off,
-        s(&bare),
-        s(&bare),
-    ]);
+    let out = sdk_tools(
+        &env,
+        &[
+            "verity",
+            "format",
+            "--no-superblock",
+            "--salt",
+            SALT,
+            "--hash-offset",
+            &off,
+            s(&bare),
+            s(&bare),
+        ],
+    );
     let root = field(&out, "Root hash:");
-    env.veritysetup(&[
-        "verify",
-        "--no-superblock",
-        "--salt",
-        SALT,
-        "--data-blocks",
-        "129",
-        "--hash-offset",
-        &off,
-        s(&bare),
-        s(&bare),
-        &root,
-    ]);
-    env.ours(&[
-        "verity",
-        "verify",
-        "--no-superblock",
-        "--salt",
-        SALT,
-        "--hash-offset",
-        &off,
-        s(&bare),
-        s(&bare),
-        &root,
-    ]);
+    veritysetup(
+        &env,
+        &[
+            "verify",
+            "--no-superblock",
+            "--salt",
+            SALT,
+            "--data-blocks",
+            "129",
+            "--hash-offset",
+            &off,
+            s(&bare),
+            s(&bare),
+            &root,
+        ],
+    );
+    sdk_tools(
+        &env,
+        &[
+            "verity",
+            "verify",
+            "--no-superblock",
+            "--salt",
+            SALT,
+            "--hash-offset",
+            &off,
+            s(&bare),
+            s(&bare),
+            &root,
+        ],
+    );
 }
 
 #[test]
 fn a_flipped_bit_in_data_or_tree_is_caught_by_us_and_by_veritysetup() {
-    let env = Env::new();
-    let data = env.data("data.img", 300 * 4096, 3);
+    let env = Session::new();
+    let data = data(&env, "data.img", 300 * 4096, 3);
     let hash = env.path("data.hash");
-    let out = env.ours(&["verity", "format", s(&data), s(&hash)]);
+    let out = sdk_tools(&env, &["verity", "format", s(&data), s(&hash)]);
     let root = field(&out, "Root hash:");
     // Tree layout for 300 blocks: superblock block, level 1 (1 block),
     // level 0 (3 blocks).
@@ -289,20 +295,20 @@ fn a_flipped_bit_in_data_or_tree_is_caught_by_us_and_by_veritysetup() {
         assert!(!theirs.status.success(), "veritysetup missed byte {byte}");
         flip_bit(file, byte, 3);
     }
-    env.veritysetup(&["verify", s(&data), s(&hash), &root]);
-    env.ours(&["verity", "verify", s(&data), s(&hash), &root]);
+    veritysetup(&env, &["verify", s(&data), s(&hash), &root]);
+    sdk_tools(&env, &["verity", "verify", s(&data), s(&hash), &root]);
 }
 
 #[test]
 fn bad_input_exits_2_with_one_line_and_writes_nothing() {
-    let env = Env::new();
-    let odd = env.data("odd.img", 4096 * 3 + 100, 1);
+    let env = Session::new();
+    let odd = data(&env, "odd.img", 4096 * 3 + 100, 1);
     let hash = env.path("out.hash");
     let e = run_bad_input(&mut env.cmd("sdk-tools", &["verity", "format", s(&odd), s(&hash)]));
     assert!(e.contains("not a multiple of the data block size"), "{e}");
     assert!(!hash.exists());
 
-    let data = env.data("data.img", 4096 * 8, 2);
+    let data = data(&env, "data.img", 4096 * 8, 2);
     let e = run_bad_input(&mut env.cmd(
         "sdk-tools",
         &[
@@ -338,7 +344,7 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
     assert!(e.contains("cannot open data file"), "{e}");
 
     // Options that disagree with the superblock.
-    let out = env.ours(&["verity", "format", s(&data), s(&hash)]);
+    let out = sdk_tools(&env, &["verity", "format", s(&data), s(&hash)]);
     let root = field(&out, "Root hash:");
     let e = run_bad_input(&mut env.cmd(
         "sdk-tools",
