@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
+use sdk_e2e::{Scratch, TestUser, chown_r, default_sdk_store, run_expect, run_ok};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -693,4 +693,73 @@ fn killed_run_resumes_consistently() {
     assert_eq!(with_outcome(&v, "up-to-date"), vec!["fast/f"]);
     assert_eq!(with_outcome(&v, "built"), vec!["slow/s"]);
     assert!(cross.join("usr/share/s").is_file());
+}
+
+/// The example repo builds for both boards inside a sandbox of the default
+/// SDK, with the tools sdk-run binds in (`build_packages` on PATH).
+#[test]
+fn demo_os_builds_inside_the_default_sdk_sandbox() {
+    let env = Env::new(Some(&repo_root().join("examples/demo-os")));
+    let store = default_sdk_store();
+    let digest = run_ok(
+        env.user
+            .command(&env.scratch, "sdk-run")
+            .arg("build")
+            .env("XDG_DATA_HOME", &store),
+    );
+    let rootfs = store
+        .join("sdk-run/images")
+        .join(digest.trim())
+        .join("rootfs");
+    let name = format!("e2e-packages-{}", std::process::id());
+    let cache = deb_cache(&env.user);
+    // The cross-roots go to the repo's __build__ (bound into the sandbox),
+    // so the host can inspect them afterwards.
+    let script = "set -e
+export SDK_BUILD_ROOT=/mnt/host/source/__build__/cross SDK_CACHE_DIR=/mnt/debcache
+build_packages --board amd64-usr -j2
+build_packages --board arm64-usr -j2
+build_packages --board amd64-usr
+build_packages --board arm64-usr";
+    let mut cmd = env.user.command(&env.scratch, "sdk-run");
+    cmd.current_dir(&env.repo)
+        .env("XDG_DATA_HOME", &store)
+        .args(["-n", &name, "--rootfs"])
+        .arg(&rootfs)
+        .arg("--overlay")
+        .arg("-v")
+        .arg(format!("{}:/mnt/debcache", cache.display()))
+        .args(["--", "sh", "-c", script]);
+    let out = cmd.output().unwrap();
+    let _ = env
+        .user
+        .command(&env.scratch, "sdk-run")
+        .env("XDG_DATA_HOME", &store)
+        .args(["rm", "-f", &name])
+        .output();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    for board in ["amd64-usr", "arm64-usr"] {
+        assert!(stdout.contains(&format!("{board}: 6 built")), "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "nothing to build: all 6 packages for {board} are up to date"
+            )),
+            "{stdout}"
+        );
+    }
+    let arm = env.repo.join("__build__/cross/arm64-usr");
+    let file = run_ok(
+        Command::new("file")
+            .arg("-L")
+            .arg(arm.join("usr/bin/greet")),
+    );
+    assert!(file.contains("ARM aarch64"), "{file}");
+    let ran = run_ok(
+        Command::new("qemu-aarch64-static")
+            .args(["-L", "/usr/aarch64-linux-gnu"])
+            .env("LD_LIBRARY_PATH", arm.join("usr/lib"))
+            .arg(arm.join("usr/bin/greet")),
+    );
+    assert_eq!(ran.trim(), "hello from libgreet 1.0.0 built for aarch64");
 }
