@@ -91,45 +91,41 @@ fn same_root_hash_and_bytes_as_veritysetup_for_many_sizes_block_sizes_and_salts(
 }
 
 #[test]
-fn hundred_mib_and_sha512_agree_with_veritysetup() {
+fn hundred_mib_sha512_and_small_blocks_agree_with_veritysetup() {
     let env = Session::new();
     let data = data(&env, "big.img", 100 << 20, 7);
-    for alg in ["sha256", "sha512"] {
+    // Several hashing chunks; 512-byte blocks give a five-level tree.
+    for (alg, bs) in [("sha256", "4096"), ("sha512", "4096"), ("sha256", "512")] {
+        let common = [
+            "--hash",
+            alg,
+            "--data-block-size",
+            bs,
+            "--hash-block-size",
+            bs,
+            "--salt",
+            SALT,
+            "--uuid",
+            UUID,
+        ];
         let ours_h = env.path("ours.hash");
-        let ours = sdk_tools(
-            &env,
-            &[
-                "verity",
-                "format",
-                "--hash",
-                alg,
-                "--salt",
-                SALT,
-                "--uuid",
-                UUID,
-                s(&data),
-                s(&ours_h),
-            ],
-        );
+        let mut a = vec!["verity", "format"];
+        a.extend_from_slice(&common);
+        a.extend_from_slice(&[s(&data), s(&ours_h)]);
+        let ours = sdk_tools(&env, &a);
         let theirs_h = env.path("theirs.hash");
         let _ = std::fs::remove_file(&theirs_h);
-        let theirs = veritysetup(
-            &env,
-            &[
-                "format",
-                "--hash",
-                alg,
-                "--salt",
-                SALT,
-                "--uuid",
-                UUID,
-                s(&data),
-                s(&theirs_h),
-            ],
-        );
+        let mut b = vec!["format"];
+        b.extend_from_slice(&common);
+        b.extend_from_slice(&[s(&data), s(&theirs_h)]);
+        let theirs = veritysetup(&env, &b);
         let root = field(&ours, "Root hash:");
-        assert_eq!(root, field(&theirs, "Root hash:"), "{alg}");
+        assert_eq!(root, field(&theirs, "Root hash:"), "{alg} {bs}");
         assert_eq!(field(&ours, "Hash algorithm:"), alg);
+        assert!(
+            std::fs::read(&ours_h).unwrap() == std::fs::read(&theirs_h).unwrap(),
+            "hash files differ: {alg} {bs}"
+        );
         veritysetup(&env, &["verify", s(&data), s(&ours_h), &root]);
     }
 }
