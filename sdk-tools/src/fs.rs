@@ -385,8 +385,11 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
         mkfs.arg("-L").arg(l);
     }
     mkfs.arg(image).run_capture()?;
-    // mke2fs -d copies each file's atime/mtime/ctime and owner; set them
-    // all (ctime cannot be set on the source) in one debugfs batch.
+    // e2fsprogs 1.47.0 (Debian 12) ignores SOURCE_DATE_EPOCH (1.47.1 reads
+    // it): E2FSPROGS_FAKE_TIME fixes the superblock times and the inodes'
+    // crtime, but mke2fs -d copies each file's atime/mtime/ctime and owner
+    // from the source. Set them all (ctime cannot be set on the source) in
+    // one debugfs batch.
     let script_path = image.with_extension("debugfs");
     std::fs::write(&script_path, script).map_err(io("write", &script_path))?;
     let out = Command::new("debugfs")
