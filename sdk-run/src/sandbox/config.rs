@@ -135,6 +135,10 @@ pub struct Config {
     /// What `--rootfs` said at creation (a tarball's path, or the
     /// directory), to tell a later `--rootfs` that differs.
     pub rootfs_origin: Option<PathBuf>,
+    /// Environment for every command entered (e.g. an image's `[env]`);
+    /// the sandbox's own variables (HOME, PATH, ...) win over these.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// Namespace ids (`/proc/PID/ns/*` inode numbers) of a running sandbox.
@@ -263,6 +267,7 @@ mod tests {
             devices: vec!["/dev/kvm".into()],
             net: Net::None,
             rootfs_origin: None,
+            env: vec![("LANG".into(), "C.UTF-8".into())],
             idmap: IdMap::single(&crate::idmap::Caller {
                 name: None,
                 uid: 5,

@@ -26,6 +26,8 @@ pub struct Request {
     pub volumes: Vec<Volume>,
     pub devices: Vec<PathBuf>,
     pub net: Net,
+    /// Environment for every command entered (an image's `[env]`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The rootfs a sandbox gets when no `--rootfs` is given. The image store
@@ -254,6 +256,7 @@ pub fn create(
         net: req.net,
         idmap: map,
         rootfs_origin: req.rootfs_origin.clone(),
+        env: req.env.clone(),
     };
     write_json(&sb.config(), &cfg)?;
     Ok(cfg)

@@ -110,22 +110,33 @@ pub fn environment(
     extra: &[(String, String)],
     host: impl Fn(&str) -> Option<OsString>,
 ) -> Vec<CString> {
-    let mut env: Vec<(String, OsString)> = vec![
+    // Later entries win: the image's and agents' variables first, then
+    // the sandbox's own and the caller's terminal settings.
+    let mut env: Vec<(String, OsString)> = extra
+        .iter()
+        .map(|(k, v)| (k.clone(), OsString::from(v)))
+        .collect();
+    env.extend([
         ("HOME".into(), account.home.clone().into()),
         ("USER".into(), account.name.clone().into()),
         ("LOGNAME".into(), account.name.clone().into()),
         ("SHELL".into(), account.shell.clone().into()),
         ("PATH".into(), PATH.into()),
         ("SDK_RUN_SANDBOX".into(), sandbox.into()),
-    ];
+    ]);
     for k in ["TERM", "COLORTERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ"] {
         if let Some(v) = host(k) {
             env.push((k.into(), v));
         }
     }
-    for (k, v) in extra {
-        env.push((k.clone(), v.into()));
-    }
+    // One entry per name, the last one.
+    let mut seen = std::collections::HashSet::new();
+    let mut env: Vec<_> = env
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    env.reverse();
     env.into_iter()
         .filter_map(|(k, v)| {
             let mut b = k.into_bytes();
@@ -530,7 +541,11 @@ mod tests {
         let env = environment(
             &a,
             "box",
-            &[("SSH_AUTH_SOCK".into(), "/run/host/ssh-agent.sock".into())],
+            &[
+                ("SSH_AUTH_SOCK".into(), "/run/host/ssh-agent.sock".into()),
+                ("HOME".into(), "/wrong".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
             |k| (k == "TERM").then(|| "xterm".into()),
         );
         let env: Vec<String> = env
@@ -545,7 +560,8 @@ mod tests {
             env.iter()
                 .any(|e| e.starts_with("PATH=/run/sdk-tools/bin:"))
         );
-        assert!(!env.iter().any(|e| e.starts_with("LANG=")));
+        assert!(env.contains(&"LANG=C.UTF-8".to_string()));
+        assert_eq!(env.iter().filter(|e| e.starts_with("HOME=")).count(), 1);
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
                             volumes: volumes.clone(),
                             devices: devs,
                             net: opts.net.unwrap_or(Net::Host),
+                            env: Vec::new(),
                         };
                         let spec = spec.clone().context("no rootfs")?;
                         create::create(&sb, &req, spec, map)?
@@ -308,6 +309,7 @@ mod tests {
                 gid: 1,
             }),
             rootfs_origin: Some("/r.tar".into()),
+            env: vec![],
         }
     }
 

@@ -49,7 +49,7 @@ fn tools_cache(sb: &SandboxPaths) -> PathBuf {
 /// Host pieces the root is assembled from; resolved at each start (the
 /// sdk-tools binary and agent sockets may have moved since creation).
 fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(String, String)>)> {
-    let mut env = Vec::new();
+    let mut env = cfg.env.clone();
     let mut sockets = Vec::new();
     let is_socket = |p: &Path| {
         std::fs::metadata(p)
