@@ -363,3 +363,22 @@ impl Session {
         run_ok(&mut self.cmd(program, args))
     }
 }
+
+/// A minimal rootfs at `dir`: Debian's static busybox (package
+/// busybox-static) as `bin/busybox` with a link per applet. Owned by
+/// whoever runs the tests; `chown_r` it for the test user.
+pub fn busybox_rootfs(dir: &Path) {
+    let bb = Path::new("/bin/busybox");
+    assert!(
+        bb.exists(),
+        "/bin/busybox is missing: install busybox-static (`make test` does)"
+    );
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(bb, dir.join("bin/busybox")).unwrap();
+    let list = Command::new(bb).arg("--list").output().unwrap();
+    for name in String::from_utf8(list.stdout).unwrap().lines() {
+        if name != "busybox" {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(name)).unwrap();
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
+use sdk_e2e::{Scratch, TestUser, busybox_rootfs, chown_r, run_expect, run_ok};
 
 /// A test user's scratch with a busybox rootfs, a repo dir to stand in,
 /// and cleanup of every sandbox it made.
@@ -21,20 +21,7 @@ impl Env {
     fn new() -> Env {
         let user = TestUser::get();
         let scratch = Scratch::new(&user);
-        let root = scratch.path().join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        let bb = Path::new("/bin/busybox");
-        assert!(
-            bb.exists(),
-            "/bin/busybox missing: install busybox-static (make test does)"
-        );
-        std::fs::copy(bb, root.join("bin/busybox")).unwrap();
-        let list = Command::new(bb).arg("--list").output().unwrap();
-        for name in String::from_utf8(list.stdout).unwrap().lines() {
-            if name != "busybox" {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(name)).unwrap();
-            }
-        }
+        busybox_rootfs(&scratch.path().join("rootfs"));
         std::fs::create_dir_all(scratch.path().join("repo/sub")).unwrap();
         chown_r(&user, scratch.path());
         Env { user, scratch }
