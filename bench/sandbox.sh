@@ -16,7 +16,7 @@ if [ "$(id -u)" = 0 ]; then
   echo "run as an unprivileged user with subordinate ids, e.g.: sudo -u sdktest $0 $bin" >&2
   exit 2
 fi
-runs=${RUNS:-200}
+runs=${RUNS:-60}
 work=${BENCH_DIR:-/var/tmp/sdk-run-bench-sandbox-$(id -u)}
 mkdir -p "$work"
 cd "$work"
@@ -38,30 +38,42 @@ sdk-run -n bench-restart --rootfs ../rootfs -- true
 pid=$(sdk-run list --json | tr -d ' \n' | sed 's/.*"name":"bench","state":"running","pid":\([0-9]*\).*/\1/')
 case $pid in '' | *[!0-9]*) echo "cannot find the sandbox's init pid" >&2; exit 1 ;; esac
 
-hyperfine -N --warmup 20 --runs "$runs" --export-json enter.json \
-  -n "sdk-run -- true" "sdk-run -n bench -- true" \
-  -n "nsenter -U -m -p" "nsenter -U -m -p --preserve-credentials -t $pid true" \
-  -n "bwrap (new namespaces)" \
-  "bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --bind ../rootfs / --proc /proc --dev /dev true"
+# The machine may be shared: run ROUNDS short rounds, alternating the
+# tools, and pool the runs, so load changes hit every tool alike.
+rounds=${ROUNDS:-5}
+for r in $(seq "$rounds"); do
+  hyperfine -N --style none --warmup 10 --runs "$runs" --export-json "enter-$r.json" \
+    -n "sdk-run -- true (running sandbox)" "sdk-run -n bench -- true" \
+    -n "nsenter -U -m -p --preserve-credentials" "nsenter -U -m -p --preserve-credentials -t $pid true" \
+    -n "bwrap (new namespaces each run)" \
+    "bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --bind ../rootfs / --proc /proc --dev /dev true"
 
-hyperfine -N --warmup 3 --runs "${RUNS_CREATE:-50}" --export-json create.json \
-  --prepare "sh -c 'sdk-run rm -f bench-new 2>/dev/null; true'" \
-  -n "create + start + enter (sdk-run --rootfs DIR -- true)" "sdk-run -n bench-new --rootfs ../rootfs -- true" \
-  --prepare "sdk-run stop bench-restart" \
-  -n "start a stopped sandbox + enter" "sdk-run -n bench-restart -- true" \
-  --prepare "true" \
-  -n "bwrap (new namespaces)" \
-  "bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --bind ../rootfs / --proc /proc --dev /dev true"
+  hyperfine -N --style none --warmup 2 --runs "${RUNS_CREATE:-10}" --export-json "create-$r.json" \
+    --prepare "sh -c 'sdk-run rm -f bench-new 2>/dev/null; true'" \
+    -n "create + start + enter (sdk-run --rootfs DIR -- true)" "sdk-run -n bench-new --rootfs ../rootfs -- true" \
+    --prepare "sdk-run stop bench-restart" \
+    -n "start a stopped sandbox + enter" "sdk-run -n bench-restart -- true" \
+    --prepare "true" \
+    -n "bwrap (new namespaces)" \
+    "bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --bind ../rootfs / --proc /proc --dev /dev true"
+done
 sdk-run rm -f bench bench-new bench-restart >/dev/null
 
-python3 - enter.json create.json <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    rs = json.load(open(f))["results"]
-    base = rs[0]["median"]
-    print(f"\n{f}: median (ratio to the first row)")
-    for r in rs:
-        print(f"  {r['median']*1000:8.3f} ms  {r['median']/base:5.2f}x  {r['command']}")
-    if f == "enter.json":
-        print(f"  sdk-run / nsenter = {base / rs[1]['median']:.2f}x")
+python3 - "$rounds" <<'PY'
+import json, statistics, sys
+rounds = int(sys.argv[1])
+for kind in ("enter", "create"):
+    times, cpu = {}, {}
+    for r in range(1, rounds + 1):
+        for res in json.load(open(f"{kind}-{r}.json"))["results"]:
+            times.setdefault(res["command"], []).extend(res["times"])
+            cpu.setdefault(res["command"], []).append(res["user"] + res["system"])
+    names = list(times)
+    base = statistics.median(times[names[0]])
+    print(f"\n{kind}: {len(times[names[0]])} runs each; median wall time, ratio, mean CPU (user+sys)")
+    for n in names:
+        m = statistics.median(times[n])
+        print(f"  {m*1000:8.3f} ms  {m/base:5.2f}x  cpu {statistics.mean(cpu[n])*1000:6.3f} ms  {n}")
+    if kind == "enter":
+        print(f"  sdk-run / nsenter = {base / statistics.median(times[names[1]]):.2f}x")
 PY
