@@ -790,3 +790,64 @@ fn completions_and_man_page() {
     let help = run_ok(&mut env.sdk(&["--help"]));
     assert!(help.contains("Examples:"));
 }
+
+#[test]
+fn a_failed_create_leaves_nothing_behind() {
+    let env = Env::new();
+    let r = env.rootfs();
+    // The mount fails inside the new sandbox (nothing can be made in /proc).
+    let out = env
+        .sdk(&[
+            "-n",
+            "bad",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "-v",
+            "/etc/hostname:/proc/nope",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc/nope"), "{err}");
+    // A damaged tarball.
+    let t = env.scratch.path().join("broken.tar.gz");
+    std::fs::write(&t, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]).unwrap();
+    chown_r(&env.user, &t);
+    let out = env
+        .sdk(&["-n", "bad2", "--rootfs", t.to_str().unwrap(), "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No sandbox directory and no process of the sandbox's ids is left.
+    assert_eq!(std::fs::read_dir(env.sandboxes_dir()).unwrap().count(), 0);
+    assert!(env.list().is_empty());
+    let lo = sub_start(&env.user, "/etc/subuid");
+    let strays: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .map(|c| {
+                    c.contains(env.scratch.path().to_str().unwrap()) && c.starts_with("sdk-run")
+                })
+                .unwrap_or(false)
+                && alive(*p)
+        })
+        .map(|p| format!("{p} (sub ids from {lo})"))
+        .collect();
+    assert_eq!(strays, Vec::<String>::new());
+}
