@@ -91,7 +91,7 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
 }
 
 /// Add `root` and `sdk` (uid/gid 1000) to passwd/group when missing, and
-/// make the sdk user's home, owned by it. `root` is the sandbox root (`/`
+/// make the sdk user's home and `/build`, owned by it. `root` is the sandbox root (`/`
 /// in the init; a temp dir in tests). `chown` is false with a single
 /// mapping, where only the sdk user exists and owns everything anyway.
 pub fn ensure_sdk_user(root: &Path, chown: bool) -> std::io::Result<Account> {
@@ -123,10 +123,14 @@ pub fn ensure_sdk_user(root: &Path, chown: bool) -> std::io::Result<Account> {
         append(&group_path, &format!("sdk:x:{SDK_ID}:"))?;
     }
     let home = root.join(sdk.home.trim_start_matches('/'));
-    if !home.exists() {
-        std::fs::create_dir_all(&home)?;
-        if chown {
-            std::os::unix::fs::chown(&home, Some(sdk.uid), Some(sdk.gid))?;
+    // /build holds the cross-roots of setup_board and build_packages; the
+    // sdk user builds there without root.
+    for dir in [home, root.join("build")] {
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            if chown {
+                std::os::unix::fs::chown(&dir, Some(sdk.uid), Some(sdk.gid))?;
+            }
         }
     }
     Ok(sdk)
@@ -147,6 +151,7 @@ mod tests {
         .unwrap();
         let a = ensure_sdk_user(d.path(), false).unwrap();
         assert_eq!(a.uid, 1000);
+        assert!(d.path().join("build").is_dir());
         ensure_sdk_user(d.path(), false).unwrap();
         let p = std::fs::read_to_string(d.path().join("etc/passwd")).unwrap();
         assert_eq!(
