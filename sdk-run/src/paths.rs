@@ -9,6 +9,7 @@
 //!     config.json               what the sandbox was created with
 //!     state.json                init pid, start time, namespace ids (when started)
 //!     lock                      flock(2) around create/start/stop/remove
+//!     starting.json             an init that is starting (removed once ready)
 //!     rootfs/                   a rootfs extracted from a tarball (RootfsSpec::Bind)
 //!     upper/ work/              the writable overlay layer (RootfsSpec::Overlay)
 //!     mnt/                      where the sandbox's root is assembled (inside its
@@ -99,6 +100,11 @@ impl SandboxPaths {
     }
     pub fn lock(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+    /// The init being started (pid + start time), written before it is
+    /// ready, so a start that was killed halfway leaves no stray init.
+    pub fn starting(&self) -> PathBuf {
+        self.dir.join("starting.json")
     }
     /// Extracted rootfs (from a tarball) for `RootfsSpec::Bind`.
     pub fn rootfs(&self) -> PathBuf {

@@ -851,3 +851,25 @@ fn a_failed_create_leaves_nothing_behind() {
         .collect();
     assert_eq!(strays, Vec::<String>::new());
 }
+
+#[test]
+fn ssh_agent_socket_is_bound() {
+    let env = Env::new();
+    let sock = env.scratch.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    chown_r(&env.user, &sock);
+    let r = env.rootfs();
+    let mut c = env.sdk(&[
+        "-n",
+        "agent",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo $SSH_AUTH_SOCK; test -S $SSH_AUTH_SOCK && echo socket",
+    ]);
+    c.env("SSH_AUTH_SOCK", &sock);
+    assert_eq!(stdout_of(&mut c), "/run/host/ssh-agent.sock\nsocket");
+    drop(listener);
+}

@@ -44,6 +44,7 @@ fn kill_init(st: &State) -> anyhow::Result<()> {
 
 /// Stop (the caller holds the lock). Returns whether it was running.
 pub fn stop_locked(sb: &SandboxPaths) -> anyhow::Result<bool> {
+    crate::sandbox::start::kill_unfinished(sb);
     let st = read_state(sb);
     let running = st.as_ref().is_some_and(is_running);
     if let Some(st) = &st

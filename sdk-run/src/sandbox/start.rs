@@ -229,6 +229,7 @@ fn now() -> u64 {
 /// Start the sandbox described by `cfg` (which must not be running; the
 /// caller holds the sandbox lock) and record it in `state.json`.
 pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
+    kill_unfinished(sb);
     let (plan, env) = plan(sb, cfg)?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -264,8 +265,20 @@ pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
                     }
                 }
             }
+            // Line by line: note the init as soon as it exists, so a start
+            // killed from here on leaves nothing running that nobody knows.
             let mut report = String::new();
-            let _ = std::fs::File::from(rep_r).read_to_string(&mut report);
+            let mut lines = std::io::BufReader::new(std::fs::File::from(rep_r));
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut lines, &mut line).unwrap_or(0) > 0 {
+                if let Some(pid) = line.trim().strip_prefix('P').and_then(|p| p.parse().ok())
+                    && let Some(start_time) = start_time(Path::new("/proc"), pid)
+                {
+                    let _ = write_json(&sb.starting(), &Starting { pid, start_time });
+                }
+                report.push_str(&line);
+                line.clear();
+            }
             let _ = nix::sys::wait::waitpid(child, None);
             if let Some(e) = map_err {
                 return Err(e).context("cannot write the sandbox's id maps");
@@ -324,7 +337,31 @@ pub fn record(sb: &SandboxPaths, state: &State) -> anyhow::Result<()> {
         );
         return Err(e);
     }
+    let _ = std::fs::remove_file(sb.starting());
     Ok(())
+}
+
+/// `starting.json`: an init that has not reported ready yet.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Starting {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// An init left by a start that was killed before it finished (its pid
+/// and start time still match): end it. The caller holds the lock.
+pub fn kill_unfinished(sb: &SandboxPaths) {
+    use std::os::fd::AsFd;
+    let Ok(s) = crate::sandbox::config::read_json::<Starting>(&sb.starting()) else {
+        return;
+    };
+    if let Ok(fd) = sys::pidfd_open(s.pid)
+        && start_time(Path::new("/proc"), s.pid) == Some(s.start_time)
+    {
+        let _ = sys::pidfd_kill(fd.as_fd(), libc::SIGKILL);
+    }
+    let _ = std::fs::remove_file(sb.starting());
 }
 
 /// C: unshare the user namespace, wait for the maps, unshare the rest,
