@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! sdk-run/
+//!   tools.json                  cached multi-call names of sdk-tools
 //!   images/<digest>/            unpacked SDK rootfs bases (the image store)
 //!   sandboxes/<name>/
 //!     config.json               what the sandbox was created with
