@@ -18,6 +18,20 @@ pub(super) fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Bytes in a regular file or a block device (whose metadata says 0).
+pub(super) fn device_size(file: &File, path: &Path) -> Result<u64, VerityError> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    let md = file.metadata().map_err(VerityError::io("stat", path))?;
+    if md.file_type().is_block_device() {
+        let mut f = file;
+        return f
+            .seek(SeekFrom::End(0))
+            .map_err(VerityError::io("find the size of", path));
+    }
+    Ok(md.len())
+}
+
 /// Open DATA and work out how many blocks it holds.
 pub(super) fn open_data(
     data: &Path,
@@ -31,10 +45,7 @@ pub(super) fn open_data(
             data.display()
         ))
     })?;
-    let size = file
-        .metadata()
-        .map_err(VerityError::io("stat", data))?
-        .len();
+    let size = device_size(&file, data)?;
     let bs = u64::from(block_size);
     let blocks = match (data_blocks, appended_at) {
         (Some(n), _) => n,

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::format::{open_data, same_file};
+use super::format::{device_size, open_data, same_file};
 use super::superblock::{self, Superblock};
 use super::tree::{self, Children};
 use super::{Algorithm, Formatted, Geometry, Options, VerityError, bad, check_block_sizes};
@@ -167,10 +167,7 @@ pub fn verify(
             geo.data_size()
         )));
     }
-    let hash_len = hash_file
-        .metadata()
-        .map_err(VerityError::io("stat", hash))?
-        .len();
+    let hash_len = device_size(&hash_file, hash)?;
     if hash_len < geo.end {
         return Err(VerityError::Corrupt(format!(
             "{} is {hash_len} bytes but the hash tree ends at byte {}: truncated hash area",
