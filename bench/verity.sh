@@ -25,11 +25,13 @@ data=$work/data.img
 # Incompressible data, generated fast (openssl's AES-CTR stream).
 head -c $((size_mib << 20)) \
   < <(openssl enc -aes-128-ctr -pass pass:sdk-run -nosalt -pbkdf2 </dev/zero 2>/dev/null) >"$data"
-cat "$data" >/dev/null # into the page cache
+sync "$data" # no writeback of the fresh file during the runs
 
 salt=5a17ab1e0123456789abcdef0123456789abcdef0123456789abcdef00c0ffee
 uuid=1b4e28ba-2fa1-11d2-883f-0016d3cca427
+# Each run starts with the data in the page cache (--prepare reads it).
 hyperfine --style basic --warmup 1 --runs "$runs" --export-csv "$work/times.csv" \
+  --prepare "cat $data >/dev/null" \
   -n sdk-tools "$bin verity format --salt $salt --uuid $uuid $data $work/ours.hash" \
   -n veritysetup "veritysetup format --salt $salt --uuid $uuid $data $work/theirs.hash"
 cmp "$work/ours.hash" "$work/theirs.hash" && echo "hash files: byte-identical"

@@ -1,6 +1,6 @@
 //! The hashing engine shared by `format` and `verify`: digest the child
 //! blocks of one level (data blocks, or the hash blocks of the level below)
-//! in parallel, a bounded chunk at a time, producing the zero-padded hash
+//! in parallel, one bounded chunk per task, producing the zero-padded hash
 //! blocks of the level above.
 
 use std::fs::File;
@@ -12,9 +12,11 @@ use sha2::{Digest, Sha256, Sha512};
 
 use super::{Algorithm, Geometry, VerityError};
 
-/// Child bytes hashed per chunk: bounds memory (a mapping or a buffer of
-/// this size) while giving every core plenty of blocks.
-const CHUNK_BYTES: u64 = 16 << 20;
+/// Child bytes hashed per task: each task maps (or reads) its own chunk,
+/// hashes it and hands its hash blocks to the sink, so the cores never
+/// wait for each other within a level, and memory stays at a few chunks
+/// whatever the data size.
+const CHUNK_BYTES: u64 = 2 << 20;
 
 /// `H(salt || block)` of one block into `out` (digest length).
 pub(super) fn digest(alg: Algorithm, salt: &[u8], block: &[u8], out: &mut [u8]) {
@@ -28,7 +30,7 @@ pub(super) fn digest(alg: Algorithm, salt: &[u8], block: &[u8], out: &mut [u8]) 
     }
 }
 
-fn par_digests<D: Digest + Clone + Send + Sync>(
+fn digests<D: Digest + Clone>(
     salt: &[u8],
     input: &[u8],
     block_size: usize,
@@ -37,29 +39,26 @@ fn par_digests<D: Digest + Clone + Send + Sync>(
 ) {
     // The salt is absorbed once; each block starts from a copy of that state.
     let base = D::new_with_prefix(salt);
-    input
-        .par_chunks(block_size)
-        .zip(out.par_chunks_mut(slot))
-        .with_min_len(64)
-        .for_each(|(block, out)| {
-            let mut h = base.clone();
-            h.update(block);
-            out[..<D as Digest>::output_size()].copy_from_slice(&h.finalize());
-        });
+    for (block, out) in input.chunks(block_size).zip(out.chunks_mut(slot)) {
+        let mut h = base.clone();
+        h.update(block);
+        out[..<D as Digest>::output_size()].copy_from_slice(&h.finalize());
+    }
 }
 
 /// Digest every `block_size` block of `input` into consecutive `slot`-byte
-/// slots of `out`, on all cores.
+/// slots of `out`.
 fn digest_blocks(geo: &Geometry, input: &[u8], block_size: usize, out: &mut [u8]) {
     let slot = geo.slot();
     debug_assert_eq!(input.len() / block_size * slot, out.len());
     match geo.algorithm {
-        Algorithm::Sha256 => par_digests::<Sha256>(&geo.salt, input, block_size, out, slot),
-        Algorithm::Sha512 => par_digests::<Sha512>(&geo.salt, input, block_size, out, slot),
+        Algorithm::Sha256 => digests::<Sha256>(&geo.salt, input, block_size, out, slot),
+        Algorithm::Sha512 => digests::<Sha512>(&geo.salt, input, block_size, out, slot),
     }
 }
 
 /// Where the children of a level come from.
+#[derive(Clone, Copy)]
 pub(super) enum Children<'a> {
     /// The data blocks, mapped from DATA chunk by chunk.
     Data(&'a File, &'a Path),
@@ -77,13 +76,15 @@ pub(super) struct Chunk<'a> {
     pub blocks: &'a [u8],
 }
 
-/// Compute level `level` (0 = hashes of the data) chunk by chunk, handing
-/// each chunk of finished hash blocks to `sink` in order.
+/// Compute level `level` (0 = hashes of the data) chunk by chunk on all
+/// cores, handing each chunk of finished hash blocks to `sink` (from any
+/// thread, in no particular order). When sinks fail, the error of the
+/// lowest chunk is returned, so a report names the first bad block.
 pub(super) fn build_level(
     geo: &Geometry,
     level: usize,
     children: Children<'_>,
-    mut sink: impl FnMut(Chunk<'_>) -> Result<(), VerityError>,
+    sink: impl Fn(Chunk<'_>) -> Result<(), VerityError> + Sync,
 ) -> Result<(), VerityError> {
     let (child_count, child_size, child_offset) = if level == 0 {
         (geo.data_blocks, geo.data_block_size, 0)
@@ -95,17 +96,15 @@ pub(super) fn build_level(
     let parents = geo.levels[level].1;
     let parents_per_chunk = (CHUNK_BYTES / (per * child_size)).max(1);
     let hbs = geo.hash_block_size as usize;
-    let mut blocks = Vec::new();
-    let mut buf = Vec::new();
-    let mut p0 = 0;
-    while p0 < parents {
+    let chunks = parents.div_ceil(parents_per_chunk);
+    let task = |chunk: u64| -> Result<(), VerityError> {
+        let p0 = chunk * parents_per_chunk;
         let p1 = (p0 + parents_per_chunk).min(parents);
         let c0 = p0 * per;
         let c1 = (p1 * per).min(child_count);
         let start = child_offset + c0 * child_size;
         let len = ((c1 - c0) * child_size) as usize;
-        blocks.clear();
-        blocks.resize((p1 - p0) as usize * hbs, 0);
+        let mut blocks = vec![0u8; (p1 - p0) as usize * hbs];
         let used = (c1 - c0) as usize * geo.slot();
         match children {
             Children::Data(file, path) => {
@@ -113,7 +112,7 @@ pub(super) fn build_level(
                 digest_blocks(geo, &map, child_size as usize, &mut blocks[..used]);
             }
             Children::Hash(file, path) => {
-                buf.resize(len, 0);
+                let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, start)
                     .map_err(VerityError::io("read hash blocks from", path))?;
                 digest_blocks(geo, &buf, child_size as usize, &mut blocks[..used]);
@@ -124,10 +123,16 @@ pub(super) fn build_level(
             first_child: c0,
             children: c1 - c0,
             blocks: &blocks,
-        })?;
-        p0 = p1;
+        })
+    };
+    let first_error = (0..chunks)
+        .into_par_iter()
+        .filter_map(|chunk| task(chunk).err().map(|e| (chunk, e)))
+        .min_by_key(|(chunk, _)| *chunk);
+    match first_error {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Map `len` bytes of `file` at `offset` read-only.

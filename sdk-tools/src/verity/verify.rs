@@ -193,7 +193,6 @@ pub fn verify(
     }
 
     let slot = geo.slot() as u64;
-    let mut stored = Vec::new();
     for level in (0..geo.levels.len()).rev() {
         let (base, _) = geo.levels[level];
         let children = if level == 0 {
@@ -202,7 +201,7 @@ pub fn verify(
             Children::Hash(&hash_file, hash)
         };
         tree::build_level(&geo, level, children, |chunk| {
-            stored.resize(chunk.blocks.len(), 0);
+            let mut stored = vec![0u8; chunk.blocks.len()];
             let at = base + chunk.first_parent * geo.hash_block_size;
             hash_file
                 .read_exact_at(&mut stored, at)
