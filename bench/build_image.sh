@@ -34,25 +34,60 @@ if [ ! -d "$root/usr" ]; then
   rm -rf "$root.tmp"
   mmdebstrap --quiet --mode=root --variant=minbase --skip=output/dev \
     --include=linux-image-cloud-amd64,busybox bookworm "$root.tmp" "${sources[@]}"
-  # A /usr-only OS carries no dpkg or apt caches.
-  rm -rf "$root.tmp"/var/cache/apt/* "$root.tmp"/var/lib/apt/lists/*
+  # A /usr-only OS carries no apt caches; root's dotfiles have no place.
+  rm -rf "$root.tmp"/var/cache/apt/* "$root.tmp"/var/lib/apt/lists/* "$root.tmp"/root/.[!.]*
   mv "$root.tmp" "$root"
 fi
 echo "staging root: $(du -sh --apparent-size "$root/usr" | cut -f1) in /usr, $(find "$root" | wc -l) paths"
 
-# A repo with a bench board: the amd64-usr profile and its `vm` layout.
+# A repo with a bench board: the amd64-usr profile, and a layout with the
+# peer's partitions (ESP 128 MiB, USR with verity) plus what an A/B image
+# needs besides (an empty USR-B and a small ROOT).
 repo=$work/repo
 mkdir -p "$repo/profiles/bench"
 printf 'sdk-version = "bench"\nos-version = "1.0.0"\n' >"$repo/sdk-version.toml"
 sed 's/^description = .*/description = "benchmark board"/' profiles/amd64-usr/profile.toml >"$repo/profiles/bench/profile.toml"
-cp profiles/amd64-usr/disk-layout.toml "$repo/profiles/bench/disk-layout.toml"
+cat >"$repo/profiles/bench/disk-layout.toml" <<'EOF'
+[disk]
+sector-size = 512
+alignment = "2MiB"
+arch = "x86-64"
+
+[[partition]]
+number = 1
+label = "EFI-SYSTEM"
+type = "efi"
+size = "128MiB"
+fs = "vfat"
+
+[[partition]]
+number = 3
+label = "USR-A"
+type = "flatcar-usr"
+size = "512MiB"
+features = ["prioritize", "verity"]
+fs = "ext4"
+
+[[partition]]
+number = 4
+label = "USR-B"
+type = "flatcar-usr"
+size = "512MiB"
+
+[[partition]]
+number = 9
+label = "ROOT"
+type = "flatcar-resize"
+size = "64MiB"
+fs = "ext4"
+EOF
 export SOURCE_DATE_EPOCH=1700000000
 
 # One build of ours, to size the peer's partitions the same and to show
 # the stage breakdown.
 out=$work/out
 rm -rf "$out"
-(cd "$repo" && "$tools" build_image --board bench --disk-layout vm --root "$root" --output "$out") 2>"$work/stages.txt" >/dev/null
+(cd "$repo" && "$tools" build_image --board bench --root "$root" --output "$out") 2>"$work/stages.txt" >/dev/null
 cat "$work/stages.txt"
 usr_bytes=$(sed -n 's/^VERITY_HASH_OFFSET=//p' "$out"/latest/*_verity.txt)
 kernel=$(ls "$root"/boot/vmlinuz-* | head -1)
@@ -76,11 +111,15 @@ VerityMatchKey=usr
 SizeMinBytes=$usr_bytes
 SizeMaxBytes=$usr_bytes
 EOF
+# repart 252 does not size the hash partition itself (it fails with EIO
+# when the default is too small).
 cat >"$defs/21-usr-verity.conf" <<EOF
 [Partition]
 Type=usr-verity
 Verity=hash
 VerityMatchKey=usr
+SizeMinBytes=64M
+SizeMaxBytes=64M
 EOF
 cat >"$work/repart.sh" <<EOF
 #!/bin/sh
@@ -96,7 +135,7 @@ chmod +x "$work/repart.sh"
 echo "peer roothash: $(grep -o '"roothash":"[0-9a-f]*"' "$work/repart.json" | head -1)"
 
 hyperfine --runs "$runs" --warmup 1 --export-json "$work/hyperfine.json" \
-  -n build_image "cd '$repo' && '$tools' build_image --board bench --disk-layout vm --root '$root' --output '$out' --replace >/dev/null 2>&1" \
+  -n build_image "cd '$repo' && '$tools' build_image --board bench --root '$root' --output '$out' --replace >/dev/null 2>&1" \
   -n systemd-repart "$work/repart.sh"
 median() { grep -A30 "\"command\": \"$1\"" "$work/hyperfine.json" | grep -m1 '"median"' | grep -o '[0-9.]*'; }
 ours=$(median build_image)

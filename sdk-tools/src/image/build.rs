@@ -402,7 +402,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         ],
         epoch,
     );
-    tree.settle(epoch)?;
+    tree.settle()?;
     stages.mark(
         "install",
         &format!(
@@ -690,12 +690,6 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         serde_json::to_vec_pretty(&manifest).context("render manifest")?,
     )
     .with_context(|| format!("write {}", mpath.display()))?;
-    for f in fs::read_dir(&out)
-        .with_context(|| format!("read {}", out.display()))?
-        .flatten()
-    {
-        let _ = fs::File::open(f.path()).and_then(|f| f.sync_all());
-    }
     stages.mark(
         "outputs",
         &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),

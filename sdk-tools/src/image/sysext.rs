@@ -166,7 +166,7 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         &[&tree.digest(), req.name.as_bytes(), board.name.as_bytes()],
         epoch,
     );
-    tree.settle(epoch)?;
+    tree.settle()?;
     let all = attrs::attrs_of(&tree, "");
     let img = work.path().join("sysext.raw");
     let mut opts = FsOptions {

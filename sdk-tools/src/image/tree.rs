@@ -458,8 +458,9 @@ impl Tree {
         Ok(())
     }
 
-    /// Copy a directory tree into the staging tree (the `--root` input).
-    /// Owners map through `ids`; the source is never modified.
+    /// Copy a directory tree into the staging tree (the `--root` input),
+    /// hard-linking files where it can. Owners map through `ids`; the
+    /// source is never modified.
     pub fn import_dir(&mut self, src: &Path, ids: IdMap, origin: &str) -> Result<()> {
         // Walk first (cheap), then copy and hash the files in parallel.
         let mut files: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
@@ -502,6 +503,10 @@ impl Tree {
                     self.add_symlink(&path, target, uid, gid, origin, false)?;
                 } else if ft.is_file() {
                     files.push((path, disk, md));
+                } else if path.starts_with("dev/") {
+                    // Device nodes a bootstrap left in /dev: the running
+                    // system mounts devtmpfs there.
+                    tracing::debug!(path, "skipping a special file under /dev");
                 } else {
                     return Err(TreeError::Unsupported {
                         origin: origin.to_string(),
@@ -515,8 +520,17 @@ impl Tree {
         let copied: Vec<(String, Entry)> = files
             .into_par_iter()
             .map(|(path, src, md)| {
-                let f = File::open(&src).map_err(io_err("open", &src))?;
-                let (size, sha256) = write_hashed(f, &root.join(&path), md.mode())?;
+                let dest = root.join(&path);
+                // A hard link costs no copy; the staged file is then never
+                // written, chmodded only where its mode lacks u+r (never,
+                // as it was readable), and unlinked at the end. Across
+                // filesystems, or where links are not allowed, copy.
+                let (size, sha256) = if fs::hard_link(&src, &dest).is_ok() {
+                    hash_file(&dest).map_err(io_err("read", &src))?
+                } else {
+                    let f = File::open(&src).map_err(io_err("open", &src))?;
+                    write_hashed(f, &dest, md.mode())?
+                };
                 Ok((
                     path,
                     Entry {
@@ -649,6 +663,12 @@ impl Tree {
                 | tar::EntryType::XHeader
                 | tar::EntryType::GNULongName
                 | tar::EntryType::GNULongLink => continue,
+                // Device nodes under /dev: devtmpfs provides them.
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+                    if path.starts_with("dev/") =>
+                {
+                    continue;
+                }
                 other => {
                     return Err(TreeError::Unsupported {
                         origin: origin.to_string(),
@@ -715,38 +735,25 @@ impl Tree {
         Ok(())
     }
 
-    /// Set every staged entry's on-disk mode (`disk_mode`) and timestamps to
-    /// `epoch`, so builders that copy times from the source see the same
-    /// value every build.
-    pub fn settle(&self, epoch: u64) -> Result<()> {
-        let ts = nix::sys::time::TimeSpec::new(epoch as i64, 0);
-        let root_path = self.root.clone();
-        std::iter::once(root_path.clone())
-            .chain(self.entries.keys().map(|k| self.root.join(k)))
-            .collect::<Vec<_>>()
+    /// Give every staged entry its on-disk mode (`disk_mode`), so builders
+    /// reading the directory see the table's modes as far as the disk can
+    /// hold them. Timestamps are left alone: the builders set every one
+    /// to SOURCE_DATE_EPOCH themselves (`fs`), and files linked from a
+    /// `--root` must not change.
+    pub fn settle(&self) -> Result<()> {
+        self.entries
             .par_iter()
-            .try_for_each(|p| {
-                nix::sys::stat::utimensat(
-                    nix::fcntl::AT_FDCWD,
-                    p,
-                    &ts,
-                    &ts,
-                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                )
-                .map_err(|e| io_err("set times of", p)(io::Error::from(e)))
-            })?;
-        for (k, e) in &self.entries {
-            if matches!(e.kind, Kind::Symlink { .. }) {
-                continue;
-            }
-            let p = self.root.join(k);
-            fs::set_permissions(
-                &p,
-                fs::Permissions::from_mode(disk_mode(e.is_dir(), e.mode)),
-            )
-            .map_err(io_err("chmod", &p))?;
-        }
-        Ok(())
+            .filter(|(_, e)| !matches!(e.kind, Kind::Symlink { .. }))
+            .try_for_each(|(k, e)| {
+                let p = self.root.join(k);
+                let want = disk_mode(e.is_dir(), e.mode);
+                let md = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+                if md.mode() & 0o7777 != want {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(want))
+                        .map_err(io_err("chmod", &p))?;
+                }
+                Ok(())
+            })
     }
 
     /// A digest of the whole tree: paths, kinds, attributes and file

@@ -9,18 +9,20 @@
 //!   (systemd's factory convention; tmpfiles copies them on first boot).
 //! - `/boot` moves to `/usr/boot` (the kernel travels with its modules; the
 //!   ESP gets a copy).
-//! - Empty mount points (`/dev`, `/proc`, `/tmp`, ...) are dropped.
+//! - `/dev`, `/proc`, `/sys`, `/run`, `/tmp` are dropped (the running
+//!   system mounts them fresh), empty `/home`, `/opt`, `/srv`... too, and
+//!   other top-level symlinks (Debian's `/vmlinuz`) with a warning.
 //! - Anything else at the top level is an error naming the package.
 
-use super::tree::{Tree, TreeError};
+use super::tree::{Kind, Tree, TreeError};
 
 /// Top-level directories that merge into /usr.
 const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
-/// Top-level directories the running system mounts or creates; dropped
-/// when empty.
-const MOUNT_POINTS: &[&str] = &[
-    "dev", "proc", "sys", "run", "tmp", "home", "root", "mnt", "media", "srv", "opt",
-];
+/// Top-level directories the running system mounts fresh (devtmpfs,
+/// proc, sysfs, tmpfs): whatever a bootstrap left there is dropped.
+const RUNTIME: &[&str] = &["dev", "proc", "sys", "run", "tmp"];
+/// Top-level directories ROOT provides; dropped when empty.
+const MOUNT_POINTS: &[&str] = &["home", "root", "mnt", "media", "srv", "opt"];
 /// Where /etc and /var defaults go.
 pub const FACTORY: &str = "usr/share/factory";
 
@@ -63,8 +65,20 @@ pub fn make_usr_only(tree: &mut Tree) -> Result<(), UsrError> {
                 tree.move_path(&name, &format!("{FACTORY}/{name}"))?;
             }
             "boot" => tree.move_path("boot", "usr/boot")?,
+            n if RUNTIME.contains(&n) => {
+                if tree.below(n).next().is_some() {
+                    tracing::debug!(path = %n, "dropping what the tree has under a runtime mount point");
+                }
+                tree.remove(n)?;
+            }
             n if MOUNT_POINTS.contains(&n) && entry.is_dir() && tree.below(n).next().is_none() => {
                 tree.remove(n)?;
+            }
+            // Conveniences such as Debian's /vmlinuz -> boot/vmlinuz-...
+            // have no place in USR; the running system's ROOT may add them.
+            _ if matches!(entry.kind, Kind::Symlink { .. }) => {
+                tracing::warn!(path = %name, origin = %entry.origin, "dropping a top-level symlink: /usr-only images carry none");
+                tree.remove(&name)?;
             }
             _ => {
                 let first = tree
