@@ -157,8 +157,11 @@ fn cached_meta(cross: &CrossRoot, recipe: &Recipe, input_hash: &str) -> Option<P
 
 /// Compute hashes and actions. `installed` gives the installed version
 /// of a package.
-pub fn plan(opts: &Options, installed: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
-    let (board, recipes, order) = resolve(opts)?;
+pub fn plan(
+    opts: &Options,
+    (board, recipes, order): (Board, RecipeSet, Vec<String>),
+    installed: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan> {
     let cross = CrossRoot::new(&opts.build_root, &board.name);
     let needs_toolchain = order
         .iter()
@@ -206,9 +209,9 @@ pub fn plan(opts: &Options, installed: &dyn Fn(&str) -> Option<String>) -> Resul
 
 /// Plan without touching the cross-root (for `--pretend`).
 pub fn pretend(opts: &Options) -> Result<Plan> {
-    let (_, _, _) = resolve(opts)?;
-    let cross = CrossRoot::new(&opts.build_root, &opts.board);
-    plan(opts, &|n| {
+    let resolved = resolve(opts)?;
+    let cross = CrossRoot::new(&opts.build_root, &resolved.0.name);
+    plan(opts, resolved, &|n| {
         cross
             .installed_package(n)
             .ok()
@@ -391,6 +394,12 @@ fn pack(job: &Job, content: Content, debs: Vec<binpkg::DebInfo>) -> Result<Packa
     } = job;
     let dir = cross.package_dir(&recipe.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    // Leftovers of a killed run (the board lock keeps other writers out).
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".partial-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let stem = PackageMeta::file_stem(&recipe.version, &planned.input_hash);
     let archive = format!("{stem}.tar.zst");
     let tmp = tempfile::Builder::new()
@@ -432,9 +441,10 @@ fn pack(job: &Job, content: Content, debs: Vec<binpkg::DebInfo>) -> Result<Packa
 
 /// Set up the cross-root if needed, then build what the plan needs.
 pub fn run(opts: &Options) -> Result<Report> {
-    let (board, _, _) = resolve(opts)?;
+    let resolved = resolve(opts)?;
+    let board = &resolved.0;
     let cross = CrossRoot::new(&opts.build_root, &board.name);
-    if cross.setup(&board, false)? {
+    if cross.setup(board, false)? {
         eprintln!(
             "set up the cross-root {} for {}",
             cross.root.display(),
@@ -443,7 +453,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     let _lock = cross.lock()?;
     let installer = Installer::open(&cross)?;
-    let plan = plan(opts, &|n| installer.get(n).map(|m| m.input_hash.clone()))?;
+    let plan = plan(opts, resolved, &|n| {
+        installer.get(n).map(|m| m.input_hash.clone())
+    })?;
     let installer = Arc::new(Mutex::new(installer));
     execute(plan, opts, installer)
 }

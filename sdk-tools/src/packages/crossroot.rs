@@ -113,6 +113,29 @@ pub fn check_rel_path(p: &str) -> Result<()> {
     Ok(())
 }
 
+/// Open (creating) and exclusively lock `path`; when `holder` (say,
+/// "another build on amd64-usr") has it, say so and wait.
+pub fn lock_file(path: &Path, holder: &str) -> Result<File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!("waiting for {holder} to finish ({})", path.display());
+            file.lock()
+                .with_context(|| format!("lock {}", path.display()))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("lock {}", path.display()));
+        }
+    }
+    Ok(file)
+}
+
 /// Held while a build_packages run owns a board's cross-root.
 pub struct Lock {
     _file: File,
@@ -269,29 +292,10 @@ impl CrossRoot {
 
     /// Take the board's lock (waits, saying so, when another run holds it).
     pub fn lock(&self) -> Result<Lock> {
-        let path = self.sdk_dir().join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                eprintln!(
-                    "waiting for another build on {} to finish ({})",
-                    self.board,
-                    path.display()
-                );
-                file.lock()
-                    .with_context(|| format!("lock {}", path.display()))?;
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("lock {}", path.display()));
-            }
-        }
-        Ok(Lock { _file: file })
+        let what = format!("another build on {}", self.board);
+        Ok(Lock {
+            _file: lock_file(&self.sdk_dir().join("lock"), &what)?,
+        })
     }
 
     /// setup_board: create the layout and wrappers. Idempotent; `force`

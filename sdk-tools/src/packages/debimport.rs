@@ -22,11 +22,14 @@ use anyhow::{Context, Result, bail};
 use super::binpkg::{Content, Data, DebInfo, FileKind, Item, PackageMeta};
 use crate::cmd::CommandExt;
 
-/// A private apt state for one Debian architecture.
+/// A private apt state for one Debian architecture, locked against other
+/// processes (other boards of the same architecture, other sandboxes
+/// sharing the cache) while this value lives.
 pub struct Apt {
     dir: PathBuf,
     conf: PathBuf,
     arch: String,
+    _lock: fs::File,
 }
 
 /// Architectures whose package lists this process already refreshed.
@@ -36,9 +39,16 @@ fn updated() -> &'static Mutex<BTreeSet<PathBuf>> {
 }
 
 impl Apt {
-    /// Prepare (idempotently) the private apt state under `cache`.
-    pub fn new(cache: &Path, debian_arch: &str) -> Result<Apt> {
+    /// Lock and prepare (idempotently) the private apt state under
+    /// `cache`. The configuration names this process's view of the cache
+    /// path, so it is written under the lock.
+    pub fn open(cache: &Path, debian_arch: &str) -> Result<Apt> {
         let dir = cache.join("apt").join(debian_arch);
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let lock = super::crossroot::lock_file(
+            &dir.join("lock"),
+            &format!("another Debian import for {debian_arch}"),
+        )?;
         for d in [
             "etc/apt.conf.d",
             "etc/preferences.d",
@@ -99,6 +109,7 @@ impl Apt {
             dir,
             conf: conf_path,
             arch: debian_arch.to_string(),
+            _lock: lock,
         })
     }
 
@@ -108,20 +119,6 @@ impl Apt {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("LC_ALL", "C.UTF-8");
         c
-    }
-
-    /// Lock the private state against other processes (other boards of the
-    /// same architecture).
-    pub fn lock(&self) -> Result<fs::File> {
-        let p = self.dir.join("lock");
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("open {}", p.display()))?;
-        f.lock().with_context(|| format!("lock {}", p.display()))?;
-        Ok(f)
     }
 
     /// Refresh the package lists once per process. When the archive cannot
@@ -352,8 +349,7 @@ pub fn import(
     alternatives: &[Vec<String>],
     installed: &[DebInfo],
 ) -> Result<(Content, Vec<DebInfo>)> {
-    let apt = Apt::new(cache, debian_arch)?;
-    let _lock = apt.lock()?;
+    let apt = Apt::open(cache, debian_arch)?;
     apt.update()?;
     let mut names = Vec::new();
     for alts in alternatives {
