@@ -490,3 +490,105 @@ fn kill_9_during_import_leaves_nothing_half_done() {
     let r = store_rootfs(&s, v["digest"].as_str().unwrap());
     assert!(r.join("d99/f79999").exists());
 }
+
+/// A busybox rootfs tarball (Debian's busybox-static) as a docker-save
+/// image, so a sandbox can run over it.
+fn busybox_image(s: &Scratch, user: &TestUser) -> PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    for d in ["bin/", "etc/", "tmp/", "opq/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(if d == "tmp/" { 0o1777 } else { 0o755 });
+        h.set_size(0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    b.append_path_with_name("/bin/busybox", "bin/busybox")
+        .expect("/bin/busybox (Debian package busybox-static); run `make test`");
+    for applet in ["sh", "rm", "mkdir", "echo", "cat", "ls", "id", "touch"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    for (name, data) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/old", "old\n"),
+        ("opq/a", "a\n"),
+        ("opq/b", "b\n"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    write(
+        s,
+        user,
+        "busybox.docker.tar",
+        &docker_save(&[b.into_inner().unwrap()], &["PATH=/bin"]),
+    )
+}
+
+/// commit: base + the sandbox's changes (with whiteouts) as an OCI archive
+/// that skopeo and umoci read, and that imports back.
+#[test]
+fn commit_round_trip_through_skopeo_and_umoci() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let img = import(&user, &s, &busybox_image(&s, &user), &["--tag", "bb"]);
+    let lower = store_rootfs(&s, img["digest"].as_str().unwrap());
+    let name = format!("commit-e2e-{}", std::process::id());
+    run_ok(
+        sdk(&user, &s)
+            .args(["-n", &name, "--rootfs"])
+            .arg(&lower)
+            .args([
+                "--overlay",
+                "-u",
+                "root",
+                "--",
+                "sh",
+                "-c",
+                "echo new > /etc/new && rm /etc/old && rm -r /opq && mkdir /opq && echo c > /opq/c",
+            ]),
+    );
+    run_ok(sdk(&user, &s).args(["stop", &name]));
+    let out = s.path().join("out.oci.tar");
+    run_ok(sdk(&user, &s).args(["commit", &name]).arg(&out));
+    // The base is untouched.
+    assert!(lower.join("etc/old").exists());
+
+    let inspect = run_ok(
+        user.command(&s, "skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}", out.display())),
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 2);
+
+    run_ok(user.command(&s, "sh").args([
+        "-euc",
+        r#"skopeo copy --quiet "oci-archive:$PWD/out.oci.tar" oci:lay:c
+umoci unpack --rootless --image lay:c bundle"#,
+    ]));
+    let r = s.path().join("bundle/rootfs");
+    assert_eq!(std::fs::read_to_string(r.join("etc/new")).unwrap(), "new\n");
+    assert!(!r.join("etc/old").exists(), "whiteout applied by umoci");
+    assert!(r.join("opq/c").exists());
+    assert!(!r.join("opq/a").exists(), "opaque dir applied by umoci");
+    assert!(r.join("bin/busybox").exists());
+
+    // And back into the store.
+    let back = import(&user, &s, &out, &[]);
+    let r2 = store_rootfs(&s, back["digest"].as_str().unwrap());
+    assert!(r2.join("etc/new").exists() && !r2.join("etc/old").exists());
+    assert!(!r2.join("opq/a").exists() && r2.join("opq/c").exists());
+    // A base in use is not removed until its sandbox is.
+    let refused = run_expect(sdk(&user, &s).args(["rmi", "bb"]), 2);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&name));
+    run_ok(sdk(&user, &s).args(["rm", "-f", &name]));
+    run_ok(sdk(&user, &s).args(["rmi", "bb"]));
+}

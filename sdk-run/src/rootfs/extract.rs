@@ -147,7 +147,12 @@ pub struct Extractor {
     written: HashSet<PathBuf>,
     /// Directory mtimes, applied after the layer (children change them).
     dir_times: Vec<(PathBuf, i64)>,
+    /// Resolved parent directories of this layer's entries; cleared
+    /// whenever anything that could be on such a path is removed.
+    parents: std::collections::HashMap<PathBuf, (PathBuf, bool)>,
     buf: Vec<u8>,
+    /// The process umask is 0: files are created with their final mode.
+    umask_zero: bool,
     pub report: Report,
 }
 
@@ -159,7 +164,13 @@ impl Extractor {
             opts,
             written: HashSet::new(),
             dir_times: Vec::new(),
+            parents: std::collections::HashMap::new(),
             buf: vec![0; 1 << 20],
+            umask_zero: {
+                let old = nix::sys::stat::umask(Mode::empty());
+                nix::sys::stat::umask(old);
+                old.is_empty()
+            },
             report: Report::default(),
         }
     }
@@ -167,6 +178,7 @@ impl Extractor {
     /// Apply one tar stream (already decompressed).
     pub fn apply<R: Read>(&mut self, reader: R) -> Result<(), ExtractError> {
         self.written.clear();
+        self.parents.clear();
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().map_err(ExtractError::Read)? {
             let mut entry = entry.map_err(ExtractError::Read)?;
@@ -230,7 +242,14 @@ impl Extractor {
             }
         }
 
-        let parent = match self.resolve_dir_clamped(&rel_parent, true) {
+        let cached = self.parents.get(&rel_parent).cloned();
+        let resolved = match cached {
+            Some(v) => Ok(v),
+            None => self.resolve_dir_clamped(&rel_parent, true).inspect(|v| {
+                self.parents.insert(rel_parent.clone(), v.clone());
+            }),
+        };
+        let parent = match resolved {
             Ok((p, clamped)) => {
                 if clamped {
                     self.report.skip(
@@ -257,6 +276,7 @@ impl Extractor {
                 match fs::symlink_metadata(&target) {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
+                        self.parents.clear();
                         remove_any(&target).map_err(werr(&target))?;
                         mkdir(&target)?;
                     }
@@ -269,12 +289,16 @@ impl Extractor {
                 self.dir_times.push((target, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                replace(&target)?;
+                self.replace(&target)?;
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
+                    .mode(if self.umask_zero {
+                        header_mode & 0o777
+                    } else {
+                        0o600
+                    })
                     .open(&target)
                     .map_err(werr(&target))?;
                 loop {
@@ -291,9 +315,12 @@ impl Extractor {
                     self.report
                         .skip(&shown, format!("owner {uid}:{gid} not applied: {e}"));
                 }
-                // After chown, which clears set-id bits.
-                f.set_permissions(fs::Permissions::from_mode(header_mode))
-                    .map_err(werr(&target))?;
+                // After chown, which clears set-id bits. With umask 0 the
+                // plain mode is already right (one syscall less per file).
+                if !self.umask_zero || header_mode & 0o7000 != 0 {
+                    f.set_permissions(fs::Permissions::from_mode(header_mode))
+                        .map_err(werr(&target))?;
+                }
                 self.xattrs(&target, entry, &shown);
                 let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
                 let _ = f.set_modified(t);
@@ -303,7 +330,7 @@ impl Extractor {
                     self.report.skip(&shown, "symlink without a target");
                     return Ok(());
                 };
-                replace(&target)?;
+                self.replace(&target)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
                     .map_err(werr(&target))?;
                 self.chown(&target, uid, gid, &shown);
@@ -351,12 +378,12 @@ impl Extractor {
                 if source_path == target {
                     return Ok(());
                 }
-                replace(&target)?;
+                self.replace(&target)?;
                 // linkat without AT_SYMLINK_FOLLOW: links the entry itself.
                 fs::hard_link(&source_path, &target).map_err(werr(&target))?;
             }
             tar::EntryType::Fifo => {
-                replace(&target)?;
+                self.replace(&target)?;
                 nix::unistd::mkfifo(&target, Mode::from_bits_truncate(header_mode))
                     .map_err(|e| werr(&target)(e.into()))?;
                 self.chown(&target, uid, gid, &shown);
@@ -369,7 +396,7 @@ impl Extractor {
                 } else {
                     SFlag::S_IFBLK
                 };
-                replace(&target)?;
+                self.replace(&target)?;
                 match nix::sys::stat::mknod(
                     &target,
                     sflag,
@@ -545,6 +572,7 @@ impl Extractor {
         };
         let target = dir.join(hidden);
         if fs::symlink_metadata(&target).is_ok() {
+            self.parents.clear();
             remove_any(&target).map_err(werr(&target))?;
         }
         Ok(())
@@ -559,6 +587,7 @@ impl Extractor {
             }
         };
         self.mark_written(rel_dir);
+        self.parents.clear();
         self.prune(&dir, rel_dir)
     }
 
@@ -602,11 +631,19 @@ fn mkdir(path: &Path) -> Result<(), ExtractError> {
         .map_err(werr(path))
 }
 
-/// Make room for a new non-directory entry at `path` (never following it).
-fn replace(path: &Path) -> Result<(), ExtractError> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => remove_any(path).map_err(werr(path)),
-        Err(_) => Ok(()),
+impl Extractor {
+    /// Make room for a new non-directory entry at `path` (never following
+    /// it).
+    fn replace(&mut self, path: &Path) -> Result<(), ExtractError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) => {
+                if m.is_dir() || m.file_type().is_symlink() {
+                    self.parents.clear();
+                }
+                remove_any(path).map_err(werr(path))
+            }
+            Err(_) => Ok(()),
+        }
     }
 }
 

@@ -95,6 +95,8 @@ where
         if nix::unistd::getppid() != parent {
             anyhow::bail!("sdk-run exited before the unpack started");
         }
+        // Modes come from the archive, not from the caller's umask.
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
         let outcome = match f() {
             Ok(v) => Outcome::Ok(v),
             Err(e) => Outcome::Err {

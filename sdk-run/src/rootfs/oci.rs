@@ -617,12 +617,16 @@ struct Hashing<'p, R> {
     hasher: Sha256,
     count: u64,
     progress: &'p (dyn Fn(u64) + Sync),
+    /// Hash at all (counting and progress happen regardless).
+    enabled: bool,
 }
 
 impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.enabled {
+            self.hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         (self.progress)(n as u64);
         Ok(n)
@@ -634,6 +638,7 @@ fn no_progress(_: u64) {}
 /// The consumer end of the decompression thread.
 struct ChunkReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    back: mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -643,7 +648,8 @@ impl Read for ChunkReader {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    let spent = std::mem::replace(&mut self.cur, chunk);
+                    let _ = self.back.send(spent);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -678,6 +684,9 @@ pub fn unpack(
         tracing::info!(layer = %layer.name, n = i + 1, of = plan.layers.len(), bytes = layer.size, "unpacking");
         let raw = layer.loc.open().map_err(ioerr(&plan.path))?;
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+        // Spent chunks go back to the producer: no fresh zeroed megabyte
+        // (and its page faults) per read.
+        let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
         let result = std::thread::scope(|s| {
             let producer = s.spawn(move || -> io::Result<(String, String, u64)> {
                 let mut hashed = Hashing {
@@ -685,6 +694,7 @@ pub fn unpack(
                     hasher: Sha256::new(),
                     count: 0,
                     progress,
+                    enabled: true,
                 };
                 let diff_hex;
                 {
@@ -700,12 +710,15 @@ pub fn unpack(
                         hasher: Sha256::new(),
                         count: 0,
                         progress: &no_progress,
+                        // Only docker-save layers are checked by diff id.
+                        enabled: matches!(layer.check, Check::DiffId(_)),
                     };
                     // The tar reader stops at the end-of-archive blocks;
                     // keep reading (and hashing) what follows.
                     let mut consumer_gone = false;
                     loop {
-                        let mut chunk = vec![0u8; CHUNK];
+                        let mut chunk = back_rx.try_recv().unwrap_or_default();
+                        chunk.resize(CHUNK, 0);
                         let n = read_up_to(&mut diff, &mut chunk)?;
                         if n == 0 {
                             break;
@@ -728,6 +741,7 @@ pub fn unpack(
             });
             let mut reader = ChunkReader {
                 rx,
+                back: back_tx,
                 cur: Vec::new(),
                 pos: 0,
             };
@@ -758,6 +772,7 @@ pub fn unpack(
                 hasher: Sha256::new(),
                 count: 0,
                 progress: &no_progress,
+                enabled: true,
             };
             io::copy(&mut h, &mut io::sink()).map_err(ioerr(&plan.path))?;
             if hex::encode(h.hasher.finalize()) != *want {
