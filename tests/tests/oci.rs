@@ -528,7 +528,10 @@ fn busybox_image(s: &Scratch, user: &TestUser) -> PathBuf {
         s,
         user,
         "busybox.docker.tar",
-        &docker_save(&[b.into_inner().unwrap()], &["PATH=/bin"]),
+        &docker_save(
+            &[b.into_inner().unwrap()],
+            &["PATH=/bin", "IMAGE_GREETING=hi"],
+        ),
     )
 }
 
@@ -555,6 +558,10 @@ fn commit_round_trip_through_skopeo_and_umoci() {
                 "echo new > /etc/new && rm /etc/old && rm -r /opq && mkdir /opq && echo c > /opq/c",
             ]),
     );
+    // The image's Env applies inside (the bound tools stay on PATH).
+    let env =
+        run_ok(sdk(&user, &s).args(["-n", &name, "--", "sh", "-c", "echo $IMAGE_GREETING $PATH"]));
+    assert_eq!(env.trim(), "hi /run/sdk-tools/bin:/bin");
     run_ok(sdk(&user, &s).args(["stop", &name]));
     let out = s.path().join("out.oci.tar");
     run_ok(sdk(&user, &s).args(["commit", &name]).arg(&out));

@@ -64,6 +64,24 @@ fn default_sdk_builds_once_and_has_the_tools() {
         .expect("default SDK listed");
     assert_eq!(img["kind"], "manifest");
     assert_eq!(img["source"], "rootfs-manifests/sdk.toml");
+
+    // A sandbox from it compiles for both boards and makes a filesystem.
+    let name = format!("rootfs-e2e-{}", std::process::id());
+    let script = r#"set -e
+cd /tmp
+printf 'int main(void){return 0;}\n' > t.c
+gcc -o t t.c && ./t
+aarch64-linux-gnu-gcc -o t-arm64 t.c
+file t-arm64 | grep -q 'ARM aarch64'
+truncate -s 8M fs.img && mkfs.ext4 -q -F fs.img && fsck.ext4 -fn fs.img >/dev/null
+echo tools-ok"#;
+    let out = run_expect(
+        sdk(&user, &s)
+            .args(["--rm", "-n", &name, "--", "sh", "-c", script])
+            .env("XDG_DATA_HOME", &store),
+        0,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tools-ok"));
 }
 
 /// A busybox rootfs tarball (from Debian's busybox-static).

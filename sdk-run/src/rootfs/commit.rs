@@ -177,6 +177,12 @@ pub fn commit(ctx: &Ctx, name: &str, out: &Path) -> Result<String> {
     let archive =
         File::create(&tmp_out).with_context(|| format!("creating {}", tmp_out.display()))?;
     let work2 = work.clone();
+    // Archive members belong to the caller, as skopeo's own archives do
+    // (skopeo chowns what it untars to the recorded owner).
+    let owner = (
+        nix::unistd::getuid().as_raw() as u64,
+        nix::unistd::getgid().as_raw() as u64,
+    );
     let result = in_userns(&ctx.map, &work.join("result.json"), move || {
         let mut blobs = Vec::new();
         if let Some(l) = &lower {
@@ -189,7 +195,7 @@ pub fn commit(ctx: &Ctx, name: &str, out: &Path) -> Result<String> {
             LayerKind::Base
         };
         blobs.push(write_layer(&upper, &work2.join("upper.tar.gz"), kind)?);
-        write_archive(archive, &blobs, &runtime)
+        write_archive(archive, &blobs, &runtime, owner)
     });
     let finished = result.and_then(|digest| {
         std::fs::rename(&tmp_out, &out)
@@ -217,7 +223,12 @@ fn arch() -> &'static str {
 }
 
 /// Assemble the OCI image layout tar. Returns the manifest digest.
-fn write_archive(out: File, blobs: &[Blob], rc: &RuntimeConfig) -> Result<String> {
+fn write_archive(
+    out: File,
+    blobs: &[Blob],
+    rc: &RuntimeConfig,
+    (uid, gid): (u64, u64),
+) -> Result<String> {
     let mut cfg = serde_json::json!({
         "architecture": arch(),
         "os": "linux",
@@ -265,13 +276,29 @@ fn write_archive(out: File, blobs: &[Blob], rc: &RuntimeConfig) -> Result<String
         }],
     });
     let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, out));
-    let small = |b: &mut tar::Builder<_>, name: &str, data: &[u8]| -> io::Result<()> {
+    let header = |kind: tar::EntryType, size: u64| {
         let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, name, data)
+        h.set_size(size);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_entry_type(kind);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h
     };
+    let small = |b: &mut tar::Builder<_>, name: &str, data: &[u8]| -> io::Result<()> {
+        b.append_data(
+            &mut header(tar::EntryType::Regular, data.len() as u64),
+            name,
+            data,
+        )
+    };
+    for d in ["blobs/", "blobs/sha256/"] {
+        b.append_data(&mut header(tar::EntryType::Directory, 0), d, io::empty())?;
+    }
     small(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     small(&mut b, "index.json", &serde_json::to_vec(&index)?)?;
     small(&mut b, &format!("blobs/sha256/{man_digest}"), &man_bytes)?;
@@ -279,10 +306,7 @@ fn write_archive(out: File, blobs: &[Blob], rc: &RuntimeConfig) -> Result<String
     for blob in blobs {
         let mut f = File::open(&blob.path)?;
         f.rewind()?;
-        let mut h = tar::Header::new_ustar();
-        h.set_size(blob.size);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
+        let mut h = header(tar::EntryType::Regular, blob.size);
         b.append_data(&mut h, format!("blobs/sha256/{}", blob.digest), f)?;
     }
     let mut w = b.into_inner()?;

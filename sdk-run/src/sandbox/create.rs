@@ -30,14 +30,20 @@ pub struct Request {
     pub env: Vec<(String, String)>,
 }
 
-/// The rootfs a sandbox gets when no `--rootfs` is given. The image store
-/// (issue: the SDK rootfs) plugs in here; until it does there is none and
-/// the caller reports a usage error.
+/// The rootfs a sandbox gets when no `--rootfs` is given: an overlay over
+/// the embedded default SDK image, built into the image store on first use
+/// (see `crate::rootfs`).
 pub fn default_rootfs(
-    _state: &crate::paths::StateDir,
-    _sb: &SandboxPaths,
+    state: &crate::paths::StateDir,
+    sb: &SandboxPaths,
 ) -> anyhow::Result<Option<RootfsSpec>> {
-    Ok(None)
+    let (map, _warning) = crate::idmap::IdMap::for_caller(
+        &crate::idmap::SubIdFiles::default(),
+        &crate::idmap::Caller::current(),
+    )?;
+    let ctx = crate::rootfs::import::Ctx::new(state.clone(), map);
+    let image = crate::rootfs::default_sdk_image(&ctx)?;
+    Ok(Some(RootfsSpec::overlay_for(sb, image.rootfs())))
 }
 
 fn usage(msg: String) -> anyhow::Error {

@@ -49,7 +49,19 @@ fn tools_cache(sb: &SandboxPaths) -> PathBuf {
 /// Host pieces the root is assembled from; resolved at each start (the
 /// sdk-tools binary and agent sockets may have moved since creation).
 fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(String, String)>)> {
-    let mut env = cfg.env.clone();
+    // The image's own environment (OCI config Env, manifest [env]) first;
+    // the sandbox's settings and the defaults override it.
+    let mut env = Vec::new();
+    if let crate::sandbox::RootfsSpec::Overlay { lower, .. } = &cfg.rootfs
+        && let Some(rc) = crate::rootfs::runtime_config_for(lower)
+    {
+        for kv in rc.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    env.extend(cfg.env.iter().cloned());
     let mut sockets = Vec::new();
     let is_socket = |p: &Path| {
         std::fs::metadata(p)
