@@ -728,7 +728,6 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
             vec!["-n", "new", "--rootfs", "/no/such/rootfs", "--", "true"],
             "--rootfs",
         ),
-        (vec!["-n", "new", "--", "true"], "--rootfs"),
         (vec!["--", "true"], "sdk-version.toml"),
         (vec!["-n", "bad/name", "--", "true"], "not a sandbox name"),
         (
