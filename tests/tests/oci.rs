@@ -558,10 +558,11 @@ fn commit_round_trip_through_skopeo_and_umoci() {
                 "echo new > /etc/new && rm /etc/old && rm -r /opq && mkdir /opq && echo c > /opq/c",
             ]),
     );
-    // The image's Env applies inside (the bound tools stay on PATH).
+    // The image's Env applies inside (the sandbox's PATH, with the bound
+    // tools, wins over the image's).
     let env =
         run_ok(sdk(&user, &s).args(["-n", &name, "--", "sh", "-c", "echo $IMAGE_GREETING $PATH"]));
-    assert_eq!(env.trim(), "hi /run/sdk-tools/bin:/bin");
+    assert!(env.starts_with("hi /run/sdk-tools/bin:"), "{env}");
     run_ok(sdk(&user, &s).args(["stop", &name]));
     let out = s.path().join("out.oci.tar");
     run_ok(sdk(&user, &s).args(["commit", &name]).arg(&out));
