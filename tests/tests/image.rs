@@ -661,7 +661,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_latest_alone() {
     fs::create_dir_all(&out).unwrap();
     run_ok(
         Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "size=160m", "tmpfs"])
             .arg(&out),
     );
     struct Unmount(PathBuf);
