@@ -155,9 +155,8 @@ fn parent_of(path: &str) -> Option<&str> {
 
 const HASH_BUF: usize = 256 * 1024;
 
-/// Copy `r` to `w`, returning the size and sha256 of what passed.
-fn copy_hashed(mut r: impl Read, mut w: impl Write) -> io::Result<(u64, [u8; 32])> {
-    let mut hasher = Sha256::new();
+/// Read `r` to its end in chunks, handing each to `f`; returns the count.
+fn for_chunks(mut r: impl Read, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<u64> {
     let mut buf = vec![0u8; HASH_BUF];
     let mut size = 0u64;
     loop {
@@ -167,10 +166,19 @@ fn copy_hashed(mut r: impl Read, mut w: impl Write) -> io::Result<(u64, [u8; 32]
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
-        w.write_all(&buf[..n])?;
+        f(&buf[..n])?;
         size += n as u64;
     }
+    Ok(size)
+}
+
+/// Copy `r` to `w`, returning the size and sha256 of what passed.
+fn copy_hashed(r: impl Read, mut w: impl Write) -> io::Result<(u64, [u8; 32])> {
+    let mut hasher = Sha256::new();
+    let size = for_chunks(r, |b| {
+        hasher.update(b);
+        w.write_all(b)
+    })?;
     Ok((size, hasher.finalize().into()))
 }
 
@@ -195,9 +203,56 @@ pub fn disk_mode(dir: bool, mode: u32) -> u32 {
     }
 }
 
-/// sha256 and size of a file.
+/// sha256 and size of a file. Holes of a sparse file (most of a disk
+/// image) are hashed as the zeros they read as, without reading them.
 pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
-    copy_hashed(File::open(path)?, io::sink())
+    use nix::unistd::{Whence, lseek};
+    use std::io::Seek;
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut hasher = Sha256::new();
+    let zeros = vec![0u8; HASH_BUF];
+    let feed_zeros = |hasher: &mut Sha256, mut n: u64| {
+        while n > 0 {
+            let k = n.min(HASH_BUF as u64) as usize;
+            hasher.update(&zeros[..k]);
+            n -= k as u64;
+        }
+    };
+    let mut pos = 0u64;
+    while pos < len {
+        let at = i64::try_from(pos).map_err(io::Error::other)?;
+        // Where the next data starts (ENXIO: only a hole remains); a
+        // filesystem without SEEK_DATA makes it all data.
+        let data = match lseek(&f, at, Whence::SeekData) {
+            Ok(d) => (d as u64).min(len),
+            Err(nix::errno::Errno::ENXIO) => len,
+            Err(_) => pos,
+        };
+        feed_zeros(&mut hasher, data - pos);
+        pos = data;
+        if pos >= len {
+            break;
+        }
+        let at = i64::try_from(pos).map_err(io::Error::other)?;
+        let hole = match lseek(&f, at, Whence::SeekHole) {
+            Ok(h) => (h as u64).min(len),
+            Err(_) => len,
+        };
+        f.seek(io::SeekFrom::Start(pos))?;
+        let n = for_chunks((&mut f).take(hole - pos), |b| {
+            hasher.update(b);
+            Ok(())
+        })?;
+        if n != hole - pos {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while hashing",
+            ));
+        }
+        pos = hole;
+    }
+    Ok((len, hasher.finalize().into()))
 }
 
 impl Tree {
@@ -881,6 +936,29 @@ mod tests {
             }
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn sparse_files_hash_like_their_bytes() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let mut f = File::create(&p).unwrap();
+        f.set_len(5 << 20).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(b"data in the middle").unwrap();
+        f.seek(SeekFrom::Start((3 << 20) + 17)).unwrap();
+        f.write_all(&[7u8; 70_000]).unwrap();
+        drop(f);
+        let bytes = fs::read(&p).unwrap();
+        let want: [u8; 32] = Sha256::digest(&bytes).into();
+        assert_eq!(hash_file(&p).unwrap(), (5 << 20, want));
+        let q = dir.path().join("dense");
+        fs::write(&q, b"abc").unwrap();
+        assert_eq!(
+            hash_file(&q).unwrap().1,
+            <[u8; 32]>::from(Sha256::digest(b"abc"))
+        );
     }
 
     #[test]
