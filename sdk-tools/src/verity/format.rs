@@ -211,7 +211,9 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     }
     let top = tree::top_block(&geo, (&data_file, data), (&out, out_path))?;
     let root_hash = tree::root_of(&geo, &top);
-    out.sync_data().map_err(VerityError::io("sync", out_path))?;
+    // No fsync: the rename already keeps a killed run from leaving a
+    // half-written HASH behind, and flushing a large tree to disk would
+    // double the run time (veritysetup does not either).
     if let Some(t) = temp {
         let _ = std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o644));
         t.persist(hash).map_err(|e| VerityError::Io {

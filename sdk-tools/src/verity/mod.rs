@@ -10,7 +10,7 @@
 //! area goes (`hash_offset`, which is how USR-A carries its tree after the
 //! filesystem).
 //!
-//! Hashing runs on every core (rayon), one task per 2 MiB chunk that maps
+//! Hashing runs on every core (rayon), one task per 8 MiB chunk that maps
 //! its part of the data, hashes it and writes (or checks) its hash blocks
 //! itself, so cores never wait on each other within a level and memory
 //! stays at a few chunks whatever the data size;

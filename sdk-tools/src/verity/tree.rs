@@ -16,7 +16,7 @@ use super::{Algorithm, Geometry, VerityError};
 /// hashes it and hands its hash blocks to the sink, so the cores never
 /// wait for each other within a level, and memory stays at a few chunks
 /// whatever the data size.
-const CHUNK_BYTES: u64 = 2 << 20;
+const CHUNK_BYTES: u64 = 8 << 20;
 
 /// `H(salt || block)` of one block into `out` (digest length).
 pub(super) fn digest(alg: Algorithm, salt: &[u8], block: &[u8], out: &mut [u8]) {
