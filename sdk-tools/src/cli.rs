@@ -16,6 +16,8 @@ pub const MULTICALL_NAMES: &[&str] = &[
     "build_packages",
     "build_image",
     "build_sysext",
+    "image_to_vm",
+    "test_image",
 ];
 
 /// The SDK's in-sandbox toolchain.
@@ -55,6 +57,12 @@ pub enum Command {
     /// Build a systemd-sysext image from packages.
     #[command(name = "build_sysext")]
     BuildSysext(crate::image::cli::BuildSysextArgs),
+    #[command(name = "image_to_vm")]
+    ImageToVm(crate::boot::cli::ImageToVmArgs),
+    #[command(name = "test_image")]
+    TestImage(crate::boot::cli::TestImageArgs),
+    #[command(subcommand)]
+    Boot(crate::boot::cli::BootCmd),
 }
 
 /// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
@@ -77,6 +85,12 @@ pub fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
 
 /// Parse, run, and return the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    // Started by the kernel as the initramfs's /init: boot the OS.
+    if std::process::id() == 1
+        && args.first().and_then(|a| Path::new(a).file_name()) == Some("init".as_ref())
+    {
+        crate::boot::init::run();
+    }
     let cli = Cli::parse_from(normalize_args(args));
     init_logging(cli.verbose);
     let result = match cli.command {
@@ -93,6 +107,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::BuildPackages(args) => crate::packages::verbs::build_packages(args),
         Command::BuildImage(a) => crate::image::cli::run_build_image(a),
         Command::BuildSysext(a) => crate::image::cli::run_build_sysext(a),
+        Command::ImageToVm(a) => crate::boot::cli::image_to_vm(a),
+        Command::TestImage(a) => crate::boot::cli::test_image(a),
+        Command::Boot(c) => crate::boot::cli::boot(c),
     };
     match result {
         Ok(()) => 0,

@@ -71,6 +71,10 @@ pub trait CommandExt {
     /// Run with stdout and stderr appended to the file `log` (a build log);
     /// a failure carries the log's last lines.
     fn run_logged(&mut self, log: &std::path::Path) -> Result<(), CmdError>;
+    /// Start a long-running process (a VM) whose output the caller reads
+    /// as it comes; logs the command line like the others. The caller owns
+    /// the child: it must wait for it and judge its status.
+    fn spawn_streaming(&mut self) -> Result<std::process::Child, CmdError>;
 }
 
 impl CommandExt for Command {
@@ -163,6 +167,13 @@ impl CommandExt for Command {
             });
         }
         Ok(())
+    }
+
+    fn spawn_streaming(&mut self) -> Result<std::process::Child, CmdError> {
+        let shown = display(self);
+        tracing::info!(cmd = %shown, "starting");
+        self.spawn()
+            .map_err(|source| CmdError::Spawn { cmd: shown, source })
     }
 }
 

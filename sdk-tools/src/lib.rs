@@ -3,6 +3,7 @@
 //! over it. It never creates namespaces; that is `sdk-run`'s job.
 
 pub mod board;
+pub mod boot;
 pub mod cli;
 pub mod cmd;
 pub mod disk;

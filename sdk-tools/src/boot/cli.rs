@@ -1,0 +1,295 @@
+//! Command line of the boot verbs: `image_to_vm`, `test_image`, and the
+//! `boot` group (initramfs, esp, set-slot) for building pieces by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::esp::{EspSpec, PartRef};
+use super::vm::{Format, VmSpec};
+use super::{BOOT_MARKER, into_cli};
+
+/// Which image: a board's latest build, or a file.
+#[derive(Debug, Args)]
+pub struct ImageSel {
+    /// Board whose latest image to use (`__build__/images/<board>/latest/`).
+    #[arg(long, required_unless_present = "image")]
+    pub board: Option<String>,
+    /// A disk image file instead.
+    #[arg(long, conflicts_with = "board")]
+    pub image: Option<PathBuf>,
+}
+
+impl ImageSel {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match (&self.image, &self.board) {
+            (Some(i), _) => Ok(i.clone()),
+            (None, Some(b)) => {
+                if b.contains("arm64") {
+                    return Err(anyhow::Error::new(crate::exit::UsageError(format!(
+                        "board {b}: booting arm64 images is not supported yet (amd64-usr is)"
+                    ))));
+                }
+                super::vm::find_board_image(b).map_err(into_cli)
+            }
+            (None, None) => Err(anyhow::Error::new(crate::exit::UsageError(
+                "pass --board B or --image FILE".into(),
+            ))),
+        }
+    }
+}
+
+/// Make a QEMU image (compressed qcow2) and a launcher script.
+///
+/// Examples:
+///   image_to_vm --board amd64-usr                    # direct kernel boot
+///   image_to_vm --board amd64-usr --format qemu_uefi # OVMF + systemd-boot
+///   ./__build__/images/amd64-usr/latest/<name>_qemu.sh -nographic
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ImageToVmArgs {
+    #[command(flatten)]
+    pub sel: ImageSel,
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub format: Format,
+    /// Output directory (default: next to the image).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// UEFI firmware code (default: Debian's OVMF_CODE_4M.fd).
+    #[arg(long)]
+    pub ovmf_code: Option<PathBuf>,
+    /// UEFI variable store template (default: Debian's OVMF_VARS_4M.fd).
+    #[arg(long)]
+    pub ovmf_vars: Option<PathBuf>,
+}
+
+pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
+    let image = a.sel.resolve()?;
+    let out = super::vm::image_to_vm(&VmSpec {
+        image: image.clone(),
+        format: a.format,
+        out_dir: a.output,
+        ovmf_code: a.ovmf_code,
+        ovmf_vars: a.ovmf_vars,
+    })
+    .map_err(into_cli)
+    .with_context(|| format!("image_to_vm {}", image.display()))?;
+    println!("disk:     {}", out.disk.display());
+    println!("launcher: {}", out.launcher.display());
+    println!("run it:   {} -nographic", out.launcher.display());
+    Ok(())
+}
+
+/// Boot the image headless and wait for its first-boot marker on the
+/// serial console. The console is saved next to the image.
+///
+/// Examples:
+///   test_image --board amd64-usr
+///   test_image --board amd64-usr --format qemu_uefi --timeout 900
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct TestImageArgs {
+    #[command(flatten)]
+    pub sel: ImageSel,
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub format: Format,
+    /// Seconds to wait for the marker.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// The console line that means the OS is up.
+    #[arg(long, default_value = BOOT_MARKER)]
+    pub marker: String,
+    /// Extra QEMU arguments (after the launcher's `--`).
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    pub qemu_args: Vec<String>,
+}
+
+pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
+    let image = a.sel.resolve()?;
+    let out = super::vm::image_to_vm(&VmSpec {
+        image: image.clone(),
+        format: a.format,
+        out_dir: None,
+        ovmf_code: None,
+        ovmf_vars: None,
+    })
+    .map_err(into_cli)
+    .with_context(|| format!("prepare {} for QEMU", image.display()))?;
+    eprintln!(
+        "booting {} ({:?}), waiting up to {}s for `{}`",
+        image.display(),
+        a.format,
+        a.timeout,
+        a.marker
+    );
+    let r = super::vm::boot_and_wait(
+        &out.launcher,
+        &out.console_log,
+        &a.marker,
+        Duration::from_secs(a.timeout),
+        &a.qemu_args,
+    )
+    .map_err(into_cli)?;
+    if r.passed {
+        println!(
+            "PASS in {:.1}s: {}",
+            r.elapsed.as_secs_f64(),
+            r.marker_line.unwrap_or_default()
+        );
+        println!("console log: {}", r.console_log.display());
+        Ok(())
+    } else {
+        println!(
+            "FAIL after {:.1}s: {}",
+            r.elapsed.as_secs_f64(),
+            r.reason.clone().unwrap_or_default()
+        );
+        println!("console log: {}", r.console_log.display());
+        anyhow::bail!(
+            "test_image failed: {}; see {}",
+            r.reason.unwrap_or_default(),
+            r.console_log.display()
+        )
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootCmd {
+    /// Build the initramfs for the kernel in an image root.
+    ///
+    /// Example: sdk-tools boot initramfs --root staging/ --output initrd
+    Initramfs {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        kernel_version: Option<String>,
+    },
+    /// Fill an ESP directory (systemd-boot, kernel, initramfs, USR-A entry):
+    /// what build_image calls.
+    ///
+    /// Example: sdk-tools boot esp --root staging/ --esp esp/ --usrhash HEX --hash-offset 1073741824
+    Esp {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        esp: PathBuf,
+        #[arg(long)]
+        usrhash: String,
+        #[arg(long)]
+        hash_offset: Option<u64>,
+        /// USR-A's partition GUID (else it is found by label).
+        #[arg(long)]
+        usr_a_uuid: Option<String>,
+        #[arg(long, default_value = "Demo OS")]
+        title: String,
+        /// Extra kernel command line words.
+        #[arg(long = "cmdline", allow_hyphen_values = true)]
+        cmdline: Vec<String>,
+    },
+    /// Write an update payload into a USR slot and make it the next boot
+    /// (GPT priority above the other slot, one try, not successful), then
+    /// rewrite the ESP's boot entries from the GPT.
+    ///
+    /// Example: sdk-tools boot set-slot disk.bin --slot B --payload demo_update.bin --usrhash HEX
+    SetSlot {
+        image: PathBuf,
+        #[arg(long)]
+        slot: char,
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        #[arg(long)]
+        usrhash: Option<String>,
+        #[arg(long)]
+        priority: Option<u8>,
+        #[arg(long, default_value_t = 1)]
+        tries: u8,
+        #[arg(long)]
+        successful: bool,
+    },
+}
+
+fn mtime() -> u32 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn boot(c: BootCmd) -> anyhow::Result<()> {
+    match c {
+        BootCmd::Initramfs {
+            root,
+            output,
+            kernel_version,
+        } => {
+            let k = super::kmod::find_kernel(&root, kernel_version.as_deref()).map_err(into_cli)?;
+            let r = super::initramfs::build(&k, &output, mtime()).map_err(into_cli)?;
+            println!(
+                "{}: kernel {}, {} modules, {} bytes",
+                output.display(),
+                r.kernel_version,
+                r.modules.len(),
+                r.bytes
+            );
+            Ok(())
+        }
+        BootCmd::Esp {
+            root,
+            esp,
+            usrhash,
+            hash_offset,
+            usr_a_uuid,
+            title,
+            cmdline,
+        } => {
+            let r = super::esp::populate_esp(&EspSpec {
+                staging_root: root,
+                esp_dir: esp.clone(),
+                usr_hash: usrhash,
+                usr_hash_offset: hash_offset,
+                usr_a: PartRef {
+                    label: "USR-A".into(),
+                    uuid: usr_a_uuid,
+                },
+                root: PartRef::label("ROOT"),
+                title,
+                extra_cmdline: cmdline,
+                kernel_version: None,
+                mtime: mtime(),
+            })
+            .map_err(into_cli)?;
+            for f in &r.files {
+                println!("{}", esp.join(f).display());
+            }
+            println!("cmdline: {}", r.cmdline);
+            Ok(())
+        }
+        BootCmd::SetSlot {
+            image,
+            slot,
+            payload,
+            usrhash,
+            priority,
+            tries,
+            successful,
+        } => {
+            let written = super::slot::set_slot(&super::slot::SlotChange {
+                image: image.clone(),
+                slot,
+                payload,
+                usr_hash: usrhash,
+                priority,
+                tries,
+                successful,
+            })
+            .map_err(into_cli)
+            .with_context(|| format!("set-slot {}", image.display()))?;
+            println!("boot entries: {}", written.join(" "));
+            Ok(())
+        }
+    }
+}

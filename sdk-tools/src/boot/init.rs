@@ -1,0 +1,761 @@
+//! The initramfs init (pid 1 before the real OS): loads the modules the
+//! initramfs carries, finds USR and ROOT by partition label or UUID, sets up
+//! dm-verity over USR with the root hash from the kernel command line,
+//! mounts ROOT at /sysroot and the verity device read-only at /sysroot/usr,
+//! creates ROOT's first-boot contents, and switches root to the OS init.
+//!
+//! Runs when this binary is started as `/init` with pid 1 (see `cli::main`).
+//! Any failure prints `sdk-init: error: ...` to the console and exits, which
+//! the kernel turns into a panic: a boot never continues without verity.
+//!
+//! Kernel command line it reads (Flatcar's names where they exist):
+//! - `mount.usr=/dev/mapper/usr verity.usr=PARTUUID=<uuid>|PARTLABEL=<label>`
+//!   or `mount.usr=PARTUUID=...` (the USR partition);
+//! - `usrhash=<hex>` or `verity.usrhash=<hex>` (required);
+//! - `verity.usrhashoffset=<bytes>` (optional: else the filesystem size
+//!   read from the ext4/erofs/squashfs superblock);
+//! - `verity.usrcorruption=panic|restart` (default panic): what the kernel
+//!   does when a USR block does not match its hash;
+//! - `root=PARTUUID=...|PARTLABEL=...` (default `PARTLABEL=ROOT`),
+//!   `rootfstype=` (default ext4), `init=` (default the first of
+//!   /usr/lib/systemd/systemd, /usr/sbin/init, /sbin/init),
+//!   `rd.timeout=<s>` to wait for disks (default 60).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::dm;
+use super::initramfs::{KERNEL_VERSION_FILE, MODULES_LIST};
+
+/// Parsed kernel command line: `key=value` words (last wins) and bare flags.
+pub fn parse_cmdline(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for word in s.split_whitespace() {
+        let word = word.trim_matches('"');
+        match word.split_once('=') {
+            Some((k, v)) => out.insert(k.to_string(), v.trim_matches('"').to_string()),
+            None => out.insert(word.to_string(), String::new()),
+        };
+    }
+    out
+}
+
+/// How a partition is named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartSpec {
+    Uuid(String),
+    Label(String),
+    Path(PathBuf),
+}
+
+impl PartSpec {
+    pub fn parse(s: &str) -> Result<PartSpec, String> {
+        if let Some(u) = s.strip_prefix("PARTUUID=") {
+            Ok(PartSpec::Uuid(u.to_ascii_lowercase()))
+        } else if let Some(l) = s.strip_prefix("PARTLABEL=") {
+            Ok(PartSpec::Label(l.to_string()))
+        } else if s.starts_with("/dev/") {
+            Ok(PartSpec::Path(s.into()))
+        } else {
+            Err(format!(
+                "`{s}`: name a partition as PARTUUID=, PARTLABEL= or /dev/..."
+            ))
+        }
+    }
+}
+
+/// What to do on a hash mismatch (dm-verity optional arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCorruption {
+    Panic,
+    Restart,
+}
+
+impl OnCorruption {
+    pub fn verity_arg(self) -> &'static str {
+        match self {
+            OnCorruption::Panic => "panic_on_corruption",
+            OnCorruption::Restart => "restart_on_corruption",
+        }
+    }
+}
+
+/// The boot plan read from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub usr: PartSpec,
+    pub usrhash: String,
+    pub hash_offset: Option<u64>,
+    pub on_corruption: OnCorruption,
+    pub root: PartSpec,
+    pub rootfstype: String,
+    pub init: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Plan {
+    pub fn from_cmdline(c: &BTreeMap<String, String>) -> Result<Plan, String> {
+        let usr = match (c.get("verity.usr"), c.get("mount.usr")) {
+            (Some(v), _) => PartSpec::parse(v)?,
+            (None, Some(m)) if m != "/dev/mapper/usr" => PartSpec::parse(m)?,
+            _ => return Err("no USR partition on the kernel command line (verity.usr=PARTUUID=... or mount.usr=PARTLABEL=...)".into()),
+        };
+        let usrhash = c
+            .get("verity.usrhash")
+            .or_else(|| c.get("usrhash"))
+            .cloned()
+            .ok_or(
+                "no usrhash= on the kernel command line: refusing to mount USR without dm-verity",
+            )?;
+        if usrhash.len() < 64 || !usrhash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "usrhash `{usrhash}` is not a hex sha256/sha512 digest"
+            ));
+        }
+        let hash_offset = c
+            .get("verity.usrhashoffset")
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("verity.usrhashoffset `{v}` is not a byte count"))
+            })
+            .transpose()?;
+        let on_corruption = match c.get("verity.usrcorruption").map(String::as_str) {
+            None | Some("panic") => OnCorruption::Panic,
+            Some("restart") => OnCorruption::Restart,
+            Some(o) => return Err(format!("verity.usrcorruption `{o}`: use panic or restart")),
+        };
+        let root = PartSpec::parse(
+            c.get("root")
+                .map(String::as_str)
+                .unwrap_or("PARTLABEL=ROOT"),
+        )?;
+        let timeout = c
+            .get("rd.timeout")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(60));
+        Ok(Plan {
+            usr,
+            usrhash: usrhash.to_ascii_lowercase(),
+            hash_offset,
+            on_corruption,
+            root,
+            rootfstype: c
+                .get("rootfstype")
+                .cloned()
+                .unwrap_or_else(|| "ext4".into()),
+            init: c.get("init").cloned(),
+            timeout,
+        })
+    }
+}
+
+/// The dm-verity superblock (cryptsetup's format, version 1): what the
+/// verity table needs besides the root hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VeritySb {
+    pub hash_type: u32,
+    pub algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_blocks: u64,
+    pub salt: Vec<u8>,
+}
+
+/// Parse the 512-byte superblock: `verity\0\0`, version u32, hash_type u32,
+/// uuid[16], algorithm[32], data/hash block size u32, data_blocks u64,
+/// salt_size u16, pad[6], salt[256] (all little-endian).
+pub fn parse_verity_sb(b: &[u8]) -> Result<VeritySb, String> {
+    if b.len() < 512 || &b[..8] != b"verity\0\0" {
+        return Err("no dm-verity superblock there".into());
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
+    if u32_at(8) != 1 {
+        return Err(format!("verity superblock version {} (want 1)", u32_at(8)));
+    }
+    let alg_raw = &b[32..64];
+    let algorithm =
+        String::from_utf8_lossy(&alg_raw[..alg_raw.iter().position(|c| *c == 0).unwrap_or(32)])
+            .into_owned();
+    let salt_size = usize::from(u16::from_le_bytes([b[80], b[81]]));
+    if salt_size > 256 {
+        return Err(format!("verity salt size {salt_size} > 256"));
+    }
+    Ok(VeritySb {
+        hash_type: u32_at(12),
+        algorithm,
+        data_block_size: u32_at(64),
+        hash_block_size: u32_at(68),
+        data_blocks: u64::from_le_bytes(b[72..80].try_into().unwrap_or_default()),
+        salt: b[88..88 + salt_size].to_vec(),
+    })
+}
+
+/// Size in bytes of the filesystem at the start of `head` (at least 4 KiB
+/// of the device): ext4, erofs or squashfs, rounded up to 4 KiB. That is
+/// where build_image appends the hash tree.
+pub fn fs_size(head: &[u8]) -> Option<u64> {
+    let le32 = |o: usize| -> Option<u64> {
+        Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?).into())
+    };
+    let size: Option<u64> = if head.get(1024 + 56..1024 + 58) == Some(&[0x53, 0xef]) {
+        // ext4: s_blocks_count_lo at 4, s_log_block_size at 24, hi at 0x150.
+        let lo = le32(1024 + 4)?;
+        let hi = le32(1024 + 0x150)?;
+        let log = le32(1024 + 24)?;
+        Some((lo | (hi << 32)) * (1024u64 << log))
+    } else if le32(1024) == Some(0xE0F5_E1E2) {
+        // erofs: blkszbits u8 at 12, blocks u32 at 36.
+        let bits = u32::from(*head.get(1024 + 12)?);
+        Some(le32(1024 + 36)? << bits)
+    } else if head.get(..4) == Some(b"hsqs") {
+        Some(u64::from_le_bytes(head.get(40..48)?.try_into().ok()?))
+    } else {
+        None
+    };
+    size.map(|s| s.div_ceil(4096) * 4096)
+}
+
+/// The verity target parameters (kernel Documentation/admin-guide/
+/// device-mapper/verity.rst): with a superblock at `hash_offset`, the
+/// tree starts one hash block later.
+pub fn verity_table(
+    sb: &VeritySb,
+    dev: &str,
+    hash_offset: u64,
+    usrhash: &str,
+    on: OnCorruption,
+) -> Result<dm::Target, String> {
+    if !hash_offset.is_multiple_of(u64::from(sb.hash_block_size)) {
+        return Err(format!(
+            "hash offset {hash_offset} is not a multiple of the hash block size {}",
+            sb.hash_block_size
+        ));
+    }
+    let salt = if sb.salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex(&sb.salt)
+    };
+    let hash_start = hash_offset / u64::from(sb.hash_block_size) + 1;
+    Ok(dm::Target {
+        start: 0,
+        length: sb.data_blocks * u64::from(sb.data_block_size) / 512,
+        kind: "verity".into(),
+        params: format!(
+            "{} {dev} {dev} {} {} {} {hash_start} {} {usrhash} {salt} 1 {}",
+            sb.hash_type,
+            sb.data_block_size,
+            sb.hash_block_size,
+            sb.data_blocks,
+            sb.algorithm,
+            on.verity_arg()
+        ),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// GPT unique partition GUIDs of a whole disk, by partition number, as the
+/// lower-case text form (the first three fields are little-endian on disk).
+pub fn gpt_partuuids(
+    disk: &mut (impl Read + Seek),
+    sector: u64,
+) -> std::io::Result<BTreeMap<u32, String>> {
+    let mut hdr = vec![0u8; 92];
+    disk.seek(SeekFrom::Start(sector))?;
+    disk.read_exact(&mut hdr)?;
+    let mut out = BTreeMap::new();
+    if &hdr[..8] != b"EFI PART" {
+        return Ok(out);
+    }
+    let lba = u64::from_le_bytes(hdr[72..80].try_into().unwrap_or_default());
+    let count = u32::from_le_bytes(hdr[80..84].try_into().unwrap_or_default()).min(1024);
+    let size = u32::from_le_bytes(hdr[84..88].try_into().unwrap_or_default()).max(128);
+    let mut table = vec![0u8; (count * size) as usize];
+    disk.seek(SeekFrom::Start(lba * sector))?;
+    disk.read_exact(&mut table)?;
+    for i in 0..count {
+        let e = &table[(i * size) as usize..(i * size + 128) as usize];
+        if e[..16].iter().all(|b| *b == 0) {
+            continue;
+        }
+        out.insert(i + 1, guid_text(&e[16..32]));
+    }
+    Ok(out)
+}
+
+pub fn guid_text(g: &[u8]) -> String {
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}-{}",
+        g[3],
+        g[2],
+        g[1],
+        g[0],
+        g[5],
+        g[4],
+        g[7],
+        g[6],
+        hex(&g[8..10]),
+        hex(&g[10..16])
+    )
+}
+
+// ---- the side-effecting part: only ever runs as pid 1 in the guest ----
+
+/// Entry point as pid 1. Never returns.
+pub fn run() -> ! {
+    say("sdk-init: starting");
+    if let Err(e) = boot() {
+        say(&format!("sdk-init: error: {e}"));
+        say("sdk-init: cannot continue the boot");
+        // Exiting pid 1 makes the kernel panic (and reboot with panic=N).
+        std::process::exit(1);
+    }
+    unreachable_exec()
+}
+
+fn unreachable_exec() -> ! {
+    say("sdk-init: error: exec of the OS init returned");
+    std::process::exit(1)
+}
+
+fn say(msg: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{msg}");
+    let _ = out.flush();
+}
+
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: nix::mount::MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+    nix::mount::mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(|e| format!("mount {src} on {target} ({fstype}): {e}"))
+}
+
+fn boot() -> Result<(), String> {
+    use nix::mount::MsFlags;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount("proc", "/proc", "proc", nosuid, None)?;
+    mount("sysfs", "/sys", "sysfs", nosuid, None)?;
+    mount(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
+    let plan = Plan::from_cmdline(&parse_cmdline(&cmdline))?;
+    load_modules()?;
+
+    let usr_dev = wait_for(&plan.usr, plan.timeout)?;
+    say(&format!(
+        "sdk-init: USR is {} ({}, {}:{})",
+        usr_dev.name, usr_dev.label, usr_dev.major, usr_dev.minor
+    ));
+    let mut f = File::open(format!("/dev/{}", usr_dev.name))
+        .map_err(|e| format!("open /dev/{}: {e}", usr_dev.name))?;
+    let hash_offset = match plan.hash_offset {
+        Some(o) => o,
+        None => {
+            let mut head = vec![0u8; 4096];
+            f.read_exact(&mut head)
+                .map_err(|e| format!("read USR: {e}"))?;
+            fs_size(&head).ok_or("USR holds no ext4, erofs or squashfs filesystem and verity.usrhashoffset= is not set")?
+        }
+    };
+    let mut sbb = vec![0u8; 512];
+    f.seek(SeekFrom::Start(hash_offset))
+        .and_then(|_| f.read_exact(&mut sbb))
+        .map_err(|e| format!("read the verity superblock at {hash_offset}: {e}"))?;
+    let sb = parse_verity_sb(&sbb).map_err(|e| format!("USR at offset {hash_offset}: {e}"))?;
+    let dev = format!("{}:{}", usr_dev.major, usr_dev.minor);
+    let table = verity_table(&sb, &dev, hash_offset, &plan.usrhash, plan.on_corruption)?;
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+        .map_err(|e| format!("open /dev/mapper/control (is dm-mod loaded?): {e}"))?;
+    let (maj, min) = dm::create_readonly(&control, "usr", "", &[table])
+        .map_err(|e| format!("set up dm-verity: {e}"))?;
+    std::fs::create_dir_all("/dev/mapper").map_err(|e| e.to_string())?;
+    if !Path::new("/dev/mapper/usr").exists() {
+        nix::sys::stat::mknod(
+            "/dev/mapper/usr",
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(maj.into(), min.into()),
+        )
+        .map_err(|e| format!("mknod /dev/mapper/usr: {e}"))?;
+    }
+    say(&format!(
+        "sdk-init: dm-verity USR ready ({} blocks, {}, {})",
+        sb.data_blocks,
+        sb.algorithm,
+        plan.on_corruption.verity_arg()
+    ));
+
+    let root_dev = wait_for(&plan.root, plan.timeout)?;
+    mount(
+        &format!("/dev/{}", root_dev.name),
+        "/sysroot",
+        &plan.rootfstype,
+        MsFlags::empty(),
+        None,
+    )?;
+    let mut head = vec![0u8; 4096];
+    File::open("/dev/mapper/usr")
+        .and_then(|mut u| u.read_exact(&mut head))
+        .map_err(|e| {
+            format!("read /dev/mapper/usr (a verity failure shows in the kernel log above): {e}")
+        })?;
+    let usrfs = if head.get(..4) == Some(b"hsqs") {
+        "squashfs"
+    } else if head.get(1024..1028) == Some(&0xE0F5_E1E2u32.to_le_bytes()) {
+        "erofs"
+    } else {
+        "ext4"
+    };
+    mount(
+        "/dev/mapper/usr",
+        "/sysroot/usr",
+        usrfs,
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )?;
+    first_boot(Path::new("/sysroot"))?;
+
+    for m in ["/dev", "/proc", "/sys", "/run"] {
+        let target = format!("/sysroot{m}");
+        std::fs::create_dir_all(&target).map_err(|e| format!("mkdir {target}: {e}"))?;
+        nix::mount::mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("move {m}: {e}"))?;
+    }
+    let init = pick_init(&plan)?;
+    say(&format!("sdk-init: switching root to {init}"));
+    free_initramfs();
+    std::env::set_current_dir("/sysroot").map_err(|e| format!("chdir /sysroot: {e}"))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("move /sysroot to /: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let prog = std::ffi::CString::new(init.clone()).map_err(|e| e.to_string())?;
+    let err = nix::unistd::execv(&prog, std::slice::from_ref(&prog));
+    Err(format!("exec {init}: {err:?}"))
+}
+
+fn load_modules() -> Result<(), String> {
+    let ver = std::fs::read_to_string(format!("/{KERNEL_VERSION_FILE}"))
+        .map_err(|e| format!("read {KERNEL_VERSION_FILE}: {e}"))?;
+    let list = std::fs::read_to_string(format!("/{MODULES_LIST}"))
+        .map_err(|e| format!("read {MODULES_LIST}: {e}"))?;
+    for m in list.lines().filter(|l| !l.is_empty()) {
+        let path = format!("/lib/modules/{}/{m}", ver.trim());
+        let f = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(format!("load module {m}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct BlockDev {
+    name: String,
+    label: String,
+    major: u32,
+    minor: u32,
+}
+
+fn uevent(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(dir.join("uevent"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn find_part(spec: &PartSpec) -> Option<BlockDev> {
+    let rd = std::fs::read_dir("/sys/class/block").ok()?;
+    for e in rd.flatten() {
+        let dir = e.path();
+        if !dir.join("partition").exists() {
+            continue;
+        }
+        let ev = uevent(&dir);
+        let name = ev.get("DEVNAME")?.clone();
+        let hit = match spec {
+            PartSpec::Label(l) => ev.get("PARTNAME") == Some(l),
+            PartSpec::Path(p) => p == &PathBuf::from(format!("/dev/{name}")),
+            PartSpec::Uuid(u) => {
+                let parent = std::fs::canonicalize(&dir)
+                    .ok()?
+                    .parent()?
+                    .file_name()?
+                    .to_string_lossy()
+                    .into_owned();
+                let partn: u32 = ev.get("PARTN")?.parse().ok()?;
+                let sector: u64 = std::fs::read_to_string(format!(
+                    "/sys/class/block/{parent}/queue/logical_block_size"
+                ))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(512);
+                let mut disk = File::open(format!("/dev/{parent}")).ok()?;
+                gpt_partuuids(&mut disk, sector).ok()?.get(&partn) == Some(u)
+            }
+        };
+        if hit {
+            return Some(BlockDev {
+                name,
+                label: ev.get("PARTNAME").cloned().unwrap_or_default(),
+                major: ev.get("MAJOR")?.parse().ok()?,
+                minor: ev.get("MINOR")?.parse().ok()?,
+            });
+        }
+    }
+    None
+}
+
+fn wait_for(spec: &PartSpec, timeout: Duration) -> Result<BlockDev, String> {
+    let start = Instant::now();
+    loop {
+        if let Some(d) = find_part(spec)
+            && std::fs::metadata(format!("/dev/{}", d.name))
+                .map(|m| m.file_type().is_block_device())
+                .unwrap_or(false)
+        {
+            return Ok(d);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "partition {spec:?} did not appear within {}s",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// ROOT starts empty: make the top-level directories and the /usr-merge
+/// links, and on the first boot copy /usr/share/factory/etc (the image's
+/// /etc defaults, systemd's convention) into /etc.
+fn first_boot(sysroot: &Path) -> Result<(), String> {
+    let first = !sysroot.join("etc").exists();
+    for d in [
+        "etc", "var", "home", "root", "tmp", "run", "proc", "sys", "dev", "mnt", "opt", "media",
+        "srv",
+    ] {
+        std::fs::create_dir_all(sysroot.join(d))
+            .map_err(|e| format!("create /{d} on ROOT: {e}"))?;
+    }
+    let _ = nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &sysroot.join("tmp"),
+        nix::sys::stat::Mode::from_bits_truncate(0o1777),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    );
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        let l = sysroot.join(link);
+        if sysroot.join(target).exists() && std::fs::symlink_metadata(&l).is_err() {
+            std::os::unix::fs::symlink(target, &l).map_err(|e| format!("link /{link}: {e}"))?;
+        }
+    }
+    let factory = sysroot.join("usr/share/factory/etc");
+    if first && factory.is_dir() {
+        copy_tree(&factory, &sysroot.join("etc"))
+            .map_err(|e| format!("copy /usr/share/factory/etc to /etc: {e}"))?;
+        say("sdk-init: first boot: /etc populated from /usr/share/factory/etc");
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let md = std::fs::symlink_metadata(&src)?;
+        if md.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if md.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+        if !md.file_type().is_symlink() {
+            std::fs::set_permissions(
+                &dst,
+                std::fs::Permissions::from_mode(md.permissions().mode()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn pick_init(plan: &Plan) -> Result<String, String> {
+    if let Some(i) = &plan.init {
+        return Ok(i.clone());
+    }
+    for c in [
+        "/usr/lib/systemd/systemd",
+        "/usr/sbin/init",
+        "/usr/bin/init",
+    ] {
+        if std::fs::symlink_metadata(format!("/sysroot{c}")).is_ok() {
+            return Ok(c.to_string());
+        }
+    }
+    Err("no init in the OS (/usr/lib/systemd/systemd, /usr/sbin/init, /usr/bin/init); set init= on the kernel command line".into())
+}
+
+/// Delete the initramfs contents (they stay in RAM otherwise). Only files
+/// on the initramfs itself: /sysroot and the moved mounts are skipped.
+fn free_initramfs() {
+    use std::os::unix::fs::MetadataExt;
+    fn rm(dir: &Path, dev: u64) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match std::fs::symlink_metadata(&p) {
+                Ok(md) if md.dev() == dev && p != Path::new("/sysroot") => {
+                    if md.is_dir() {
+                        rm(&p, dev);
+                        let _ = std::fs::remove_dir(&p);
+                    } else {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Ok(md) = std::fs::metadata("/") {
+        rm(Path::new("/"), md.dev());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "4b8c0d5bbc3a4bc1e1a5e0a7f2b5a6c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4";
+
+    #[test]
+    fn flatcar_style_cmdline() {
+        let c = parse_cmdline(&format!(
+            "console=ttyS0 mount.usr=/dev/mapper/usr verity.usr=PARTUUID=7130C94A-213A-4E5A-8E26-6CCE9662F132 verity.usrhash={HASH} root=PARTLABEL=ROOT"
+        ));
+        let p = Plan::from_cmdline(&c).unwrap();
+        assert_eq!(
+            p.usr,
+            PartSpec::Uuid("7130c94a-213a-4e5a-8e26-6cce9662f132".into())
+        );
+        assert_eq!(p.usrhash, HASH);
+        assert_eq!(p.on_corruption, OnCorruption::Panic);
+        assert_eq!(p.root, PartSpec::Label("ROOT".into()));
+    }
+
+    #[test]
+    fn mount_usr_label_and_restart() {
+        let c = parse_cmdline(&format!(
+            "mount.usr=PARTLABEL=USR-B usrhash={HASH} verity.usrcorruption=restart verity.usrhashoffset=8192"
+        ));
+        let p = Plan::from_cmdline(&c).unwrap();
+        assert_eq!(p.usr, PartSpec::Label("USR-B".into()));
+        assert_eq!(p.hash_offset, Some(8192));
+        assert_eq!(p.on_corruption, OnCorruption::Restart);
+    }
+
+    #[test]
+    fn no_hash_no_boot() {
+        let c = parse_cmdline("mount.usr=PARTLABEL=USR-A");
+        assert!(
+            Plan::from_cmdline(&c)
+                .unwrap_err()
+                .contains("without dm-verity")
+        );
+        let c = parse_cmdline(&format!("usrhash={HASH}"));
+        assert!(Plan::from_cmdline(&c).is_err());
+    }
+
+    #[test]
+    fn verity_superblock_from_veritysetup_layout() {
+        let mut sb = vec![0u8; 512];
+        sb[..8].copy_from_slice(b"verity\0\0");
+        sb[8..12].copy_from_slice(&1u32.to_le_bytes());
+        sb[12..16].copy_from_slice(&1u32.to_le_bytes());
+        sb[32..38].copy_from_slice(b"sha256");
+        sb[64..68].copy_from_slice(&4096u32.to_le_bytes());
+        sb[68..72].copy_from_slice(&4096u32.to_le_bytes());
+        sb[72..80].copy_from_slice(&100u64.to_le_bytes());
+        sb[80..82].copy_from_slice(&2u16.to_le_bytes());
+        sb[88..90].copy_from_slice(&[0xab, 0xcd]);
+        let v = parse_verity_sb(&sb).unwrap();
+        assert_eq!(v.data_blocks, 100);
+        let t = verity_table(&v, "254:3", 409600, HASH, OnCorruption::Panic).unwrap();
+        assert_eq!(t.length, 800);
+        assert_eq!(
+            t.params,
+            format!("1 254:3 254:3 4096 4096 100 101 sha256 {HASH} abcd 1 panic_on_corruption")
+        );
+        assert!(verity_table(&v, "254:3", 1000, HASH, OnCorruption::Panic).is_err());
+    }
+
+    #[test]
+    fn ext4_size_from_superblock() {
+        let mut head = vec![0u8; 4096];
+        head[1024 + 4..1024 + 8].copy_from_slice(&2560u32.to_le_bytes());
+        head[1024 + 24..1024 + 28].copy_from_slice(&2u32.to_le_bytes());
+        head[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        assert_eq!(fs_size(&head), Some(2560 * 4096));
+        assert_eq!(fs_size(&[0u8; 4096]), None);
+    }
+
+    #[test]
+    fn guid_text_is_mixed_endian() {
+        let g = [
+            0x4a, 0xc9, 0x30, 0x71, 0x3a, 0x21, 0x5a, 0x4e, 0x8e, 0x26, 0x6c, 0xce, 0x96, 0x62,
+            0xf1, 0x32,
+        ];
+        assert_eq!(guid_text(&g), "7130c94a-213a-4e5a-8e26-6cce9662f132");
+    }
+}

@@ -1,0 +1,256 @@
+//! Builds the initramfs for an image's kernel: our own init (this very
+//! binary, see `boot::init`), the shared libraries it needs found by walking
+//! its ELF dependencies, the kernel modules boot needs with their
+//! dependency closure, and `/dev/console`, packed as a deterministic gzip
+//! cpio.
+//!
+//! Why our own init and not busybox + veritysetup: veritysetup pulls in
+//! libcryptsetup, libdevmapper, libssl, libblkid, libudev, libjson-c and
+//! friends, and its behaviour depends on udev being there to make
+//! `/dev/mapper` nodes; our init talks to device-mapper through four ioctls
+//! (`boot::dm`), reads the verity superblock itself, needs only libc, and
+//! the same code is unit tested on the host. It is the same binary the SDK
+//! runs, so there is no second toolchain to build for the guest.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::BootError;
+use super::cpio::{Entry, Kind, write_newc};
+use super::kmod::{Kernel, ModuleIndex};
+
+/// Where the init reads its module load order (one path a line, relative to
+/// `/lib/modules/<version>`).
+pub const MODULES_LIST: &str = "etc/sdk-initrd/modules";
+/// Where the init reads the kernel version the modules belong to.
+pub const KERNEL_VERSION_FILE: &str = "etc/sdk-initrd/kernel-version";
+
+/// Modules boot cannot do without: the virtio disk of a QEMU guest,
+/// device-mapper with the verity target, and the filesystems USR and ROOT
+/// may use (built-in ones are fine too).
+pub const REQUIRED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm-verity", "ext4"];
+/// Taken when the kernel has them: other disk buses and USR filesystems.
+pub const OPTIONAL_MODULES: &[&str] = &["virtio_scsi", "sd_mod", "erofs", "squashfs", "nvme"];
+
+/// What went into an initramfs.
+#[derive(Debug, Clone)]
+pub struct Initramfs {
+    pub kernel_version: String,
+    /// Loadable modules, in load order.
+    pub modules: Vec<String>,
+    /// Files copied from the build environment (the init and its libraries).
+    pub host_files: Vec<PathBuf>,
+    pub bytes: u64,
+}
+
+/// Build the initramfs for `kernel` into `out` (written to a temporary name
+/// and renamed). `mtime` stamps every member (SOURCE_DATE_EPOCH).
+pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootError> {
+    let idx = ModuleIndex::load(&kernel.modules_dir)?;
+    let modules = idx.closure(&kernel.version, REQUIRED_MODULES, OPTIONAL_MODULES)?;
+
+    let mut entries = Vec::new();
+    let mut dirs = BTreeSet::new();
+    let mut add_dirs = |path: &str, entries: &mut Vec<Entry>| {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            if dirs.insert(acc.clone()) {
+                entries.push(Entry {
+                    path: acc.clone(),
+                    perm: 0o755,
+                    kind: Kind::Dir,
+                });
+            }
+        }
+    };
+    for d in ["dev/", "proc/", "sys/", "run/", "sysroot/", "tmp/"] {
+        add_dirs(d, &mut entries);
+    }
+    entries.push(Entry {
+        path: "dev/console".into(),
+        perm: 0o600,
+        kind: Kind::CharDev { major: 5, minor: 1 },
+    });
+
+    // The init: this executable, plus what the dynamic loader needs for it.
+    let exe = std::fs::read("/proc/self/exe").map_err(|source| BootError::Io {
+        what: "read our own executable for the initramfs init",
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    entries.push(Entry {
+        path: "init".into(),
+        perm: 0o755,
+        kind: Kind::File(exe.clone()),
+    });
+    let libs = elf_closure(&exe, Path::new("/"))?;
+    for lib in &libs {
+        let data = std::fs::read(lib).map_err(|source| BootError::Io {
+            what: "read a shared library for the initramfs",
+            path: lib.clone(),
+            source,
+        })?;
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+        add_dirs(&rel, &mut entries);
+        entries.push(Entry {
+            path: rel,
+            perm: 0o755,
+            kind: Kind::File(data),
+        });
+    }
+
+    for m in &modules {
+        let src = kernel.modules_dir.join(m);
+        if !m.ends_with(".ko") {
+            return Err(BootError::BadModule {
+                path: src,
+                why: "compressed modules are not supported yet; build the kernel with CONFIG_MODULE_COMPRESS_NONE".into(),
+            });
+        }
+        let data = std::fs::read(&src).map_err(|source| BootError::Io {
+            what: "read a kernel module",
+            path: src.clone(),
+            source,
+        })?;
+        let rel = format!("lib/modules/{}/{m}", kernel.version);
+        add_dirs(&rel, &mut entries);
+        entries.push(Entry {
+            path: rel,
+            perm: 0o644,
+            kind: Kind::File(data),
+        });
+    }
+    add_dirs(MODULES_LIST, &mut entries);
+    entries.push(Entry {
+        path: MODULES_LIST.into(),
+        perm: 0o644,
+        kind: Kind::File(
+            modules
+                .iter()
+                .map(|m| format!("{m}\n"))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+    });
+    entries.push(Entry {
+        path: KERNEL_VERSION_FILE.into(),
+        perm: 0o644,
+        kind: Kind::File(format!("{}\n", kernel.version).into_bytes()),
+    });
+
+    let tmp = out.with_extension("tmp");
+    let write = || -> std::io::Result<u64> {
+        let f = std::fs::File::create(&tmp)?;
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(std::io::BufWriter::new(f), flate2::Compression::default());
+        write_newc(&mut gz, &entries, mtime)?;
+        let mut w = gz.finish()?;
+        w.flush()?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)?;
+        Ok(std::fs::metadata(out)?.len())
+    };
+    let bytes = write().map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        BootError::Io {
+            what: "write the initramfs",
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
+    tracing::info!(kernel = %kernel.version, modules = modules.len(), bytes, "initramfs built");
+    Ok(Initramfs {
+        kernel_version: kernel.version.clone(),
+        modules,
+        host_files: libs,
+        bytes,
+    })
+}
+
+/// The dynamic loader and every shared library `exe` needs, transitively,
+/// resolved the way the loader does on a Debian-like system (RUNPATH, then
+/// the multiarch and plain library directories) under `root`.
+pub fn elf_closure(exe: &[u8], root: &Path) -> Result<Vec<PathBuf>, BootError> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<(String, Vec<u8>)> = vec![("init".into(), exe.to_vec())];
+    while let Some((who, bytes)) = todo.pop() {
+        let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| BootError::BadElf {
+            path: who.clone().into(),
+            why: e.to_string(),
+        })?;
+        let multiarch = match elf.header.e_machine {
+            goblin::elf::header::EM_X86_64 => "x86_64-linux-gnu",
+            goblin::elf::header::EM_AARCH64 => "aarch64-linux-gnu",
+            other => {
+                return Err(BootError::BadElf {
+                    path: who.into(),
+                    why: format!("unsupported machine {other}"),
+                });
+            }
+        };
+        let mut dirs: Vec<String> = elf.runpaths.iter().map(|s| s.to_string()).collect();
+        dirs.extend([
+            format!("/lib/{multiarch}"),
+            format!("/usr/lib/{multiarch}"),
+            "/lib64".into(),
+            "/usr/lib64".into(),
+            "/lib".into(),
+            "/usr/lib".into(),
+        ]);
+        let mut needed: Vec<PathBuf> = Vec::new();
+        if let Some(interp) = elf.interpreter {
+            needed.push(PathBuf::from(interp));
+        }
+        for lib in &elf.libraries {
+            let found = dirs
+                .iter()
+                .map(|d| PathBuf::from(d).join(lib))
+                .find(|p| root.join(p.strip_prefix("/").unwrap_or(p)).is_file())
+                .ok_or_else(|| BootError::BadElf {
+                    path: who.clone().into(),
+                    why: format!("needs {lib}, not found in {}", dirs.join(", ")),
+                })?;
+            needed.push(found);
+        }
+        for p in needed {
+            if seen.insert(p.clone()) {
+                let real = root.join(p.strip_prefix("/").unwrap_or(&p));
+                let data = std::fs::read(&real).map_err(|source| BootError::Io {
+                    what: "read a shared library",
+                    path: real.clone(),
+                    source,
+                })?;
+                todo.push((p.to_string_lossy().into_owned(), data));
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_binary_needs_libc_and_the_loader() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let libs = elf_closure(&exe, Path::new("/")).unwrap();
+        let names: Vec<String> = libs
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "libc.so.6"), "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("ld-linux")), "{names:?}");
+    }
+}

@@ -1,0 +1,72 @@
+//! Booting the image: the initramfs (our own init with dm-verity over USR),
+//! the ESP contents (systemd-boot with A/B entries), `image_to_vm` (qcow2 +
+//! QEMU launcher), `test_image` (boot headless, wait for the first-boot
+//! marker) and the A/B slot switch used after writing an update payload.
+//!
+//! Not here: building filesystems, verity trees and the GPT (image core),
+//! assembling the image (build_image, which calls `esp::populate_esp`).
+
+pub mod cli;
+pub mod cpio;
+pub mod disk;
+pub mod dm;
+pub mod esp;
+pub mod init;
+pub mod initramfs;
+pub mod kmod;
+pub mod slot;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// The line the example OS's first-boot script prints on the console once
+/// the OS is up; followed by ` usr=<source of /usr>`.
+pub const BOOT_MARKER: &str = "sdk-run-first-boot: ok";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("no bootable kernel in {root}: {why}")]
+    NoKernel { root: PathBuf, why: String },
+    #[error(
+        "kernel {kernel} has no {module} (neither built in nor a module under {dir}); boot needs it: use a kernel with it enabled (e.g. Debian's linux-image-cloud-amd64)"
+    )]
+    MissingModule {
+        kernel: String,
+        module: String,
+        dir: PathBuf,
+    },
+    #[error("kernel module {path}: {why}")]
+    BadModule { path: PathBuf, why: String },
+    #[error("{path}: {why}")]
+    BadElf { path: PathBuf, why: String },
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cmd(#[from] crate::cmd::CmdError),
+}
+
+impl BootError {
+    /// Errors that are the user's to fix (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            BootError::Usage(_) | BootError::NoKernel { .. } | BootError::MissingModule { .. }
+        )
+    }
+}
+
+/// Turn a boot error into the anyhow error the CLI maps to an exit code.
+pub fn into_cli(e: BootError) -> anyhow::Error {
+    if e.is_usage() {
+        anyhow::Error::new(crate::exit::UsageError(e.to_string()))
+    } else {
+        anyhow::Error::new(e)
+    }
+}

@@ -1,0 +1,472 @@
+//! `image_to_vm` (a compressed qcow2 and a Flatcar-like launcher script)
+//! and `test_image` (boot it headless and wait for the first-boot marker on
+//! the serial console).
+//!
+//! Two formats: `qemu` boots the kernel and initramfs from the image's ESP
+//! directly (`-kernel/-initrd/-append` with the command line of the entry
+//! systemd-boot would pick), the fast path; `qemu_uefi` boots the disk by
+//! itself through OVMF and systemd-boot. The launcher picks KVM only when a
+//! short probe guest actually runs under it (a KVM device node that exists
+//! but hangs is common in nested setups), TCG otherwise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::BootError;
+use super::disk;
+use super::init::parse_cmdline;
+use crate::cmd::CommandExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Direct kernel boot (kernel + initramfs from the ESP).
+    Qemu,
+    /// Boot the disk through UEFI firmware (OVMF) and systemd-boot.
+    #[value(name = "qemu_uefi")]
+    QemuUefi,
+}
+
+impl Format {
+    fn suffix(self) -> &'static str {
+        match self {
+            Format::Qemu => "qemu",
+            Format::QemuUefi => "qemu_uefi",
+        }
+    }
+}
+
+/// Firmware Debian's `ovmf` package installs (4 MiB flash layout first).
+const OVMF_PAIRS: &[(&str, &str)] = &[
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub image: PathBuf,
+    pub format: Format,
+    /// Where the outputs go (default: next to the image).
+    pub out_dir: Option<PathBuf>,
+    pub ovmf_code: Option<PathBuf>,
+    pub ovmf_vars: Option<PathBuf>,
+}
+
+/// What `image_to_vm` wrote.
+#[derive(Debug, Clone)]
+pub struct VmOutput {
+    pub launcher: PathBuf,
+    pub disk: PathBuf,
+    /// Where `test_image` saves the console.
+    pub console_log: PathBuf,
+    pub cmdline: Option<String>,
+}
+
+/// The image's base name: `demo_production_image.bin` -> `demo_production`.
+pub fn image_name(image: &Path) -> String {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    stem.strip_suffix("_image")
+        .map(str::to_string)
+        .unwrap_or(stem)
+}
+
+/// Find the disk image of `board`: `__build__/images/<board>/latest/*.bin`
+/// (not the `_update.bin` payload) under the current directory or one of
+/// its parents.
+pub fn find_board_image(board: &str) -> Result<PathBuf, BootError> {
+    let cwd = std::env::current_dir().map_err(|source| BootError::Io {
+        what: "read",
+        path: ".".into(),
+        source,
+    })?;
+    let dir = cwd
+        .ancestors()
+        .map(|a| a.join("__build__/images").join(board).join("latest"))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| BootError::Usage(format!("no __build__/images/{board}/latest here or above; run build_image --board {board} first (or pass --image FILE)")))?;
+    let mut bins: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| BootError::Io {
+            what: "read",
+            path: dir.clone(),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            n.ends_with(".bin") && !n.ends_with("_update.bin")
+        })
+        .collect();
+    bins.sort();
+    match bins.len() {
+        1 => Ok(bins.remove(0)),
+        0 => Err(BootError::Usage(format!(
+            "no disk image (*.bin) in {}; run build_image --board {board}",
+            dir.display()
+        ))),
+        _ => Err(BootError::Usage(format!(
+            "several disk images in {}; pass --image FILE",
+            dir.display()
+        ))),
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootError {
+    let path = path.to_path_buf();
+    move |source| BootError::Io { what, path, source }
+}
+
+/// Make the qcow2 and launcher for `spec.image`. Everything is checked
+/// before anything is written.
+pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
+    let image = &spec.image;
+    if std::env::consts::ARCH != "x86_64" {
+        return Err(BootError::Usage(format!(
+            "image_to_vm supports x86_64 hosts only (this is {})",
+            std::env::consts::ARCH
+        )));
+    }
+    let parts = disk::partitions(image)?;
+    let esp = disk::esp(&parts, image)?;
+    disk::by_label(&parts, "USR-A", image)?;
+    let entry = super::slot::boot_entry(image)?;
+    let c = parse_cmdline(&entry.options);
+    if !c.contains_key("usrhash") && !c.contains_key("verity.usrhash") {
+        return Err(BootError::Usage(format!(
+            "{}: the boot entry {} carries no USR root hash (usrhash=); rebuild the image with build_image",
+            image.display(),
+            entry.file_name
+        )));
+    }
+    let firmware = match spec.format {
+        Format::Qemu => None,
+        Format::QemuUefi => Some(find_ovmf(spec)?),
+    };
+
+    let out_dir = spec
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| image.parent().unwrap_or(Path::new(".")).to_path_buf());
+    std::fs::create_dir_all(&out_dir).map_err(io("create", &out_dir))?;
+    let name = format!("{}_{}", image_name(image), spec.format.suffix());
+    let disk_out = out_dir.join(format!("{name}_image.img"));
+    let tmp = out_dir.join(format!(".{name}_image.img.tmp"));
+    Command::new("qemu-img")
+        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+        .arg(image)
+        .arg(&tmp)
+        .run_capture()?;
+    std::fs::rename(&tmp, &disk_out).map_err(io("rename", &tmp))?;
+
+    let boot_args = match firmware {
+        None => {
+            let kernel = format!("{name}_vmlinuz");
+            let initrd = format!("{name}_initrd");
+            disk::esp_copy_out(image, &esp, &entry.linux, &out_dir.join(&kernel))?;
+            disk::esp_copy_out(image, &esp, &entry.initrd, &out_dir.join(&initrd))?;
+            format!(
+                "-kernel \"$DIR/{kernel}\" -initrd \"$DIR/{initrd}\" -append {}",
+                shell_quote(&entry.options)
+            )
+        }
+        Some((code, vars)) => {
+            let code_out = format!("{name}_efi_code.fd");
+            let vars_out = format!("{name}_efi_vars.fd");
+            std::fs::copy(&code, out_dir.join(&code_out)).map_err(io("copy", &code))?;
+            std::fs::copy(&vars, out_dir.join(&vars_out)).map_err(io("copy", &vars))?;
+            format!(
+                "-drive if=pflash,format=raw,unit=0,readonly=on,file=\"$DIR/{code_out}\" -drive if=pflash,format=raw,unit=1,file=\"$DIR/{vars_out}\""
+            )
+        }
+    };
+    let launcher = out_dir.join(format!("{name}.sh"));
+    let script = launcher_script(&format!("{name}_image.img"), &boot_args);
+    let tmp = out_dir.join(format!(".{name}.sh.tmp"));
+    std::fs::write(&tmp, script).map_err(io("write", &tmp))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &tmp))?;
+    }
+    std::fs::rename(&tmp, &launcher).map_err(io("rename", &tmp))?;
+    Ok(VmOutput {
+        launcher,
+        disk: disk_out,
+        console_log: out_dir.join(format!("{name}_console.log")),
+        cmdline: (spec.format == Format::Qemu).then(|| entry.options.clone()),
+    })
+}
+
+fn find_ovmf(spec: &VmSpec) -> Result<(PathBuf, PathBuf), BootError> {
+    match (&spec.ovmf_code, &spec.ovmf_vars) {
+        (Some(c), v) => {
+            let v = v.clone().unwrap_or_else(|| PathBuf::from(OVMF_PAIRS[0].1));
+            for f in [c, &v] {
+                if !f.is_file() {
+                    return Err(BootError::Usage(format!("UEFI firmware {} does not exist; install ovmf (apt-get install ovmf) or point --ovmf-code/--ovmf-vars at it", f.display())));
+                }
+            }
+            Ok((c.clone(), v))
+        }
+        (None, _) => OVMF_PAIRS
+            .iter()
+            .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+            .find(|(c, v)| c.is_file() && v.is_file())
+            .ok_or_else(|| BootError::Usage("no OVMF UEFI firmware in /usr/share/OVMF; install it with `apt-get install ovmf` or pass --ovmf-code".into())),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe.
+fn launcher_script(disk: &str, boot_args: &str) -> String {
+    format!(
+        r#"#!/bin/bash
+# QEMU launcher made by image_to_vm. Runs the image next to this script.
+#
+#   ./{disk_sh} -nographic              serial console in this terminal
+#   ./{disk_sh} -M 2048 -p 2223 -- -snapshot
+set -euo pipefail
+DIR=$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)
+VM_MEMORY=1024
+SSH_PORT=2222
+CONFIG_FILE=""
+NOGRAPHIC=""
+SAFE=""
+
+usage() {{
+  cat <<'EOF'
+Usage: launcher [options] [-- extra qemu args]
+  -M MB         memory (default 1024)
+  -p PORT       forward host port PORT to the guest's ssh port 22 (default 2222; "none" for no forward)
+  -i FILE       pass FILE to the guest via fw_cfg as opt/org.sdk-run/config
+  -nographic    no window; the serial console is this terminal
+  -s            safe mode: never use KVM (TCG emulation)
+  -h            this help
+Anything after -- goes to qemu-system-x86_64 unchanged.
+EOF
+}}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -M) VM_MEMORY=${{2:?-M needs a size in MiB}}; shift 2 ;;
+    -p) SSH_PORT=${{2:?-p needs a port}}; shift 2 ;;
+    -i) CONFIG_FILE=${{2:?-i needs a file}}; shift 2 ;;
+    -nographic) NOGRAPHIC=1; shift ;;
+    -s) SAFE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; break ;;
+    *) echo "error: unknown option $1 (see -h)" >&2; exit 2 ;;
+  esac
+done
+
+if [ -n "$CONFIG_FILE" ] && [ ! -f "$CONFIG_FILE" ]; then
+  echo "error: config file $CONFIG_FILE does not exist; pass an existing file to -i" >&2
+  exit 2
+fi
+if [ ! -f "$DIR/{disk}" ]; then
+  echo "error: disk image $DIR/{disk} is missing; run image_to_vm again" >&2
+  exit 2
+fi
+
+# KVM only when a probe guest (the firmware finding nothing to boot and
+# resetting, about 0.2 s even under TCG) really runs under it with the CPU
+# model the VM uses: a /dev/kvm that exists but hangs, crawls or rejects
+# the host CPU's MSRs (nested virtualization) would break the VM too.
+ACCEL=tcg
+if [ -z "$SAFE" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
+   (timeout 3 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 32 -nodefaults \
+     -display none -no-reboot -boot reboot-timeout=0) >/dev/null 2>&1; then
+  ACCEL=kvm
+fi
+
+args=(-name sdk-run-vm -machine q35,accel=$ACCEL -m "$VM_MEMORY" -smp 1)
+if [ "$ACCEL" = kvm ]; then args+=(-cpu host); fi
+args+=(-drive if=virtio,format=qcow2,file="$DIR/{disk}")
+if [ "$SSH_PORT" != none ]; then
+  args+=(-netdev user,id=eth0,hostfwd=tcp:127.0.0.1:"$SSH_PORT"-:22 -device virtio-net-pci,netdev=eth0)
+else
+  args+=(-nic none)
+fi
+if [ -n "$CONFIG_FILE" ]; then
+  args+=(-fw_cfg name=opt/org.sdk-run/config,file="$CONFIG_FILE")
+fi
+if [ -n "$NOGRAPHIC" ]; then args+=(-nographic); fi
+exec qemu-system-x86_64 "${{args[@]}}" {boot_args} "$@"
+"#,
+        disk_sh = disk.replace("_image.img", ".sh"),
+    )
+}
+
+/// The result of one `test_image` boot.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    pub passed: bool,
+    pub elapsed: Duration,
+    /// The marker line, when seen.
+    pub marker_line: Option<String>,
+    pub console_log: PathBuf,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// Boot `launcher` headless (a snapshot: the image is not modified), copy
+/// the console to `console_log`, and wait up to `timeout` for `marker`.
+pub fn boot_and_wait(
+    launcher: &Path,
+    console_log: &Path,
+    marker: &str,
+    timeout: Duration,
+    extra: &[String],
+) -> Result<TestOutcome, BootError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port().to_string())
+        .unwrap_or_else(|_| "none".into());
+    let mut cmd = Command::new("bash");
+    cmd.arg(launcher)
+        .args(["-nographic", "-p", &port, "--", "-snapshot", "-no-reboot"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn_streaming()?;
+    let start = Instant::now();
+    let mut log = std::fs::File::create(console_log).map_err(io("create", console_log))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(_) => {
+                        if tx.send(Some(line)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut closed = 0;
+    let mut marker_line = None;
+    let mut corruption = None;
+    let mut reason = None;
+    while closed < 2 {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            reason = Some(format!("no marker within {}s", timeout.as_secs()));
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok(Some(line)) => {
+                let _ = log.write_all(&line);
+                let text = String::from_utf8_lossy(&line);
+                if text.contains("verity")
+                    && (text.contains("corrupted") || text.contains("mismatch"))
+                    && corruption.is_none()
+                {
+                    corruption = Some(text.trim().to_string());
+                }
+                if text.contains(marker) {
+                    marker_line = Some(text.trim().to_string());
+                    break;
+                }
+            }
+            Ok(None) => closed += 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().ok();
+    let _ = log.flush();
+    let passed = marker_line.is_some();
+    if !passed && reason.is_none() {
+        reason = Some(format!(
+            "the VM stopped before the marker ({})",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown status".into())
+        ));
+    }
+    if let (Some(r), Some(c)) = (&mut reason, &corruption) {
+        r.push_str(&format!("; dm-verity reported corruption: {c}"));
+    }
+    Ok(TestOutcome {
+        passed,
+        elapsed: start.elapsed(),
+        marker_line,
+        console_log: console_log.to_path_buf(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_flatcar() {
+        assert_eq!(
+            image_name(Path::new("/x/demo_production_image.bin")),
+            "demo_production"
+        );
+        assert_eq!(image_name(Path::new("disk.img")), "disk");
+    }
+
+    #[test]
+    fn launcher_is_valid_bash_and_rejects_missing_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("x_qemu.sh");
+        std::fs::write(&s, launcher_script("x_qemu_image.img", "-kernel k")).unwrap();
+        Command::new("bash")
+            .arg("-n")
+            .arg(&s)
+            .run_capture()
+            .unwrap();
+        let out = Command::new("bash")
+            .arg(&s)
+            .args(["-i", "/nonexistent/config.ign"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+        let help = Command::new("bash").arg(&s).arg("-h").run_stdout().unwrap();
+        assert!(help.contains("-nographic"));
+    }
+}
