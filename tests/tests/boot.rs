@@ -159,7 +159,7 @@ fn direct_kernel_boot_reaches_marker_with_usr_on_verity() {
     let out = test_image(&user, &scratch, &image, "qemu", 0);
     // Printed by the guest's first-boot script from /proc/mounts.
     assert!(
-        out.contains("sdk-run-first-boot: ok usr=/dev/mapper/usr"),
+        out.contains("first boot OK: x86_64: usr=/dev/mapper/usr"),
         "{out}"
     );
     let log = console(&scratch, "qemu");
@@ -176,7 +176,7 @@ fn uefi_disk_boot_through_systemd_boot_reaches_marker() {
     let image = image_copy(&user, &scratch);
     let out = test_image(&user, &scratch, &image, "qemu_uefi", 0);
     assert!(
-        out.contains("sdk-run-first-boot: ok usr=/dev/mapper/usr"),
+        out.contains("first boot OK: x86_64: usr=/dev/mapper/usr"),
         "{out}"
     );
     let log = console(&scratch, "qemu_uefi");
@@ -216,7 +216,10 @@ fn flipped_byte_in_usr_a_fails_verity_in_the_guest() {
     }
     let out = test_image(&user, &scratch, &image, "qemu", 1);
     assert!(out.contains("FAIL"), "{out}");
-    assert!(!out.contains("PASS") && !out.contains("ok usr="), "{out}");
+    assert!(
+        !out.contains("PASS") && !out.contains("usr=/dev/mapper/usr"),
+        "{out}"
+    );
     let log = console(&scratch, "qemu");
     assert!(
         log.contains("device-mapper: verity") && log.contains("is corrupted"),

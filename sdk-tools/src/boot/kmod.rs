@@ -36,7 +36,10 @@ pub fn find_kernel(root: &Path, version: Option<&str>) -> Result<Kernel, BootErr
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().join("kernel").is_dir() || e.path().join("modules.builtin").is_file() {
+            if e.path().join("kernel").is_dir()
+                || e.path().join("modules.builtin").is_file()
+                || e.path().join("vmlinuz").is_file()
+            {
                 found.entry(name).or_insert_with(|| e.path());
             }
         }
@@ -149,6 +152,12 @@ impl ModuleIndex {
         Ok(idx)
     }
 
+    /// Whether the tree says anything about modules at all: a kernel with
+    /// everything built in may ship neither `modules.builtin` nor modules.
+    pub fn knows_modules(&self) -> bool {
+        !self.builtin.is_empty() || !self.paths.is_empty()
+    }
+
     pub fn is_builtin(&self, name: &str) -> bool {
         self.builtin.contains(&canonical(name))
     }
@@ -184,6 +193,14 @@ impl ModuleIndex {
     ) -> Result<Vec<String>, BootError> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
+        if !self.knows_modules() {
+            tracing::warn!(
+                kernel = version,
+                dir = %self.dir.display(),
+                "no modules.builtin and no modules: assuming everything boot needs is built in (the boot fails clearly if not)"
+            );
+            return Ok(order);
+        }
         for w in wanted {
             if !self.has(w) {
                 return Err(BootError::MissingModule {

@@ -19,9 +19,10 @@ pub mod vm;
 
 use std::path::PathBuf;
 
-/// The line the example OS's first-boot script prints on the console once
-/// the OS is up; followed by ` usr=<source of /usr>`.
-pub const BOOT_MARKER: &str = "sdk-run-first-boot: ok";
+/// What the example OS's first-boot script prints on the console once the
+/// OS is up (`demo-os: first boot OK: x86_64: usr=/dev/mapper/usr: ...`);
+/// `test_image --marker` takes another.
+pub const BOOT_MARKER: &str = "first boot OK";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

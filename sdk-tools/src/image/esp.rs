@@ -5,9 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-
-use crate::exit::UsageError;
+use anyhow::Result;
 
 /// What the ESP needs to know about the image being built.
 #[derive(Debug, Clone)]
@@ -40,71 +38,33 @@ pub struct EspOutcome {
     pub files: Vec<PathBuf>,
 }
 
-/// The kernel command line selecting USR-A under verity (Flatcar's words
-/// and systemd's, so either initramfs finds it).
-pub fn cmdline(inputs: &EspInputs<'_>) -> String {
-    let mut words = vec![
-        "mount.usr=/dev/mapper/usr".to_string(),
-        format!("verity.usr=PARTUUID={}", inputs.usr_a_uuid),
-        format!("verity.usrhash={}", inputs.usr_hash),
-        format!("usrhash={}", inputs.usr_hash),
-        format!("verity.usrhashoffset={}", inputs.usr_hash_offset),
-        "mount.usrflags=ro".to_string(),
-    ];
-    words.push(match inputs.root_uuid {
-        Some(u) => format!("root=PARTUUID={u}"),
-        None => "root=PARTLABEL=ROOT".to_string(),
-    });
-    words.join(" ")
-}
-
-/// Fill the ESP for an image whose USR-A carries `usr_hash`: the kernel
-/// and a Boot Loader Specification entry with the verity command line.
+/// Fill the ESP for an image whose USR-A carries `usr_hash`: systemd-boot,
+/// the kernel, the initramfs with the dm-verity init and the USR-A boot
+/// entry, all done by `boot::esp::populate_esp`.
 pub fn populate(inputs: &EspInputs<'_>) -> Result<EspOutcome> {
-    let root = inputs.staging_root;
-    let mut kernels: Vec<(String, PathBuf)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(root.join("usr/lib/modules")) {
-        for e in rd.flatten() {
-            let v = e.file_name().to_string_lossy().into_owned();
-            for cand in [
-                e.path().join("vmlinuz"),
-                root.join(format!("usr/boot/vmlinuz-{v}")),
-            ] {
-                if cand.is_file() {
-                    kernels.push((v.clone(), cand));
-                    break;
-                }
-            }
-        }
-    }
-    kernels.sort();
-    let Some((version, image)) = kernels.pop() else {
-        return Err(UsageError(
-            "the OS tree has no kernel (looked for /usr/lib/modules/<version>/vmlinuz and /usr/boot/vmlinuz-<version>); add a kernel package to the OS meta-package".into(),
-        )
-        .into());
-    };
-    let kdir = PathBuf::from(format!("sdk/{version}"));
-    std::fs::create_dir_all(inputs.esp_dir.join(&kdir))
-        .with_context(|| format!("create {}", inputs.esp_dir.join(&kdir).display()))?;
-    std::fs::copy(&image, inputs.esp_dir.join(kdir.join("linux")))
-        .with_context(|| format!("copy the kernel {}", image.display()))?;
-    let entries = inputs.esp_dir.join("loader/entries");
-    std::fs::create_dir_all(&entries).with_context(|| format!("create {}", entries.display()))?;
-    let cmdline = cmdline(inputs);
-    let entry = format!(
-        "title {}\nsort-key usr-a\nlinux /{}/linux\noptions {cmdline}\n",
-        inputs.title,
-        kdir.display()
-    );
-    std::fs::write(entries.join("usr-a.conf"), entry)
-        .with_context(|| format!("write {}", entries.join("usr-a.conf").display()))?;
+    use crate::boot::esp::{EspSpec, PartRef, populate_esp};
+    let report = populate_esp(&EspSpec {
+        staging_root: inputs.staging_root.to_path_buf(),
+        esp_dir: inputs.esp_dir.to_path_buf(),
+        usr_hash: inputs.usr_hash.to_string(),
+        usr_hash_offset: Some(inputs.usr_hash_offset),
+        usr_a: PartRef {
+            label: "USR-A".into(),
+            uuid: Some(inputs.usr_a_uuid.to_string()),
+        },
+        root: PartRef {
+            label: "ROOT".into(),
+            uuid: inputs.root_uuid.map(|u| u.to_string()),
+        },
+        title: inputs.title.clone(),
+        extra_cmdline: Vec::new(),
+        kernel_version: None,
+        mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
+    })
+    .map_err(crate::boot::into_cli)?;
     Ok(EspOutcome {
-        cmdline,
-        kernel_version: version,
-        files: vec![
-            kdir.join("linux"),
-            PathBuf::from("loader/entries/usr-a.conf"),
-        ],
+        cmdline: report.cmdline,
+        kernel_version: report.kernel_version,
+        files: report.files.into_iter().map(PathBuf::from).collect(),
     })
 }
