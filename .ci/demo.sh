@@ -1,8 +1,83 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: install what is needed, build the
-# tools, and run the build inside the default SDK sandbox of the example repo.
+# The README main job in one command (`make demo`), from a fresh clone:
+# install what is needed, build the tools, then, as an unprivileged user
+# (the product needs no root), create the default SDK sandbox for the
+# example distro repo and run inside it setup_board, build_packages,
+# build_image, image_to_vm and test_image for the board. Prints where
+# everything is and how long each step took.
+#
+#   make demo                       # as root on a fresh Debian 12 machine
+#   DEMO_BOARD=amd64-usr DEMO_DIR=/var/tmp/sdk-run-demo .ci/demo.sh
+#
+# Run as root, it uses the unprivileged user `make test` uses (created with
+# subordinate id ranges if missing); run as a normal user, it runs as you.
+# The example repo is copied to DEMO_DIR (its __build__ outputs and the
+# SDK store persist there, so a second run reuses what it can).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./.ci/install-deps.sh
-cargo build --workspace --release --locked
-echo "built: target/release/sdk-run, target/release/sdk-tools"
+top=$PWD
+board=${DEMO_BOARD:-amd64-usr}
+demo_dir=${DEMO_DIR:-/var/tmp/sdk-run-demo}
+
+declare -a timings=()
+timed() {
+  local name=$1
+  shift
+  printf '\n== %s\n' "$name"
+  local start
+  start=$(date +%s%N)
+  "$@"
+  timings+=("$(printf '%-16s %8s s' "$name" "$(secs "$start")")")
+}
+# Seconds since a `date +%s%N` stamp, one decimal.
+secs() { local ms=$((($(date +%s%N) - $1) / 1000000)); printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100)); }
+
+all_start=$(date +%s%N)
+timed "install deps" ./.ci/install-deps.sh
+timed "cargo build" cargo build --workspace --release --locked
+
+if [ "$(id -u)" = 0 ]; then
+  eval "$(SDK_E2E_INSTALL=/opt/sdk-run-demo/bin ./.ci/setup-test-env.sh target/release)"
+  user=$SDK_E2E_USER
+  bin=$SDK_E2E_BIN
+  home=$(getent passwd "$user" | cut -d: -f6)
+  as_user() {
+    setpriv --reuid "$user" --regid "$(id -g "$user")" --init-groups -- \
+      env -i HOME="$home" USER="$user" LOGNAME="$user" LANG=C.UTF-8 \
+      PATH="$bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@"
+  }
+else
+  user=$(id -un)
+  bin=$top/target/release
+  as_user() { env PATH="$bin:$PATH" "$@"; }
+fi
+
+# A fresh copy of the example repo the user owns (outputs stay between runs).
+mkdir -p "$demo_dir"
+repo=$demo_dir/demo-os
+mkdir -p "$repo"
+tar -C examples/demo-os --exclude=__build__ -cf - . | tar -C "$repo" -xf -
+[ "$(id -u)" = 0 ] && chown -R "$user:" "$demo_dir"
+
+sdk() { (cd "$repo" && as_user sdk-run "$@"); }
+in_sdk() { sdk -- "$@"; }
+timed "SDK image" sdk build
+timed "setup_board" in_sdk setup_board --board "$board"
+timed "build_packages" in_sdk build_packages --board "$board"
+timed "build_image" in_sdk build_image --board "$board" --replace
+timed "image_to_vm" in_sdk image_to_vm --board "$board"
+timed "test_image" in_sdk test_image --board "$board" --timeout 600
+
+out=$repo/__build__/images/$board/latest
+printf '\n== done (as %s)\n' "$user"
+printf '  %s\n' "${timings[@]}"
+printf '  %-16s %8s s\n' "total" "$(secs "$all_start")"
+cat <<EOF
+
+example repo:  $repo
+sandbox:       cd $repo && sdk-run -t      (sdk-run list shows it)
+cross-root:    /build/$board inside the sandbox
+image:         $(readlink -f "$out")
+boot it:       $(ls "$out"/*_qemu.sh 2>/dev/null | head -1) -nographic
+console log:   $(ls "$out"/*_console.log 2>/dev/null | head -1)
+EOF

@@ -4,10 +4,10 @@
 //! written into USR-B boots after the priorities switch, and bad input is
 //! refused before QEMU starts.
 //!
-//! The disk comes from `tests/fixtures/boot-disk.sh` (real mkfs.ext4,
-//! veritysetup, sfdisk, mkfs.vfat + mcopy, and our ESP hook) with Debian's
-//! cloud kernel fetched by `apt-get download` once per run (cached in
-//! `$SDK_E2E_CACHE`, default /var/tmp/sdk-e2e-cache).
+//! The image is the example OS (`examples/demo-os`) built the way a user
+//! builds it: `setup_board`, `build_packages` (Debian's cloud kernel and
+//! busybox imported, libgreet/greet compiled) and `build_image` — once per
+//! run, shared by the tests, each of which boots its own copy.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,108 +17,98 @@ use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
 
 /// Generous for TCG on two shared cores; a good boot takes 5-30 s.
 const BOOT_TIMEOUT: &str = "400";
+const BOARD: &str = "amd64-usr";
 
 struct Fixture {
+    /// The published image folder (`__build__/images/<board>/latest`).
     dir: PathBuf,
+    /// Where the fixture lives (removed at exit).
+    top: PathBuf,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
 extern "C" fn remove_fixture() {
     if let Some(f) = FIXTURE.get() {
-        let _ = std::fs::remove_dir_all(&f.dir);
+        let _ = std::fs::remove_dir_all(&f.top);
     }
-}
-
-/// Debian's cloud kernel package, downloaded once.
-fn kernel_deb() -> PathBuf {
-    let cache = PathBuf::from(
-        std::env::var("SDK_E2E_CACHE").unwrap_or_else(|_| "/var/tmp/sdk-e2e-cache".into()),
-    );
-    std::fs::create_dir_all(&cache).unwrap();
-    let find = || {
-        std::fs::read_dir(&cache)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                let n = p.file_name().unwrap().to_string_lossy().into_owned();
-                n.starts_with("linux-image-") && n.contains("-cloud-amd64_") && n.ends_with(".deb")
-            })
-    };
-    if let Some(p) = find() {
-        return p;
-    }
-    let deps = run_ok(Command::new("apt-cache").args([
-        "depends",
-        "--important",
-        "linux-image-cloud-amd64",
-    ]));
-    let pkg = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .expect("linux-image-cloud-amd64 depends on a versioned kernel package")
-        .to_string();
-    run_ok(
-        Command::new("apt-get")
-            .args(["download", "-q", &pkg])
-            .current_dir(&cache),
-    );
-    find().expect("apt-get download left the kernel package in the cache")
 }
 
 fn fixture(user: &TestUser) -> &'static Path {
     &FIXTURE
         .get_or_init(|| {
-            let deb = kernel_deb();
             let scratch = Scratch::new(user);
-            let dir = scratch.path().to_path_buf();
+            let top = scratch.path().to_path_buf();
             std::mem::forget(scratch);
             // SAFETY: registers a plain extern "C" function with no
             // arguments; it only removes the fixture directory at exit.
             unsafe {
                 libc::atexit(remove_fixture);
             }
-            let script = dir.join("boot-disk.sh");
-            std::fs::copy(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/boot-disk.sh"),
-                &script,
-            )
-            .unwrap();
-            std::fs::copy(&deb, dir.join("kernel.deb")).unwrap();
-            std::fs::create_dir(dir.join("out")).unwrap();
-            chown_r(user, &dir);
+            let repo = top.join("demo-os");
+            let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo-os");
+            run_ok(Command::new("cp").arg("-a").arg(&examples).arg(&repo));
+            let _ = std::fs::remove_dir_all(repo.join("__build__"));
+            chown_r(user, &top);
+            let cache =
+                PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
+                    .join(format!("sdk-e2e-boot-cache-{}", user.uid));
+            std::fs::create_dir_all(&cache).unwrap();
+            chown_r(user, &cache);
             let helper = Scratch::new(user);
-            run_ok(
-                user.command(&helper, "dpkg-deb")
-                    .arg("-x")
-                    .arg(dir.join("kernel.deb"))
-                    .arg(dir.join("kernel")),
-            );
-            run_ok(
-                user.command(&helper, "bash")
-                    .arg(&script)
-                    .arg(dir.join("kernel"))
-                    .arg(dir.join("out")),
-            );
-            Fixture { dir }
+            let tool = |verb: &str| {
+                let mut c = user.command(&helper, "sdk-tools");
+                c.arg(verb)
+                    .args(["--board", BOARD])
+                    .current_dir(&repo)
+                    .env("SDK_BUILD_ROOT", top.join("build"))
+                    .env("SDK_CACHE_DIR", &cache);
+                c
+            };
+            run_ok(&mut tool("setup_board"));
+            run_ok(&mut tool("build_packages"));
+            run_ok(&mut tool("build_image"));
+            Fixture {
+                dir: repo.join("__build__/images").join(BOARD).join("latest"),
+                top,
+            }
         })
         .dir
 }
 
-/// A private copy of the fixture image in `scratch`.
-fn image_copy(user: &TestUser, scratch: &Scratch) -> PathBuf {
-    let src = fixture(user).join("out");
-    for f in ["test_image.bin", "test_update.bin", "test_verity.txt"] {
+/// The fixture file ending in `suffix` (e.g. `_image.bin`).
+fn artifact(dir: &Path, suffix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} in {}", dir.display()))
+}
+
+/// A private copy of the example image (and its update payload) in
+/// `scratch`, named `test_image.bin` / `test_update.bin`; returns the image
+/// and the USR-A root hash build_image recorded.
+fn image_copy(user: &TestUser, scratch: &Scratch) -> (PathBuf, String) {
+    let dir = fixture(user);
+    for (suffix, name) in [
+        ("_image.bin", "test_image.bin"),
+        ("_image_update.bin", "test_update.bin"),
+    ] {
         run_ok(
             user.command(scratch, "cp")
                 .arg("--sparse=always")
-                .arg(src.join(f))
-                .arg(scratch.path()),
+                .arg(artifact(dir, suffix))
+                .arg(scratch.path().join(name)),
         );
     }
-    scratch.path().join("test_image.bin")
+    let verity = std::fs::read_to_string(artifact(dir, "_verity.txt")).unwrap();
+    let hash = verity
+        .lines()
+        .find_map(|l| l.strip_prefix("VERITY_ROOT_HASH="))
+        .expect("VERITY_ROOT_HASH in the verity file")
+        .to_string();
+    (scratch.path().join("test_image.bin"), hash)
 }
 
 fn test_image(
@@ -143,6 +133,21 @@ fn test_image(
     )
 }
 
+/// Byte offset of the partition named `name`, as sfdisk reads the GPT.
+fn part_offset(user: &TestUser, scratch: &Scratch, image: &Path, name: &str) -> u64 {
+    let parts = run_ok(user.command(scratch, "sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_str(&parts).unwrap();
+    let start = v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} partition: {parts}"))["start"]
+        .as_u64()
+        .unwrap();
+    start * 512
+}
+
 fn console(scratch: &Scratch, format: &str) -> String {
     let log = scratch.path().join(format!("test_{format}_console.log"));
     String::from_utf8_lossy(
@@ -155,7 +160,7 @@ fn console(scratch: &Scratch, format: &str) -> String {
 fn direct_kernel_boot_reaches_marker_with_usr_on_verity() {
     let user = TestUser::get();
     let scratch = Scratch::new(&user);
-    let image = image_copy(&user, &scratch);
+    let (image, _) = image_copy(&user, &scratch);
     let out = test_image(&user, &scratch, &image, "qemu", 0);
     // Printed by the guest's first-boot script from /proc/mounts.
     assert!(
@@ -163,7 +168,7 @@ fn direct_kernel_boot_reaches_marker_with_usr_on_verity() {
         "{out}"
     );
     let log = console(&scratch, "qemu");
-    assert!(log.contains("sdk-init: USR is vda2 (USR-A"), "{log}");
+    assert!(log.contains("(USR-A, 254:"), "{log}");
     assert!(log.contains("panic_on_corruption"), "{log}");
     // The snapshot boot left the image as it was.
     assert!(scratch.path().join("test_qemu.sh").is_file());
@@ -173,7 +178,7 @@ fn direct_kernel_boot_reaches_marker_with_usr_on_verity() {
 fn uefi_disk_boot_through_systemd_boot_reaches_marker() {
     let user = TestUser::get();
     let scratch = Scratch::new(&user);
-    let image = image_copy(&user, &scratch);
+    let (image, _) = image_copy(&user, &scratch);
     let out = test_image(&user, &scratch, &image, "qemu_uefi", 0);
     assert!(
         out.contains("first boot OK: x86_64: usr=/dev/mapper/usr"),
@@ -182,27 +187,18 @@ fn uefi_disk_boot_through_systemd_boot_reaches_marker() {
     let log = console(&scratch, "qemu_uefi");
     // The firmware loaded the kernel (EFI stub), not QEMU's -kernel.
     assert!(log.contains("EFI stub"), "{log}");
-    assert!(log.contains("sdk-init: USR is vda2 (USR-A"), "{log}");
+    assert!(log.contains("(USR-A, 254:"), "{log}");
 }
 
 #[test]
 fn flipped_byte_in_usr_a_fails_verity_in_the_guest() {
     let user = TestUser::get();
     let scratch = Scratch::new(&user);
-    let image = image_copy(&user, &scratch);
+    let (image, _) = image_copy(&user, &scratch);
     // One byte inside USR-A's first data block (the ext4 superblock the
     // kernel reads at mount time).
-    let parts = run_ok(user.command(&scratch, "sfdisk").arg("--json").arg(&image));
-    let v: serde_json::Value = serde_json::from_str(&parts).unwrap();
-    let usr_a = v["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "USR-A")
-        .unwrap()["start"]
-        .as_u64()
-        .unwrap();
-    let at = usr_a * 512 + 1024 + 100;
+    let usr_a = part_offset(&user, &scratch, &image, "USR-A");
+    let at = usr_a + 1024 + 100;
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -235,8 +231,7 @@ fn flipped_byte_in_usr_a_fails_verity_in_the_guest() {
 fn update_payload_in_usr_b_boots_after_switching_priorities() {
     let user = TestUser::get();
     let scratch = Scratch::new(&user);
-    let image = image_copy(&user, &scratch);
-    let hash = std::fs::read_to_string(scratch.path().join("test_verity.txt")).unwrap();
+    let (image, hash) = image_copy(&user, &scratch);
     let out = run_ok(
         user.command(&scratch, "sdk-tools")
             .args(["boot", "set-slot"])
@@ -263,7 +258,7 @@ fn update_payload_in_usr_b_boots_after_switching_priorities() {
     assert!(out.contains("usr=/dev/mapper/usr"), "{out}");
     let log = console(&scratch, "qemu_uefi");
     assert!(
-        log.contains("sdk-init: USR is vda3 (USR-B"),
+        log.contains("(USR-B, 254:"),
         "systemd-boot must pick USR-B: {log}"
     );
 }
@@ -312,7 +307,7 @@ fn bad_input_is_refused_before_qemu_starts() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such image"));
 
-    let image = image_copy(&user, &scratch);
+    let (image, _) = image_copy(&user, &scratch);
     // Missing UEFI firmware: refused, nothing written.
     let out = run_expect(
         user.command(&scratch, "sdk-tools")
@@ -354,7 +349,11 @@ fn bad_input_is_refused_before_qemu_starts() {
     );
 
     // An image whose boot entry carries no USR root hash.
-    let esp_at = format!("{}@@1M", image.display());
+    let esp_at = format!(
+        "{}@@{}",
+        image.display(),
+        part_offset(&user, &scratch, &image, "EFI-SYSTEM")
+    );
     let entry = run_ok(
         user.command(&scratch, "mtype")
             .env("MTOOLS_SKIP_CHECK", "1")

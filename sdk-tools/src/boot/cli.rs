@@ -108,15 +108,19 @@ pub struct TestImageArgs {
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     let image = a.sel.resolve()?;
-    let out = super::vm::image_to_vm(&VmSpec {
+    let spec = VmSpec {
         image: image.clone(),
         format: a.format,
         out_dir: None,
         ovmf_code: None,
         ovmf_vars: None,
-    })
-    .map_err(into_cli)
-    .with_context(|| format!("prepare {} for QEMU", image.display()))?;
+    };
+    let out = match super::vm::up_to_date(&spec) {
+        Some(out) => out,
+        None => super::vm::image_to_vm(&spec)
+            .map_err(into_cli)
+            .with_context(|| format!("prepare {} for QEMU", image.display()))?,
+    };
     eprintln!(
         "booting {} ({:?}), waiting up to {}s for `{}`",
         image.display(),

@@ -28,6 +28,9 @@ struct Table {
 
 #[derive(Debug, Deserialize)]
 struct SfPart {
+    /// `IMAGE<N>`: the partition number is the trailing digits (numbers
+    /// can skip: Flatcar's layout has no 5 or 8).
+    node: String,
     start: u64,
     size: u64,
     #[serde(rename = "type")]
@@ -89,7 +92,7 @@ pub fn parse_sfdisk(json: &str) -> Result<Vec<Partition>, String> {
         .into_iter()
         .enumerate()
         .map(|(i, p)| Partition {
-            number: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            number: node_number(&p.node).unwrap_or(u32::try_from(i + 1).unwrap_or(u32::MAX)),
             offset: p.start * sector,
             size: p.size * sector,
             type_guid: p.type_guid.to_ascii_uppercase(),
@@ -108,6 +111,11 @@ pub fn parse_sfdisk(json: &str) -> Result<Vec<Partition>, String> {
                 .collect(),
         })
         .collect())
+}
+
+fn node_number(node: &str) -> Option<u32> {
+    let digits = node.len() - node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    node[node.len() - digits..].parse().ok()
 }
 
 /// The partitions of a disk image (a usage error if it has no GPT).
@@ -317,6 +325,10 @@ mod tests {
         let parts = parse_sfdisk(FIXTURE).unwrap();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0].offset, 2048 * 512);
+        assert_eq!(
+            parts[1].number, 3,
+            "numbers come from the node, not the order"
+        );
         let a = &parts[1];
         assert_eq!(
             (a.label.as_str(), a.priority(), a.tries(), a.successful()),

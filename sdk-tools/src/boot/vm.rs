@@ -129,6 +129,44 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootErr
     move |source| BootError::Io { what, path, source }
 }
 
+/// The outputs of an earlier `image_to_vm` for this image and format, when
+/// they are all there and newer than the image (test_image reuses them
+/// instead of converting again).
+pub fn up_to_date(spec: &VmSpec) -> Option<VmOutput> {
+    let image = &spec.image;
+    let out_dir = spec
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| image.parent().unwrap_or(Path::new(".")).to_path_buf());
+    let name = format!("{}_{}", image_name(image), spec.format.suffix());
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = mtime(image)?;
+    let mut needed = vec![
+        out_dir.join(format!("{name}.sh")),
+        out_dir.join(format!("{name}_image.img")),
+    ];
+    match spec.format {
+        Format::Qemu => needed.extend([
+            out_dir.join(format!("{name}_vmlinuz")),
+            out_dir.join(format!("{name}_initrd")),
+        ]),
+        Format::QemuUefi => needed.extend([
+            out_dir.join(format!("{name}_efi_code.fd")),
+            out_dir.join(format!("{name}_efi_vars.fd")),
+        ]),
+    }
+    if needed.iter().all(|p| mtime(p).is_some_and(|t| t >= built)) {
+        Some(VmOutput {
+            launcher: needed[0].clone(),
+            disk: needed[1].clone(),
+            console_log: out_dir.join(format!("{name}_console.log")),
+            cmdline: None,
+        })
+    } else {
+        None
+    }
+}
+
 /// Make the qcow2 and launcher for `spec.image`. Everything is checked
 /// before anything is written.
 pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
