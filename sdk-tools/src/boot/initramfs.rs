@@ -177,29 +177,29 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
 /// without it the binary goes in as it is, with a warning.
 fn init_binary() -> Result<Vec<u8>, BootError> {
     use crate::cmd::CommandExt;
-    let self_exe = std::path::Path::new("/proc/self/exe");
-    let tmp = tempfile::NamedTempFile::new().map_err(|source| BootError::Io {
-        what: "create a temp file",
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let stripped = std::process::Command::new("strip")
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BootError::Io { what, path, source }
+    };
+    // Our bytes, read by us: `/proc/self/exe` handed to strip would be
+    // strip itself.
+    let exe = std::fs::read("/proc/self/exe")
+        .map_err(io("read our own executable", Path::new("/proc/self/exe")))?;
+    let dir = tempfile::tempdir().map_err(io("create a temp dir", &std::env::temp_dir()))?;
+    let (full, stripped) = (dir.path().join("init.full"), dir.path().join("init"));
+    std::fs::write(&full, &exe).map_err(io("write", &full))?;
+    match std::process::Command::new("strip")
         .args(["--strip-all", "-o"])
-        .arg(tmp.path())
-        .arg(self_exe)
-        .run_capture();
-    let from = match stripped {
-        Ok(_) => tmp.path(),
+        .arg(&stripped)
+        .arg(&full)
+        .run_capture()
+    {
+        Ok(_) => std::fs::read(&stripped).map_err(io("read", &stripped)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot strip the init; the initramfs will be larger");
-            self_exe
+            Ok(exe)
         }
-    };
-    std::fs::read(from).map_err(|source| BootError::Io {
-        what: "read our own executable for the initramfs init",
-        path: from.to_path_buf(),
-        source,
-    })
+    }
 }
 
 /// The dynamic loader and every shared library `exe` needs, transitively,
@@ -268,6 +268,18 @@ pub fn elf_closure(exe: &[u8], root: &Path) -> Result<Vec<PathBuf>, BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_is_this_binary_stripped() {
+        let init = init_binary().unwrap();
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert!(init.len() <= exe.len());
+        let needle = b"sdk-init: starting";
+        assert!(
+            init.windows(needle.len()).any(|w| w == needle),
+            "the init is not our binary"
+        );
+    }
 
     #[test]
     fn our_own_binary_needs_libc_and_the_loader() {

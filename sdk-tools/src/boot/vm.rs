@@ -423,6 +423,7 @@ pub fn boot_and_wait(
     let mut closed = 0;
     let mut marker_line = None;
     let mut corruption = None;
+    let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut reason = None;
     while closed < 2 {
         let left = timeout.saturating_sub(start.elapsed());
@@ -434,6 +435,12 @@ pub fn boot_and_wait(
             Ok(Some(line)) => {
                 let _ = log.write_all(&line);
                 let text = String::from_utf8_lossy(&line);
+                if !text.trim().is_empty() {
+                    if last.len() == 4 {
+                        last.pop_front();
+                    }
+                    last.push_back(text.trim().to_string());
+                }
                 if text.contains("verity")
                     && (text.contains("corrupted") || text.contains("mismatch"))
                     && corruption.is_none()
@@ -464,6 +471,9 @@ pub fn boot_and_wait(
     }
     if let (Some(r), Some(c)) = (&mut reason, &corruption) {
         r.push_str(&format!("; dm-verity reported corruption: {c}"));
+    } else if let (false, Some(r)) = (passed, &mut reason) {
+        let tail: Vec<String> = last.into_iter().collect();
+        r.push_str(&format!("; last console lines: {}", tail.join(" | ")));
     }
     Ok(TestOutcome {
         passed,
