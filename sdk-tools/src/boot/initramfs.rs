@@ -274,11 +274,23 @@ mod tests {
         let init = init_binary().unwrap();
         let exe = std::fs::read("/proc/self/exe").unwrap();
         assert!(init.len() <= exe.len());
-        let needle = b"sdk-init: starting";
-        assert!(
-            init.windows(needle.len()).any(|w| w == needle),
+        // Same program (entry point and code size), no symbol table left.
+        let (a, b) = (
+            goblin::elf::Elf::parse(&init).unwrap(),
+            goblin::elf::Elf::parse(&exe).unwrap(),
+        );
+        assert_eq!(
+            a.header.e_entry, b.header.e_entry,
             "the init is not our binary"
         );
+        let text = |e: &goblin::elf::Elf| {
+            e.section_headers
+                .iter()
+                .find(|s| e.shdr_strtab.get_at(s.sh_name) == Some(".text"))
+                .map(|s| s.sh_size)
+        };
+        assert_eq!(text(&a), text(&b));
+        assert!(a.syms.is_empty(), "not stripped");
     }
 
     #[test]
