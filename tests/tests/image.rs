@@ -517,6 +517,7 @@ fn built_twice_alike(f: &Fixture, variant: &str) -> PathBuf {
         &images_dir(f, &format!("x-{variant}")),
         &["--disk-layout", variant],
     );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let y = f.build(
         &images_dir(f, &format!("y-{variant}")),
         &["--disk-layout", variant],
@@ -541,6 +542,8 @@ fn built_twice_alike(f: &Fixture, variant: &str) -> PathBuf {
 fn two_builds_from_the_same_inputs_are_byte_identical() {
     let f = Fixture::new();
     let a = f.build(&images_dir(&f, "a"), &["--check-reproducible"]);
+    // A second later, so anything taken from the clock would show.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let b = f.build(&images_dir(&f, "b"), &[]);
     for name in [
         "testos_developer_image.bin",

@@ -132,11 +132,13 @@ pub fn debugfs_script(attrs: &[Attr], disk_uid: u32, disk_gid: u32) -> Result<St
 }
 
 /// Apply the table to an ext4 image whose inodes all belong to
-/// `built_owner` (what the builder set) and carry the staged modes.
+/// `built_owner` (what the builder set) and carry the staged modes; the
+/// superblock's times stay at `epoch`.
 pub fn apply_ext4(
     image: &Path,
     attrs: &[Attr],
     built_owner: (u32, u32),
+    epoch: u64,
     work: &Path,
 ) -> Result<(), AttrError> {
     let script = debugfs_script(attrs, built_owner.0, built_owner.1)?;
@@ -151,7 +153,10 @@ pub fn apply_ext4(
     // debugfs exits 0 even when a request fails; its complaints on stderr
     // are the only signal, so anything beyond the version banner is an
     // error.
+    // The superblock's write time comes from the clock unless faked: keep
+    // it at SOURCE_DATE_EPOCH like the builder does.
     let out = Command::new("debugfs")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .arg("-w")
         .arg("-f")
         .arg(&script_path)

@@ -463,7 +463,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     }
     let built = fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts).map_err(fs_err)?;
     if plan.usr_fs == FsType::Ext4 {
-        attrs::apply_ext4(&usr_img, &usr_attrs, (0, 0), work)?;
+        attrs::apply_ext4(&usr_img, &usr_attrs, (0, 0), epoch, work)?;
     }
     // The hash area starts at a data-block boundary.
     let fs_size = built.size.div_ceil(4096) * 4096;
