@@ -311,6 +311,6 @@ fn write_archive(
     }
     let mut w = b.into_inner()?;
     w.flush()?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    w.into_inner().map_err(|e| e.into_error())?;
     Ok(man_digest)
 }

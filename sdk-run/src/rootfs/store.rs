@@ -214,8 +214,16 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let dst = self.root.join(&meta.digest);
         if dst.exists() {
-            return Ok(false);
+            if self.get(&meta.digest).is_some() {
+                return Ok(false);
+            }
+            // A directory without a readable image.json (a crash of the
+            // machine right after a rename): set it aside for cleanup.
+            let aside = self.tmp_root().join(format!("broken-{}", meta.digest));
+            fs::rename(&dst, &aside).map_err(io_err("rename", &dst))?;
         }
+        // No fsync: on ext4 it would flush the whole unpacked tree; the
+        // rename is what makes a killed import harmless.
         let json = tmp.join("image.json");
         let mut f = fs::File::create(&json).map_err(io_err("write", &json))?;
         f.write_all(
@@ -223,7 +231,6 @@ impl Store {
                 .expect("serialisable")
                 .as_bytes(),
         )
-        .and_then(|_| f.sync_all())
         .map_err(io_err("write", &json))?;
         fs::rename(tmp, &dst).map_err(io_err("rename", tmp))?;
         Ok(true)
