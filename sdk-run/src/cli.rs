@@ -216,29 +216,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Logging to stderr, default level warn (idempotent). The plain max-level subscriber
-/// keeps the enter path cheap; `RUST_LOG` gets the full filter.
+/// Logging to stderr, default level warn (idempotent).
 pub fn init_logging(verbose: u8) {
-    use tracing_subscriber::fmt;
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        let _ = fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
-            .with_writer(std::io::stderr)
-            .without_time()
-            .try_init();
-        return;
-    }
-    let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    let _ = fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .try_init();
+    sdk_common::log::init(verbose);
 }
 
 #[cfg(test)]

@@ -10,17 +10,11 @@ pub const CANNOT_EXEC: i32 = 126;
 /// The command inside was not found.
 pub const NOT_FOUND: i32 = 127;
 
-/// An error that is the user's to fix: printed as one line, exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use sdk_common::UsageError;
 
 /// Map an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<UsageError>().is_some())
-    {
+    if sdk_common::is_usage(err) {
         USAGE
     } else {
         FAILURE

@@ -22,7 +22,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cmd::RunExt;
+use crate::cmd::CommandExt;
 
 /// The uid (and gid) the caller has inside every sandbox: the `sdk` user.
 pub const SDK_ID: u32 = 1000;

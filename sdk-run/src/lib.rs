@@ -4,7 +4,7 @@
 //! into every sandbox.
 
 pub mod cli;
-pub mod cmd;
+pub use sdk_common::cmd;
 pub mod exit;
 pub mod idmap;
 pub mod paths;

@@ -5,7 +5,7 @@
 pub mod board;
 pub mod boot;
 pub mod cli;
-pub mod cmd;
+pub use sdk_common::cmd;
 pub mod disk;
 pub mod exit;
 pub mod fs;

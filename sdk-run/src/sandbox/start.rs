@@ -25,7 +25,7 @@ use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::unistd::ForkResult;
 
-use crate::cmd::RunExt;
+use crate::cmd::CommandExt;
 use crate::exit::UsageError;
 use crate::paths::SandboxPaths;
 use crate::sandbox::config::{Config, Net, NsIds, State, write_json};

@@ -1,10 +1,11 @@
-//! The one helper that runs external tools (mkfs.*, mcopy, qemu-img, dpkg,
-//! ...): logs the command line, checks the exit status, and keeps the tail
-//! of stderr for the error. Never call `.output()?` and ignore the status.
+//! The one helper that runs external tools (newuidmap, mkfs.*, mcopy,
+//! qemu-img, dpkg, ...) for both binaries: logs the command line, checks the
+//! exit status, and keeps the tail of stderr for the error. Never call
+//! `.output()?` and ignore the status.
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// How many bytes of stderr a failure message keeps.
 const STDERR_TAIL: usize = 4096;
@@ -75,6 +76,42 @@ pub trait CommandExt {
     /// as it comes; logs the command line like the others. The caller owns
     /// the child: it must wait for it and judge its status.
     fn spawn_streaming(&mut self) -> Result<std::process::Child, CmdError>;
+    /// Start with stdin closed and stdout/stderr captured, so several tools
+    /// can run at once (newuidmap beside newgidmap); [`Running::finish`]
+    /// checks the status.
+    fn spawn_captured(&mut self) -> Result<Running, CmdError>;
+}
+
+/// A started command whose status is checked by [`Running::finish`].
+pub struct Running {
+    shown: String,
+    child: Child,
+}
+
+impl Running {
+    /// Wait; return stdout, or the failure with the stderr tail.
+    pub fn finish(mut self) -> Result<Vec<u8>, CmdError> {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_end(&mut out);
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            let _ = s.read_to_end(&mut err);
+        }
+        let status = self.child.wait().map_err(|source| CmdError::Spawn {
+            cmd: self.shown.clone(),
+            source,
+        })?;
+        if !status.success() {
+            return Err(CmdError::Failed {
+                cmd: self.shown,
+                status,
+                stderr_tail: tail(&err),
+            });
+        }
+        Ok(out)
+    }
 }
 
 impl CommandExt for Command {
@@ -175,6 +212,21 @@ impl CommandExt for Command {
         self.spawn()
             .map_err(|source| CmdError::Spawn { cmd: shown, source })
     }
+
+    fn spawn_captured(&mut self) -> Result<Running, CmdError> {
+        let shown = display(self);
+        tracing::debug!(cmd = %shown, "running");
+        let child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| CmdError::Spawn {
+                cmd: shown.clone(),
+                source,
+            })?;
+        Ok(Running { shown, child })
+    }
 }
 
 /// The last `lines` lines of a text file (for failure messages).
@@ -209,6 +261,21 @@ mod tests {
         assert!(msg.contains("boom"), "{msg}");
         assert!(msg.contains("'echo boom >&2; exit 3'"), "{msg}");
         assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[test]
+    fn two_started_commands_are_each_checked() {
+        let a = Command::new("sh")
+            .args(["-c", "echo a"])
+            .spawn_captured()
+            .unwrap();
+        let b = Command::new("sh")
+            .args(["-c", "echo nope >&2; exit 4"])
+            .spawn_captured()
+            .unwrap();
+        assert_eq!(a.finish().unwrap(), b"a\n");
+        let e = b.finish().unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("exit status: 4"), "{e}");
     }
 
     #[test]
