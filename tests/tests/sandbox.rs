@@ -253,7 +253,7 @@ fn create_enter_and_identity() {
 fn consoles_share_one_sandbox_and_outlive_each_other() {
     let env = Env::new();
     let mut first: Child = env
-        .sh("box", "echo from-first > /tmp/shared; sleep 60")
+        .sh("box", "echo from-first > /tmp/shared; sleep 600")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
