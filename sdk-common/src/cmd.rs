@@ -90,27 +90,35 @@ pub struct Running {
 
 impl Running {
     /// Wait; return stdout, or the failure with the stderr tail.
-    pub fn finish(mut self) -> Result<Vec<u8>, CmdError> {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            let _ = s.read_to_end(&mut out);
-        }
-        if let Some(mut s) = self.child.stderr.take() {
-            let _ = s.read_to_end(&mut err);
-        }
-        let status = self.child.wait().map_err(|source| CmdError::Spawn {
-            cmd: self.shown.clone(),
-            source,
-        })?;
-        if !status.success() {
-            return Err(CmdError::Failed {
-                cmd: self.shown,
-                status,
-                stderr_tail: tail(&err),
-            });
-        }
+    pub fn finish(self) -> Result<Vec<u8>, CmdError> {
+        self.finish_output().map(|out| out.stdout)
+    }
+
+    /// Wait, reading stdout and stderr together (a child that fills one
+    /// pipe while we wait on the other would hang); check the status.
+    fn finish_output(self) -> Result<std::process::Output, CmdError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| CmdError::Spawn {
+                cmd: self.shown.clone(),
+                source,
+            })?;
+        check(&self.shown, out.status, &out.stderr)?;
         Ok(out)
+    }
+}
+
+/// A non-zero status becomes `Failed` with the command and stderr's tail.
+fn check(shown: &str, status: std::process::ExitStatus, stderr: &[u8]) -> Result<(), CmdError> {
+    if status.success() {
+        Ok(())
+    } else {
+        Err(CmdError::Failed {
+            cmd: shown.to_string(),
+            status,
+            stderr_tail: tail(stderr),
+        })
     }
 }
 
@@ -120,25 +128,7 @@ impl CommandExt for Command {
     }
 
     fn run_output(&mut self) -> Result<std::process::Output, CmdError> {
-        let shown = display(self);
-        tracing::debug!(cmd = %shown, "running");
-        let out = self
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| CmdError::Spawn {
-                cmd: shown.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(CmdError::Failed {
-                cmd: shown,
-                status: out.status,
-                stderr_tail: tail(&out.stderr),
-            });
-        }
-        Ok(out)
+        self.spawn_captured()?.finish_output()
     }
 
     fn run_stdout(&mut self) -> Result<String, CmdError> {
@@ -165,14 +155,7 @@ impl CommandExt for Command {
             cmd: shown.clone(),
             source,
         })?;
-        if !status.success() {
-            return Err(CmdError::Failed {
-                cmd: shown,
-                status,
-                stderr_tail: tail(&err),
-            });
-        }
-        Ok(())
+        check(&shown, status, &err)
     }
 
     fn run_logged(&mut self, log: &std::path::Path) -> Result<(), CmdError> {
