@@ -90,6 +90,26 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     writeln!(f, "{line}")
 }
 
+/// A user in passwd with an `x` password but no shadow entry fails PAM's
+/// account check ("account validation failure"), so `sudo` refuses even
+/// with NOPASSWD. Add a locked-password (`*`), never-expiring entry when the
+/// rootfs has a shadow file without one. Without root inside (a single
+/// mapping) the file is not writable and there is no root to sudo to:
+/// nothing to do then.
+fn ensure_shadow_entry(shadow: &Path, name: &str) -> std::io::Result<()> {
+    let Ok(text) = std::fs::read_to_string(shadow) else {
+        return Ok(());
+    };
+    let prefix = format!("{name}:");
+    if text.lines().any(|l| l.starts_with(&prefix)) {
+        return Ok(());
+    }
+    match append(shadow, &format!("{name}:*::0:99999:7:::")) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        r => r,
+    }
+}
+
 /// Add `root` and `sdk` (uid/gid 1000) to passwd/group when missing, and
 /// make the sdk user's home and `/build`, owned by it. `root` is the sandbox root (`/`
 /// in the init; a temp dir in tests). `chown` is false with a single
@@ -113,6 +133,7 @@ pub fn ensure_sdk_user(root: &Path, chown: bool) -> std::io::Result<Account> {
             a
         }
     };
+    ensure_shadow_entry(&etc.join("shadow"), &sdk.name)?;
     let group_path = etc.join("group");
     let group = std::fs::read_to_string(&group_path).unwrap_or_default();
     let has_gid = |gid: &str| group.lines().any(|l| l.split(':').nth(2) == Some(gid));
@@ -164,6 +185,22 @@ mod tests {
         assert_eq!(resolve(d.path(), "sdk").unwrap().shell, "/bin/sh");
         assert_eq!(resolve(d.path(), "0").unwrap().name, "root");
         assert!(resolve(d.path(), "nobody").is_none());
+        assert!(
+            !d.path().join("etc/shadow").exists(),
+            "no shadow is made up"
+        );
+    }
+
+    #[test]
+    fn a_shadow_file_gets_the_sdk_entry_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        ensure_sdk_user(d.path(), false).unwrap();
+        ensure_sdk_user(d.path(), false).unwrap();
+        let s = std::fs::read_to_string(d.path().join("etc/shadow")).unwrap();
+        assert_eq!(s, "root:*:19000:0:99999:7:::\nsdk:*::0:99999:7:::\n");
     }
 
     #[test]
