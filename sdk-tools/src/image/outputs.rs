@@ -6,7 +6,7 @@
 //!   developer-1.2.0-a2/     a rebuild with --replace (a1 is removed after)
 //!   latest -> developer-1.2.0-a2
 //!   .lock                   held while a build writes here
-//!   .tmp-XXXX/              a build in progress (removed by the next build
+//!   .tmp-<random>/          a build in progress (removed by the next build
 //!                           if a killed one left it)
 //! ```
 //!
