@@ -100,12 +100,17 @@ impl Running {
         let out = self
             .child
             .wait_with_output()
-            .map_err(|source| CmdError::Spawn {
-                cmd: self.shown.clone(),
-                source,
-            })?;
+            .map_err(spawn_err(&self.shown))?;
         check(&self.shown, out.status, &out.stderr)?;
         Ok(out)
+    }
+}
+
+/// The error for a command that could not be started or waited for.
+fn spawn_err(shown: &str) -> impl Fn(std::io::Error) -> CmdError + Copy + '_ {
+    move |source| CmdError::Spawn {
+        cmd: shown.to_string(),
+        source,
     }
 }
 
@@ -143,18 +148,12 @@ impl CommandExt for Command {
         let mut child = self
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| CmdError::Spawn {
-                cmd: shown.clone(),
-                source,
-            })?;
+            .map_err(spawn_err(&shown))?;
         let mut err = Vec::new();
         if let Some(mut stderr) = child.stderr.take() {
             let _ = stderr.read_to_end(&mut err);
         }
-        let status = child.wait().map_err(|source| CmdError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
+        let status = child.wait().map_err(spawn_err(&shown))?;
         check(&shown, status, &err)
     }
 
@@ -167,10 +166,7 @@ impl CommandExt for Command {
                 .append(true)
                 .open(log)
         };
-        let spawn_err = |source| CmdError::Spawn {
-            cmd: shown.clone(),
-            source,
-        };
+        let spawn_err = spawn_err(&shown);
         let out = open().map_err(spawn_err)?;
         let err = open().map_err(spawn_err)?;
         let status = self
@@ -192,8 +188,7 @@ impl CommandExt for Command {
     fn spawn_streaming(&mut self) -> Result<std::process::Child, CmdError> {
         let shown = display(self);
         tracing::info!(cmd = %shown, "starting");
-        self.spawn()
-            .map_err(|source| CmdError::Spawn { cmd: shown, source })
+        self.spawn().map_err(spawn_err(&shown))
     }
 
     fn spawn_captured(&mut self) -> Result<Running, CmdError> {
@@ -204,10 +199,7 @@ impl CommandExt for Command {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| CmdError::Spawn {
-                cmd: shown.clone(),
-                source,
-            })?;
+            .map_err(spawn_err(&shown))?;
         Ok(Running { shown, child })
     }
 }
