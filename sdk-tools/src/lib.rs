@@ -8,6 +8,7 @@ pub mod cli;
 pub use sdk_common::cmd;
 pub mod disk;
 pub mod exit;
+pub mod ext4;
 pub mod fs;
 pub mod image;
 pub mod packages;

@@ -152,34 +152,43 @@ fn find(table: &Table, image: &Path, number: u32) -> Result<Entry, DiskError> {
 /// left as they are. Checked before anything is written: the partition
 /// exists and `file` fits.
 pub fn write_partition(image: &Path, number: u32, file: &Path) -> Result<(), DiskError> {
+    let dst = write_partitions(image, &[(number, file)])?;
+    dst.sync_data().map_err(io("sync", image))
+}
+
+/// [`write_partition`] for several partitions, without waiting for the
+/// data to reach the disk: returns the image, open, for the caller to
+/// sync when it suits it (`build_image` does so beside other work).
+pub fn write_partitions(image: &Path, parts: &[(u32, &Path)]) -> Result<File, DiskError> {
     let table = read_table(image)?;
-    let e = find(&table, image, number)?;
-    let src = File::open(file).map_err(|err| {
-        DiskError::BadInput(format!(
-            "cannot open {}: {err}; check the path",
-            file.display()
-        ))
-    })?;
-    let len = src.metadata().map_err(io("stat", file))?.len();
-    let room = (e.last_lba + 1 - e.first_lba) * table.sector_size;
-    if len > room {
-        return Err(DiskError::BadInput(format!(
-            "{} is {len} bytes but partition {number} ({}) holds {room}; grow the partition in the layout or shrink the file",
-            file.display(),
-            e.label
-        )));
+    let mut sources = Vec::with_capacity(parts.len());
+    for &(number, file) in parts {
+        let e = find(&table, image, number)?;
+        let src = File::open(file).map_err(|err| {
+            DiskError::BadInput(format!(
+                "cannot open {}: {err}; check the path",
+                file.display()
+            ))
+        })?;
+        let len = src.metadata().map_err(io("stat", file))?.len();
+        let room = (e.last_lba + 1 - e.first_lba) * table.sector_size;
+        if len > room {
+            return Err(DiskError::BadInput(format!(
+                "{} is {len} bytes but partition {number} ({}) holds {room}; grow the partition in the layout or shrink the file",
+                file.display(),
+                e.label
+            )));
+        }
+        sources.push((src, file, e.first_lba * table.sector_size, len));
     }
     let dst = OpenOptions::new()
         .write(true)
         .open(image)
         .map_err(io("open for writing", image))?;
-    sparse_copy(
-        (&src, file, 0),
-        (&dst, image, e.first_lba * table.sector_size),
-        len,
-    )?;
-    dst.sync_data().map_err(io("sync", image))?;
-    Ok(())
+    for (src, file, at, len) in &sources {
+        sparse_copy((src, file, 0), (&dst, image, *at), *len)?;
+    }
+    Ok(dst)
 }
 
 /// Copy partition `number` of `image` into a new file `out` (temporary
@@ -257,6 +266,25 @@ fn sparse_copy(
             Err(_) => len,
         };
         while pos < hole {
+            // In the kernel where it can (no trip through user memory);
+            // by hand, turning zero runs into holes, where it cannot.
+            let mut off_in = (s0 + pos) as i64;
+            let mut off_out = (d0 + pos) as i64;
+            let want = (hole - pos).min(1 << 30) as usize;
+            match nix::fcntl::copy_file_range(sf, Some(&mut off_in), df, Some(&mut off_out), want) {
+                Ok(0) => {
+                    return Err(DiskError::Io {
+                        op: "read",
+                        path: sp.to_path_buf(),
+                        source: std::io::ErrorKind::UnexpectedEof.into(),
+                    });
+                }
+                Ok(k) => {
+                    pos += k as u64;
+                    continue;
+                }
+                Err(_) => {}
+            }
             let n = (hole - pos).min(PIECE as u64) as usize;
             sf.read_exact_at(&mut buf[..n], s0 + pos)
                 .map_err(io("read", sp))?;

@@ -6,8 +6,7 @@
 //! — which Flatcar gets by running as root. Here each filesystem gets the
 //! table's attributes its own way, without mounting:
 //!
-//! - ext4: after `mkfs.ext4 -d`, one `debugfs -w` batch sets `uid`, `gid`
-//!   and `mode` of every inode that differs (`set_inode_field`);
+//! - ext4: `crate::ext4` writes every inode from the table itself;
 //! - squashfs: a pseudo file of `m` (modify) definitions given to
 //!   `mksquashfs -pf`, one per path;
 //! - erofs: erofs-utils 1.5 has only whole-image overrides (`--all-root`,
@@ -16,11 +15,8 @@
 //!   pick ext4 or squashfs.
 
 use std::fmt::Write as _;
-use std::path::Path;
-use std::process::Command;
 
 use super::tree::{Entry, Tree, disk_mode};
-use crate::cmd::CommandExt;
 
 /// One path's attributes as a filesystem rooted at the subtree sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +38,6 @@ pub enum AttrError {
         "path {0:?} has a double quote or a line break, which debugfs scripts cannot carry; rename it"
     )]
     Unquotable(String),
-    #[error("debugfs could not set owners and modes in {image}: {msg}")]
-    Debugfs { image: String, msg: String },
     #[error(
         "a {fs} image built unprivileged gives every file one owner, but {path} is {uid}:{gid} while / is {root_uid}:{root_gid}; use ext4 or squashfs (the `fs` of USR-A in the disk layout)"
     )]
@@ -111,76 +105,6 @@ fn quote(path: &str) -> Result<String, AttrError> {
     Ok(format!("\"{path}\""))
 }
 
-/// The debugfs batch that gives an image built from the staged directory
-/// by `disk_uid:disk_gid` the table's attributes. Symlinks keep mode 0777.
-pub fn debugfs_script(attrs: &[Attr], disk_uid: u32, disk_gid: u32) -> Result<String, AttrError> {
-    let mut s = String::new();
-    for a in attrs {
-        let q = quote(&a.path)?;
-        if a.uid != disk_uid {
-            let _ = writeln!(s, "sif {q} uid {}", a.uid);
-        }
-        if a.gid != disk_gid {
-            let _ = writeln!(s, "sif {q} gid {}", a.gid);
-        }
-        let is_link = a.st_mode & 0o170000 == 0o120000;
-        if !is_link && a.st_mode != a.disk_mode {
-            let _ = writeln!(s, "sif {q} mode 0{:o}", a.st_mode);
-        }
-    }
-    Ok(s)
-}
-
-/// Apply the table to an ext4 image whose inodes all belong to
-/// `built_owner` (what the builder set) and carry the staged modes; the
-/// superblock's times stay at `epoch`.
-pub fn apply_ext4(
-    image: &Path,
-    attrs: &[Attr],
-    built_owner: (u32, u32),
-    epoch: u64,
-    work: &Path,
-) -> Result<(), AttrError> {
-    let script = debugfs_script(attrs, built_owner.0, built_owner.1)?;
-    if script.is_empty() {
-        return Ok(());
-    }
-    let script_path = work.join("debugfs-attrs.txt");
-    std::fs::write(&script_path, script).map_err(|e| AttrError::Debugfs {
-        image: image.display().to_string(),
-        msg: format!("write {}: {e}", script_path.display()),
-    })?;
-    // debugfs exits 0 even when a request fails; its complaints on stderr
-    // are the only signal, so anything beyond the version banner is an
-    // error.
-    // The superblock's write time comes from the clock unless faked: keep
-    // it at SOURCE_DATE_EPOCH like the builder does.
-    let out = Command::new("debugfs")
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_path)
-        .arg(image)
-        .run_output()?;
-    let complaints: Vec<&str> = std::str::from_utf8(&out.stderr)
-        .unwrap_or("")
-        .lines()
-        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
-        .collect();
-    if !complaints.is_empty() {
-        return Err(AttrError::Debugfs {
-            image: image.display().to_string(),
-            msg: complaints
-                .iter()
-                .take(5)
-                .copied()
-                .collect::<Vec<_>>()
-                .join("; "),
-        });
-    }
-    Ok(())
-}
-
 /// mksquashfs `-pf` definitions setting every path's mode and owner (the
 /// root cannot be named there; `fs::FsOptions::owner` sets it).
 pub fn squashfs_pseudo(attrs: &[Attr]) -> Result<String, AttrError> {
@@ -236,25 +160,6 @@ mod tests {
             .unwrap();
         t.add_symlink("usr/l", "bin/su", 0, 0, "t", false).unwrap();
         (dir, t)
-    }
-
-    #[test]
-    fn debugfs_script_fixes_owners_and_unstageable_modes() {
-        let (_d, t) = tree();
-        let a = attrs_of(&t, "usr");
-        assert_eq!(a[0].path, "/");
-        let s = debugfs_script(&a, 1001, 1001).unwrap();
-        assert!(s.contains("sif \"/\" uid 0\n"), "{s}");
-        assert!(s.contains("sif \"/my file\" uid 10\n"), "{s}");
-        assert!(s.contains("sif \"/secret\" mode 040500\n"), "{s}");
-        assert!(
-            !s.contains("\"/bin/su\" mode"),
-            "setuid is staged as is: {s}"
-        );
-        assert!(!s.contains("\"/l\" mode"), "{s}");
-        // As root with root-owned content, only the mode fix remains.
-        let s = debugfs_script(&a[..3], 0, 0).unwrap();
-        assert_eq!(s, "");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::board::Board;
 use crate::disk::{self, Layout};
 use crate::exit::UsageError;
 use crate::fs::{self as fsb, FsOptions, FsType, Ownership};
-use crate::verity;
+use crate::{ext4, verity};
 
 /// Spare room in an ext4 USR beyond its content (percent).
 const USR_SLACK_PERCENT: u64 = 10;
@@ -98,6 +98,54 @@ impl Stages {
         }
         let _ = write!(s, "total {:.2}s", self.start.elapsed().as_secs_f64());
         s
+    }
+}
+
+/// A finished artifact's sha256, and its data reaching the disk (before
+/// the build is published), worked out on other threads while the build
+/// goes on: hashing takes a core, the sync waits on the device.
+struct Settle {
+    hash: std::thread::JoinHandle<std::io::Result<Artifact>>,
+    sync: std::thread::JoinHandle<std::io::Result<()>>,
+    path: PathBuf,
+}
+
+impl Settle {
+    fn start(path: &Path) -> Settle {
+        let p = path.to_path_buf();
+        let hash = std::thread::spawn(move || {
+            let (size, sum) = super::tree::hash_file(&p)?;
+            Ok(Artifact {
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                size,
+                sha256: hex::encode(sum),
+            })
+        });
+        let p = path.to_path_buf();
+        let sync = std::thread::spawn(move || fs::File::open(&p)?.sync_data());
+        Settle {
+            hash,
+            sync,
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn wait(self) -> Result<Artifact> {
+        let what =
+            |e: std::io::Error| anyhow::Error::new(e).context(format!("{}", self.path.display()));
+        let sum = self
+            .hash
+            .join()
+            .map_err(|_| anyhow::anyhow!("hashing {} failed", self.path.display()))?
+            .map_err(|e| what(e).context("hash"))?;
+        self.sync
+            .join()
+            .map_err(|_| anyhow::anyhow!("syncing {} failed", self.path.display()))?
+            .map_err(|e| what(e).context("sync"))?;
+        Ok(sum)
     }
 }
 
@@ -425,23 +473,44 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let usr_img = out.join(format!("{name}_update.bin"));
     let usr_attrs = attrs::attrs_of(&tree, "usr");
     let usr_src = tree.disk_path("usr");
-    let mut opts = FsOptions {
-        label: (plan.usr_fs == FsType::Ext4).then(|| "USR-A".to_string()),
-        uuid: (plan.usr_fs != FsType::Squashfs).then(|| seed.uuid("usr")),
-        epoch,
-        owner: Ownership::Root,
-        read_only: true,
-        ..FsOptions::default()
-    };
-    match plan.usr_fs {
-        FsType::Ext4 => {
-            opts.size = Some(fsb::suggested_size(
-                FsType::Ext4,
-                &usr_src,
-                USR_SLACK_PERCENT,
-            )?)
-        }
-        FsType::Squashfs => {
+    let built_size = if plan.usr_fs == FsType::Ext4 {
+        // Our own writer: owners, modes and times straight from the table,
+        // file data copied into place in one pass (see `crate::ext4`).
+        let uuid = seed.uuid("usr");
+        let f =
+            fs::File::create(&usr_img).with_context(|| format!("create {}", usr_img.display()))?;
+        let written = ext4::write(
+            &usr_nodes(&tree),
+            &f,
+            &usr_img,
+            &ext4::Options {
+                uuid,
+                label: "USR-A".into(),
+                epoch,
+                hash_seed: uuid::Uuid::new_v5(&uuid, b"ext4 hash seed"),
+                read_only: true,
+                slack_percent: USR_SLACK_PERCENT,
+                ..ext4::Options::default()
+            },
+        )
+        .map_err(|e| {
+            if e.is_bad_input() {
+                usage(e.to_string())
+            } else {
+                e.into()
+            }
+        })?;
+        written.size
+    } else {
+        let mut opts = FsOptions {
+            label: None,
+            uuid: (plan.usr_fs != FsType::Squashfs).then(|| seed.uuid("usr")),
+            epoch,
+            owner: Ownership::Root,
+            read_only: true,
+            ..FsOptions::default()
+        };
+        if plan.usr_fs == FsType::Squashfs {
             let pf = work.join("usr.pseudo");
             fs::write(
                 &pf,
@@ -454,20 +523,18 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
                 gid: root.gid,
             };
             opts.pseudo_file = Some(pf);
-        }
-        _ => {
+        } else {
             let (uid, gid) = attrs::uniform_owner(&usr_attrs, plan.usr_fs.name())
                 .map_err(|e| usage(e.to_string()))?;
             opts.owner = Ownership::Force { uid, gid };
         }
-    }
-    let built = fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts).map_err(fs_err)?;
-    if plan.usr_fs == FsType::Ext4 {
-        attrs::apply_ext4(&usr_img, &usr_attrs, (0, 0), epoch, work)?;
-    }
+        fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts)
+            .map_err(fs_err)?
+            .size
+    };
     // The hash area starts at a data-block boundary.
-    let fs_size = built.size.div_ceil(4096) * 4096;
-    if fs_size != built.size {
+    let fs_size = built_size.div_ceil(4096) * 4096;
+    if fs_size != built_size {
         fs::OpenOptions::new()
             .write(true)
             .open(&usr_img)
@@ -507,6 +574,9 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         )));
     }
     let root_hash = formatted.root_hash_hex();
+    // The update payload is final: hash it and push it to the disk while
+    // the next stages run.
+    let usr_done = Settle::start(&usr_img);
     stages.mark(
         "verity",
         &format!(
@@ -607,9 +677,9 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let disk_img = out.join(format!("{name}.bin"));
     layout.write_image(&disk_img).map_err(disk_err)?;
     images.sort();
-    for (number, img) in &images {
-        disk::write_partition(&disk_img, *number, img).map_err(disk_err)?;
-    }
+    let parts: Vec<(u32, &Path)> = images.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    drop(disk::write_partitions(&disk_img, &parts).map_err(disk_err)?);
+    let disk_done = Settle::start(&disk_img);
     stages.mark(
         "disk",
         &format!(
@@ -673,7 +743,8 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         let p = out.join(file);
         fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
     }
-    let arts = artifacts(&out, &["manifest.json"])?;
+    let known = [usr_done.wait()?, disk_done.wait()?];
+    let arts = artifacts(&out, &["manifest.json"], &known)?;
     let manifest = serde_json::json!({
         "name": name,
         "board": plan.board.name,
@@ -699,6 +770,40 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         root_hash,
         artifacts: arts,
     })
+}
+
+/// The USR filesystem's table: `usr` of the tree as the root.
+fn usr_nodes(tree: &Tree) -> Vec<ext4::Node> {
+    use super::tree::Kind;
+    let node = |path: String, k: &str, e: &super::tree::Entry| ext4::Node {
+        path,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        content: match &e.kind {
+            Kind::Dir => ext4::Content::Dir,
+            Kind::File { size, .. } => ext4::Content::File {
+                source: tree.disk_path(k),
+                size: *size,
+            },
+            Kind::Symlink { target } => ext4::Content::Symlink(target.clone()),
+        },
+    };
+    let mut nodes = Vec::with_capacity(tree.entries().len());
+    match tree.get("usr") {
+        Some(e) => nodes.push(node(String::new(), "usr", e)),
+        None => nodes.push(ext4::Node {
+            path: String::new(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            content: ext4::Content::Dir,
+        }),
+    }
+    for (k, e) in tree.below("usr") {
+        nodes.push(node(k["usr/".len()..].to_string(), k, e));
+    }
+    nodes
 }
 
 fn mib(bytes: u64) -> String {

@@ -187,8 +187,12 @@ pub struct Artifact {
 }
 
 /// sha256 and size of every regular file in `dir` (not recursing), in
-/// name order, hashed in parallel.
-pub fn artifacts(dir: &Path, skip: &[&str]) -> Result<Vec<Artifact>, OutputError> {
+/// name order, hashed in parallel; those in `known` were hashed already.
+pub fn artifacts(
+    dir: &Path,
+    skip: &[&str],
+    known: &[Artifact],
+) -> Result<Vec<Artifact>, OutputError> {
     let mut names: Vec<String> = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("read", dir))? {
         let entry = entry.map_err(io_err("read", dir))?;
@@ -202,6 +206,9 @@ pub fn artifacts(dir: &Path, skip: &[&str]) -> Result<Vec<Artifact>, OutputError
     names
         .into_par_iter()
         .map(|name| {
+            if let Some(a) = known.iter().find(|a| a.name == name) {
+                return Ok(a.clone());
+            }
             let p = dir.join(&name);
             let (size, sum) = hash_file(&p).map_err(io_err("hash", &p))?;
             Ok(Artifact {
@@ -261,7 +268,7 @@ mod tests {
         fs::write(dir.path().join("b"), "abc").unwrap();
         fs::write(dir.path().join("a"), "").unwrap();
         fs::write(dir.path().join("manifest.json"), "{}").unwrap();
-        let a = artifacts(dir.path(), &["manifest.json"]).unwrap();
+        let a = artifacts(dir.path(), &["manifest.json"], &[]).unwrap();
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].name, "a");
         assert_eq!(a[1].size, 3);
