@@ -275,6 +275,24 @@ pub fn base_cmdline(root: &PartRef, extra: &[String]) -> Vec<String> {
 /// # Ok::<(), sdk_tools::boot::BootError>(())
 /// ```
 pub fn populate_esp(spec: &EspSpec) -> Result<EspReport, BootError> {
+    let staged = stage_esp_files(spec)?;
+    finish_esp(spec, staged)
+}
+
+/// The part of the ESP that does not depend on USR-A's root hash.
+#[derive(Debug)]
+pub struct StagedEsp {
+    kernel_version: String,
+    modules: Vec<String>,
+    kdir: String,
+    efi: String,
+}
+
+/// First half of [`populate_esp`]: systemd-boot, the kernel, the
+/// initramfs and `loader.conf` — everything but the boot entry, so it can
+/// be built while USR-A and its hash tree are (`spec.usr_hash` is not
+/// read).
+pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
     let arch = std::env::consts::ARCH;
     let kernel = kmod::find_kernel(&spec.staging_root, spec.kernel_version.as_deref())?;
     let sdboot = find_systemd_boot(&spec.staging_root, arch)?;
@@ -303,7 +321,22 @@ pub fn populate_esp(spec: &EspSpec) -> Result<EspReport, BootError> {
         "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n",
     )
     .map_err(io("write", &loader))?;
+    Ok(StagedEsp {
+        kernel_version: kernel.version,
+        modules: initrd.modules,
+        kdir,
+        efi,
+    })
+}
 
+/// Second half of [`populate_esp`]: USR-A's boot entry, with its hash.
+pub fn finish_esp(spec: &EspSpec, staged: StagedEsp) -> Result<EspReport, BootError> {
+    let StagedEsp {
+        kernel_version,
+        modules,
+        kdir,
+        efi,
+    } = staged;
     let entry = SlotEntry {
         slot: 'a',
         part: spec.usr_a.clone(),
@@ -318,11 +351,15 @@ pub fn populate_esp(spec: &EspSpec) -> Result<EspReport, BootError> {
         base_cmdline: base_cmdline(&spec.root, &spec.extra_cmdline),
     };
     let name = entry.file_name().unwrap_or_else(|| "usr-a.conf".into());
-    let path = loader.join("entries").join(&name);
-    std::fs::write(&path, entry.render()).map_err(io("write", &path))?;
+    let path = spec.esp_dir.join("loader/entries").join(&name);
+    std::fs::write(&path, entry.render()).map_err(|source| BootError::Io {
+        what: "write",
+        path: path.clone(),
+        source,
+    })?;
     Ok(EspReport {
-        kernel_version: kernel.version,
-        modules: initrd.modules,
+        kernel_version,
+        modules,
         files: vec![
             format!("EFI/BOOT/BOOT{efi}.EFI"),
             "loader/loader.conf".into(),

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use super::attrs;
 use super::contents::contents_txt;
 use super::derive::{Seed, env_epoch};
-use super::esp::{EspInputs, populate};
+use super::esp::EspInputs;
 use super::install::{Source, install};
 use super::outputs::{Artifact, OutputDir, artifacts};
 use super::repo::Repo;
@@ -104,10 +104,22 @@ impl Stages {
 /// A finished artifact's sha256, and its data reaching the disk (before
 /// the build is published), worked out on other threads while the build
 /// goes on: hashing takes a core, the sync waits on the device.
+/// Dropped unwaited (the build failed), it still waits for its threads.
 struct Settle {
-    hash: std::thread::JoinHandle<std::io::Result<Artifact>>,
-    sync: std::thread::JoinHandle<std::io::Result<()>>,
+    hash: Option<std::thread::JoinHandle<std::io::Result<Artifact>>>,
+    sync: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     path: PathBuf,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(h) = self.hash.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.sync.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Settle {
@@ -127,24 +139,24 @@ impl Settle {
         let p = path.to_path_buf();
         let sync = std::thread::spawn(move || fs::File::open(&p)?.sync_data());
         Settle {
-            hash,
-            sync,
+            hash: Some(hash),
+            sync: Some(sync),
             path: path.to_path_buf(),
         }
     }
 
-    fn wait(self) -> Result<Artifact> {
-        let what =
-            |e: std::io::Error| anyhow::Error::new(e).context(format!("{}", self.path.display()));
-        let sum = self
-            .hash
+    fn wait(mut self) -> Result<Artifact> {
+        let path = self.path.display().to_string();
+        let (hash, sync) = (self.hash.take(), self.sync.take());
+        let sum = hash
+            .expect("waited once")
             .join()
-            .map_err(|_| anyhow::anyhow!("hashing {} failed", self.path.display()))?
-            .map_err(|e| what(e).context("hash"))?;
-        self.sync
+            .map_err(|_| anyhow::anyhow!("hashing {path} failed"))?
+            .with_context(|| format!("hash {path}"))?;
+        sync.expect("waited once")
             .join()
-            .map_err(|_| anyhow::anyhow!("syncing {} failed", self.path.display()))?
-            .map_err(|e| what(e).context("sync"))?;
+            .map_err(|_| anyhow::anyhow!("syncing {path} failed"))?
+            .with_context(|| format!("sync {path}"))?;
         Ok(sum)
     }
 }
@@ -469,6 +481,22 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let out = work.join("out");
     fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
 
+    // The ESP's boot files need the tree only: they are staged beside the
+    // usr and verity stages; the boot entry follows the root hash.
+    let esp_dir = work.join("esp");
+    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
+    let esp_job = super::esp::start(&EspInputs {
+        staging_root: tree.root(),
+        esp_dir: &esp_dir,
+        usr_hash: "",
+        usr_hash_offset: 0,
+        usr_a_uuid: usr_a.uuid,
+        usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
+        root_uuid: part("ROOT").map(|p| p.uuid),
+        title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
+        epoch,
+    });
+
     // usr
     let usr_img = out.join(format!("{name}_update.bin"));
     let usr_attrs = attrs::attrs_of(&tree, "usr");
@@ -591,19 +619,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         .iter()
         .find(|p| p.label == "EFI-SYSTEM" || p.type_name == "efi")
         .cloned();
-    let esp_dir = work.join("esp");
-    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
-    let esp = populate(&EspInputs {
-        staging_root: tree.root(),
-        esp_dir: &esp_dir,
-        usr_hash: &root_hash,
-        usr_hash_offset: fs_size,
-        usr_a_uuid: usr_a.uuid,
-        usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
-        root_uuid: part("ROOT").map(|p| p.uuid),
-        title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
-        epoch,
-    })?;
+    let esp = esp_job.finish(&root_hash, fs_size)?;
     let mut images: Vec<(u32, PathBuf)> = vec![(usr_a.number, usr_img.clone())];
     if let Some(p) = &esp_part {
         let img = work.join("esp.img");

@@ -38,12 +38,32 @@ pub struct EspOutcome {
     pub files: Vec<PathBuf>,
 }
 
-/// Fill the ESP for an image whose USR-A carries `usr_hash`: systemd-boot,
-/// the kernel, the initramfs with the dm-verity init and the USR-A boot
-/// entry, all done by `boot::esp::populate_esp`.
-pub fn populate(inputs: &EspInputs<'_>) -> Result<EspOutcome> {
-    use crate::boot::esp::{EspSpec, PartRef, populate_esp};
-    let report = populate_esp(&EspSpec {
+/// The ESP being filled: systemd-boot, the kernel and the initramfs are
+/// staged on another thread as soon as the OS tree is ([`start`]); the
+/// boot entry follows once USR-A's root hash is known ([`EspJob::finish`]).
+/// All of it is `boot::esp`'s work.
+pub struct EspJob {
+    spec: crate::boot::esp::EspSpec,
+    /// Taken by `finish`; a job dropped unfinished (the build failed)
+    /// waits for its thread, so nothing writes into a removed directory.
+    staged: Option<
+        std::thread::JoinHandle<Result<crate::boot::esp::StagedEsp, crate::boot::BootError>>,
+    >,
+}
+
+impl Drop for EspJob {
+    fn drop(&mut self) {
+        if let Some(h) = self.staged.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Start filling the ESP (`inputs.usr_hash` and `usr_hash_offset` are
+/// not read yet).
+pub fn start(inputs: &EspInputs<'_>) -> EspJob {
+    use crate::boot::esp::{EspSpec, PartRef, stage_esp_files};
+    let spec = EspSpec {
         staging_root: inputs.staging_root.to_path_buf(),
         esp_dir: inputs.esp_dir.to_path_buf(),
         usr_hash: inputs.usr_hash.to_string(),
@@ -60,11 +80,35 @@ pub fn populate(inputs: &EspInputs<'_>) -> Result<EspOutcome> {
         extra_cmdline: Vec::new(),
         kernel_version: None,
         mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
-    })
-    .map_err(crate::boot::into_cli)?;
-    Ok(EspOutcome {
-        cmdline: report.cmdline,
-        kernel_version: report.kernel_version,
-        files: report.files.into_iter().map(PathBuf::from).collect(),
-    })
+    };
+    let s = spec.clone();
+    EspJob {
+        spec,
+        staged: Some(std::thread::spawn(move || stage_esp_files(&s))),
+    }
+}
+
+impl EspJob {
+    /// Add USR-A's boot entry for `usr_hash` (hash area at
+    /// `usr_hash_offset`) and say what the ESP holds.
+    pub fn finish(mut self, usr_hash: &str, usr_hash_offset: u64) -> Result<EspOutcome> {
+        let staged = self
+            .staged
+            .take()
+            .expect("finished once")
+            .join()
+            .map_err(|_| anyhow::anyhow!("filling the ESP failed"))?
+            .map_err(crate::boot::into_cli)?;
+        let spec = crate::boot::esp::EspSpec {
+            usr_hash: usr_hash.to_string(),
+            usr_hash_offset: Some(usr_hash_offset),
+            ..self.spec.clone()
+        };
+        let report = crate::boot::esp::finish_esp(&spec, staged).map_err(crate::boot::into_cli)?;
+        Ok(EspOutcome {
+            cmdline: report.cmdline,
+            kernel_version: report.kernel_version,
+            files: report.files.into_iter().map(PathBuf::from).collect(),
+        })
+    }
 }
