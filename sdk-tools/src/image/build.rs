@@ -643,6 +643,16 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         "esp",
         &format!("kernel {}, cmdline: {}", esp.kernel_version, esp.cmdline),
     );
+    // The staged trees are spent (the table is all the outputs read now):
+    // remove them beside the rest instead of after it.
+    let cleanup = {
+        let dirs = [tree.root().to_path_buf(), esp_dir.clone()];
+        std::thread::spawn(move || {
+            for d in dirs {
+                let _ = super::outputs::remove_any(&d);
+            }
+        })
+    };
 
     // disk: empty filesystems where the layout wants them, the table, the
     // partitions.
@@ -777,6 +787,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         serde_json::to_vec_pretty(&manifest).context("render manifest")?,
     )
     .with_context(|| format!("write {}", mpath.display()))?;
+    let _ = cleanup.join();
     stages.mark(
         "outputs",
         &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
