@@ -145,7 +145,7 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
         let f = std::fs::File::create(&tmp)?;
         let mut gz = flate2::GzBuilder::new()
             .mtime(0)
-            .write(std::io::BufWriter::new(f), flate2::Compression::default());
+            .write(std::io::BufWriter::new(f), flate2::Compression::fast());
         write_newc(&mut gz, &entries, mtime)?;
         let mut w = gz.finish()?;
         w.flush()?;

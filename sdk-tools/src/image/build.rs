@@ -124,23 +124,50 @@ impl Drop for Settle {
 
 impl Settle {
     fn start(path: &Path) -> Settle {
+        let mut s = Settle::start_composed(path, Vec::new());
+        s.start_sync();
+        s
+    }
+
+    /// Push the file's data to the disk (once it is all written).
+    fn start_sync(&mut self) {
+        let p = self.path.clone();
+        self.sync = Some(std::thread::spawn(move || fs::File::open(&p)?.sync_data()));
+    }
+
+    /// `path` as it will be once each `(offset, file)` of `pieces` is
+    /// copied in at its offset (the rest as it is now): hashing starts
+    /// while the copies are still being made.
+    fn start_composed(path: &Path, mut pieces: Vec<(u64, PathBuf)>) -> Settle {
+        use super::tree::hash_range;
+        use sha2::{Digest, Sha256};
+        pieces.sort();
         let p = path.to_path_buf();
         let hash = std::thread::spawn(move || {
-            let (size, sum) = super::tree::hash_file(&p)?;
+            let f = fs::File::open(&p)?;
+            let size = f.metadata()?.len();
+            let mut h = Sha256::new();
+            let mut pos = 0u64;
+            for (at, piece) in &pieces {
+                hash_range(&f, pos, at - pos, &mut h)?;
+                let src = fs::File::open(piece)?;
+                let len = src.metadata()?.len();
+                hash_range(&src, 0, len, &mut h)?;
+                pos = at + len;
+            }
+            hash_range(&f, pos, size - pos, &mut h)?;
             Ok(Artifact {
                 name: p
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 size,
-                sha256: hex::encode(sum),
+                sha256: hex::encode(h.finalize()),
             })
         });
-        let p = path.to_path_buf();
-        let sync = std::thread::spawn(move || fs::File::open(&p)?.sync_data());
         Settle {
             hash: Some(hash),
-            sync: Some(sync),
+            sync: None,
             path: path.to_path_buf(),
         }
     }
@@ -153,10 +180,11 @@ impl Settle {
             .join()
             .map_err(|_| anyhow::anyhow!("hashing {path} failed"))?
             .with_context(|| format!("hash {path}"))?;
-        sync.expect("waited once")
-            .join()
-            .map_err(|_| anyhow::anyhow!("syncing {path} failed"))?
-            .with_context(|| format!("sync {path}"))?;
+        if let Some(sync) = sync {
+            sync.join()
+                .map_err(|_| anyhow::anyhow!("syncing {path} failed"))?
+                .with_context(|| format!("sync {path}"))?;
+        }
         Ok(sum)
     }
 }
@@ -703,9 +731,20 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let disk_img = out.join(format!("{name}.bin"));
     layout.write_image(&disk_img).map_err(disk_err)?;
     images.sort();
+    // The disk image's sha256 is worked out from its pieces (the table
+    // just written, the partition images) while they are copied in.
+    let table = disk::read_table(&disk_img).map_err(disk_err)?;
+    let pieces: Vec<(u64, PathBuf)> = images
+        .iter()
+        .filter_map(|(n, p)| {
+            let e = table.entries.iter().find(|e| e.number == *n)?;
+            Some((e.first_lba * table.sector_size, p.clone()))
+        })
+        .collect();
+    let mut disk_done = Settle::start_composed(&disk_img, pieces);
     let parts: Vec<(u32, &Path)> = images.iter().map(|(n, p)| (*n, p.as_path())).collect();
     drop(disk::write_partitions(&disk_img, &parts).map_err(disk_err)?);
-    let disk_done = Settle::start(&disk_img);
+    disk_done.start_sync();
     stages.mark(
         "disk",
         &format!(

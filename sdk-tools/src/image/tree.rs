@@ -206,11 +206,19 @@ pub fn disk_mode(dir: bool, mode: u32) -> u32 {
 /// sha256 and size of a file. Holes of a sparse file (most of a disk
 /// image) are hashed as the zeros they read as, without reading them.
 pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
-    use nix::unistd::{Whence, lseek};
-    use std::io::Seek;
-    let mut f = File::open(path)?;
+    let f = File::open(path)?;
     let len = f.metadata()?.len();
     let mut hasher = Sha256::new();
+    hash_range(&f, 0, len, &mut hasher)?;
+    Ok((len, hasher.finalize().into()))
+}
+
+/// Feed `len` bytes of `f` from `start` to `hasher`, holes as zeros
+/// without reading them; bytes past the file's end count as zeros too (a
+/// partition's room after its filesystem).
+pub fn hash_range(f: &File, start: u64, len: u64, hasher: &mut Sha256) -> io::Result<()> {
+    use nix::unistd::{Whence, lseek};
+    use std::os::unix::fs::FileExt;
     let zeros = vec![0u8; HASH_BUF];
     let feed_zeros = |hasher: &mut Sha256, mut n: u64| {
         while n > 0 {
@@ -219,40 +227,44 @@ pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
             n -= k as u64;
         }
     };
-    let mut pos = 0u64;
-    while pos < len {
+    let end = start + len;
+    let file_end = f.metadata()?.len().min(end);
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut pos = start;
+    while pos < file_end {
         let at = i64::try_from(pos).map_err(io::Error::other)?;
         // Where the next data starts (ENXIO: only a hole remains); a
         // filesystem without SEEK_DATA makes it all data.
-        let data = match lseek(&f, at, Whence::SeekData) {
-            Ok(d) => (d as u64).min(len),
-            Err(nix::errno::Errno::ENXIO) => len,
+        let data = match lseek(f, at, Whence::SeekData) {
+            Ok(d) => (d as u64).min(file_end),
+            Err(nix::errno::Errno::ENXIO) => file_end,
             Err(_) => pos,
         };
-        feed_zeros(&mut hasher, data - pos);
+        feed_zeros(hasher, data - pos);
         pos = data;
-        if pos >= len {
+        if pos >= file_end {
             break;
         }
         let at = i64::try_from(pos).map_err(io::Error::other)?;
-        let hole = match lseek(&f, at, Whence::SeekHole) {
-            Ok(h) => (h as u64).min(len),
-            Err(_) => len,
+        let hole = match lseek(f, at, Whence::SeekHole) {
+            Ok(h) => (h as u64).min(file_end),
+            Err(_) => file_end,
         };
-        f.seek(io::SeekFrom::Start(pos))?;
-        let n = for_chunks((&mut f).take(hole - pos), |b| {
-            hasher.update(b);
-            Ok(())
-        })?;
-        if n != hole - pos {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while hashing",
-            ));
+        while pos < hole {
+            let want = (hole - pos).min(HASH_BUF as u64) as usize;
+            let n = f.read_at(&mut buf[..want], pos)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while hashing",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            pos += n as u64;
         }
-        pos = hole;
     }
-    Ok((len, hasher.finalize().into()))
+    feed_zeros(hasher, end - pos);
+    Ok(())
 }
 
 impl Tree {
@@ -517,8 +529,12 @@ impl Tree {
     /// hard-linking files where it can. Owners map through `ids`; the
     /// source is never modified.
     pub fn import_dir(&mut self, src: &Path, ids: IdMap, origin: &str) -> Result<()> {
-        // Walk first (cheap), then copy and hash the files in parallel.
+        // Walk and fill the table first (cheap), then make the directories
+        // (parents first, each level in parallel), symlinks and files (in
+        // parallel): making inodes is most of the cost on some hosts.
         let mut files: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
+        let mut dirs: Vec<(String, bool, u32)> = Vec::new();
+        let mut links: Vec<(String, String)> = Vec::new();
         let mut stack = vec![(String::new(), src.to_path_buf())];
         while let Some((rel, dir)) = stack.pop() {
             let mut children: Vec<_> = fs::read_dir(&dir)
@@ -545,7 +561,9 @@ impl Tree {
                 let (uid, gid) = (ids.uid(md.uid()), ids.gid(md.gid()));
                 self.newest = self.newest.max(md.mtime().max(0) as u64);
                 if ft.is_dir() {
-                    self.add_dir(&path, md.mode(), uid, gid, origin, false)?;
+                    let (p, empty) = self.place(&path, true, false, origin)?;
+                    self.record(p.clone(), Kind::Dir, md.mode(), uid, gid, origin);
+                    dirs.push((p, empty, md.mode()));
                     stack.push((path, disk));
                 } else if ft.is_symlink() {
                     let target = fs::read_link(&disk).map_err(io_err("read link", &disk))?;
@@ -555,7 +573,19 @@ impl Tree {
                             path,
                         });
                     };
-                    self.add_symlink(&path, target, uid, gid, origin, false)?;
+                    let (p, _) = self.place(&path, false, false, origin)?;
+                    let target = target.to_string();
+                    self.record(
+                        p.clone(),
+                        Kind::Symlink {
+                            target: target.clone(),
+                        },
+                        0o777,
+                        uid,
+                        gid,
+                        origin,
+                    );
+                    links.push((p, target));
                 } else if ft.is_file() {
                     files.push((path, disk, md));
                 } else if path.starts_with("dev/") {
@@ -572,6 +602,23 @@ impl Tree {
             }
         }
         let root = self.root.clone();
+        dirs.sort_by_key(|d| d.0.matches('/').count());
+        for level in dirs.chunk_by(|a, b| a.0.matches('/').count() == b.0.matches('/').count()) {
+            level.par_iter().try_for_each(|(p, empty, mode)| {
+                let disk = root.join(p);
+                if *empty {
+                    fs::create_dir(&disk).map_err(io_err("create directory", &disk))?;
+                }
+                fs::set_permissions(&disk, fs::Permissions::from_mode(disk_mode(true, *mode)))
+                    .map_err(io_err("chmod", &disk))?;
+                Ok::<(), TreeError>(())
+            })?;
+        }
+        links.par_iter().try_for_each(|(p, target)| {
+            let disk = root.join(p);
+            std::os::unix::fs::symlink(target, &disk).map_err(io_err("create symlink", &disk))?;
+            Ok::<(), TreeError>(())
+        })?;
         let copied: Vec<(String, Entry)> = files
             .into_par_iter()
             .map(|(path, src, md)| {
