@@ -509,22 +509,6 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let out = work.join("out");
     fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
 
-    // The ESP's boot files need the tree only: they are staged beside the
-    // usr and verity stages; the boot entry follows the root hash.
-    let esp_dir = work.join("esp");
-    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
-    let esp_job = super::esp::start(&EspInputs {
-        staging_root: tree.root(),
-        esp_dir: &esp_dir,
-        usr_hash: "",
-        usr_hash_offset: 0,
-        usr_a_uuid: usr_a.uuid,
-        usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
-        root_uuid: part("ROOT").map(|p| p.uuid),
-        title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
-        epoch,
-    });
-
     // usr
     let usr_img = out.join(format!("{name}_update.bin"));
     let usr_attrs = attrs::attrs_of(&tree, "usr");
@@ -633,6 +617,24 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     // The update payload is final: hash it and push it to the disk while
     // the next stages run.
     let usr_done = Settle::start(&usr_img);
+    // The ESP's boot files need the tree only: they are staged on another
+    // thread while the update payload is hashed and synced; the boot
+    // entry follows the root hash. (Not before the usr and verity stages:
+    // their errors must be the one line a failed build prints.)
+    let esp_dir = work.join("esp");
+    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
+    let esp_job = super::esp::start(&EspInputs {
+        staging_root: tree.root(),
+        esp_dir: &esp_dir,
+        usr_hash: "",
+        usr_hash_offset: 0,
+        usr_a_uuid: usr_a.uuid,
+        usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
+        root_uuid: part("ROOT").map(|p| p.uuid),
+        title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
+        epoch,
+    });
+
     stages.mark(
         "verity",
         &format!(
