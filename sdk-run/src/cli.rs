@@ -52,9 +52,11 @@ pub struct RunArgs {
     /// Sandbox name (default: from the repo's sdk-version.toml).
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
-    /// User to run as inside: sdk (you, uid 1000), root, or a name/uid from the sandbox's /etc/passwd.
-    #[arg(short = 'u', long = "user", value_name = "USER", default_value = "sdk")]
-    pub user: String,
+    /// User to run as inside: sdk (you, uid 1000), root, or a name/uid from the sandbox's /etc/passwd [default: the image's User, else sdk].
+    // No clap default: "not given" must stay visible, since the image's
+    // User applies only then (and the fast path below agrees).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
     /// Bind a host path into the sandbox (at creation), read-only with :ro.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     pub volumes: Vec<Volume>,
@@ -119,10 +121,7 @@ pub enum Verb {
 /// without building the clap command (entering is the hot path). Anything
 /// else, or anything odd, returns `None` and goes through clap.
 pub fn fast_args(args: &[OsString]) -> Option<run::RunOptions> {
-    let mut o = run::RunOptions {
-        user: "sdk".into(),
-        ..Default::default()
-    };
+    let mut o = run::RunOptions::default();
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let value = |v: Option<&OsString>| -> Option<String> {
@@ -132,7 +131,7 @@ pub fn fast_args(args: &[OsString]) -> Option<run::RunOptions> {
         match a.to_str()? {
             "-t" | "--tty" if !o.tty => o.tty = true,
             "-n" | "--name" if o.name.is_none() => o.name = Some(value(it.next())?),
-            "-u" | "--user" => o.user = value(it.next())?,
+            "-u" | "--user" if o.user.is_none() => o.user = Some(value(it.next())?),
             "--" => {
                 o.command = it.cloned().collect();
                 return Some(o);
@@ -240,7 +239,12 @@ mod tests {
         let r = c.run;
         assert!(r.tty && r.rm);
         assert_eq!(r.name.as_deref(), Some("box"));
-        assert_eq!(r.user, "root");
+        assert_eq!(r.user.as_deref(), Some("root"));
+        assert_eq!(
+            parse(&["-t"]).unwrap().run.user,
+            None,
+            "no -u: the image decides"
+        );
         assert_eq!(r.volumes.len(), 2);
         assert!(r.volumes[0].readonly && !r.volumes[1].readonly);
         assert_eq!(r.net, Some(Net::None));
@@ -297,6 +301,7 @@ mod tests {
             &["-n"],
             &["-n", "-t"],
             &["-t", "-t"],
+            &["-u", "a", "-u", "b"],
             &["--rootfs", "x"],
             &["--verbose"],
             &["-tn", "x"],

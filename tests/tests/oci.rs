@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok, subuid_start};
+use sdk_e2e::{Scratch, TestUser, chown_r, run_bad_input, run_expect, run_ok, subuid_start};
 use sha2::{Digest, Sha256};
 
 fn sdk(user: &TestUser, s: &Scratch) -> Command {
@@ -599,4 +599,125 @@ umoci unpack --rootless --image lay:c bundle"#,
     assert!(String::from_utf8_lossy(&refused.stderr).contains(&name));
     run_ok(sdk(&user, &s).args(["rm", "-f", &name]));
     run_ok(sdk(&user, &s).args(["rmi", "bb"]));
+}
+
+/// An image's WorkingDir and User (set with `umoci config`) decide where
+/// and as whom a command starts when the caller gives no `-u` and stands
+/// outside the repo; inside the repo the repo wins, `-u` always wins, and
+/// a User that names nobody is one line and exit code 2.
+#[test]
+fn image_working_dir_and_user_apply_on_enter() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let lay = s.path().join("layout");
+    let b = s.path().join("bundle");
+    // A busybox rootfs with its own user (builder, 1234) and group (staff,
+    // 2345), made by umoci as the test user; one image per User.
+    run_ok(
+        user.command(&s, "sh")
+            .args([
+                "-euc",
+                r#"umoci init --layout "$L"
+umoci new --image "$L:base"
+umoci unpack --rootless --image "$L:base" "$B"
+R="$B/rootfs"
+mkdir -p "$R/bin" "$R/etc" "$R/home/builder"
+cp /bin/busybox "$R/bin/busybox"
+for a in sh id stat true; do ln -s busybox "$R/bin/$a"; done
+printf 'root:x:0:0:root:/root:/bin/sh\nbuilder:x:1234:1234::/home/builder:/bin/sh\n' > "$R/etc/passwd"
+printf 'root:x:0:\nbuilder:x:1234:\nstaff:x:2345:builder\n' > "$R/etc/group"
+umoci repack --image "$L:base" "$B"
+umoci config --image "$L:base" --tag named --config.workingdir /srv/work --config.user builder:staff
+umoci config --image "$L:base" --tag numeric --config.user 1234
+umoci config --image "$L:base" --tag ghost --config.user ghost --config.workingdir /srv
+for t in named numeric ghost; do skopeo copy --quiet "oci:$L:$t" "oci-archive:$PWD/$t.oci.tar"; done
+"#,
+            ])
+            .env("L", &lay)
+            .env("B", &b),
+    );
+    let lower = |tag: &str| {
+        let v = import(&user, &s, &s.path().join(format!("{tag}.oci.tar")), &[]);
+        store_rootfs(&s, v["digest"].as_str().unwrap())
+    };
+    let repo = s.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    chown_r(&user, &repo);
+    let pid = std::process::id();
+    let names: Vec<String> = ["named", "numeric", "ghost"]
+        .iter()
+        .map(|t| format!("img-{t}-{pid}"))
+        .collect();
+    // Created from the repo; later enters come from the scratch dir, which
+    // is outside it.
+    let create = |name: &str, tag: &str, cmd: &[&str]| {
+        let mut c = sdk(&user, &s);
+        c.current_dir(&repo)
+            .args(["-n", name, "--rootfs"])
+            .arg(lower(tag))
+            .args(["--overlay", "--"])
+            .args(cmd);
+        c
+    };
+    let enter = |args: &[&str]| run_ok(sdk(&user, &s).args(args));
+    const WHERE_WHO: &str = "pwd; id -u; id -g";
+
+    let named = names[0].as_str();
+    assert_eq!(
+        run_ok(&mut create(named, "named", &["sh", "-c", WHERE_WHO])),
+        "/mnt/host/source\n1234\n2345\n",
+        "in the repo: the repo, as the image's builder:staff"
+    );
+    assert_eq!(
+        enter(&[
+            "-n",
+            named,
+            "--",
+            "sh",
+            "-c",
+            "pwd; id -u; id -g; stat -c %u:%a /srv/work"
+        ]),
+        "/srv/work\n1234\n2345\n0:755\n",
+        "outside the repo: WorkingDir, made at start by root inside"
+    );
+    assert_eq!(
+        enter(&["-n", named, "-u", "sdk", "--", "sh", "-c", WHERE_WHO]),
+        "/srv/work\n1000\n1000\n",
+        "-u wins over the image's User"
+    );
+    assert_eq!(
+        enter(&["-n", named, "-u", "root", "--", "sh", "-c", WHERE_WHO]),
+        "/srv/work\n0\n0\n"
+    );
+
+    // A uid alone: its passwd entry's gid; no WorkingDir: the home.
+    let numeric = names[1].as_str();
+    run_ok(&mut create(numeric, "numeric", &["true"]));
+    assert_eq!(
+        enter(&["-n", numeric, "--", "sh", "-c", WHERE_WHO]),
+        "/home/builder\n1234\n1234\n"
+    );
+
+    // A User nobody has: one line naming it, exit 2; -u sdk still enters.
+    let ghost = names[2].as_str();
+    let err = run_bad_input(&mut create(ghost, "ghost", &["true"]));
+    assert!(
+        err.contains("asks to run as user `ghost`")
+            && err.contains("/etc/passwd")
+            && err.contains("-u sdk (or -u root)"),
+        "{err}"
+    );
+    assert_eq!(
+        run_bad_input(sdk(&user, &s).args(["-n", ghost, "--", "true"])),
+        err,
+        "the same on the fast path into a running sandbox"
+    );
+    assert_eq!(
+        enter(&["-n", ghost, "-u", "sdk", "--", "sh", "-c", WHERE_WHO]),
+        "/srv\n1000\n1000\n"
+    );
+
+    for n in &names {
+        run_ok(sdk(&user, &s).args(["rm", "-f", n]));
+    }
 }

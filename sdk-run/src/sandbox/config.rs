@@ -170,8 +170,18 @@ pub struct State {
     pub has_root: bool,
     /// Whether the sandbox has its own network namespace (`--net none`).
     pub own_net: bool,
-    /// Extra environment for every command (agent sockets).
+    /// Extra environment for every command: the image's `Env`, the
+    /// sandbox's own variables, agent sockets.
     pub env: Vec<(String, String)>,
+    /// The image's `WorkingDir` (absolute): where a command starts when
+    /// the caller stands outside the bound repo. The init creates it at
+    /// start when the image lacks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// The image's `User` (`USER[:GROUP]`, names or ids), as written in its
+    /// config: whom a command runs as when the caller gives no `-u`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Read and strictly parse a JSON file.

@@ -1,12 +1,16 @@
 //! Enter a running sandbox: check its init is still the one recorded (pid +
 //! start time + namespace ids), `setns` into its namespaces (user first),
-//! fork, and exec the command as the target user in the translated working
-//! directory. The launcher stays as the parent: it relays the exit status,
+//! fork, and exec the command as the target user (`-u`, else the image's
+//! `User`, else `sdk`) in the translated working directory (the same place
+//! in the repo, else the image's `WorkingDir`, else the user's home). The launcher stays as the parent: it relays the exit status,
 //! forwards signals and, with `-t`, proxies a pty allocated in the
 //! sandbox's own devpts.
 //!
 //! This is the hot path (`sdk-run -- true` should cost no more than
-//! `nsenter`): one small state file, a few `/proc` reads, no config parse.
+//! `nsenter`): one small state file, a few `/proc` reads, no config parse
+//! (the image's settings were copied into the state file at start), and
+//! the sandbox's /etc/passwd (/etc/group only for an image `User` of the
+//! form `USER:GROUPNAME`).
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
@@ -23,6 +27,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::exit::{self, UsageError};
+use crate::idmap::SDK_ID;
 use crate::sandbox::config::{NsIds, State};
 use crate::sandbox::mounts::{PATH, SOURCE_DIR};
 use crate::sandbox::users::{self, Account};
@@ -31,7 +36,9 @@ use crate::sys::{self, Sys};
 /// What to run, as whom, from where.
 #[derive(Debug, Clone)]
 pub struct EnterOptions {
-    pub user: String,
+    /// `-u`: wins over the image's `User`; `None` means the image's `User`
+    /// (recorded in the state at start), else `sdk`.
+    pub user: Option<String>,
     pub tty: bool,
     /// Empty: the user's login shell.
     pub command: Vec<OsString>,
@@ -92,14 +99,61 @@ impl NsFds {
 }
 
 /// The working directory inside: the same place in the repo when the
-/// caller stands in it, else the user's home.
-pub fn translate_cwd(cwd: &Path, source: Option<&Path>, home: &str) -> PathBuf {
+/// caller stands in it, else `elsewhere` (the image's `WorkingDir` when it
+/// has one, else the user's home).
+pub fn translate_cwd(cwd: &Path, source: Option<&Path>, elsewhere: &str) -> PathBuf {
     if let Some(src) = source
         && let Ok(rel) = cwd.strip_prefix(src)
     {
         return Path::new(SOURCE_DIR).join(rel);
     }
-    PathBuf::from(home)
+    PathBuf::from(elsewhere)
+}
+
+/// Whom to run as: `-u` when given (a name or uid from the sandbox's
+/// /etc/passwd, `sdk` or `root`), else the image's `User` (any OCI form,
+/// see [`users::resolve_spec`]), else `sdk`. Reads the sandbox's
+/// /etc/passwd (and /etc/group for `USER:GROUPNAME`); must run inside its
+/// mount namespace. Bad choices are usage errors, one line each.
+pub fn choose_account(
+    root: &Path,
+    state: &State,
+    user: Option<&str>,
+    sandbox: &str,
+) -> anyhow::Result<Account> {
+    let account = match (user, state.user.as_deref()) {
+        (Some(who), _) => users::resolve(root, who).ok_or_else(|| {
+            UsageError(format!(
+                "no user `{who}` in sandbox {sandbox}; use -u sdk, -u root, or a user from its /etc/passwd"
+            ))
+        })?,
+        (None, Some(spec)) => {
+            let a = users::resolve_spec(root, spec).map_err(|e| {
+                let root_too = if state.has_root { " (or -u root)" } else { "" };
+                UsageError(format!(
+                    "the image of sandbox {sandbox} asks to run as user `{spec}`, {e}; pass -u sdk{root_too}"
+                ))
+            })?;
+            // With a single mapping only the sdk ids exist inside; say so
+            // rather than fail at setresuid (root has its own message below).
+            if !state.has_root && a.uid != 0 && (a.uid, a.gid) != (SDK_ID, SDK_ID) {
+                return Err(UsageError(format!(
+                    "the image of sandbox {sandbox} asks to run as user `{spec}` ({}:{}), but only uid and gid {SDK_ID} exist there (a single id mapping); pass -u sdk",
+                    a.uid, a.gid
+                ))
+                .into());
+            }
+            a
+        }
+        (None, None) => users::resolve(root, "sdk").context("no sdk user")?,
+    };
+    if !state.has_root && account.uid == 0 {
+        return Err(UsageError(format!(
+            "sandbox {sandbox} has no root user: it was made with a single id mapping; add a subordinate id range (see `man subuid`), then `sdk-run rm {sandbox}` and enter again"
+        ))
+        .into());
+    }
+    Ok(account)
 }
 
 /// The environment inside: a clean one, with the terminal and language
@@ -164,20 +218,11 @@ pub fn enter(state: &State, opts: &EnterOptions) -> anyhow::Result<i32> {
     fds.join(&sys::Linux)?;
     drop(fds);
 
-    let account = users::resolve(Path::new("/"), &opts.user).ok_or_else(|| {
-        UsageError(format!(
-            "no user `{}` in sandbox {}; use -u sdk, -u root, or a user from its /etc/passwd",
-            opts.user, opts.name
-        ))
-    })?;
-    if account.uid == 0 && !state.has_root {
-        return Err(UsageError(format!(
-            "sandbox {} has no root user: it was made with a single id mapping; add a subordinate id range (see `man subuid`), then `sdk-run rm {}` and enter again",
-            opts.name, opts.name
-        ))
-        .into());
-    }
-    let dir = translate_cwd(&opts.cwd, state.source.as_deref(), &account.home);
+    let account = choose_account(Path::new("/"), state, opts.user.as_deref(), &opts.name)?;
+    // The image's WorkingDir applies whoever runs (as in docker); the init
+    // made it at start when the image lacked it.
+    let elsewhere = state.working_dir.as_deref().unwrap_or(&account.home);
+    let dir = translate_cwd(&opts.cwd, state.source.as_deref(), elsewhere);
     let env = environment(&account, &opts.name, &state.env, |k| std::env::var_os(k));
     let (prog, argv) = argv(&opts.command, &account)?;
 
@@ -527,6 +572,88 @@ mod tests {
             Path::new("/home/sdk")
         );
         assert_eq!(translate_cwd(src, None, "/root"), Path::new("/root"));
+        // Outside the repo, the image's WorkingDir (the caller passes it
+        // instead of the home); inside, the repo still wins.
+        assert_eq!(
+            translate_cwd(Path::new("/home/a"), Some(src), "/srv/work"),
+            Path::new("/srv/work")
+        );
+        assert_eq!(
+            translate_cwd(&src.join("x"), Some(src), "/srv/work"),
+            Path::new("/mnt/host/source/x")
+        );
+    }
+
+    fn state(has_root: bool, image_user: Option<&str>) -> State {
+        State {
+            pid: 1,
+            start_time: 0,
+            ns: NsIds {
+                user: 0,
+                mnt: 0,
+                pid: 0,
+                uts: 0,
+                ipc: 0,
+                net: 0,
+            },
+            started: 0,
+            source: None,
+            has_root,
+            own_net: false,
+            env: vec![],
+            working_dir: Some("/srv/work".into()),
+            user: image_user.map(String::from),
+        }
+    }
+
+    #[test]
+    fn u_wins_then_the_image_user_then_sdk() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nsdk:x:1000:1000::/home/sdk:/bin/sh\nbuilder:x:1234:1234::/home/b:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "staff:x:2345:\n").unwrap();
+        let pick = |st: &State, u: Option<&str>| {
+            choose_account(d.path(), st, u, "box").map(|a| (a.uid, a.gid))
+        };
+        let img = state(true, Some("builder:staff"));
+        assert_eq!(pick(&img, None).unwrap(), (1234, 2345));
+        assert_eq!(pick(&img, Some("sdk")).unwrap(), (1000, 1000));
+        assert_eq!(pick(&img, Some("root")).unwrap(), (0, 0));
+        assert_eq!(pick(&state(true, None), None).unwrap(), (1000, 1000));
+        assert_eq!(pick(&state(true, Some("0:0")), None).unwrap(), (0, 0));
+
+        let usage = |st: &State, u: Option<&str>| {
+            let e = pick(st, u).unwrap_err();
+            assert!(e.downcast_ref::<UsageError>().is_some(), "{e}");
+            e.to_string()
+        };
+        assert_eq!(
+            usage(&state(true, Some("ghost")), None),
+            "the image of sandbox box asks to run as user `ghost`, and there is no user `ghost` in the sandbox's /etc/passwd; pass -u sdk (or -u root)"
+        );
+        // The image's user names nobody, but -u still works.
+        assert_eq!(
+            pick(&state(true, Some("ghost")), Some("sdk")).unwrap(),
+            (1000, 1000)
+        );
+        assert!(usage(&state(true, Some("builder:nogroup")), None).contains("no group `nogroup`"));
+        assert!(usage(&state(true, None), Some("ghost")).starts_with("no user `ghost`"));
+
+        // A single mapping: no root, and only the sdk ids.
+        let single = |u: &str| state(false, Some(u));
+        assert!(usage(&single("0:0"), None).contains("has no root user"));
+        assert!(usage(&single("root"), None).contains("has no root user"));
+        let m = usage(&single("builder"), None);
+        assert!(
+            m.contains("only uid and gid 1000") && m.ends_with("pass -u sdk"),
+            "{m}"
+        );
+        assert!(usage(&single("ghost"), None).ends_with("pass -u sdk"));
+        assert_eq!(pick(&single("sdk"), None).unwrap(), (1000, 1000));
     }
 
     #[test]
@@ -575,6 +702,8 @@ mod tests {
             has_root: true,
             own_net: true,
             env: vec![],
+            working_dir: None,
+            user: None,
         };
         let fds = NsFds::open(&state).unwrap();
         let r = Recorder::default();

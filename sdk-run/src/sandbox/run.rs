@@ -23,7 +23,8 @@ use crate::version::{self, VersionFile};
 pub struct RunOptions {
     pub tty: bool,
     pub name: Option<String>,
-    pub user: String,
+    /// `-u`; `None`: the image's `User`, else `sdk`.
+    pub user: Option<String>,
     pub volumes: Vec<Volume>,
     pub devices: Vec<PathBuf>,
     pub rootfs: Option<PathBuf>,

@@ -1,14 +1,16 @@
 //! Start a sandbox from its config: fork, unshare the user namespace, have
 //! the parent write the id maps, unshare mount/pid/uts/ipc (and net), fork
 //! the init (pid 1 inside), which assembles the root, adds the sdk user,
-//! reports back and then only reaps zombies. Writes `state.json`.
+//! makes the image's `WorkingDir` when missing, reports back and then only
+//! reaps zombies. Writes `state.json`, with what every enter applies (the
+//! image's `Env`, `WorkingDir` and `User`; see `enter`).
 //!
 //! Process tree while starting (L = launcher, C = child, I = init):
 //!
 //! ```text
 //! L --fork--> C: unshare(USER) --"u"--> L: newuidmap/newgidmap --"g"--> C
 //! C: become root, unshare(NS|PID|UTS|IPC[|NET]) --fork--> I (pid 1), C exits
-//! I: assemble root, pivot_root, sdk user --"OK"--> L: write state.json
+//! I: assemble root, pivot_root, sdk user, WorkingDir --"OK"--> L: write state.json
 //! ```
 //!
 //! I is re-parented to the host's init when C exits, so the sandbox
@@ -46,21 +48,53 @@ fn tools_cache(sb: &SandboxPaths) -> PathBuf {
         .join("tools.json")
 }
 
-/// Host pieces the root is assembled from; resolved at each start (the
-/// sdk-tools binary and agent sockets may have moved since creation).
-fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(String, String)>)> {
-    // The image's own environment (OCI config Env, manifest [env]) first;
-    // the sandbox's settings and the defaults override it.
-    let mut env = Vec::new();
-    if let crate::sandbox::RootfsSpec::Overlay { lower, .. } = &cfg.rootfs
-        && let Some(rc) = crate::rootfs::runtime_config_for(lower)
-    {
-        for kv in rc.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                env.push((k.to_string(), v.to_string()));
-            }
+/// What every enter applies, fixed at start and recorded in `state.json`
+/// (so entering reads no image config): the environment, and the image's
+/// `WorkingDir` and `User`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ForEnter {
+    env: Vec<(String, String)>,
+    working_dir: Option<String>,
+    user: Option<String>,
+}
+
+impl ForEnter {
+    /// From an image's runtime config (OCI config `Env`, `WorkingDir`,
+    /// `User`; a manifest's `[env]`). A relative `WorkingDir` is taken from
+    /// `/`, like docker does.
+    fn from_image(rc: crate::rootfs::oci::RuntimeConfig) -> ForEnter {
+        let env = rc
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let working_dir = rc
+            .working_dir
+            .map(|w| Path::new("/").join(w).display().to_string());
+        ForEnter {
+            env,
+            working_dir,
+            user: rc.user,
         }
     }
+}
+
+/// Host pieces the root is assembled from; resolved at each start (the
+/// sdk-tools binary and agent sockets may have moved since creation).
+fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)> {
+    // The image's own environment (OCI config Env, manifest [env]) first;
+    // the sandbox's settings and the defaults override it. An image's
+    // WorkingDir and User come from the store's record of its config, read
+    // here once per start.
+    let mut image = match &cfg.rootfs {
+        crate::sandbox::RootfsSpec::Overlay { lower, .. } => {
+            crate::rootfs::runtime_config_for(lower).map(ForEnter::from_image)
+        }
+        crate::sandbox::RootfsSpec::Bind(_) => None,
+    }
+    .unwrap_or_default();
+    let env = &mut image.env;
     env.extend(cfg.env.iter().cloned());
     let mut sockets = Vec::new();
     let is_socket = |p: &Path| {
@@ -126,7 +160,7 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, Vec<(Strin
             tools: tools(&tools_cache(sb))?,
             sockets,
         },
-        env,
+        image,
     ))
 }
 
@@ -242,7 +276,7 @@ fn now() -> u64 {
 /// caller holds the sandbox lock) and record it in `state.json`.
 pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
     kill_unfinished(sb);
-    let (plan, env) = plan(sb, cfg)?;
+    let (plan, image) = plan(sb, cfg)?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -257,7 +291,15 @@ pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
     match sys::fork().context("cannot fork")? {
         ForkResult::Child => {
             drop((u_r, g_w, rep_r));
-            let code = child(cfg, &plan, flags, u_w, g_r, rep_w);
+            let code = child(
+                cfg,
+                &plan,
+                image.working_dir.as_deref(),
+                flags,
+                u_w,
+                g_r,
+                rep_w,
+            );
             // SAFETY: leave without running the parent's destructors.
             unsafe { libc::_exit(code) }
         }
@@ -295,18 +337,21 @@ pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
             if let Some(e) = map_err {
                 return Err(e).context("cannot write the sandbox's id maps");
             }
-            finish(cfg, &report, env)
+            finish(cfg, &report, image)
         }
     }
 }
 
-/// Parse the report (`P<pid>` then `OK`, `E<error>` or `U<usage error>`).
-fn finish(cfg: &Config, report: &str, env: Vec<(String, String)>) -> anyhow::Result<State> {
+/// Parse the report (`P<pid>`, any `W<warning>`, then `OK`, `E<error>` or
+/// `U<usage error>`).
+fn finish(cfg: &Config, report: &str, image: ForEnter) -> anyhow::Result<State> {
     let mut pid = None;
     let mut ok = false;
     for line in report.lines() {
         if let Some(p) = line.strip_prefix('P') {
             pid = p.parse::<i32>().ok();
+        } else if let Some(w) = line.strip_prefix('W') {
+            eprintln!("sdk-run: warning: sandbox {}: {w}", cfg.name);
         } else if line == "OK" {
             ok = true;
         } else if let Some(e) = line.strip_prefix('U') {
@@ -331,7 +376,9 @@ fn finish(cfg: &Config, report: &str, env: Vec<(String, String)>) -> anyhow::Res
             source: cfg.source.clone(),
             has_root: cfg.idmap.has_root(),
             own_net: cfg.net == Net::None,
-            env,
+            env: image.env,
+            working_dir: image.working_dir,
+            user: image.user,
         })
     })();
     if state.is_err() {
@@ -381,6 +428,7 @@ pub fn kill_unfinished(sb: &SandboxPaths) {
 fn child(
     cfg: &Config,
     plan: &RootPlan,
+    working_dir: Option<&str>,
     flags: CloneFlags,
     u_w: OwnedFd,
     g_r: OwnedFd,
@@ -418,18 +466,36 @@ fn child(
             let _ = writeln!(rep, "P{child}");
             0
         }
-        Ok(ForkResult::Child) => init(cfg, plan, rep),
+        Ok(ForkResult::Child) => init(cfg, plan, working_dir, rep),
     }
 }
 
 /// I: pid 1 inside. Assemble, report, then reap forever.
-fn init(cfg: &Config, plan: &RootPlan, mut rep: std::fs::File) -> i32 {
+fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::fs::File) -> i32 {
     let _ = nix::unistd::setsid();
     let _ = nix::sys::prctl::set_name(c"sdk-run-init");
     let setup = (|| -> anyhow::Result<()> {
         mounts::assemble(&sys::Linux, plan)?;
         users::ensure_sdk_user(Path::new("/"), !cfg.idmap.is_single())
             .context("cannot add the sdk user to /etc/passwd")?;
+        // A WorkingDir the image lacks is made, as docker does; one that
+        // cannot be (a file in the way, no root inside) is only a warning:
+        // commands then start in the user's home.
+        // Host directories bound in (the repo, -v) are the user's: nothing
+        // is made in them.
+        let on_host = |dir: &str| {
+            let d = Path::new(dir);
+            plan.source.is_some() && d.starts_with(mounts::SOURCE_DIR)
+                || plan.volumes.iter().any(|v| d.starts_with(&v.dst))
+        };
+        if let Some(dir) = working_dir.filter(|d| !on_host(d))
+            && let Err(e) = ensure_working_dir(Path::new("/"), dir)
+        {
+            let _ = writeln!(
+                rep,
+                "Wcannot create the image's WorkingDir {dir} ({e}); commands started outside the repo begin in the user's home"
+            );
+        }
         if cfg.net == Net::None {
             sys::loopback_up().context("cannot bring up the loopback interface")?;
         }
@@ -457,6 +523,24 @@ fn init(cfg: &Config, plan: &RootPlan, mut rep: std::fs::File) -> i32 {
     // Nothing of the launcher may stay open here: not its lock, not pipes.
     sys::close_fds_from(3, &[]);
     reap_forever()
+}
+
+/// Make the image's `WorkingDir` (absolute, inside `root`) when missing:
+/// as the init's user (root inside when the sandbox has one), mode 0755
+/// whatever the launcher's umask, so every user can start there.
+fn ensure_working_dir(root: &Path, dir: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = root.join(dir.trim_start_matches('/'));
+    if path.is_dir() {
+        return Ok(());
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&path);
+    nix::sys::stat::umask(old);
+    made
 }
 
 fn reap_forever() -> ! {
@@ -495,6 +579,39 @@ mod tests {
         let zombie =
             b"1234 (a) Z 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(parse_start_time(zombie), None);
+    }
+
+    #[test]
+    fn image_config_becomes_what_enter_applies() {
+        let rc = |w: Option<&str>| crate::rootfs::oci::RuntimeConfig {
+            env: vec!["A=1".into(), "B=x=y".into(), "junk".into()],
+            working_dir: w.map(String::from),
+            user: Some("builder:staff".into()),
+        };
+        let f = ForEnter::from_image(rc(Some("/srv/work")));
+        assert_eq!(
+            f.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(f.working_dir.as_deref(), Some("/srv/work"));
+        assert_eq!(f.user.as_deref(), Some("builder:staff"));
+        let rel = ForEnter::from_image(rc(Some("srv")));
+        assert_eq!(rel.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(ForEnter::from_image(rc(None)).working_dir, None);
+    }
+
+    #[test]
+    fn working_dir_is_made_when_missing() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        ensure_working_dir(d.path(), "/srv/work").unwrap();
+        let m = std::fs::metadata(d.path().join("srv/work")).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+        // Present already: untouched.
+        ensure_working_dir(d.path(), "/srv/work").unwrap();
+        std::fs::write(d.path().join("file"), "").unwrap();
+        assert!(ensure_working_dir(d.path(), "/file/sub").is_err());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The `sdk` user inside the rootfs: a passwd and group entry and a home,
 //! added when missing (run in the init after `pivot_root`, as root inside).
-//! Also resolves `-u USER` against the sandbox's `/etc/passwd` at enter.
+//! Also resolves, at enter, `-u USER` and an image's `User` (OCI image
+//! config, `USER[:GROUP]`) against the sandbox's `/etc/passwd` and
+//! `/etc/group`. It does not decide which of the two applies (that is
+//! `enter`: an explicit `-u` wins, then the image's `User`, then `sdk`).
 
 use std::io::Write;
 use std::path::Path;
@@ -60,6 +63,87 @@ pub fn resolve(root: &Path, who: &str) -> Option<Account> {
         }),
         _ => None,
     }
+}
+
+/// Why an image's `User` names nobody in the sandbox (the text completes
+/// "the image asks for user `SPEC`, ...").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("which is not USER, UID, USER:GROUP or UID:GID")]
+    Malformed,
+    #[error("and there is no user `{0}` in the sandbox's /etc/passwd")]
+    NoUser(String),
+    #[error("and there is no group `{0}` in the sandbox's /etc/group")]
+    NoGroup(String),
+}
+
+/// Split an image config `User` into its user and optional group part;
+/// both must be non-empty and there is at most one `:`.
+pub fn parse_spec(spec: &str) -> Result<(&str, Option<&str>), SpecError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let bad = |p: &str| p.is_empty() || p.contains(':');
+    if bad(user) || group.is_some_and(bad) {
+        return Err(SpecError::Malformed);
+    }
+    Ok((user, group))
+}
+
+/// A decimal id (the OCI config's `UID` / `GID` forms).
+fn numeric(part: &str) -> Option<u32> {
+    part.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| part.parse().ok())
+        .flatten()
+}
+
+/// The account an image's `User` means in the sandbox whose root is
+/// `root`, resolved the way docker (runc) does:
+///
+/// - `name`: its passwd entry (uid, primary gid, home, shell);
+/// - `uid`: the passwd entry with that uid; a uid with no entry is still
+///   valid (gid 0, home `/`), as in docker;
+/// - `...:group`: the primary gid is the group's, from `/etc/group` (read
+///   only for this form); a numeric gid needs no entry.
+///
+/// `sdk` and `root` resolve as for `-u` ([`resolve`]). No supplementary
+/// groups are added (the same as for `-u`).
+pub fn resolve_spec(root: &Path, spec: &str) -> Result<Account, SpecError> {
+    let (user, group) = parse_spec(spec)?;
+    let mut account = match (resolve(root, user), numeric(user)) {
+        (Some(a), _) => a,
+        (None, Some(uid)) => Account {
+            name: user.into(),
+            uid,
+            gid: 0,
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+        },
+        (None, None) => return Err(SpecError::NoUser(user.into())),
+    };
+    if let Some(group) = group {
+        account.gid = match numeric(group) {
+            Some(gid) => gid,
+            None => {
+                let text = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+                lookup_group(&text, group).ok_or_else(|| SpecError::NoGroup(group.into()))?
+            }
+        };
+    }
+    Ok(account)
+}
+
+/// The gid of the group named `name` in group-file text.
+pub fn lookup_group(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|l| {
+        let mut f = l.split(':');
+        if f.next()? != name {
+            return None;
+        }
+        f.nth(1)?.parse().ok()
+    })
 }
 
 fn default_sdk(root: &Path) -> Account {
@@ -201,6 +285,88 @@ mod tests {
         ensure_sdk_user(d.path(), false).unwrap();
         let s = std::fs::read_to_string(d.path().join("etc/shadow")).unwrap();
         assert_eq!(s, "root:*:19000:0:99999:7:::\nsdk:*::0:99999:7:::\n");
+    }
+
+    /// A sandbox root with an image's own users, as `ensure_sdk_user`
+    /// leaves it.
+    fn image_root() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nbuilder:x:1234:1234::/home/builder:/bin/ash\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nbuilder:x:1234:\nstaff:x:2345:builder\n",
+        )
+        .unwrap();
+        ensure_sdk_user(d.path(), false).unwrap();
+        d
+    }
+
+    #[test]
+    fn image_user_forms_resolve_like_docker() {
+        let d = image_root();
+        let ids = |spec: &str| {
+            let a = resolve_spec(d.path(), spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            (a.name, a.uid, a.gid, a.home)
+        };
+        let builder = |gid| {
+            (
+                "builder".to_string(),
+                1234,
+                gid,
+                "/home/builder".to_string(),
+            )
+        };
+        assert_eq!(ids("builder"), builder(1234));
+        assert_eq!(ids("1234"), builder(1234));
+        assert_eq!(ids("builder:staff"), builder(2345));
+        assert_eq!(ids("1234:staff"), builder(2345));
+        assert_eq!(ids("builder:2345"), builder(2345));
+        assert_eq!(ids("1234:77"), builder(77), "a numeric gid needs no entry");
+        assert_eq!(ids("builder:root"), builder(0));
+        // A uid with no passwd entry is valid, as in docker: gid 0, home /.
+        assert_eq!(ids("4321"), ("4321".into(), 4321, 0, "/".into()));
+        assert_eq!(ids("4321:4321"), ("4321".into(), 4321, 4321, "/".into()));
+        assert_eq!(ids("root"), ("root".into(), 0, 0, "/root".into()));
+        assert_eq!(ids("0:0"), ("root".into(), 0, 0, "/root".into()));
+        assert_eq!(ids("sdk").1, 1000);
+        assert_eq!(
+            ids("1000:staff"),
+            ("sdk".into(), 1000, 2345, "/home/sdk".into())
+        );
+    }
+
+    #[test]
+    fn image_users_that_name_nobody_are_errors() {
+        let d = image_root();
+        let err = |spec: &str| resolve_spec(d.path(), spec).unwrap_err();
+        assert_eq!(err("ghost"), SpecError::NoUser("ghost".into()));
+        assert_eq!(err("ghost:staff"), SpecError::NoUser("ghost".into()));
+        assert_eq!(err("builder:ghosts"), SpecError::NoGroup("ghosts".into()));
+        assert_eq!(err("4321:ghosts"), SpecError::NoGroup("ghosts".into()));
+        for bad in ["", ":", "builder:", ":staff", "a:b:c", "12a:"] {
+            assert_eq!(err(bad), SpecError::Malformed, "{bad:?}");
+        }
+        // `12a` is a name (not a uid), and nobody has it.
+        assert_eq!(err("12a"), SpecError::NoUser("12a".into()));
+        assert_eq!(
+            err("ghost").to_string(),
+            "and there is no user `ghost` in the sandbox's /etc/passwd"
+        );
+    }
+
+    #[test]
+    fn specs_split_into_user_and_group() {
+        assert_eq!(parse_spec("a"), Ok(("a", None)));
+        assert_eq!(parse_spec("a:b"), Ok(("a", Some("b"))));
+        assert_eq!(parse_spec("0:0"), Ok(("0", Some("0"))));
+        assert_eq!(lookup_group("x:x:5:\nstaff:x:50:a,b\n", "staff"), Some(50));
+        assert_eq!(lookup_group("staff:x:notanumber:\n", "staff"), None);
+        assert_eq!(lookup_group("", "staff"), None);
     }
 
     #[test]
