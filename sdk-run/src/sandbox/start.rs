@@ -478,6 +478,11 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
         mounts::assemble(&sys::Linux, plan)?;
         users::ensure_sdk_user(Path::new("/"), !cfg.idmap.is_single())
             .context("cannot add the sdk user to /etc/passwd")?;
+        // A convenience only (sudo otherwise warns that it cannot resolve
+        // the hostname): an /etc/hosts that cannot be written stays as it
+        // is, without a word.
+        let host: String = plan.hostname.chars().take(64).collect();
+        let _ = users::ensure_host_entry(Path::new("/"), &host);
         // A WorkingDir the image lacks is made, as docker does; one that
         // cannot be (a file in the way, no root inside) is only a warning:
         // commands then start in the user's home.

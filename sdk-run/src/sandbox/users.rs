@@ -177,6 +177,25 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
 /// A user in passwd with an `x` password but no shadow entry fails PAM's
 /// account check ("account validation failure"), so `sudo` refuses even
 /// with NOPASSWD. Add a locked-password (`*`), never-expiring entry when the
+/// `/etc/hosts` names the sandbox's hostname, so tools that look it up
+/// (sudo: "unable to resolve host") find it: `127.0.1.1 NAME` is added
+/// when no line names it, as Debian's installer does.
+pub fn ensure_host_entry(root: &Path, hostname: &str) -> std::io::Result<()> {
+    let path = root.join("etc/hosts");
+    let hosts = std::fs::read_to_string(&path).unwrap_or_default();
+    let named = hosts.lines().any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        l.split_whitespace().skip(1).any(|n| n == hostname)
+    });
+    if named || hostname.is_empty() {
+        return Ok(());
+    }
+    if hosts.is_empty() {
+        append(&path, "127.0.0.1\tlocalhost")?;
+    }
+    append(&path, &format!("127.0.1.1\t{hostname}"))
+}
+
 /// rootfs has a shadow file without one. Without root inside (a single
 /// mapping) the file is not writable and there is no root to sudo to:
 /// nothing to do then.
@@ -243,6 +262,26 @@ pub fn ensure_sdk_user(root: &Path, chown: bool) -> std::io::Result<Account> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hostname_gets_a_hosts_line_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        let hosts = d.path().join("etc/hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost # box is not here\n").unwrap();
+        super::ensure_host_entry(d.path(), "box").unwrap();
+        super::ensure_host_entry(d.path(), "box").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&hosts).unwrap(),
+            "127.0.0.1 localhost # box is not here\n127.0.1.1\tbox\n"
+        );
+        std::fs::remove_file(&hosts).unwrap();
+        super::ensure_host_entry(d.path(), "b").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&hosts).unwrap(),
+            "127.0.0.1\tlocalhost\n127.0.1.1\tb\n"
+        );
+    }
+
     use super::*;
 
     #[test]
