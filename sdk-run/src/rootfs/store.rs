@@ -184,6 +184,8 @@ impl Store {
     pub fn begin(&self, _lock: &StoreLock) -> Result<PathBuf, StoreError> {
         let tmp = self.tmp_root();
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        // Each unpack in a block group of its own.
+        sdk_common::spread_subdirs(&tmp);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

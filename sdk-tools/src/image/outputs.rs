@@ -53,7 +53,8 @@ impl OutputDir {
     pub fn open(dir: &Path) -> Result<OutputDir, OutputError> {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         let dir = &fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
-        spread_builds(dir);
+        // Each build's work directory in a block group of its own.
+        sdk_common::spread_subdirs(dir);
         let lock_path = dir.join(".lock");
         let lock = File::options()
             .create(true)
@@ -155,24 +156,6 @@ impl OutputDir {
         }
         Ok(dest)
     }
-}
-
-/// Mark `dir` as the top of unrelated trees (ext4's `T` attribute), so
-/// each build's work directory gets inodes in a block group of its own.
-/// Without it the staging tree of a build lands in the group where the
-/// previous build's staging tree was just deleted, and on a filesystem
-/// without a journal ext4 steps over every recently freed inode there for
-/// each new one: back-to-back builds got slower each time (0.4 s to 1.3 s
-/// to stage the same tree). Elsewhere (xfs, btrfs, tmpfs) `chattr` fails
-/// and nothing changes.
-fn spread_builds(dir: &Path) {
-    let done = std::process::Command::new("chattr")
-        .arg("+T")
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    tracing::debug!(dir = %dir.display(), ?done, "chattr +T");
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OutputError> {
