@@ -146,6 +146,10 @@ pub enum Ext4Error {
         "the content needs {need} bytes of ext4 but the size asked for is {size}; give at least {need}"
     )]
     TooSmall { need: u64, size: u64 },
+    #[error(
+        "the content needs {need} bytes of ext4, more than the 16 TiB this writer addresses; use erofs or squashfs"
+    )]
+    TooBig { need: u64 },
     #[error("ext4 label {0:?} is longer than 16 bytes")]
     Label(String),
     #[error("{}: {what}", path.display())]
@@ -164,7 +168,10 @@ impl Ext4Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Ext4Error::BadNode { .. } | Ext4Error::TooSmall { .. } | Ext4Error::Label(_)
+            Ext4Error::BadNode { .. }
+                | Ext4Error::TooSmall { .. }
+                | Ext4Error::TooBig { .. }
+                | Ext4Error::Label(_)
         )
     }
 }
@@ -821,6 +828,12 @@ pub fn write(
         }
     };
     let geo = &lay.geo;
+    // Block numbers are 32-bit without the `64bit` feature: 16 TiB.
+    if geo.blocks > u64::from(u32::MAX) {
+        return Err(Ext4Error::TooBig {
+            need: geo.blocks * BLOCK,
+        });
+    }
     out.set_len(geo.blocks * BLOCK)
         .map_err(io_err("size", out_path))?;
     let put = |at_block: u64, bytes: &[u8]| {
