@@ -12,13 +12,20 @@ fn repo_root() -> PathBuf {
 }
 
 /// A .deb download cache shared by the tests of one run (and kept between
-/// runs: it is only a cache, apt refreshes its lists every run).
+/// runs: it is only a cache, apt refreshes its lists every run). Given to
+/// the test user once, before any test's apt writes in it: a `chown -R`
+/// while another test's apt renames its temporary files fails.
 fn deb_cache(user: &TestUser) -> PathBuf {
-    let base = std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into());
-    let dir = PathBuf::from(base).join(format!("sdk-e2e-packages-cache-{}", user.uid));
-    std::fs::create_dir_all(&dir).unwrap();
-    chown_r(user, &dir);
-    dir
+    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let base = std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into());
+            let dir = PathBuf::from(base).join(format!("sdk-e2e-packages-cache-{}", user.uid));
+            std::fs::create_dir_all(&dir).unwrap();
+            chown_r(user, &dir);
+            dir
+        })
+        .clone()
 }
 
 struct Env {
