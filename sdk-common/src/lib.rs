@@ -15,13 +15,14 @@ pub mod log;
 /// the previous one was just deleted took several times longer. Only a
 /// hint: on other filesystems, or without `chattr`, nothing changes.
 pub fn spread_subdirs(dir: &std::path::Path) {
-    let done = std::process::Command::new("chattr")
+    use cmd::CommandExt;
+    if let Err(e) = std::process::Command::new("chattr")
         .arg("+T")
         .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    tracing::debug!(dir = %dir.display(), ?done, "chattr +T");
+        .run_capture()
+    {
+        tracing::debug!(dir = %dir.display(), "no ext4 spreading hint: {e}");
+    }
 }
 
 /// An error that is the user's to fix (bad flag, unknown name, malformed
