@@ -31,10 +31,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use crate::io_err;
 use rayon::prelude::*;
 use uuid::Uuid;
 
@@ -154,13 +154,8 @@ pub enum Ext4Error {
     Label(String),
     #[error("{}: {what}", path.display())]
     Changed { path: PathBuf, what: String },
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 impl Ext4Error {
@@ -750,17 +745,6 @@ fn inode_bytes(ino: &Ino, i_block: &[u8; 60], flags: u32, epoch: u64) -> [u8; IN
     b
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a std::path::Path,
-) -> impl FnOnce(io::Error) -> Ext4Error + 'a {
-    move |source| Ext4Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Blocks the table needs at least (to size an image before writing).
 pub fn needed_bytes(nodes: &[Node], opts: &Options) -> Result<u64, Ext4Error> {
     let plan = plan(nodes)?;
@@ -1110,7 +1094,7 @@ fn copy_into(
                         .map_err(io_err("write", out_path))?;
                     k as u64
                 }
-                Err(e) => return Err(io_err("copy from", source)(e.into())),
+                Err(e) => return Err(io_err("copy from", source)(e.into()).into()),
             };
             if got == 0 {
                 return Err(Ext4Error::Changed {

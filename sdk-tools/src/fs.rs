@@ -40,6 +40,7 @@ use std::process::Command;
 use uuid::Uuid;
 
 use crate::cmd::{CmdError, CommandExt};
+use crate::io_err;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -49,26 +50,13 @@ pub enum FsError {
     BadInput(String),
     #[error(transparent)]
     Tool(#[from] CmdError),
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 impl FsError {
     pub fn is_bad_input(&self) -> bool {
         matches!(self, FsError::BadInput(_))
-    }
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FsError + 'a {
-    move |source| FsError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -202,15 +190,15 @@ fn walk(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, FsError> {
     ) -> Result<(), FsError> {
         let here = root.join(rel);
         let mut names: Vec<_> = std::fs::read_dir(&here)
-            .map_err(io("read directory", &here))?
+            .map_err(io_err("read directory", &here))?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
-            .map_err(io("read directory", &here))?;
+            .map_err(io_err("read directory", &here))?;
         names.sort();
         for name in names {
             let r = rel.join(&name);
             let full = root.join(&r);
-            let md = std::fs::symlink_metadata(&full).map_err(io("stat", &full))?;
+            let md = std::fs::symlink_metadata(&full).map_err(io_err("stat", &full))?;
             let is_dir = md.is_dir();
             out.push((r.clone(), md));
             if is_dir {
@@ -301,8 +289,10 @@ pub fn build(fs: FsType, src: &Path, out: &Path, opts: &FsOptions) -> Result<Bui
         FsType::Squashfs => squashfs(src, &image, opts)?,
         FsType::Vfat => vfat(src, &image, opts, uuid)?,
     }
-    let size = std::fs::metadata(&image).map_err(io("stat", &image))?.len();
-    std::fs::rename(&image, out).map_err(io("rename into place", out))?;
+    let size = std::fs::metadata(&image)
+        .map_err(io_err("stat", &image))?
+        .len();
+    std::fs::rename(&image, out).map_err(io_err("rename into place", out))?;
     Ok(Built {
         fs_type: fs,
         size,
@@ -333,7 +323,7 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     let entries = walk(src)?;
     let mut targets: Vec<(String, u32, u32)> =
         vec![("/".into(), 0, 0), ("/lost+found".into(), 0, 0)];
-    let root_md = std::fs::metadata(src).map_err(io("stat", src))?;
+    let root_md = std::fs::metadata(src).map_err(io_err("stat", src))?;
     targets[0] = ("/".into(), root_md.uid(), root_md.gid());
     targets[1] = ("/lost+found".into(), root_md.uid(), root_md.gid());
     for (rel, md) in &entries {
@@ -364,8 +354,8 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
         let _ = writeln!(script, "sif {q} uid {u}");
         let _ = writeln!(script, "sif {q} gid {g}");
     }
-    let f = std::fs::File::create(image).map_err(io("create", image))?;
-    f.set_len(size).map_err(io("size", image))?;
+    let f = std::fs::File::create(image).map_err(io_err("create", image))?;
+    f.set_len(size).map_err(io_err("size", image))?;
     drop(f);
     let fake_time = epoch.to_string();
     let hash_seed = Uuid::new_v5(&uuid, b"ext4 hash seed");
@@ -391,7 +381,7 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     // from the source. Set them all (ctime cannot be set on the source) in
     // one debugfs batch.
     let script_path = image.with_extension("debugfs");
-    std::fs::write(&script_path, script).map_err(io("write", &script_path))?;
+    std::fs::write(&script_path, script).map_err(io_err("write", &script_path))?;
     let out = Command::new("debugfs")
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
         .arg("-w")
@@ -519,10 +509,10 @@ fn vfat(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
         .arg((size / 1024).to_string())
         .run_capture()?;
     let mut top: Vec<PathBuf> = std::fs::read_dir(src)
-        .map_err(io("read directory", src))?
+        .map_err(io_err("read directory", src))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()
-        .map_err(io("read directory", src))?;
+        .map_err(io_err("read directory", src))?;
     if top.is_empty() {
         return Ok(());
     }

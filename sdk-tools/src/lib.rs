@@ -14,3 +14,23 @@ pub mod image;
 pub mod packages;
 pub mod strict;
 pub mod verity;
+
+/// A failed file operation, naming the operation and the path (the `Io`
+/// variant of every module's error enum).
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct IoError {
+    pub op: &'static str,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `.map_err(io_err("create", &path))?`
+pub fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> IoError + use<> {
+    let path = path.to_path_buf();
+    move |source| IoError { op, path, source }
+}

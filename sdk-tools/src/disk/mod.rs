@@ -23,6 +23,7 @@
 mod gpt;
 mod layout;
 
+use crate::io_err;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -42,13 +43,8 @@ pub enum DiskError {
     /// Any other bad request (missing partition, file too big, no GPT).
     #[error("{0}")]
     BadInput(String),
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 impl DiskError {
@@ -56,14 +52,6 @@ impl DiskError {
     /// written.
     pub fn is_bad_input(&self) -> bool {
         matches!(self, DiskError::Layout { .. } | DiskError::BadInput(_))
-    }
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -86,13 +74,12 @@ fn temp_beside(target: &Path) -> Result<tempfile::NamedTempFile, DiskError> {
 }
 
 fn commit(temp: tempfile::NamedTempFile, target: &Path) -> Result<(), DiskError> {
-    temp.as_file().sync_all().map_err(io("sync", temp.path()))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(io_err("sync", temp.path()))?;
     let _ = std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644));
-    temp.persist(target).map_err(|e| DiskError::Io {
-        op: "rename into place",
-        path: target.to_path_buf(),
-        source: e.error,
-    })?;
+    temp.persist(target)
+        .map_err(|e| io_err("rename into place", target)(e.error))?;
     Ok(())
 }
 
@@ -103,10 +90,10 @@ impl Layout {
     pub fn write_image(&self, image: &Path) -> Result<(), DiskError> {
         let temp = temp_beside(image)?;
         let f = temp.as_file();
-        f.set_len(self.size).map_err(io("size", temp.path()))?;
+        f.set_len(self.size).map_err(io_err("size", temp.path()))?;
         for (off, bytes) in Table::from_layout(self).encode() {
             f.write_all_at(&bytes, off)
-                .map_err(io("write partition table to", temp.path()))?;
+                .map_err(io_err("write partition table to", temp.path()))?;
         }
         tracing::info!(image = %image.display(), size = self.size, "wrote partition table");
         commit(temp, image)
@@ -153,7 +140,7 @@ fn find(table: &Table, image: &Path, number: u32) -> Result<Entry, DiskError> {
 /// exists and `file` fits.
 pub fn write_partition(image: &Path, number: u32, file: &Path) -> Result<(), DiskError> {
     let dst = write_partitions(image, &[(number, file)])?;
-    dst.sync_data().map_err(io("sync", image))
+    Ok(dst.sync_data().map_err(io_err("sync", image))?)
 }
 
 /// [`write_partition`] for several partitions, without waiting for the
@@ -170,7 +157,7 @@ pub fn write_partitions(image: &Path, parts: &[(u32, &Path)]) -> Result<File, Di
                 file.display()
             ))
         })?;
-        let len = src.metadata().map_err(io("stat", file))?.len();
+        let len = src.metadata().map_err(io_err("stat", file))?.len();
         let room = (e.last_lba + 1 - e.first_lba) * table.sector_size;
         if len > room {
             return Err(DiskError::BadInput(format!(
@@ -184,7 +171,7 @@ pub fn write_partitions(image: &Path, parts: &[(u32, &Path)]) -> Result<File, Di
     let dst = OpenOptions::new()
         .write(true)
         .open(image)
-        .map_err(io("open for writing", image))?;
+        .map_err(io_err("open for writing", image))?;
     for (src, file, at, len) in &sources {
         sparse_copy((src, file, 0), (&dst, image, *at), *len)?;
     }
@@ -196,12 +183,12 @@ pub fn write_partitions(image: &Path, parts: &[(u32, &Path)]) -> Result<File, Di
 pub fn extract(image: &Path, number: u32, out: &Path) -> Result<(), DiskError> {
     let table = read_table(image)?;
     let e = find(&table, image, number)?;
-    let src = File::open(image).map_err(io("open", image))?;
+    let src = File::open(image).map_err(io_err("open", image))?;
     let len = (e.last_lba + 1 - e.first_lba) * table.sector_size;
     let temp = temp_beside(out)?;
     temp.as_file()
         .set_len(len)
-        .map_err(io("size", temp.path()))?;
+        .map_err(io_err("size", temp.path()))?;
     sparse_copy(
         (&src, image, e.first_lba * table.sector_size),
         (temp.as_file(), temp.path(), 0),
@@ -241,7 +228,7 @@ fn sparse_copy(
             while done < n {
                 let k = (n - done).min(PIECE as u64);
                 df.write_all_at(&zeros[..k as usize], d0 + at + done)
-                    .map_err(io("write", dp))?;
+                    .map_err(io_err("write", dp))?;
                 done += k;
             }
         }
@@ -273,11 +260,7 @@ fn sparse_copy(
             let want = (hole - pos).min(1 << 30) as usize;
             match nix::fcntl::copy_file_range(sf, Some(&mut off_in), df, Some(&mut off_out), want) {
                 Ok(0) => {
-                    return Err(DiskError::Io {
-                        op: "read",
-                        path: sp.to_path_buf(),
-                        source: std::io::ErrorKind::UnexpectedEof.into(),
-                    });
+                    return Err(io_err("read", sp)(std::io::ErrorKind::UnexpectedEof.into()).into());
                 }
                 Ok(k) => {
                     pos += k as u64;
@@ -287,12 +270,12 @@ fn sparse_copy(
             }
             let n = (hole - pos).min(PIECE as u64) as usize;
             sf.read_exact_at(&mut buf[..n], s0 + pos)
-                .map_err(io("read", sp))?;
+                .map_err(io_err("read", sp))?;
             if buf[..n].iter().all(|&b| b == 0) {
                 zero_out(pos, n as u64)?;
             } else {
                 df.write_all_at(&buf[..n], d0 + pos)
-                    .map_err(io("write", dp))?;
+                    .map_err(io_err("write", dp))?;
             }
             pos += n as u64;
         }

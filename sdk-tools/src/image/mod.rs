@@ -19,25 +19,7 @@ pub mod sysext;
 pub mod tree;
 pub mod usr;
 
-/// A failed file operation, naming the operation and the path (the `Io`
-/// variant of this module's error enums).
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
-pub struct IoError {
-    pub op: &'static str,
-    pub path: std::path::PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// `.map_err(io_err("create", &path))?`
-pub fn io_err(
-    op: &'static str,
-    path: &std::path::Path,
-) -> impl FnOnce(std::io::Error) -> IoError + use<> {
-    let path = path.to_path_buf();
-    move |source| IoError { op, path, source }
-}
+pub use crate::{IoError, io_err};
 
 /// What the outputs say about one installed package (from its metadata).
 #[derive(Debug, Clone, PartialEq, Eq)]

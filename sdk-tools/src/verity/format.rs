@@ -22,12 +22,12 @@ pub(super) fn same_file(a: &Path, b: &Path) -> bool {
 pub(super) fn device_size(file: &File, path: &Path) -> Result<u64, VerityError> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::FileTypeExt;
-    let md = file.metadata().map_err(VerityError::io("stat", path))?;
+    let md = file.metadata().map_err(crate::io_err("stat", path))?;
     if md.file_type().is_block_device() {
         let mut f = file;
         return f
             .seek(SeekFrom::End(0))
-            .map_err(VerityError::io("find the size of", path));
+            .map_err(|e| crate::io_err("find the size of", path)(e).into());
     }
     Ok(md.len())
 }
@@ -147,7 +147,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
             .read(true)
             .write(true)
             .open(hash)
-            .map_err(VerityError::io("open", hash))?;
+            .map_err(crate::io_err("open", hash))?;
         (f, None)
     } else {
         let dir = match hash.parent() {
@@ -164,7 +164,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
                     dir.display()
                 ))
             })?;
-        let f = t.reopen().map_err(VerityError::io("reopen", t.path()))?;
+        let f = t.reopen().map_err(crate::io_err("reopen", t.path()))?;
         (f, Some(t))
     };
     let out_path = temp.as_ref().map(|t| t.path()).unwrap_or(hash);
@@ -192,7 +192,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
         let mut head = vec![0u8; (first_tree - opts.hash_offset) as usize];
         head[..superblock::SIZE].copy_from_slice(&sb.encode());
         out.write_all_at(&head, opts.hash_offset)
-            .map_err(VerityError::io("write superblock to", out_path))?;
+            .map_err(crate::io_err("write superblock to", out_path))?;
     }
     for level in 0..geo.levels.len() {
         let children = if level == 0 {
@@ -206,7 +206,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
                 chunk.blocks,
                 base + chunk.first_parent * geo.hash_block_size,
             )
-            .map_err(VerityError::io("write hash blocks to", out_path))
+            .map_err(|e| crate::io_err("write hash blocks to", out_path)(e).into())
         })?;
     }
     let top = tree::top_block(&geo, (&data_file, data), (&out, out_path))?;
@@ -216,11 +216,8 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     // double the run time (veritysetup does not either).
     if let Some(t) = temp {
         let _ = std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o644));
-        t.persist(hash).map_err(|e| VerityError::Io {
-            op: "rename into place",
-            path: hash.to_path_buf(),
-            source: e.error,
-        })?;
+        t.persist(hash)
+            .map_err(|e| crate::io_err("rename into place", hash)(e.error))?;
     }
     Ok(Formatted {
         root_hash,

@@ -45,7 +45,7 @@ mod superblock;
 mod tree;
 mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use format::format;
 pub use verify::verify;
@@ -178,27 +178,14 @@ pub enum VerityError {
     /// written.
     #[error("{0}")]
     BadInput(String),
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     /// Verification found a block whose digest does not match.
     #[error("verification failed: {0}")]
     Corrupt(String),
 }
 
 impl VerityError {
-    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VerityError + 'a {
-        move |source| VerityError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
     /// True when the caller's input is at fault (exit code 2).
     pub fn is_bad_input(&self) -> bool {
         matches!(self, VerityError::BadInput(_))
@@ -361,7 +348,7 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, VerityError> {
     let mut buf = vec![0u8; n];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(VerityError::io("read", path))?;
+        .map_err(crate::io_err("read", path))?;
     Ok(buf)
 }
 

@@ -114,7 +114,7 @@ pub(super) fn build_level(
             Children::Hash(file, path) => {
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, start)
-                    .map_err(VerityError::io("read hash blocks from", path))?;
+                    .map_err(crate::io_err("read hash blocks from", path))?;
                 digest_blocks(geo, &buf, child_size as usize, &mut blocks[..used]);
             }
         }
@@ -153,7 +153,7 @@ pub(super) fn map_range(
             .len(len)
             .map(file)
     }
-    .map_err(VerityError::io("map", path))?;
+    .map_err(crate::io_err("map", path))?;
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(map)
 }
@@ -171,14 +171,14 @@ pub(super) fn top_block(
             let mut b = vec![0u8; geo.hash_block_size as usize];
             hash.0
                 .read_exact_at(&mut b, off)
-                .map_err(VerityError::io("read top hash block from", hash.1))?;
+                .map_err(crate::io_err("read top hash block from", hash.1))?;
             Ok(b)
         }
         None => {
             let mut b = vec![0u8; geo.data_block_size as usize];
             data.0
                 .read_exact_at(&mut b, 0)
-                .map_err(VerityError::io("read", data.1))?;
+                .map_err(crate::io_err("read", data.1))?;
             Ok(b)
         }
     }

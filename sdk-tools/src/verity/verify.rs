@@ -205,7 +205,7 @@ pub fn verify(
             let at = base + chunk.first_parent * geo.hash_block_size;
             hash_file
                 .read_exact_at(&mut stored, at)
-                .map_err(VerityError::io("read", hash))?;
+                .map_err(crate::io_err("read", hash))?;
             if stored == chunk.blocks {
                 return Ok(());
             }
