@@ -452,7 +452,7 @@ fn plan(nodes: &[Node]) -> Result<Plan<'_>, Ext4Error> {
         if dir.is_empty() && name == "lost+found" {
             return Err(bad(
                 &n.path,
-                "lost+found at the filesystem root is the filesystem's own",
+                "lost+found at the filesystem root is the filesystem's own; move it elsewhere in the package",
             ));
         }
         let p = *index.get(dir).ok_or_else(|| {
@@ -498,7 +498,7 @@ fn plan(nodes: &[Node]) -> Result<Plan<'_>, Ext4Error> {
                 if t.is_empty() || t.len() >= BLOCK as usize {
                     return Err(bad(
                         &n.path,
-                        "a symlink target must be 1 to 4095 bytes long",
+                        "a symlink target must be 1 to 4095 bytes long; shorten the link in its package",
                     ));
                 }
                 need[i] = u64::from(t.len() >= 60);
@@ -743,12 +743,6 @@ fn inode_bytes(ino: &Ino, i_block: &[u8; 60], flags: u32, epoch: u64) -> [u8; IN
     put32(&mut b, 0x90, t); // crtime
     put32(&mut b, 0x94, extra);
     b
-}
-
-/// Blocks the table needs at least (to size an image before writing).
-pub fn needed_bytes(nodes: &[Node], opts: &Options) -> Result<u64, Ext4Error> {
-    let plan = plan(nodes)?;
-    Ok(fit(&plan, opts)?.geo.blocks * BLOCK)
 }
 
 /// The smallest layout, then grown by the slack.
@@ -1059,7 +1053,9 @@ fn copy_into(
     if now != size {
         return Err(Ext4Error::Changed {
             path: source.to_path_buf(),
-            what: format!("is {now} bytes, but was {size} when the tree was staged"),
+            what: format!(
+                "is {now} bytes, but was {size} when the tree was staged; leave the staging root alone while build_image runs, then run it again"
+            ),
         });
     }
     let mut pos = 0u64;

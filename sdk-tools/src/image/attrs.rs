@@ -57,8 +57,6 @@ pub enum AttrError {
         path: String,
         mode: u32,
     },
-    #[error(transparent)]
-    Cmd(#[from] crate::cmd::CmdError),
 }
 
 /// The attributes of `prefix` (as `/`) and everything below it.

@@ -513,6 +513,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let usr_img = out.join(format!("{name}_update.bin"));
     let usr_attrs = attrs::attrs_of(&tree, "usr");
     let usr_src = tree.disk_path("usr");
+    let mut usr_detail = String::new();
     let built_size = if plan.usr_fs == FsType::Ext4 {
         // Our own writer: owners, modes and times straight from the table,
         // file data copied into place in one pass (see `crate::ext4`).
@@ -540,6 +541,12 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
                 e.into()
             }
         })?;
+        usr_detail = format!(
+            ", {} inodes, {} of {} blocks used",
+            written.inodes,
+            written.used_blocks,
+            written.size / ext4::BLOCK
+        );
         written.size
     } else {
         let mut opts = FsOptions {
@@ -584,7 +591,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     stages.mark(
         "usr",
         &format!(
-            "{} {} MiB from {}",
+            "{} {} MiB from {}{usr_detail}",
             plan.usr_fs.name(),
             fs_size >> 20,
             usr_src.display()
