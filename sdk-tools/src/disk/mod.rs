@@ -235,6 +235,7 @@ fn sparse_copy(
         Ok(())
     };
     let mut buf = vec![0u8; PIECE];
+    let mut in_kernel = true;
     let mut pos = 0u64;
     while pos < len {
         // The next data extent of the source, relative to its offset.
@@ -255,18 +256,29 @@ fn sparse_copy(
         while pos < hole {
             // In the kernel where it can (no trip through user memory);
             // by hand, turning zero runs into holes, where it cannot.
-            let mut off_in = (s0 + pos) as i64;
-            let mut off_out = (d0 + pos) as i64;
-            let want = (hole - pos).min(1 << 30) as usize;
-            match nix::fcntl::copy_file_range(sf, Some(&mut off_in), df, Some(&mut off_out), want) {
-                Ok(0) => {
-                    return Err(io_err("read", sp)(std::io::ErrorKind::UnexpectedEof.into()).into());
+            if in_kernel {
+                let mut off_in = (s0 + pos) as i64;
+                let mut off_out = (d0 + pos) as i64;
+                let want = (hole - pos).min(1 << 30) as usize;
+                match nix::fcntl::copy_file_range(
+                    sf,
+                    Some(&mut off_in),
+                    df,
+                    Some(&mut off_out),
+                    want,
+                ) {
+                    Ok(0) => {
+                        return Err(
+                            io_err("read", sp)(std::io::ErrorKind::UnexpectedEof.into()).into()
+                        );
+                    }
+                    Ok(k) => {
+                        pos += k as u64;
+                        continue;
+                    }
+                    // Not between these files: by hand from here on.
+                    Err(_) => in_kernel = false,
                 }
-                Ok(k) => {
-                    pos += k as u64;
-                    continue;
-                }
-                Err(_) => {}
             }
             let n = (hole - pos).min(PIECE as u64) as usize;
             sf.read_exact_at(&mut buf[..n], s0 + pos)
