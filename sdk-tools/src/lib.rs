@@ -1,5 +1,6 @@
 //! sdk-tools: the in-sandbox toolchain as a library (recipes, cross-roots,
-//! verity, GPT, filesystem builders, image outputs) plus the multi-call CLI
+//! verity, GPT, filesystem builders and an ext4 writer, image outputs) plus
+//! the multi-call CLI
 //! over it. It never creates namespaces; that is `sdk-run`'s job.
 
 pub mod board;

@@ -2,7 +2,8 @@
 //! of the OS tree. Turns installed packages (or a staging root) into a GPT
 //! disk image with A/B USR partitions under dm-verity and the outputs that
 //! describe it. The on-disk formats themselves (verity, GPT, filesystems)
-//! live in `verity`, `disk` and `fs`; this module decides what goes where.
+//! live in `verity`, `disk`, `fs` and `ext4`; this module decides what goes
+//! where.
 
 pub mod attrs;
 pub mod build;
