@@ -1,7 +1,7 @@
 //! sdk-tools: the in-sandbox toolchain as a library (recipes, cross-roots,
 //! verity, GPT, filesystem builders and an ext4 writer, image outputs) plus
-//! the multi-call CLI
-//! over it. It never creates namespaces; that is `sdk-run`'s job.
+//! the multi-call CLI over it. It never creates namespaces; that is
+//! `sdk-run`'s job.
 
 pub mod board;
 pub mod boot;
