@@ -511,7 +511,6 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
 
     // usr
     let usr_img = out.join(format!("{name}_update.bin"));
-    let usr_attrs = attrs::attrs_of(&tree, "usr");
     let usr_src = tree.disk_path("usr");
     let mut usr_detail = String::new();
     let built_size = if plan.usr_fs == FsType::Ext4 {
@@ -549,6 +548,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         );
         written.size
     } else {
+        let usr_attrs = attrs::attrs_of(&tree, "usr");
         let mut opts = FsOptions {
             label: None,
             uuid: (plan.usr_fs != FsType::Squashfs).then(|| seed.uuid("usr")),
