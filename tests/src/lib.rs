@@ -382,3 +382,111 @@ pub fn busybox_rootfs(dir: &Path) {
         }
     }
 }
+
+/// A terminal a person would type into: a detached tmux session, on its
+/// own server socket, running one command as the test user. Keys go in
+/// with [`Tmux::type_line`] and [`Tmux::send`]; what the window shows
+/// comes back from [`Tmux::screen`]. The server is killed on drop.
+pub struct Tmux {
+    socket: PathBuf,
+    /// How tmux is run (program, leading arguments, environment,
+    /// directory), copied from the command given to [`Tmux::start`].
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    dir: Option<PathBuf>,
+}
+
+impl Tmux {
+    /// Start `command_line` (run by the user's shell) in a 120x40 window.
+    /// `tmux` runs tmux (e.g. `user.command(scratch, "tmux")`); its user,
+    /// environment and directory become the session's.
+    pub fn start(tmux: Command, scratch: &Scratch, command_line: &str) -> Tmux {
+        let t = Tmux {
+            socket: scratch.path().join(format!("tmux-{}.sock", unique())),
+            program: tmux.get_program().to_owned(),
+            args: tmux.get_args().map(ToOwned::to_owned).collect(),
+            envs: tmux
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect(),
+            dir: tmux.get_current_dir().map(ToOwned::to_owned),
+        };
+        let out = t.tmux(&["new-session", "-d", "-x", "120", "-y", "40", command_line]);
+        assert!(
+            out.status.success(),
+            "tmux new-session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .env_clear()
+            .envs(self.envs.iter().cloned());
+        if let Some(d) = &self.dir {
+            c.current_dir(d);
+        }
+        c.arg("-S").arg(&self.socket).args(args);
+        c.output().expect("run tmux")
+    }
+
+    /// Type `text` and press Enter.
+    pub fn type_line(&self, text: &str) {
+        let out = self.tmux(&["send-keys", "-t", "0", "-l", text]);
+        assert!(out.status.success(), "tmux send-keys failed");
+        self.send(&["Enter"]);
+    }
+
+    /// Send tmux key names (`Enter`, `C-c`, ...).
+    pub fn send(&self, keys: &[&str]) {
+        let out = self.tmux(&[&["send-keys", "-t", "0"][..], keys].concat());
+        assert!(out.status.success(), "tmux send-keys failed");
+    }
+
+    /// What the window shows now, with up to 200 lines of history.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-S", "-200"]).stdout)
+            .into_owned()
+    }
+
+    /// Poll the window until `pred` holds for it, at most `limit`; fails
+    /// the test showing the window otherwise.
+    pub fn wait_for(&self, what: &str, limit: std::time::Duration, pred: impl Fn(&str) -> bool) {
+        let start = std::time::Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {what}; the terminal shows:\n{s}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Is the session still there (its command still running)?
+    pub fn alive(&self) -> bool {
+        self.tmux(&["has-session"]).status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

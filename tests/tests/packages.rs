@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use sdk_e2e::{Scratch, TestUser, chown_r, default_sdk_store, run_expect, run_ok};
+use sdk_e2e::{Scratch, TestUser, Tmux, chown_r, default_sdk_store, run_expect, run_ok};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -770,4 +771,52 @@ cp /build/arm64-usr/usr/bin/greet /build/arm64-usr/usr/lib/libgreet.so.1 __build
             .arg(out.join("greet")),
     );
     assert_eq!(ran.trim(), "hello from libgreet 1.0.0 built for aarch64");
+}
+
+/// `sdk-run -t` in the default SDK, typed into a real terminal as a person
+/// does: the login shell (whose Debian /etc/profile resets PATH) finds the
+/// SDK tools and the sbin tools, as the sdk user and as root, and
+/// `build_packages --pretend` runs in it.
+#[test]
+fn interactive_shell_in_the_default_sdk_has_the_tools() {
+    let env = Env::new(Some(&repo_root().join("examples/demo-os")));
+    let store = default_sdk_store();
+    let name = format!("e2e-shell-{}", std::process::id());
+    let tmux = |user: &str| {
+        let mut c = env.user.command(&env.scratch, "tmux");
+        c.current_dir(&env.repo).env("XDG_DATA_HOME", &store);
+        Tmux::start(c, &env.scratch, &format!("sdk-run -n {name} -u {user} -t"))
+    };
+    let limit = Duration::from_secs(120);
+    for (user, prompt) in [("sdk", "$"), ("root", "#")] {
+        let t = tmux(user);
+        t.wait_for("the shell's prompt", limit, |s| {
+            let want = format!("/mnt/host/source{prompt}");
+            s.lines().any(|l| l.trim_end().ends_with(&want))
+        });
+        t.type_line("for c in build_packages build_image image_to_vm test_image mkfs.vfat sfdisk; do command -v $c || echo missing-$c; done");
+        t.type_line("build_packages --board amd64-usr --pretend; echo pretend-rc-$?");
+        t.wait_for("build_packages --pretend", limit, |s| {
+            s.lines().any(|l| l.starts_with("pretend-rc-"))
+        });
+        let s = t.screen();
+        assert!(
+            !s.lines().any(|l| l.starts_with("missing-")),
+            "as {user}, a tool is not on PATH:\n{s}"
+        );
+        assert!(
+            s.contains("\n/run/sdk-tools/bin/build_packages\n"),
+            "as {user}:\n{s}"
+        );
+        assert!(s.contains("/sbin/mkfs.vfat\n"), "as {user}:\n{s}");
+        assert!(s.contains("\npretend-rc-0\n"), "as {user}:\n{s}");
+        t.type_line("exit");
+        t.wait_for("the shell to end", limit, |_| !t.alive());
+    }
+    run_ok(
+        env.user
+            .command(&env.scratch, "sdk-run")
+            .env("XDG_DATA_HOME", &store)
+            .args(["rm", "-f", &name]),
+    );
 }

@@ -483,6 +483,16 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
         // is, without a word.
         let host: String = plan.hostname.chars().take(64).collect();
         let _ = users::ensure_host_entry(Path::new("/"), &host);
+        // Login shells (`sdk-run -t`) whose /etc/profile resets PATH get
+        // the SDK's tools back; a read-only /etc (a single mapping over a
+        // rootfs owned by others) keeps the profile's PATH.
+        if let Err(e) = users::ensure_profile_path(Path::new("/"), mounts::PATH) {
+            let _ = writeln!(
+                rep,
+                "Wcannot write /{} ({e}); login shells in this sandbox may lack the SDK tools on PATH",
+                users::PROFILE_SNIPPET
+            );
+        }
         // A WorkingDir the image lacks is made, as docker does; one that
         // cannot be (a file in the way, no root inside) is only a warning:
         // commands then start in the user's home.

@@ -174,9 +174,6 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     writeln!(f, "{line}")
 }
 
-/// A user in passwd with an `x` password but no shadow entry fails PAM's
-/// account check ("account validation failure"), so `sudo` refuses even
-/// with NOPASSWD. Add a locked-password (`*`), never-expiring entry when the
 /// `/etc/hosts` names the sandbox's hostname, so tools that look it up
 /// (sudo: "unable to resolve host") find it: `127.0.1.1 NAME` is added
 /// when no line names it, as Debian's installer does.
@@ -196,6 +193,9 @@ pub fn ensure_host_entry(root: &Path, hostname: &str) -> std::io::Result<()> {
     append(&path, &format!("127.0.1.1\t{hostname}"))
 }
 
+/// A user in passwd with an `x` password but no shadow entry fails PAM's
+/// account check ("account validation failure"), so `sudo` refuses even
+/// with NOPASSWD. Add a locked-password (`*`), never-expiring entry when the
 /// rootfs has a shadow file without one. Without root inside (a single
 /// mapping) the file is not writable and there is no root to sudo to:
 /// nothing to do then.
@@ -211,6 +211,49 @@ fn ensure_shadow_entry(shadow: &Path, name: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
         r => r,
     }
+}
+
+/// Where login shells pick up the sandbox's PATH.
+pub const PROFILE_SNIPPET: &str = "etc/profile.d/sdk-run.sh";
+
+/// The `/etc/profile.d` script that gives login shells the sandbox's PATH.
+/// A login shell (what `sdk-run -t` starts) reads `/etc/profile`, and
+/// Debian's resets PATH for everyone but root to one without the SDK's
+/// tools or the sbin directories (`mkfs.vfat`); Debian, Fedora, Alpine and
+/// Arch all read `/etc/profile.d/*.sh` after that. The script puts `path`
+/// first and keeps what else the profile added, each directory once.
+pub fn profile_script(path: &str) -> String {
+    format!(
+        r#"# Written by sdk-run at every start of this sandbox; edits are lost.
+# Login shells get the sandbox's PATH back (/etc/profile may reset it):
+# the SDK tools first, then what the profile added.
+_sdk_run_rest=$PATH
+PATH={path}
+while [ -n "$_sdk_run_rest" ]; do
+  _sdk_run_dir=${{_sdk_run_rest%%:*}}
+  case $_sdk_run_rest in *:*) _sdk_run_rest=${{_sdk_run_rest#*:}} ;; *) _sdk_run_rest= ;; esac
+  case ":$PATH:" in *":$_sdk_run_dir:"*) ;; *) [ -n "$_sdk_run_dir" ] && PATH=$PATH:$_sdk_run_dir ;; esac
+done
+unset _sdk_run_rest _sdk_run_dir
+export PATH
+"#
+    )
+}
+
+/// Install [`profile_script`] in a rootfs that has an `/etc/profile` (no
+/// profile, no login-shell PATH reset to undo). Written only when it
+/// differs, so an overlay's lower file is not copied up for nothing.
+pub fn ensure_profile_path(root: &Path, path: &str) -> std::io::Result<()> {
+    if !root.join("etc/profile").exists() {
+        return Ok(());
+    }
+    let script = profile_script(path);
+    let file = root.join(PROFILE_SNIPPET);
+    if std::fs::read_to_string(&file).is_ok_and(|t| t == script) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(file.parent().expect("a parent"))?;
+    std::fs::write(&file, script)
 }
 
 /// Add `root` and `sdk` (uid/gid 1000) to passwd/group when missing, and
@@ -262,6 +305,46 @@ pub fn ensure_sdk_user(root: &Path, chown: bool) -> std::io::Result<Account> {
 
 #[cfg(test)]
 mod tests {
+    /// The script, run by a real `sh` after a profile that reset PATH the
+    /// way Debian's does for users, gives the sandbox's PATH back first.
+    #[test]
+    fn profile_script_restores_the_sandbox_path_once() {
+        let d = tempfile::tempdir().unwrap();
+        super::ensure_profile_path(d.path(), "/x").unwrap();
+        assert!(
+            !d.path().join(super::PROFILE_SNIPPET).exists(),
+            "no profile"
+        );
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/profile"), "").unwrap();
+        let path = "/run/sdk-tools/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        super::ensure_profile_path(d.path(), path).unwrap();
+        let script = d.path().join(super::PROFILE_SNIPPET);
+        let run = |before: &str| {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!(
+                    ". {}; . {}; echo \"$PATH|${{_sdk_run_rest-unset}}\"",
+                    script.display(),
+                    script.display()
+                ))
+                .env("PATH", before)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        assert_eq!(
+            run("/usr/local/bin:/usr/bin:/bin:/usr/games"),
+            format!("{path}:/usr/local/bin:/usr/games|unset")
+        );
+        assert_eq!(run(""), format!("{path}|unset"));
+        assert_eq!(
+            run("/home/sdk/bin::/bin"),
+            format!("{path}:/home/sdk/bin|unset")
+        );
+    }
+
     #[test]
     fn hostname_gets_a_hosts_line_once() {
         let d = tempfile::tempdir().unwrap();
