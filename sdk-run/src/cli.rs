@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+pub mod rootfs;
+
 use crate::paths::StateDir;
 use crate::sandbox::{Net, Volume, list, remove, run};
 
@@ -110,11 +112,11 @@ pub enum Verb {
     },
     /// Print the man page (roff) on stdout (e.g. `sdk-run man | man -l -`).
     Man,
-    Import(crate::rootfs::verbs::ImportArgs),
-    Images(crate::rootfs::verbs::ImagesArgs),
-    Rmi(crate::rootfs::verbs::RmiArgs),
-    Commit(crate::rootfs::verbs::CommitArgs),
-    Build(crate::rootfs::verbs::BuildArgs),
+    Import(rootfs::ImportArgs),
+    Images(rootfs::ImagesArgs),
+    Rmi(rootfs::RmiArgs),
+    Commit(rootfs::CommitArgs),
+    Build(rootfs::BuildArgs),
 }
 
 /// The common enter forms, `[-t] [-n NAME] [-u USER] [-- CMD...]`, parsed
@@ -206,11 +208,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             &mut std::io::stdout(),
         ),
         Verb::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
-        Verb::Import(a) => return crate::rootfs::verbs::import(&a),
-        Verb::Images(a) => return crate::rootfs::verbs::images(&a),
-        Verb::Rmi(a) => return crate::rootfs::verbs::rmi(&a),
-        Verb::Commit(a) => return crate::rootfs::verbs::commit(&a),
-        Verb::Build(a) => return crate::rootfs::verbs::build(&a),
+        Verb::Import(a) => return rootfs::import(&a),
+        Verb::Images(a) => return rootfs::images(&a),
+        Verb::Rmi(a) => return rootfs::rmi(&a),
+        Verb::Commit(a) => return rootfs::commit(&a),
+        Verb::Build(a) => return rootfs::build(&a),
     }
     Ok(0)
 }

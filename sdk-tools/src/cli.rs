@@ -6,8 +6,11 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
+pub mod boot;
 pub mod disk;
 pub mod fs;
+pub mod image;
+pub mod packages;
 pub mod verity;
 
 /// Verbs reachable through a link of the same name (multi-call).
@@ -47,22 +50,22 @@ pub enum Command {
     Fs(fs::FsCommand),
     /// Create or update a board's cross-root (/build/<board>) and its wrappers.
     #[command(name = "setup_board")]
-    SetupBoard(crate::packages::verbs::SetupBoardArgs),
+    SetupBoard(packages::SetupBoardArgs),
     /// Build package recipes into a board's cross-root, reusing unchanged ones.
     #[command(name = "build_packages")]
-    BuildPackages(crate::packages::verbs::BuildPackagesArgs),
+    BuildPackages(packages::BuildPackagesArgs),
     /// Build a GPT disk image with A/B USR partitions under dm-verity.
     #[command(name = "build_image")]
-    BuildImage(crate::image::cli::BuildImageArgs),
+    BuildImage(image::BuildImageArgs),
     /// Build a systemd-sysext image from packages.
     #[command(name = "build_sysext")]
-    BuildSysext(crate::image::cli::BuildSysextArgs),
+    BuildSysext(image::BuildSysextArgs),
     #[command(name = "image_to_vm")]
-    ImageToVm(crate::boot::cli::ImageToVmArgs),
+    ImageToVm(boot::ImageToVmArgs),
     #[command(name = "test_image")]
-    TestImage(crate::boot::cli::TestImageArgs),
+    TestImage(boot::TestImageArgs),
     #[command(subcommand)]
-    Boot(crate::boot::cli::BootCmd),
+    Boot(boot::BootCmd),
 }
 
 /// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
@@ -103,13 +106,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Verity(cmd) => verity::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Fs(cmd) => fs::run(cmd),
-        Command::SetupBoard(args) => crate::packages::verbs::setup_board(args),
-        Command::BuildPackages(args) => crate::packages::verbs::build_packages(args),
-        Command::BuildImage(a) => crate::image::cli::run_build_image(a),
-        Command::BuildSysext(a) => crate::image::cli::run_build_sysext(a),
-        Command::ImageToVm(a) => crate::boot::cli::image_to_vm(a),
-        Command::TestImage(a) => crate::boot::cli::test_image(a),
-        Command::Boot(c) => crate::boot::cli::boot(c),
+        Command::SetupBoard(args) => packages::setup_board(args),
+        Command::BuildPackages(args) => packages::build_packages(args),
+        Command::BuildImage(a) => image::run_build_image(a),
+        Command::BuildSysext(a) => image::run_build_sysext(a),
+        Command::ImageToVm(a) => boot::image_to_vm(a),
+        Command::TestImage(a) => boot::test_image(a),
+        Command::Boot(c) => boot::boot(c),
     };
     match result {
         Ok(()) => 0,

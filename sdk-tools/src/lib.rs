@@ -7,14 +7,11 @@ pub mod board;
 pub mod boot;
 pub mod cli;
 pub use sdk_common::cmd;
-pub mod disk;
 pub mod exit;
-pub mod ext4;
-pub mod fs;
+pub mod formats;
 pub mod image;
 pub mod packages;
 pub mod strict;
-pub mod verity;
 
 /// A failed file operation, naming the operation and the path (the `Io`
 /// variant of every module's error enum).

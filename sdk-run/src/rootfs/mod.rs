@@ -18,7 +18,6 @@ pub mod import;
 pub mod manifest;
 pub mod oci;
 pub mod store;
-pub mod verbs;
 
 use std::path::Path;
 

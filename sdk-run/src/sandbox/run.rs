@@ -145,7 +145,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
 
     // Off the hot path: logging for the work below (the fast argument
     // path skipped it).
-    crate::cli::init_logging(0);
+    sdk_common::log::init(0);
     // Validate everything before any change.
     let volumes = create::resolve_volumes(&cwd, &opts.volumes)?;
     let devices = create::resolve_devices(&opts.devices)?;

@@ -1,12 +1,12 @@
 //! `sdk-tools disk ...`: GPT layouts and partition contents, over
-//! `crate::disk`.
+//! `crate::formats::disk`.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::disk::{self, DiskError, Layout, type_alias};
+use crate::formats::disk::{self, DiskError, Layout, type_alias};
 use crate::exit::UsageError;
 
 #[derive(Debug, Subcommand)]

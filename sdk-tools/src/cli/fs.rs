@@ -1,14 +1,14 @@
 //! `sdk-tools fs build`: filesystem images from a directory, over
-//! `crate::fs`.
+//! `crate::formats::fs`.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::disk::Size;
+use crate::formats::disk::Size;
 use crate::exit::UsageError;
-use crate::fs::{self, FsError, FsOptions, FsType, Ownership};
+use crate::formats::fs::{self, FsError, FsOptions, FsType, Ownership};
 
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::exit::UsageError;
-use crate::verity::{self, Algorithm, Options, VerityError};
+use crate::formats::verity::{self, Algorithm, Options, VerityError};
 
 #[derive(Debug, Subcommand)]
 pub enum VerityCommand {

@@ -6,7 +6,7 @@
 //! — which Flatcar gets by running as root. Here each filesystem gets the
 //! table's attributes its own way, without mounting:
 //!
-//! - ext4: `crate::ext4` writes every inode from the table itself;
+//! - ext4: `crate::formats::fs::ext4` writes every inode from the table itself;
 //! - squashfs: a pseudo file of `m` (modify) definitions given to
 //!   `mksquashfs -pf`, one per path;
 //! - erofs: erofs-utils 1.5 has only whole-image overrides (`--all-root`,

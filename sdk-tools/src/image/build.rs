@@ -27,10 +27,11 @@ use super::sbom;
 use super::tree::Tree;
 use super::usr::make_usr_only;
 use crate::board::Board;
-use crate::disk::{self, Layout};
+use crate::formats::disk::{self, Layout};
 use crate::exit::UsageError;
-use crate::fs::{self as fsb, FsOptions, FsType, Ownership};
-use crate::{ext4, verity};
+use crate::formats::fs::{self as fsb, FsOptions, FsType, Ownership};
+use crate::formats::fs::ext4;
+use crate::formats::verity;
 
 /// Spare room in an ext4 USR beyond its content (percent).
 const USR_SLACK_PERCENT: u64 = 10;
@@ -515,7 +516,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let mut usr_detail = String::new();
     let built_size = if plan.usr_fs == FsType::Ext4 {
         // Our own writer: owners, modes and times straight from the table,
-        // file data copied into place in one pass (see `crate::ext4`).
+        // file data copied into place in one pass (see `crate::formats::fs::ext4`).
         let uuid = seed.uuid("usr");
         let f =
             fs::File::create(&usr_img).with_context(|| format!("create {}", usr_img.display()))?;

@@ -7,7 +7,6 @@
 
 pub mod attrs;
 pub mod build;
-pub mod cli;
 pub mod contents;
 pub mod derive;
 pub mod esp;

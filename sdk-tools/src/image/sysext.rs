@@ -22,8 +22,8 @@ use super::tree::Tree;
 use super::usr::make_usr_only;
 use crate::board::Board;
 use crate::exit::UsageError;
-use crate::fs::{self as fsb, FsOptions, FsType, Ownership};
-use crate::verity;
+use crate::formats::fs::{self as fsb, FsOptions, FsType, Ownership};
+use crate::formats::verity;
 
 /// What the user asked for.
 #[derive(Debug, Clone)]

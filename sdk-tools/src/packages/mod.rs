@@ -53,4 +53,3 @@ pub mod graph;
 pub mod hash;
 pub mod isolate;
 pub mod recipe;
-pub mod verbs;

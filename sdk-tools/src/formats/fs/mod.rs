@@ -12,11 +12,11 @@
 //! `--all-root`/`--force-uid`; squashfs: `-all-root`/`-force-uid`; vfat has
 //! no owners).
 //!
-//! This module does not place images in a disk (`crate::disk`) or hash
-//! them (`crate::verity`).
+//! This module does not place images in a disk (`crate::formats::disk`) or hash
+//! them (`crate::formats::verity`).
 //!
 //! ```no_run
-//! use sdk_tools::fs::{self, FsOptions, FsType, Ownership};
+//! use sdk_tools::formats::fs::{self, FsOptions, FsType, Ownership};
 //! # fn main() -> Result<(), fs::FsError> {
 //! let src = std::path::Path::new("staging/usr");
 //! let opts = FsOptions {
@@ -31,6 +31,11 @@
 //! println!("{} bytes", built.size);
 //! # Ok(()) }
 //! ```
+//!
+//! USR's ext4 is written by the `ext4` module, a one-pass read-only
+//! writer that takes owners, modes and times from the staging table.
+
+pub mod ext4;
 
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;

@@ -88,10 +88,10 @@ pub(super) fn open_data(
 /// offset are kept and the hash area is written in place.
 ///
 /// ```no_run
-/// # use sdk_tools::verity::{format, Options};
+/// # use sdk_tools::formats::verity::{format, Options};
 /// let f = format("rootfs.img".as_ref(), "rootfs.hash".as_ref(), &Options::default())?;
 /// println!("{}", f.root_hash_hex());
-/// # Ok::<(), sdk_tools::verity::VerityError>(())
+/// # Ok::<(), sdk_tools::formats::verity::VerityError>(())
 /// ```
 pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, VerityError> {
     let algorithm = opts.algorithm.unwrap_or(Algorithm::Sha256);

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::esp::{EspSpec, PartRef};
-use super::vm::{Format, VmSpec};
-use super::{BOOT_MARKER, into_cli};
+use crate::boot::esp::{EspSpec, PartRef};
+use crate::boot::vm::{Format, VmSpec};
+use crate::boot::{BOOT_MARKER, into_cli};
 
 /// Which image: a board's latest build, or a file.
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ impl ImageSel {
                         "board {b}: booting arm64 images is not supported yet (amd64-usr is)"
                     ))));
                 }
-                super::vm::find_board_image(b).map_err(into_cli)
+                crate::boot::vm::find_board_image(b).map_err(into_cli)
             }
             (None, None) => Err(anyhow::Error::new(crate::exit::UsageError(
                 "pass --board B or --image FILE".into(),
@@ -67,7 +67,7 @@ pub struct ImageToVmArgs {
 
 pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
     let image = a.sel.resolve()?;
-    let out = super::vm::image_to_vm(&VmSpec {
+    let out = crate::boot::vm::image_to_vm(&VmSpec {
         image: image.clone(),
         format: a.format,
         out_dir: a.output,
@@ -115,9 +115,9 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         ovmf_code: None,
         ovmf_vars: None,
     };
-    let out = match super::vm::up_to_date(&spec) {
+    let out = match crate::boot::vm::up_to_date(&spec) {
         Some(out) => out,
-        None => super::vm::image_to_vm(&spec)
+        None => crate::boot::vm::image_to_vm(&spec)
             .map_err(into_cli)
             .with_context(|| format!("prepare {} for QEMU", image.display()))?,
     };
@@ -128,7 +128,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         a.timeout,
         a.marker
     );
-    let r = super::vm::boot_and_wait(
+    let r = crate::boot::vm::boot_and_wait(
         &out.launcher,
         &out.console_log,
         &a.marker,
@@ -230,8 +230,8 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             output,
             kernel_version,
         } => {
-            let k = super::kmod::find_kernel(&root, kernel_version.as_deref()).map_err(into_cli)?;
-            let r = super::initramfs::build(&k, &output, mtime()).map_err(into_cli)?;
+            let k = crate::boot::kmod::find_kernel(&root, kernel_version.as_deref()).map_err(into_cli)?;
+            let r = crate::boot::initramfs::build(&k, &output, mtime()).map_err(into_cli)?;
             println!(
                 "{}: kernel {}, {} modules, {} bytes",
                 output.display(),
@@ -250,7 +250,7 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             title,
             cmdline,
         } => {
-            let r = super::esp::populate_esp(&EspSpec {
+            let r = crate::boot::esp::populate_esp(&EspSpec {
                 staging_root: root,
                 esp_dir: esp.clone(),
                 usr_hash: usrhash,
@@ -281,7 +281,7 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             tries,
             successful,
         } => {
-            let written = super::slot::set_slot(&super::slot::SlotChange {
+            let written = crate::boot::slot::set_slot(&crate::boot::slot::SlotChange {
                 image: image.clone(),
                 slot,
                 payload,

@@ -23,7 +23,7 @@
 //! step) it is.
 //!
 //! ```no_run
-//! use sdk_tools::verity::{self, Options};
+//! use sdk_tools::formats::verity::{self, Options};
 //! # fn main() -> Result<(), verity::VerityError> {
 //! // USR-A: a 1 GiB filesystem image with the tree appended after it.
 //! let opts = Options {
@@ -324,7 +324,7 @@ impl Geometry {
 /// `data_blocks * data_block_size + hash_area_size(..)` bytes.
 ///
 /// ```
-/// use sdk_tools::verity::{hash_area_size, Options};
+/// use sdk_tools::formats::verity::{hash_area_size, Options};
 /// // 1 GiB of 4 KiB blocks: superblock block + 2048 + 16 + 1 tree blocks.
 /// assert_eq!(hash_area_size(262144, &Options::default()).unwrap(), (1 + 2048 + 16 + 1) * 4096);
 /// ```

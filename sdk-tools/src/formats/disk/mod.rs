@@ -4,11 +4,11 @@
 //! ([`read_table`]), and moving partition contents in and out
 //! ([`write_partition`], [`extract`]) without loop devices, sparse-aware.
 //!
-//! It does not build filesystems (`crate::fs`) or hash trees
-//! (`crate::verity`).
+//! It does not build filesystems (`crate::formats::fs`) or hash trees
+//! (`crate::formats::verity`).
 //!
 //! ```no_run
-//! use sdk_tools::disk::{self, Layout};
+//! use sdk_tools::formats::disk::{self, Layout};
 //! # fn main() -> Result<(), disk::DiskError> {
 //! let mut layout = Layout::load("profiles/amd64-usr/disk-layout.toml".as_ref(), Some("vm"))?;
 //! layout.derive_uuids("flatcar-amd64-usr-4000.0.0"); // deterministic per image

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::import::{self, Ctx};
-use super::manifest::Manifest;
-use super::{build, commit};
+use crate::rootfs::import::{self, Ctx};
+use crate::rootfs::manifest::Manifest;
+use crate::rootfs::{build, commit};
 use crate::exit::UsageError;
 
 #[derive(Debug, clap::Args)]

@@ -308,11 +308,11 @@ impl Layout {
     /// [`DEFAULT_SEED`]; call [`Layout::derive_uuids`] to use another.
     ///
     /// ```no_run
-    /// use sdk_tools::disk::Layout;
+    /// use sdk_tools::formats::disk::Layout;
     /// let layout = Layout::load("profiles/amd64-usr/disk-layout.toml".as_ref(), Some("vm"))?;
     /// let usr_a = layout.by_label("USR-A").unwrap();
     /// assert!(usr_a.verity);
-    /// # Ok::<(), sdk_tools::disk::DiskError>(())
+    /// # Ok::<(), sdk_tools::formats::disk::DiskError>(())
     /// ```
     pub fn load(path: &Path, variant: Option<&str>) -> Result<Layout, DiskError> {
         let text = std::fs::read_to_string(path).map_err(|e| {

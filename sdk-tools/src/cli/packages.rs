@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::build::{self, Action, Options, Outcome};
-use super::crossroot::{self, CrossRoot};
+use crate::packages::build::{self, Action, Options, Outcome};
+use crate::packages::crossroot::{self, CrossRoot};
 use crate::board::Board;
 use crate::exit::UsageError;
 

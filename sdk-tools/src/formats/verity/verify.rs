@@ -134,10 +134,10 @@ fn hex_or_dash(s: &[u8]) -> String {
 /// is then required).
 ///
 /// ```no_run
-/// # use sdk_tools::verity::{verify, Options, parse_root_hash};
+/// # use sdk_tools::formats::verity::{verify, Options, parse_root_hash};
 /// let root = parse_root_hash("4f1c...")?;
 /// verify("rootfs.img".as_ref(), "rootfs.hash".as_ref(), &Options::default(), &root)?;
-/// # Ok::<(), sdk_tools::verity::VerityError>(())
+/// # Ok::<(), sdk_tools::formats::verity::VerityError>(())
 /// ```
 pub fn verify(
     data: &Path,
