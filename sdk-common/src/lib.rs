@@ -1,10 +1,17 @@
 //! What both binaries need and neither owns: the one helper that runs
-//! external tools (`cmd`), logging setup (`log`) and the error type that
-//! marks a mistake as the user's to fix (`UsageError`). No CLI parsing, no
-//! sandbox or image logic lives here.
+//! external tools (`cmd`), logging setup (`log`), the error and exit-code
+//! convention (`error`), file helpers (`fsutil`), compressed streams
+//! (`compress`) and the hardened tar layer applier (`layer`). No CLI
+//! parsing, no sandbox or image logic lives here.
 
 pub mod cmd;
+pub mod compress;
+pub mod error;
+pub mod fsutil;
+pub mod layer;
 pub mod log;
+
+pub use error::{UsageError, is_usage};
 
 /// Mark `dir` as the top of unrelated trees (ext4's `T` attribute, set
 /// with `chattr +T`): each directory made in it then gets inodes in a block
@@ -22,31 +29,5 @@ pub fn spread_subdirs(dir: &std::path::Path) {
         .run_capture()
     {
         tracing::debug!(dir = %dir.display(), "no ext4 spreading hint: {e}");
-    }
-}
-
-/// An error that is the user's to fix (bad flag, unknown name, malformed
-/// file): printed as one line, mapped to exit code 2 by each binary.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// Whether any error in the chain is a [`UsageError`].
-pub fn is_usage(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|e| e.downcast_ref::<UsageError>().is_some())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anyhow::Context;
-
-    #[test]
-    fn usage_errors_are_found_anywhere_in_the_chain() {
-        let inner: anyhow::Result<()> = Err(UsageError("bad flag".into()).into());
-        let err = inner.context("while parsing").unwrap_err();
-        assert!(is_usage(&err));
-        assert!(!is_usage(&anyhow::anyhow!("disk full")));
     }
 }

@@ -2,7 +2,7 @@
 //! unchanged; sdk-run's own failures use codes a script can tell apart.
 
 /// Bad input: a malformed flag, unknown sandbox, missing path. Nothing changed.
-pub const USAGE: i32 = 2;
+pub use sdk_common::error::USAGE;
 /// sdk-run itself failed (a syscall, a helper tool) after input was accepted.
 pub const FAILURE: i32 = 125;
 /// The command inside could not be executed (like `env`, `docker run`).
@@ -14,9 +14,5 @@ pub use sdk_common::UsageError;
 
 /// Map an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
-    if sdk_common::is_usage(err) {
-        USAGE
-    } else {
-        FAILURE
-    }
+    sdk_common::error::exit_code(err, FAILURE)
 }

@@ -4,15 +4,11 @@
 /// The work itself failed (a package build, a verification).
 pub const FAILED: i32 = 1;
 /// Bad input: unknown board, malformed manifest, wrong flags. Nothing changed.
-pub const USAGE: i32 = 2;
+pub use sdk_common::error::USAGE;
 
 pub use sdk_common::UsageError;
 
 /// Map an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
-    if sdk_common::is_usage(err) {
-        USAGE
-    } else {
-        FAILED
-    }
+    sdk_common::error::exit_code(err, FAILED)
 }

@@ -83,6 +83,23 @@ impl T {
     fn hardlink(self, name: &str, to: &str) -> T {
         self.raw(tar::EntryType::Link, name, b"", to, 0)
     }
+    /// Debian's static busybox as `bin/busybox`, with `bin/sh` and
+    /// `bin/true` linked to it: enough of a rootfs to start a sandbox.
+    fn busybox(mut self) -> T {
+        let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+        self = self.dir("bin");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(bb.len() as u64);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        self.0.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
+        self.symlink("bin/sh", "busybox")
+            .symlink("bin/true", "busybox")
+    }
     fn bytes(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
     }
@@ -258,46 +275,64 @@ fn hostile_tarballs_write_nothing_outside() {
     std::fs::write(outside.join("secret"), "secret").unwrap();
     chown_r(&user, &outside);
     let o = outside.display().to_string();
-    let corpus: Vec<(&str, Vec<u8>)> = vec![
+    type Hostile = Box<dyn Fn(T) -> T>;
+    let corpus: Vec<(&str, Hostile)> = vec![
         (
             "dotdot",
-            T::new()
-                .file("../escape", "x")
-                .file("a/../../escape", "x")
-                .bytes(),
+            Box::new(|t: T| t.file("../escape", "x").file("a/../../escape", "x")),
         ),
-        ("absolute", T::new().file(&format!("{o}/abs"), "x").bytes()),
+        (
+            "absolute",
+            Box::new({
+                let o = o.clone();
+                move |t: T| t.file(&format!("{o}/abs"), "x")
+            }),
+        ),
         (
             "symlink-then-write",
-            T::new()
-                .symlink("link", &o)
-                .file("link/pwned", "x")
-                .symlink("up", "../../../../../../..")
-                .file(&format!("up{o}/pwned2"), "x")
-                .bytes(),
+            Box::new({
+                let o = o.clone();
+                move |t: T| {
+                    t.symlink("link", &o)
+                        .file("link/pwned", "x")
+                        .symlink("up", "../../../../../../..")
+                        .file(&format!("up{o}/pwned2"), "x")
+                }
+            }),
         ),
         (
             "symlink-replaced-file",
-            T::new()
-                .symlink("victim", &format!("{o}/secret"))
-                .file("victim", "overwritten?")
-                .bytes(),
+            Box::new({
+                let o = o.clone();
+                move |t: T| {
+                    t.symlink("victim", &format!("{o}/secret"))
+                        .file("victim", "overwritten?")
+                }
+            }),
         ),
         (
             "hardlinks-out",
-            T::new()
-                .hardlink("h1", &format!("{o}/secret"))
-                .hardlink("h2", "../outside/secret")
-                .symlink("l", &o)
-                .hardlink("h3", "l/secret")
-                .bytes(),
+            Box::new({
+                let o = o.clone();
+                move |t: T| {
+                    t.hardlink("h1", &format!("{o}/secret"))
+                        .hardlink("h2", "../outside/secret")
+                        .symlink("l", &o)
+                        .hardlink("h3", "l/secret")
+                }
+            }),
         ),
         (
             "devices",
-            T::new()
-                .raw(tar::EntryType::Block, "sda", b"", "", 0)
-                .raw(tar::EntryType::Char, "mem", b"", "", 0)
-                .bytes(),
+            Box::new(|t: T| {
+                t.raw(tar::EntryType::Block, "sda", b"", "", 0).raw(
+                    tar::EntryType::Char,
+                    "mem",
+                    b"",
+                    "",
+                    0,
+                )
+            }),
         ),
     ];
     let before: Vec<_> = std::fs::read_dir(&outside)
@@ -305,7 +340,8 @@ fn hostile_tarballs_write_nothing_outside() {
         .flatten()
         .map(|e| e.path())
         .collect();
-    for (name, tar) in &corpus {
+    for (name, hostile) in &corpus {
+        let tar = &hostile(T::new()).bytes();
         // As a rootfs tarball, and as a layer of an image.
         let p = write(&s, &user, &format!("{name}.tar"), tar);
         let out = run_expect(sdk(&user, &s).arg("import").arg(&p), 0);
@@ -323,6 +359,26 @@ fn hostile_tarballs_write_nothing_outside() {
             &docker_save(std::slice::from_ref(tar), &[]),
         );
         run_expect(sdk(&user, &s).arg("import").arg(&p), 0);
+    }
+    // As `--rootfs X.tar` of a sandbox (over a busybox to start it): the
+    // same hardened extractor, nothing lands outside its rootfs.
+    for (name, hostile) in &corpus {
+        let p = write(
+            &s,
+            &user,
+            &format!("{name}.rootfs.tar"),
+            &hostile(T::new().busybox()).bytes(),
+        );
+        let sandbox = format!("hostile-{name}");
+        run_ok(
+            sdk(&user, &s)
+                .args(["-n", &sandbox, "--rootfs"])
+                .arg(&p)
+                .args(["--", "/bin/busybox", "true"]),
+        );
+        let dir = s.path().join("data/sdk-run/sandboxes").join(&sandbox);
+        assert!(!dir.join("escape").exists(), "{name}: `..` left the rootfs");
+        run_ok(sdk(&user, &s).args(["rm", "-f", &sandbox]));
     }
     let after: Vec<_> = std::fs::read_dir(&outside)
         .unwrap()

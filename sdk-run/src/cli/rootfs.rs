@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::exit::UsageError;
 use crate::rootfs::import::{self, Ctx};
 use crate::rootfs::manifest::Manifest;
 use crate::rootfs::{build, commit};
-use crate::exit::UsageError;
 
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]

@@ -6,7 +6,6 @@
 //! digest; not the formats (`oci`) nor the store layout (`store`).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -14,12 +13,12 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 use super::apt_sources;
-use super::extract::{Extractor, Options, Report};
 use super::import::{Ctx, in_userns, own_root_dir, progress};
 use super::manifest::{Base, Manifest};
 use super::oci;
 use super::store::{Image, ImageMeta};
 use crate::exit::UsageError;
+use sdk_common::layer::{Extractor, Options, Report};
 
 /// Bumped when the build sequence changes what a manifest produces.
 const BUILD_FORMAT: u32 = 1;
@@ -37,18 +36,8 @@ struct Inputs<'a> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    sdk_common::fsutil::sha256_hex(path)
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())).into())
 }
 
 /// The apt sources a Debian base is bootstrapped from.

@@ -13,7 +13,7 @@
 pub mod apt_sources;
 pub mod build;
 pub mod commit;
-pub mod extract;
+
 pub mod import;
 pub mod manifest;
 pub mod oci;

@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use sha2::{Digest as _, Sha256};
 
-use super::extract::{ExtractError, Extractor, Options, Report};
+use sdk_common::compress::{self, Compression};
+use sdk_common::layer::{ExtractError, Extractor, Options, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -59,24 +60,6 @@ fn ioerr(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
     move |source| ImportError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// Layer compression, detected from the first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-fn sniff(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
     }
 }
 
@@ -287,7 +270,7 @@ pub fn inspect(path: &Path) -> Result<ImagePlan, ImportError> {
     if n == 0 {
         return Err(bad(path, "is empty"));
     }
-    if sniff(&head[..n]) != Compression::None {
+    if compress::sniff(&head[..n]) != Compression::None {
         return Ok(tarball_plan(path, meta.len()));
     }
     let ix = ArchiveIndex::read(path)?;
@@ -698,13 +681,8 @@ pub fn unpack(
                 };
                 let diff_hex;
                 {
-                    let mut br = BufReader::with_capacity(CHUNK, &mut hashed);
-                    let comp = sniff(br.fill_buf()?);
-                    let mut dec: Box<dyn Read> = match comp {
-                        Compression::None => Box::new(br),
-                        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
-                        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(br)?),
-                    };
+                    let br = BufReader::with_capacity(CHUNK, &mut hashed);
+                    let mut dec = compress::decoder(br)?;
                     let mut diff = Hashing {
                         inner: &mut dec,
                         hasher: Sha256::new(),

@@ -3,10 +3,12 @@
 //! last, so a sandbox exists exactly when its config does. The caller
 //! holds the sandbox lock and starts it afterwards.
 
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use sdk_common::compress;
+use sdk_common::layer::{ExtractError, Extractor, Options};
 
 use crate::exit::UsageError;
 use crate::idmap::IdMap;
@@ -128,7 +130,10 @@ pub fn resolve_rootfs(cwd: &Path, p: &Path) -> anyhow::Result<(RootfsSpec, PathB
                 p.display()
             )));
         }
-    } else if compression(&abs)?.is_none() {
+    } else if compress::sniff_tarball(&abs)
+        .with_context(|| format!("cannot read {}", abs.display()))?
+        .is_none()
+    {
         return Err(usage(format!(
             "--rootfs {}: not a directory, nor a tar, gzip or zstd tarball",
             p.display()
@@ -145,71 +150,39 @@ pub fn resolve_rootfs(cwd: &Path, p: &Path) -> anyhow::Result<(RootfsSpec, PathB
     Ok((RootfsSpec::Bind(abs.clone()), abs))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-/// Sniff a tarball's compression from its first bytes; `None` when it is
-/// not a tarball we read.
-fn compression(p: &Path) -> anyhow::Result<Option<Compression>> {
-    let mut head = [0u8; 262];
-    let mut f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(if head[..2] == [0x1f, 0x8b] {
-        Some(Compression::Gzip)
-    } else if head[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
-        Some(Compression::Zstd)
-    } else if n >= 262 && &head[257..262] == b"ustar" {
-        Some(Compression::None)
-    } else {
-        None
-    })
-}
-
-/// Unpack `tarball` into `dest` (which must not exist), as root in a user
-/// namespace with `map` so file ownership is kept. Device nodes cannot be
-/// created there and are skipped (the sandbox's /dev is made at start).
+/// Unpack `tarball` (plain, gzip or zstd) into `dest` (which must not
+/// exist) with the hardened extractor (`sdk_common::layer`: no `..`, no
+/// write through a link that leaves `dest`, hard links resolved inside),
+/// as root in a user namespace with `map` so file ownership is kept.
+/// Device nodes cannot be created there and are skipped (the sandbox's
+/// /dev is made at start).
 pub fn extract_tarball(map: &IdMap, tarball: &Path, dest: &Path) -> anyhow::Result<()> {
-    let kind = compression(tarball)?.context("not a tarball")?;
+    compress::sniff_tarball(tarball)
+        .with_context(|| format!("cannot read {}", tarball.display()))?
+        .context("not a tarball")?;
     let shown = tarball.display().to_string();
     let tarball = tarball.to_path_buf();
     let dest = dest.to_path_buf();
-    // Ownership can only be kept when root exists inside the namespace.
-    let keep_owners = map.has_root();
     userns::run_in_userns(map, move || {
         let f = std::fs::File::open(&tarball)
             .with_context(|| format!("cannot open {}", tarball.display()))?;
-        let r = BufReader::with_capacity(1 << 20, f);
-        let reader: Box<dyn Read> = match kind {
-            Compression::None => Box::new(r),
-            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
-            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(r)?),
-        };
+        let reader = compress::decoder(BufReader::with_capacity(1 << 20, f))
+            .context("cannot read the tarball")?;
         std::fs::create_dir(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-        let mut ar = tar::Archive::new(reader);
-        ar.set_preserve_permissions(true);
-        ar.set_preserve_ownerships(keep_owners);
-        ar.set_overwrite(true);
-        for entry in ar.entries().context("cannot read the tarball")? {
-            let mut entry = entry.context("cannot read the tarball")?;
-            let t = entry.header().entry_type();
-            if t.is_character_special() || t.is_block_special() {
-                continue;
-            }
-            let path = entry.path().map(|p| p.into_owned()).unwrap_or_default();
-            // unpack_in refuses `..` and writes through links that leave dest.
-            entry
-                .unpack_in(&dest)
-                .with_context(|| format!("cannot unpack {}", path.display()))?;
+        // Owners are applied when root exists inside the namespace.
+        let mut x = Extractor::new(&dest, Options::tarball());
+        x.apply(reader).map_err(|e| match e {
+            ExtractError::Read(_) => anyhow::Error::new(UsageError(format!(
+                "{e}; give a plain, gzip or zstd tar of a root filesystem"
+            ))),
+            e => anyhow::Error::new(e),
+        })?;
+        if x.report.skipped_total > 0 {
+            tracing::info!(
+                skipped = x.report.skipped_total,
+                first = ?x.report.skipped.first(),
+                "entries of the rootfs tarball refused or neutralised"
+            );
         }
         Ok(())
     })
@@ -297,14 +270,7 @@ mod tests {
         b.append_dir("bin", d.path()).unwrap();
         b.finish().unwrap();
         drop(b);
-        assert_eq!(compression(&t).unwrap(), Some(Compression::None));
-        std::fs::write(d.path().join("g"), [0x1f, 0x8b, 8, 0]).unwrap();
-        assert_eq!(
-            compression(&d.path().join("g")).unwrap(),
-            Some(Compression::Gzip)
-        );
         std::fs::write(d.path().join("n"), b"hello").unwrap();
-        assert_eq!(compression(&d.path().join("n")).unwrap(), None);
         assert!(resolve_rootfs(d.path(), Path::new("n")).is_err());
         assert!(resolve_rootfs(d.path(), Path::new("missing")).is_err());
         assert!(resolve_rootfs(d.path(), Path::new("x.tar")).is_ok());

@@ -18,6 +18,7 @@ use super::BootError;
 use super::disk;
 use super::init::parse_cmdline;
 use crate::cmd::CommandExt;
+use sdk_common::fsutil::shell_quote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -265,10 +266,6 @@ fn find_ovmf(spec: &VmSpec) -> Result<(PathBuf, PathBuf), BootError> {
             .find(|(c, v)| c.is_file() && v.is_file())
             .ok_or_else(|| BootError::Usage("no OVMF UEFI firmware in /usr/share/OVMF; install it with `apt-get install ovmf` or pass --ovmf-code".into())),
     }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe.

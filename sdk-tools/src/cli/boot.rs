@@ -230,7 +230,8 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             output,
             kernel_version,
         } => {
-            let k = crate::boot::kmod::find_kernel(&root, kernel_version.as_deref()).map_err(into_cli)?;
+            let k = crate::boot::kmod::find_kernel(&root, kernel_version.as_deref())
+                .map_err(into_cli)?;
             let r = crate::boot::initramfs::build(&k, &output, mtime()).map_err(into_cli)?;
             println!(
                 "{}: kernel {}, {} modules, {} bytes",

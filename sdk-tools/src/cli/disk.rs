@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::formats::disk::{self, DiskError, Layout, type_alias};
 use crate::exit::UsageError;
+use crate::formats::disk::{self, DiskError, Layout, type_alias};
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {

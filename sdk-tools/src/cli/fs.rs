@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::formats::disk::Size;
 use crate::exit::UsageError;
+use crate::formats::disk::Size;
 use crate::formats::fs::{self, FsError, FsOptions, FsType, Ownership};
 
 #[derive(Debug, Subcommand)]

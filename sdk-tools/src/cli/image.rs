@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::formats::fs::FsType;
 use crate::image::build::{ImageRequest, build_image};
 use crate::image::sysext::{SysextRequest, build_sysext};
-use crate::formats::fs::FsType;
 
 /// Build a GPT disk image with A/B USR partitions under dm-verity.
 #[derive(Debug, clap::Args)]

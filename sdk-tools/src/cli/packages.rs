@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::packages::build::{self, Action, Options, Outcome};
-use crate::packages::crossroot::{self, CrossRoot};
 use crate::board::Board;
 use crate::exit::UsageError;
+use crate::packages::build::{self, Action, Options, Outcome};
+use crate::packages::crossroot::{self, CrossRoot};
 
 /// The version file that marks a distro repo's root.
 pub const VERSION_FILE: &str = "sdk-version.toml";

@@ -27,10 +27,10 @@ use super::sbom;
 use super::tree::Tree;
 use super::usr::make_usr_only;
 use crate::board::Board;
-use crate::formats::disk::{self, Layout};
 use crate::exit::UsageError;
-use crate::formats::fs::{self as fsb, FsOptions, FsType, Ownership};
+use crate::formats::disk::{self, Layout};
 use crate::formats::fs::ext4;
+use crate::formats::fs::{self as fsb, FsOptions, FsType, Ownership};
 use crate::formats::verity;
 
 /// Spare room in an ext4 USR beyond its content (percent).
@@ -140,7 +140,7 @@ impl Settle {
     /// copied in at its offset (the rest as it is now): hashing starts
     /// while the copies are still being made.
     fn start_composed(path: &Path, mut pieces: Vec<(u64, PathBuf)>) -> Settle {
-        use super::tree::hash_range;
+        use sdk_common::fsutil::hash_range;
         use sha2::{Digest, Sha256};
         pieces.sort();
         let p = path.to_path_buf();

@@ -96,7 +96,7 @@ pub fn install(
             let metas = closure(cross, board, roots, exclude)?;
             for meta in &metas {
                 let path = cross.archive_path(meta);
-                let (_, sum) = super::tree::hash_file(&path)
+                let (_, sum) = sdk_common::fsutil::hash_file(&path)
                     .with_context(|| format!("read binary package {}", path.display()))?;
                 if hex::encode(sum) != meta.archive_sha256 {
                     return Err(UsageError(format!(

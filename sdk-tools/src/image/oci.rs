@@ -27,8 +27,9 @@ use oci_spec::image::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::tree::{Tree, TreeError, clean_path, hash_file};
+use super::tree::{Tree, TreeError, clean_path};
 use super::{IoError, io_err};
+use sdk_common::fsutil::hash_file;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {

@@ -16,14 +16,13 @@
 //! killed at.
 
 use std::fs::{self, File};
-use std::io;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::tree::hash_file;
 use super::{IoError, io_err};
+use sdk_common::fsutil::hash_file;
 
 pub const LATEST: &str = "latest";
 const TMP_PREFIX: &str = ".tmp-";
@@ -164,19 +163,9 @@ fn sync_dir(dir: &Path) -> Result<(), OutputError> {
         .map_err(io_err("sync", dir))?)
 }
 
-/// Remove a file or a directory tree; staged trees keep their directories
-/// writable (see `tree::disk_mode`), so this works unprivileged.
+/// Remove a file or a directory tree (a missing one is fine).
 pub fn remove_any(path: &Path) -> Result<(), OutputError> {
-    let md = match fs::symlink_metadata(path) {
-        Ok(md) => md,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("stat", path)(e).into()),
-    };
-    if md.is_dir() {
-        Ok(fs::remove_dir_all(path).map_err(io_err("remove", path))?)
-    } else {
-        Ok(fs::remove_file(path).map_err(io_err("remove", path))?)
-    }
+    Ok(sdk_common::fsutil::remove_any(path).map_err(io_err("remove", path))?)
 }
 
 /// One line of `manifest.json`.

@@ -203,70 +203,6 @@ pub fn disk_mode(dir: bool, mode: u32) -> u32 {
     }
 }
 
-/// sha256 and size of a file. Holes of a sparse file (most of a disk
-/// image) are hashed as the zeros they read as, without reading them.
-pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
-    let f = File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut hasher = Sha256::new();
-    hash_range(&f, 0, len, &mut hasher)?;
-    Ok((len, hasher.finalize().into()))
-}
-
-/// Feed `len` bytes of `f` from `start` to `hasher`, holes as zeros
-/// without reading them; bytes past the file's end count as zeros too (a
-/// partition's room after its filesystem).
-pub fn hash_range(f: &File, start: u64, len: u64, hasher: &mut Sha256) -> io::Result<()> {
-    use nix::unistd::{Whence, lseek};
-    use std::os::unix::fs::FileExt;
-    let zeros = vec![0u8; HASH_BUF];
-    let feed_zeros = |hasher: &mut Sha256, mut n: u64| {
-        while n > 0 {
-            let k = n.min(HASH_BUF as u64) as usize;
-            hasher.update(&zeros[..k]);
-            n -= k as u64;
-        }
-    };
-    let end = start + len;
-    let file_end = f.metadata()?.len().min(end);
-    let mut buf = vec![0u8; HASH_BUF];
-    let mut pos = start;
-    while pos < file_end {
-        let at = i64::try_from(pos).map_err(io::Error::other)?;
-        // Where the next data starts (ENXIO: only a hole remains); a
-        // filesystem without SEEK_DATA makes it all data.
-        let data = match lseek(f, at, Whence::SeekData) {
-            Ok(d) => (d as u64).min(file_end),
-            Err(nix::errno::Errno::ENXIO) => file_end,
-            Err(_) => pos,
-        };
-        feed_zeros(hasher, data - pos);
-        pos = data;
-        if pos >= file_end {
-            break;
-        }
-        let at = i64::try_from(pos).map_err(io::Error::other)?;
-        let hole = match lseek(f, at, Whence::SeekHole) {
-            Ok(h) => (h as u64).min(file_end),
-            Err(_) => file_end,
-        };
-        while pos < hole {
-            let want = (hole - pos).min(HASH_BUF as u64) as usize;
-            let n = f.read_at(&mut buf[..want], pos)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shrank while hashing",
-                ));
-            }
-            hasher.update(&buf[..n]);
-            pos += n as u64;
-        }
-    }
-    feed_zeros(hasher, end - pos);
-    Ok(())
-}
-
 impl Tree {
     /// An empty tree staged in `root` (created if missing; must be empty).
     pub fn new(root: &Path) -> Result<Tree> {
@@ -628,7 +564,7 @@ impl Tree {
                 // as it was readable), and unlinked at the end. Across
                 // filesystems, or where links are not allowed, copy.
                 let (size, sha256) = if fs::hard_link(&src, &dest).is_ok() {
-                    hash_file(&dest).map_err(io_err("read", &src))?
+                    sdk_common::fsutil::hash_file(&dest).map_err(io_err("read", &src))?
                 } else {
                     let f = File::open(&src).map_err(io_err("open", &src))?;
                     write_hashed(f, &dest, md.mode())?
@@ -983,29 +919,6 @@ mod tests {
             }
         }
         b.into_inner().unwrap()
-    }
-
-    #[test]
-    fn sparse_files_hash_like_their_bytes() {
-        use std::io::{Seek, SeekFrom};
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sparse");
-        let mut f = File::create(&p).unwrap();
-        f.set_len(5 << 20).unwrap();
-        f.seek(SeekFrom::Start(1 << 20)).unwrap();
-        f.write_all(b"data in the middle").unwrap();
-        f.seek(SeekFrom::Start((3 << 20) + 17)).unwrap();
-        f.write_all(&[7u8; 70_000]).unwrap();
-        drop(f);
-        let bytes = fs::read(&p).unwrap();
-        let want: [u8; 32] = Sha256::digest(&bytes).into();
-        assert_eq!(hash_file(&p).unwrap(), (5 << 20, want));
-        let q = dir.path().join("dense");
-        fs::write(&q, b"abc").unwrap();
-        assert_eq!(
-            hash_file(&q).unwrap().1,
-            <[u8; 32]>::from(Sha256::digest(b"abc"))
-        );
     }
 
     #[test]

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -334,17 +334,7 @@ pub fn write_archive(
 
 /// sha256 of a file's contents, as lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String, BinpkgError> {
-    let mut f = File::open(path).map_err(io(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    sdk_common::fsutil::sha256_hex(path).map_err(io(path))
 }
 
 #[cfg(test)]

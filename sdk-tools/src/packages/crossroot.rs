@@ -19,9 +19,9 @@
 //!     var/log/sdk/<cat>/<name>.log   the last build log of each package
 //! ```
 
+use sdk_common::fsutil::{lock_file, shell_quote};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -76,28 +76,10 @@ struct Journal {
     old_files: Vec<String>,
 }
 
-/// Write `bytes` to `path` atomically (temp file in the same dir, then
-/// rename): a killed run leaves the old file or the new one, never half of
-/// one. Not fsynced: a kill does not lose the page cache, and a sync per
-/// file made a 100-package build several times slower.
+/// [`sdk_common::fsutil::write_atomic`], with the path in the error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("path without parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("create a temp file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| {
-            tmp.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-        })
-        .with_context(|| format!("write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("rename into {}", path.display()))?;
-    Ok(())
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    sdk_common::fsutil::write_atomic(path, bytes)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Refuse relative paths that could leave the root.
@@ -111,29 +93,6 @@ pub fn check_rel_path(p: &str) -> Result<()> {
         bail!("unsafe path `{p}` in package (absolute, empty, or with `..`)");
     }
     Ok(())
-}
-
-/// Open (creating) and exclusively lock `path`; when `holder` (say,
-/// "another build on amd64-usr") has it, say so and wait.
-pub fn lock_file(path: &Path, holder: &str) -> Result<File> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            eprintln!("waiting for {holder} to finish ({})", path.display());
-            file.lock()
-                .with_context(|| format!("lock {}", path.display()))?;
-        }
-        Err(fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("lock {}", path.display()));
-        }
-    }
-    Ok(file)
 }
 
 /// Held while a build_packages run owns a board's cross-root.
@@ -294,7 +253,10 @@ impl CrossRoot {
     pub fn lock(&self) -> Result<Lock> {
         let what = format!("another build on {}", self.board);
         Ok(Lock {
-            _file: lock_file(&self.sdk_dir().join("lock"), &what)?,
+            _file: {
+                let path = self.sdk_dir().join("lock");
+                lock_file(&path, &what).with_context(|| format!("lock {}", path.display()))?
+            },
         })
     }
 

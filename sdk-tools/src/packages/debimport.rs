@@ -45,10 +45,12 @@ impl Apt {
     pub fn open(cache: &Path, debian_arch: &str) -> Result<Apt> {
         let dir = cache.join("apt").join(debian_arch);
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let lock = super::crossroot::lock_file(
-            &dir.join("lock"),
+        let lock_path = dir.join("lock");
+        let lock = sdk_common::fsutil::lock_file(
+            &lock_path,
             &format!("another Debian import for {debian_arch}"),
-        )?;
+        )
+        .with_context(|| format!("lock {}", lock_path.display()))?;
         for d in [
             "etc/apt.conf.d",
             "etc/preferences.d",

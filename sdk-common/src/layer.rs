@@ -31,6 +31,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::fsutil::remove_any;
+
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
@@ -646,38 +648,6 @@ impl Extractor {
         }
     }
 }
-
-/// Remove a file, link or whole directory tree, without following links.
-pub fn remove_any(path: &Path) -> io::Result<()> {
-    let m = fs::symlink_metadata(path)?;
-    if m.is_dir() {
-        // remove_dir_all does not follow symlinks inside the tree.
-        make_writable(path);
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-/// Directories without write permission cannot be emptied by a non-root
-/// owner; give them u+rwx first (best effort).
-fn make_writable(dir: &Path) {
-    if nix::unistd::geteuid().is_root() {
-        return;
-    }
-    if let Ok(m) = fs::symlink_metadata(dir)
-        && m.is_dir()
-    {
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(m.mode() | 0o700));
-        if let Ok(rd) = fs::read_dir(dir) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
-use std::os::unix::fs::MetadataExt;
 
 #[cfg(test)]
 mod tests {

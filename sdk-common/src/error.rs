@@ -1,0 +1,103 @@
+//! The error convention of both binaries: a mistake that is the user's to
+//! fix (a bad flag, an unknown name, a malformed file) exits with
+//! [`USAGE`] and one line; anything else is the work failing. A typed
+//! error says which it is through [`BadInput`]; [`classify`] turns it into
+//! an `anyhow::Error` that keeps the typed error and its sources in the
+//! chain, so `{:#}` prints all of it and [`exit_code`] finds the mark.
+
+/// Exit code of bad input (nothing was changed).
+pub const USAGE: i32 = 2;
+
+/// An error that is the user's to fix, written as a sentence that ends
+/// with what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A typed error that knows whether it is about the input.
+pub trait BadInput: std::error::Error + Send + Sync + 'static {
+    /// True for errors about the input (exit code 2), not the machine.
+    fn is_bad_input(&self) -> bool;
+}
+
+/// The mark [`classify`] puts on a bad-input error. Transparent: it prints
+/// as the error it wraps and hands out that error's sources.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BadInputError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl BadInputError {
+    /// The typed error inside.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+/// `.map_err(classify)?`: a typed error into `anyhow`, marked as bad input
+/// when it is, its sources kept.
+pub fn classify<E: BadInput>(e: E) -> anyhow::Error {
+    if e.is_bad_input() {
+        anyhow::Error::new(BadInputError(Box::new(e)))
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+/// Whether anything in the chain is bad input.
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|e| e.is::<UsageError>() || e.is::<BadInputError>())
+}
+
+/// The exit code an error chain deserves: [`USAGE`] for bad input, else
+/// `failure` (each binary has its own: 1 for the tools, 125 for sdk-run,
+/// whose other codes are the command's).
+pub fn exit_code(err: &anyhow::Error, failure: i32) -> i32 {
+    if is_usage(err) { USAGE } else { failure }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Typed {
+        #[error("bad key `x` in f.toml")]
+        Bad,
+        #[error("cannot read f.toml")]
+        Io(#[source] std::io::Error),
+    }
+
+    impl BadInput for Typed {
+        fn is_bad_input(&self) -> bool {
+            matches!(self, Typed::Bad)
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_found_anywhere_in_the_chain() {
+        let inner: anyhow::Result<()> = Err(UsageError("bad flag".into()).into());
+        let err = inner.context("while parsing").unwrap_err();
+        assert!(is_usage(&err));
+        assert_eq!(exit_code(&err, 1), USAGE);
+        assert!(!is_usage(&anyhow::anyhow!("disk full")));
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full"), 125), 125);
+    }
+
+    #[test]
+    fn classify_marks_bad_input_and_keeps_the_chain() {
+        let bad: anyhow::Result<()> = Err(classify(Typed::Bad));
+        let bad = bad.context("loading the board").unwrap_err();
+        assert!(is_usage(&bad));
+        assert_eq!(
+            format!("{bad:#}"),
+            "loading the board: bad key `x` in f.toml"
+        );
+        let io = Typed::Io(std::io::Error::other("disk on fire"));
+        let io = classify(io);
+        assert!(!is_usage(&io));
+        assert_eq!(format!("{io:#}"), "cannot read f.toml: disk on fire");
+        assert!(io.downcast_ref::<Typed>().is_some());
+    }
+}
