@@ -1,7 +1,8 @@
 //! What both binaries need and neither owns: the one helper that runs
 //! external tools (`cmd`), logging setup (`log`), the error and exit-code
 //! convention (`error`), file helpers (`fsutil`), compressed streams
-//! (`compress`) and the hardened tar layer applier (`layer`). No CLI
+//! (`compress`), the hardened tar layer applier (`layer`) and the image
+//! reader (`oci`). No CLI
 //! parsing, no sandbox or image logic lives here.
 
 pub mod cmd;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod fsutil;
 pub mod layer;
 pub mod log;
+pub mod oci;
 
 pub use error::{UsageError, is_usage};
 

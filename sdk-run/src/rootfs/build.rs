@@ -15,10 +15,10 @@ use sha2::{Digest as _, Sha256};
 use super::apt_sources;
 use super::import::{Ctx, in_userns, own_root_dir, progress};
 use super::manifest::{Base, Manifest};
-use super::oci;
 use super::store::{Image, ImageMeta};
 use crate::exit::UsageError;
 use sdk_common::layer::{Extractor, Options, Report};
+use sdk_common::oci;
 
 /// Bumped when the build sequence changes what a manifest produces.
 const BUILD_FORMAT: u32 = 1;

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::import::{Ctx, in_userns};
-use super::oci::RuntimeConfig;
 use crate::exit::UsageError;
 use crate::sandbox::{Config, RootfsSpec};
+use sdk_common::oci::RuntimeConfig;
 
 /// Hashes what passes through.
 struct HashWriter<W> {

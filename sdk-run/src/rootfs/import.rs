@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::oci::{self, ImportError};
 use super::store::{Image, ImageMeta, Store, StoreLock, valid_tag};
 use crate::exit::UsageError;
 use crate::idmap::{Caller, IdMap, SubIdFiles};
@@ -20,6 +19,7 @@ use crate::paths::StateDir;
 use crate::sandbox::userns;
 use sdk_common::fsutil::remove_any;
 use sdk_common::layer::Report;
+use sdk_common::oci::{self, ImportError};
 
 /// What store operations need: where, and the id map to unpack with.
 pub struct Ctx {

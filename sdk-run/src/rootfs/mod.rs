@@ -16,7 +16,6 @@ pub mod commit;
 
 pub mod import;
 pub mod manifest;
-pub mod oci;
 pub mod store;
 
 use std::path::Path;
@@ -24,7 +23,7 @@ use std::path::Path;
 /// The image config (env, working directory, user) of the store image
 /// whose unpacked tree is `lower` (`images/<digest>/rootfs`); `None` when
 /// `lower` is not a store image.
-pub fn runtime_config_for(lower: &Path) -> Option<oci::RuntimeConfig> {
+pub fn runtime_config_for(lower: &Path) -> Option<sdk_common::oci::RuntimeConfig> {
     let json = lower.parent()?.join("image.json");
     let meta: store::ImageMeta = serde_json::from_str(&std::fs::read_to_string(json).ok()?).ok()?;
     Some(meta.config)

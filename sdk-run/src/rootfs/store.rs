@@ -22,7 +22,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::oci::{RuntimeConfig, SourceKind};
+use sdk_common::oci::{RuntimeConfig, SourceKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -62,7 +62,7 @@ impl ForEnter {
     /// From an image's runtime config (OCI config `Env`, `WorkingDir`,
     /// `User`; a manifest's `[env]`). A relative `WorkingDir` is taken from
     /// `/`, like docker does.
-    fn from_image(rc: crate::rootfs::oci::RuntimeConfig) -> ForEnter {
+    fn from_image(rc: sdk_common::oci::RuntimeConfig) -> ForEnter {
         let env = rc
             .env
             .iter()
@@ -598,7 +598,7 @@ mod tests {
 
     #[test]
     fn image_config_becomes_what_enter_applies() {
-        let rc = |w: Option<&str>| crate::rootfs::oci::RuntimeConfig {
+        let rc = |w: Option<&str>| sdk_common::oci::RuntimeConfig {
             env: vec!["A=1".into(), "B=x=y".into(), "junk".into()],
             working_dir: w.map(String::from),
             user: Some("builder:staff".into()),

@@ -430,7 +430,7 @@ fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
         .tempdir_in(dir)
         .with_context(|| format!("create a temporary directory in {}", dir.display()))?;
     let mut tree = Tree::new(&work.path().join("staging"))?;
-    let packages = install(&mut tree, &plan.source, &plan.board, work.path())?;
+    let packages = install(&mut tree, &plan.source, &plan.board)?;
     stages.mark(
         "install",
         &format!(
@@ -473,7 +473,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
     // install
     let mut tree = Tree::new(&work.join("staging"))?;
-    let packages = install(&mut tree, &plan.source, &plan.board, work)?;
+    let packages = install(&mut tree, &plan.source, &plan.board)?;
     let id = os_id(&tree);
     make_usr_only(&mut tree).map_err(|e| usage(e.to_string()))?;
     let epoch = env_epoch()

@@ -6,7 +6,7 @@
 //! build.
 
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -36,12 +36,7 @@ pub enum Source {
 
 /// Install `source` into `tree`; returns what the SBOM and package list
 /// say about it.
-pub fn install(
-    tree: &mut Tree,
-    source: &Source,
-    board: &Board,
-    work: &Path,
-) -> Result<Vec<PackageInfo>> {
+pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<PackageInfo>> {
     match source {
         Source::Dir(dir) => {
             if !dir.is_dir() {
@@ -63,7 +58,7 @@ pub fn install(
             }])
         }
         Source::Oci(archive) => {
-            let got = super::oci::import(archive, tree, work).map_err(|e| {
+            let got = super::oci::import(archive, tree).map_err(|e| {
                 UsageError(format!(
                     "--from-oci {}: {e}; give an OCI image archive such as one `build_image --oci` wrote",
                     archive.display()

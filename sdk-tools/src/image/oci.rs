@@ -8,9 +8,10 @@
 //! headers carry SOURCE_DATE_EPOCH and numeric owners, gzip has no name or
 //! time, and the single annotation keeps index.json stable.
 //!
-//! Import reads such an archive (or any single-platform OCI archive with
-//! tar, tar+gzip or tar+zstd layers), checks every blob against its digest,
-//! and applies the layers in order with whiteouts onto a staging tree.
+//! Import reads such an archive (any OCI archive or layout, or a
+//! docker-save tarball) through sdk-common's image reader, which checks
+//! every blob against its digest, and applies the layers in order with
+//! whiteouts onto a staging tree.
 //!
 //! Spec: <https://github.com/opencontainers/image-spec> (image-layout.md,
 //! manifest.md, config.md, layer.md for whiteouts).
@@ -21,15 +22,14 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, DescriptorBuilder, Digest, HistoryBuilder, ImageConfiguration,
-    ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder,
-    MediaType, Os, RootFsBuilder,
+    Arch, ConfigBuilder, DescriptorBuilder, Digest, HistoryBuilder, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use sha2::{Digest as _, Sha256};
 
-use super::tree::{Tree, TreeError, clean_path};
+use super::tree::{Tree, TreeError};
 use super::{IoError, io_err};
-use sdk_common::fsutil::hash_file;
+use sdk_common::oci::{LayerSink, SinkError, SourceKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -41,6 +41,8 @@ pub enum OciError {
     Tree(#[from] TreeError),
     #[error("OCI metadata: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+    #[error(transparent)]
+    Import(#[from] sdk_common::oci::ImportError),
 }
 
 /// A writer that hashes and counts what passes through.
@@ -285,120 +287,43 @@ pub struct Imported {
     pub labels: HashMap<String, String>,
 }
 
-/// Apply the image in the OCI archive `archive` onto `tree`. `work` is a
-/// scratch directory for the unpacked blobs.
-pub fn import(archive: &Path, tree: &mut Tree, work: &Path) -> Result<Imported, OciError> {
-    let bad = |msg: String| OciError::Bad {
-        path: archive.to_path_buf(),
-        msg,
-    };
-    let blobs = work.join("oci");
-    fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
-    let f = File::open(archive).map_err(io_err("open", archive))?;
-    let mut ar = tar::Archive::new(BufReader::new(f));
-    for entry in ar.entries().map_err(io_err("read", archive))? {
-        let mut entry = entry.map_err(io_err("read", archive))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
-        let raw = entry
-            .path()
-            .map_err(io_err("read", archive))?
-            .to_string_lossy()
-            .into_owned();
-        let Some(path) = clean_path(&raw) else {
-            return Err(bad(format!("entry `{raw}` has an unsafe path")));
-        };
-        let keep = path == "index.json"
-            || path == "oci-layout"
-            || (path.starts_with("blobs/") && path.split('/').count() == 3);
-        if !keep {
-            continue;
-        }
-        let dest = blobs.join(&path);
-        if let Some(p) = dest.parent() {
-            fs::create_dir_all(p).map_err(io_err("create", p))?;
-        }
-        let mut out = File::create(&dest).map_err(io_err("create", &dest))?;
-        io::copy(&mut entry, &mut out).map_err(io_err("write", &dest))?;
+/// Apply the image in `archive` (an OCI archive or layout, or a
+/// docker-save tarball) onto `tree`: sdk-common's image reader picks the
+/// manifest, checks every blob against its digest and streams the layers,
+/// with whiteouts, into the staging table.
+pub fn import(archive: &Path, tree: &mut Tree) -> Result<Imported, OciError> {
+    let plan = sdk_common::oci::inspect(archive)?;
+    if plan.kind == SourceKind::Tarball {
+        return Err(OciError::Bad {
+            path: archive.to_path_buf(),
+            msg: "is a plain tarball, not an image archive (make one with `build_image --oci` or `skopeo copy ... oci-archive:FILE`)".into(),
+        });
     }
-    let index_path = blobs.join("index.json");
-    if !index_path.exists() {
-        return Err(bad(
-            "no index.json: not an OCI image archive (make one with `build_image --oci` or `skopeo copy ... oci-archive:FILE`)".into(),
-        ));
-    }
-    let blob = |d: &Digest| -> Result<PathBuf, OciError> {
-        let p = blobs
-            .join("blobs")
-            .join(d.algorithm().as_ref())
-            .join(d.digest());
-        if !p.exists() {
-            return Err(bad(format!("blob {d} is missing")));
-        }
-        if d.algorithm().as_ref() == "sha256" {
-            let (_, sum) = hash_file(&p).map_err(io_err("hash", &p))?;
-            if hex::encode(sum) != d.digest() {
-                return Err(bad(format!(
-                    "blob {d} does not match its digest (corrupt archive)"
-                )));
-            }
-        }
-        Ok(p)
-    };
-    let index = ImageIndex::from_file(&index_path).map_err(|e| bad(format!("index.json: {e}")))?;
-    let mut desc = index
-        .manifests()
-        .first()
-        .cloned()
-        .ok_or_else(|| bad("index.json lists no image".into()))?;
-    if index.manifests().len() > 1 {
-        tracing::warn!(archive = %archive.display(), "archive holds several images; using the first");
-    }
-    // A nested index (multi-platform) is followed one level.
-    if *desc.media_type() == MediaType::ImageIndex {
-        let inner = ImageIndex::from_file(blob(desc.digest())?)
-            .map_err(|e| bad(format!("nested index: {e}")))?;
-        desc = inner
-            .manifests()
-            .first()
-            .cloned()
-            .ok_or_else(|| bad("nested index lists no image".into()))?;
-    }
-    let manifest = ImageManifest::from_file(blob(desc.digest())?)
-        .map_err(|e| bad(format!("manifest: {e}")))?;
-    let config = ImageConfiguration::from_file(blob(manifest.config().digest())?)
-        .map_err(|e| bad(format!("config: {e}")))?;
-    for (i, layer) in manifest.layers().iter().enumerate() {
-        let p = blob(layer.digest())?;
-        let f = BufReader::new(File::open(&p).map_err(io_err("open", &p))?);
-        let origin = format!("layer {} ({})", i + 1, layer.digest());
-        let media = layer.media_type().to_string();
-        let reader: Box<dyn Read> = if media.ends_with("tar+gzip") || media.ends_with(".tar.gzip") {
-            Box::new(flate2::read::GzDecoder::new(f))
-        } else if media.ends_with("tar+zstd") {
-            Box::new(zstd::Decoder::new(f).map_err(io_err("decompress", &p))?)
-        } else if media.ends_with(".tar")
-            || media.ends_with("layer.v1.tar")
-            || media.ends_with("diff.tar")
-        {
-            Box::new(f)
-        } else {
-            return Err(bad(format!("{origin}: unsupported media type {media}")));
-        };
-        tree.extract_tar(reader, &origin, true)?;
-    }
-    let labels = config
-        .config()
-        .as_ref()
-        .and_then(|c| c.labels().clone())
-        .unwrap_or_default();
+    let mut sink = TreeSink(tree);
+    sdk_common::oci::apply_layers(&plan, &mut sink, &|_| {})?;
     Ok(Imported {
-        arch: config.architecture().to_string(),
-        layers: manifest.layers().len(),
-        manifest: desc.digest().to_string(),
-        labels,
+        arch: plan.arch.clone().unwrap_or_default(),
+        layers: plan.layer_count(),
+        manifest: format!("sha256:{}", plan.digest.clone().unwrap_or_default()),
+        labels: plan.labels,
     })
+}
+
+/// The staging-table sink: layers become entries of the image tree.
+struct TreeSink<'a>(&'a mut Tree);
+
+impl LayerSink for TreeSink<'_> {
+    fn apply_layer(&mut self, name: &str, stream: &mut dyn Read) -> Result<(), SinkError> {
+        self.0
+            .extract_tar(stream, &format!("layer {name}"), true)
+            .map_err(|e| {
+                // A tree refuses what is wrong with the layer (devices,
+                // bad paths, conflicts); an I/O error is the machine's,
+                // or a stream that is not a tar.
+                let bad = !matches!(&e, TreeError::Io(io) if io.op != "read archive");
+                SinkError::new(bad, e)
+            })
+    }
 }
 
 #[cfg(test)]
@@ -435,8 +360,7 @@ mod tests {
         assert_eq!(da, db);
         assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
         let mut u = Tree::new(&dir.path().join("u")).unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let got = import(&a, &mut u, work.path()).unwrap();
+        let got = import(&a, &mut u).unwrap();
         assert_eq!(got.arch, "amd64");
         assert_eq!(got.layers, 1);
         assert_eq!(got.manifest, da);
@@ -468,10 +392,9 @@ mod tests {
         bytes[pos] ^= 0xff;
         fs::write(&a, bytes).unwrap();
         let mut u = Tree::new(&dir.path().join("u")).unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let err = import(&a, &mut u, work.path()).unwrap_err().to_string();
+        let err = import(&a, &mut u).unwrap_err().to_string();
         assert!(
-            err.contains("does not match") || err.contains("manifest") || err.contains("config"),
+            err.contains("digest mismatch") || err.contains("manifest") || err.contains("config"),
             "{err}"
         );
     }

@@ -144,7 +144,7 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         .tempdir_in(&out_dir)
         .with_context(|| format!("create a temporary directory in {}", out_dir.display()))?;
     let mut tree = Tree::new(&work.path().join("staging"))?;
-    let packages = install(&mut tree, &source, &board, work.path())?;
+    let packages = install(&mut tree, &source, &board)?;
     make_usr_only(&mut tree).map_err(|e| usage(e.to_string()))?;
     let os_release = ["usr/lib/os-release", "etc/os-release"]
         .iter()

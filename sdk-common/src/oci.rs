@@ -1,11 +1,14 @@
-//! Reading images: OCI image layouts (directory or tar), `docker save`
-//! tarballs and plain rootfs tarballs (plain, gzip, zstd). Owns format
-//! detection, manifest/config parsing (oci-spec types), digest
-//! verification and streaming layers into the [`extract`] module, with
-//! decompression in its own thread. It does not decide where images live
-//! (that is `store`) nor enter a user namespace.
+//! Reading images, for both binaries: OCI image layouts (directory or
+//! tar), `docker save` tarballs and plain rootfs tarballs (plain, gzip,
+//! zstd). Owns format detection, manifest/config parsing (oci-spec
+//! types), digest verification and streaming layers, decompressed in
+//! their own thread, into a [`LayerSink`]: a directory through the
+//! hardened [`crate::layer`] applier ([`unpack`]; sdk-run's image store),
+//! or sdk-tools' staging table (`build_image --from-oci`). It does not
+//! decide where images live, nor enter a user namespace.
 //!
-//! [`extract`]: super::extract
+//! Spec: <https://github.com/opencontainers/image-spec> (image-layout.md,
+//! image-index.md, manifest.md, config.md, layer.md).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,8 +19,8 @@ use std::sync::mpsc;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use sha2::{Digest as _, Sha256};
 
-use sdk_common::compress::{self, Compression};
-use sdk_common::layer::{ExtractError, Extractor, Options, Report};
+use crate::compress::{self, Compression};
+use crate::layer::{ExtractError, Extractor, Options, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -34,18 +37,71 @@ pub enum ImportError {
     Extract {
         path: PathBuf,
         #[source]
-        source: ExtractError,
+        source: SinkError,
     },
+}
+
+impl crate::error::BadInput for ImportError {
+    fn is_bad_input(&self) -> bool {
+        match self {
+            ImportError::Bad { .. } => true,
+            ImportError::Extract { source, .. } => source.bad_input,
+            ImportError::Io { .. } => false,
+        }
+    }
 }
 
 impl ImportError {
     /// True for errors about the input (exit code 2), not the machine.
     pub fn is_bad_input(&self) -> bool {
-        match self {
-            ImportError::Bad { .. } => true,
-            ImportError::Extract { source, .. } => matches!(source, ExtractError::Read(_)),
-            ImportError::Io { .. } => false,
+        crate::error::BadInput::is_bad_input(self)
+    }
+}
+
+/// Why a [`LayerSink`] could not apply a layer. Transparent: it prints as
+/// the sink's own error and hands out that error's sources.
+#[derive(Debug)]
+pub struct SinkError {
+    /// The layer itself is at fault (not a tar, a name or entry the sink
+    /// refuses): the input's to fix, not the machine's.
+    pub bad_input: bool,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
+}
+
+impl SinkError {
+    pub fn new(bad_input: bool, e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+        SinkError {
+            bad_input,
+            source: Box::new(e),
         }
+    }
+}
+
+/// Where the layers of an image go, one decompressed tar stream at a
+/// time, in order. Layer semantics (whiteouts or not) are the sink's:
+/// [`ImagePlan::kind`] says whether the input is a plain tarball.
+pub trait LayerSink {
+    /// Apply one layer; `name` names it in messages.
+    fn apply_layer(&mut self, name: &str, stream: &mut dyn Read) -> Result<(), SinkError>;
+}
+
+/// The directory sink: the hardened extractor.
+impl LayerSink for Extractor {
+    fn apply_layer(&mut self, _name: &str, stream: &mut dyn Read) -> Result<(), SinkError> {
+        self.apply(stream)
+            .map_err(|e| SinkError::new(matches!(e, ExtractError::Read(_)), e))
     }
 }
 
@@ -162,6 +218,11 @@ pub struct ImagePlan {
     /// (known only after unpacking).
     pub digest: Option<String>,
     pub config: RuntimeConfig,
+    /// The architecture the image config names (GOARCH: `amd64`,
+    /// `arm64`); `None` for a plain tarball.
+    pub arch: Option<String>,
+    /// The image config's labels.
+    pub labels: HashMap<String, String>,
     /// Tag names recorded in the input (docker RepoTags, OCI ref names).
     pub ref_names: Vec<String>,
     layers: Vec<Layer>,
@@ -300,6 +361,8 @@ fn tarball_plan(path: &Path, size: u64) -> ImagePlan {
         kind: SourceKind::Tarball,
         digest: None,
         config: RuntimeConfig::default(),
+        arch: None,
+        labels: HashMap::new(),
         ref_names: Vec::new(),
         layers: vec![Layer {
             loc: Loc::File(path.to_path_buf()),
@@ -427,6 +490,13 @@ fn runtime_config(cfg: &ImageConfiguration) -> RuntimeConfig {
     }
 }
 
+fn labels(cfg: &ImageConfiguration) -> HashMap<String, String> {
+    cfg.config()
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .unwrap_or_default()
+}
+
 fn oci_manifest(
     path: &Path,
     kind: SourceKind,
@@ -473,6 +543,8 @@ fn oci_manifest(
         kind,
         digest: Some(desc.digest().digest().to_string()),
         config: runtime_config(&config),
+        arch: Some(config.architecture().to_string()),
+        labels: labels(&config),
         ref_names,
         layers,
     })
@@ -589,6 +661,8 @@ fn inspect_docker(path: &Path, ix: &ArchiveIndex) -> Result<ImagePlan, ImportErr
         kind: SourceKind::DockerSave,
         digest: Some(image_id),
         config: runtime_config(&config),
+        arch: Some(config.architecture().to_string()),
+        labels: labels(&config),
         ref_names: entry.repo_tags.clone().unwrap_or_default(),
         layers,
     })
@@ -662,6 +736,20 @@ pub fn unpack(
         Options::layer()
     };
     let mut x = Extractor::new(target, opts);
+    let digest = apply_layers(plan, &mut x, progress)?;
+    Ok((x.report, digest))
+}
+
+/// Stream every layer of `plan` in order into `sink`, checking each
+/// against its digest (blob digest, or docker's diff id) and size.
+/// Returns the content digest (for a tarball, the sha256 of its bytes).
+/// A layer is applied while it is read: a mismatch is found at its end, so
+/// the caller discards what the sink made when this fails.
+pub fn apply_layers(
+    plan: &ImagePlan,
+    sink: &mut dyn LayerSink,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<String, ImportError> {
     let mut content_digest = plan.digest.clone();
     for (i, layer) in plan.layers.iter().enumerate() {
         tracing::info!(layer = %layer.name, n = i + 1, of = plan.layers.len(), bytes = layer.size, "unpacking");
@@ -723,7 +811,7 @@ pub fn unpack(
                 cur: Vec::new(),
                 pos: 0,
             };
-            let applied = x.apply(&mut reader);
+            let applied = sink.apply_layer(&layer.name, &mut reader);
             // Unblock and collect the producer.
             drop(reader);
             let produced = producer.join().expect("decompression thread panicked");
@@ -807,5 +895,5 @@ pub fn unpack(
             content_digest = Some(blob_hex);
         }
     }
-    Ok((x.report, content_digest.unwrap_or_default()))
+    Ok(content_digest.unwrap_or_default())
 }
