@@ -28,6 +28,19 @@ pub enum CmdError {
     NotUtf8 { cmd: String },
 }
 
+impl CmdError {
+    /// The tool failed because a filesystem was full. Tools say so only
+    /// in words on stderr: strerror(ENOSPC) from any tool, mke2fs's "Could
+    /// not allocate block".
+    pub fn is_out_of_space(&self) -> bool {
+        const SAID: &[&str] = &["No space left on device", "Could not allocate block"];
+        match self {
+            CmdError::Failed { stderr_tail, .. } => SAID.iter().any(|s| stderr_tail.contains(s)),
+            _ => false,
+        }
+    }
+}
+
 /// Render a command line for logs and errors, quoting what needs it.
 pub fn display(cmd: &Command) -> String {
     let mut out = String::new();

@@ -43,6 +43,13 @@ pub fn classify<E: BadInput>(e: E) -> anyhow::Error {
     }
 }
 
+/// `.map_err(bad_input)?`: a typed error that is always the input's fault
+/// (a malformed manifest, an unknown board) into `anyhow`, marked as bad
+/// input, its sources kept.
+pub fn bad_input<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    anyhow::Error::new(BadInputError(Box::new(e)))
+}
+
 /// Whether anything in the chain is bad input.
 pub fn is_usage(err: &anyhow::Error) -> bool {
     err.chain()
@@ -99,5 +106,8 @@ mod tests {
         assert!(!is_usage(&io));
         assert_eq!(format!("{io:#}"), "cannot read f.toml: disk on fire");
         assert!(io.downcast_ref::<Typed>().is_some());
+        let marked = bad_input(Typed::Io(std::io::Error::other("no such file")));
+        assert!(is_usage(&marked));
+        assert_eq!(format!("{marked:#}"), "cannot read f.toml: no such file");
     }
 }

@@ -51,13 +51,6 @@ impl crate::error::BadInput for ImportError {
     }
 }
 
-impl ImportError {
-    /// True for errors about the input (exit code 2), not the machine.
-    pub fn is_bad_input(&self) -> bool {
-        crate::error::BadInput::is_bad_input(self)
-    }
-}
-
 /// Why a [`LayerSink`] could not apply a layer. Transparent: it prints as
 /// the sink's own error and hands out that error's sources.
 #[derive(Debug)]

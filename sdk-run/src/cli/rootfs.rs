@@ -2,11 +2,11 @@
 //! `build`. Argument types (clap) and what each prints; the work is in the
 //! sibling modules.
 
+use sdk_common::error::bad_input;
 use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::exit::UsageError;
 use crate::rootfs::import::{self, Ctx};
 use crate::rootfs::manifest::Manifest;
 use crate::rootfs::{build, commit};
@@ -186,7 +186,7 @@ pub fn commit(a: &CommitArgs) -> Result<i32> {
 
 pub fn build(a: &BuildArgs) -> Result<i32> {
     let m = match &a.manifest {
-        Some(p) => Manifest::load(p).map_err(|e| UsageError(e.to_string()))?,
+        Some(p) => Manifest::load(p).map_err(bad_input)?,
         None => Manifest::default_sdk(),
     };
     if a.digest_only {

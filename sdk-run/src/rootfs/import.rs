@@ -6,6 +6,7 @@
 //! leftovers -> unpack into `.tmp/` -> publish by rename; not the formats
 //! (`oci`, `extract`) nor the layout (`store`).
 
+use sdk_common::error::{BadInput, bad_input, classify};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -121,11 +122,11 @@ where
 }
 
 fn is_bad_input(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<UsageError>().is_some()
-            || c.downcast_ref::<ImportError>()
-                .is_some_and(ImportError::is_bad_input)
-    })
+    sdk_common::is_usage(e)
+        || e.chain().any(|c| {
+            c.downcast_ref::<ImportError>()
+                .is_some_and(BadInput::is_bad_input)
+        })
 }
 
 /// A progress callback: an indicatif bar when stderr is a terminal,
@@ -209,13 +210,7 @@ pub fn import(ctx: &Ctx, path: &Path, tag: Option<&str>) -> Result<Imported> {
         .into());
     }
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let plan = oci::inspect(&path).map_err(|e| -> anyhow::Error {
-        if e.is_bad_input() {
-            UsageError(e.to_string()).into()
-        } else {
-            e.into()
-        }
-    })?;
+    let plan = oci::inspect(&path).map_err(classify)?;
     let lock = ctx.store.lock()?;
     ctx.clean_leftovers(&lock)?;
     if let Some(d) = &plan.digest
@@ -300,10 +295,7 @@ pub fn users_of(state: &StateDir, digest: &str) -> Vec<String> {
 pub fn remove(ctx: &Ctx, names: &[String], force: bool) -> Result<Vec<String>> {
     let mut images = Vec::new();
     for n in names {
-        let img = ctx
-            .store
-            .resolve(n)
-            .map_err(|e| UsageError(e.to_string()))?;
+        let img = ctx.store.resolve(n).map_err(bad_input)?;
         let users = users_of(&ctx.state, &img.meta.digest);
         if !users.is_empty() && !force {
             return Err(UsageError(format!(

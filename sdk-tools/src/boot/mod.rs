@@ -52,21 +52,12 @@ pub enum BootError {
     Cmd(#[from] crate::cmd::CmdError),
 }
 
-impl BootError {
+impl sdk_common::error::BadInput for BootError {
     /// Errors that are the user's to fix (exit code 2).
-    pub fn is_usage(&self) -> bool {
+    fn is_bad_input(&self) -> bool {
         matches!(
             self,
             BootError::Usage(_) | BootError::NoKernel { .. } | BootError::MissingModule { .. }
         )
-    }
-}
-
-/// Turn a boot error into the anyhow error the CLI maps to an exit code.
-pub fn into_cli(e: BootError) -> anyhow::Error {
-    if e.is_usage() {
-        anyhow::Error::new(crate::exit::UsageError(e.to_string()))
-    } else {
-        anyhow::Error::new(e)
     }
 }

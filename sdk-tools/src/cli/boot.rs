@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::boot::BOOT_MARKER;
 use crate::boot::esp::{EspSpec, PartRef};
 use crate::boot::vm::{Format, VmSpec};
-use crate::boot::{BOOT_MARKER, into_cli};
+use sdk_common::error::classify;
 
 /// Which image: a board's latest build, or a file.
 #[derive(Debug, Args)]
@@ -32,7 +33,7 @@ impl ImageSel {
                         "board {b}: booting arm64 images is not supported yet (amd64-usr is)"
                     ))));
                 }
-                crate::boot::vm::find_board_image(b).map_err(into_cli)
+                crate::boot::vm::find_board_image(b).map_err(classify)
             }
             (None, None) => Err(anyhow::Error::new(crate::exit::UsageError(
                 "pass --board B or --image FILE".into(),
@@ -74,7 +75,7 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
         ovmf_code: a.ovmf_code,
         ovmf_vars: a.ovmf_vars,
     })
-    .map_err(into_cli)
+    .map_err(classify)
     .with_context(|| format!("image_to_vm {}", image.display()))?;
     println!("disk:     {}", out.disk.display());
     println!("launcher: {}", out.launcher.display());
@@ -118,7 +119,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     let out = match crate::boot::vm::up_to_date(&spec) {
         Some(out) => out,
         None => crate::boot::vm::image_to_vm(&spec)
-            .map_err(into_cli)
+            .map_err(classify)
             .with_context(|| format!("prepare {} for QEMU", image.display()))?,
     };
     eprintln!(
@@ -135,7 +136,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         Duration::from_secs(a.timeout),
         &a.qemu_args,
     )
-    .map_err(into_cli)?;
+    .map_err(classify)?;
     if r.passed {
         println!(
             "PASS in {:.1}s: {}",
@@ -231,8 +232,8 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             kernel_version,
         } => {
             let k = crate::boot::kmod::find_kernel(&root, kernel_version.as_deref())
-                .map_err(into_cli)?;
-            let r = crate::boot::initramfs::build(&k, &output, mtime()).map_err(into_cli)?;
+                .map_err(classify)?;
+            let r = crate::boot::initramfs::build(&k, &output, mtime()).map_err(classify)?;
             println!(
                 "{}: kernel {}, {} modules, {} bytes",
                 output.display(),
@@ -266,7 +267,7 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
                 kernel_version: None,
                 mtime: mtime(),
             })
-            .map_err(into_cli)?;
+            .map_err(classify)?;
             for f in &r.files {
                 println!("{}", esp.join(f).display());
             }
@@ -291,7 +292,7 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
                 tries,
                 successful,
             })
-            .map_err(into_cli)
+            .map_err(classify)
             .with_context(|| format!("set-slot {}", image.display()))?;
             println!("boot entries: {}", written.join(" "));
             Ok(())

@@ -1,13 +1,13 @@
 //! `sdk-tools disk ...`: GPT layouts and partition contents, over
 //! `crate::formats::disk`.
 
+use sdk_common::error::classify;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::exit::UsageError;
-use crate::formats::disk::{self, DiskError, Layout, type_alias};
+use crate::formats::disk::{self, Layout, type_alias};
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
@@ -66,14 +66,6 @@ pub enum DiskCommand {
     },
 }
 
-fn usage(e: DiskError) -> anyhow::Error {
-    if e.is_bad_input() {
-        UsageError(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
-
 #[derive(serde::Serialize)]
 struct ShowPartition {
     number: u32,
@@ -102,7 +94,7 @@ struct Show {
 }
 
 fn show(image: &std::path::Path, json: bool) -> Result<()> {
-    let t = disk::read_table(image).map_err(usage)?;
+    let t = disk::read_table(image).map_err(classify)?;
     let s = Show {
         sector_size: t.sector_size,
         sectors: t.sectors,
@@ -181,9 +173,9 @@ pub fn run(cmd: DiskCommand) -> Result<()> {
             seed,
             image,
         } => {
-            let mut l = Layout::load(&layout, variant.as_deref()).map_err(usage)?;
+            let mut l = Layout::load(&layout, variant.as_deref()).map_err(classify)?;
             l.derive_uuids(&seed);
-            l.write_image(&image).map_err(usage)?;
+            l.write_image(&image).map_err(classify)?;
             show(&image, false)
         }
         DiskCommand::Show { json, image } => show(&image, json),
@@ -191,9 +183,9 @@ pub fn run(cmd: DiskCommand) -> Result<()> {
             image,
             number,
             file,
-        } => disk::write_partition(&image, number, &file).map_err(usage),
+        } => disk::write_partition(&image, number, &file).map_err(classify),
         DiskCommand::Extract { image, number, out } => {
-            disk::extract(&image, number, &out).map_err(usage)
+            disk::extract(&image, number, &out).map_err(classify)
         }
     }
 }

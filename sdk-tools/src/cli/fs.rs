@@ -1,6 +1,7 @@
 //! `sdk-tools fs build`: filesystem images from a directory, over
 //! `crate::formats::fs`.
 
+use sdk_common::error::classify;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -8,7 +9,7 @@ use clap::Subcommand;
 
 use crate::exit::UsageError;
 use crate::formats::disk::Size;
-use crate::formats::fs::{self, FsError, FsOptions, FsType, Ownership};
+use crate::formats::fs::{self, FsOptions, FsType, Ownership};
 
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {
@@ -55,14 +56,6 @@ pub enum FsCommand {
     },
 }
 
-fn usage(e: FsError) -> anyhow::Error {
-    if e.is_bad_input() {
-        UsageError(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
-
 pub fn run(cmd: FsCommand) -> Result<()> {
     let FsCommand::Build {
         fs_type,
@@ -77,7 +70,7 @@ pub fn run(cmd: FsCommand) -> Result<()> {
         src,
         out,
     } = cmd;
-    let fs_type: FsType = fs_type.parse().map_err(usage)?;
+    let fs_type: FsType = fs_type.parse().map_err(classify)?;
     let size = match size {
         None => None,
         Some(s) => Some(Size::parse(&s).map_err(UsageError)?.0),
@@ -97,7 +90,7 @@ pub fn run(cmd: FsCommand) -> Result<()> {
     };
     let epoch = match epoch {
         Some(e) => e,
-        None => fs::source_date_epoch().map_err(usage)?.unwrap_or(0),
+        None => fs::source_date_epoch().map_err(classify)?.unwrap_or(0),
     };
     let opts = FsOptions {
         label,
@@ -109,7 +102,7 @@ pub fn run(cmd: FsCommand) -> Result<()> {
         compression,
         pseudo_file: None,
     };
-    let built = fs::build(fs_type, &src, &out, &opts).map_err(usage)?;
+    let built = fs::build(fs_type, &src, &out, &opts).map_err(classify)?;
     println!(
         "{} image {}: {} bytes, UUID {}",
         built.fs_type.name(),

@@ -1,6 +1,7 @@
 //! The `setup_board` and `build_packages` verbs: argument parsing and
 //! output. The work is in the other `packages` modules.
 
+use sdk_common::error::bad_input;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -55,7 +56,7 @@ pub struct SetupBoardArgs {
 
 pub fn setup_board(args: SetupBoardArgs) -> Result<()> {
     let repo = find_repo(args.repo.as_deref())?;
-    let board = Board::load(Some(&repo), &args.board).map_err(|e| UsageError(e.to_string()))?;
+    let board = Board::load(Some(&repo), &args.board).map_err(bad_input)?;
     let cross = CrossRoot::new(&args.build_root, &board.name);
     let fresh = cross.setup(&board, args.force)?;
     println!(

@@ -1,13 +1,14 @@
 //! `sdk-tools verity format|verify`: the dm-verity library behind a
 //! veritysetup-like command line.
 
+use sdk_common::error::classify;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::exit::UsageError;
-use crate::formats::verity::{self, Algorithm, Options, VerityError};
+use crate::formats::verity::{self, Algorithm, Options};
 
 #[derive(Debug, Subcommand)]
 pub enum VerityCommand {
@@ -88,7 +89,7 @@ impl VerityOpts {
         };
         let salt = match &self.salt {
             None => None,
-            Some(s) => Some(verity::parse_salt(s).map_err(usage)?),
+            Some(s) => Some(verity::parse_salt(s).map_err(classify)?),
         };
         Ok(Options {
             algorithm,
@@ -103,15 +104,6 @@ impl VerityOpts {
     }
 }
 
-/// Bad input becomes a `UsageError` (exit 2); the rest stays as it is.
-fn usage(e: VerityError) -> anyhow::Error {
-    if e.is_bad_input() {
-        UsageError(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
-
 pub fn run(cmd: VerityCommand) -> Result<()> {
     match cmd {
         VerityCommand::Format {
@@ -119,7 +111,7 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
             data,
             hash_file: hash,
         } => {
-            let f = verity::format(&data, &hash, &opts.to_options()?).map_err(usage)?;
+            let f = verity::format(&data, &hash, &opts.to_options()?).map_err(classify)?;
             print!("{}", f.report(&hash.display().to_string()));
         }
         VerityCommand::Verify {
@@ -128,8 +120,8 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
             hash_file: hash,
             root_hash,
         } => {
-            let root = verity::parse_root_hash(&root_hash).map_err(usage)?;
-            verity::verify(&data, &hash, &opts.to_options()?, &root).map_err(usage)?;
+            let root = verity::parse_root_hash(&root_hash).map_err(classify)?;
+            verity::verify(&data, &hash, &opts.to_options()?, &root).map_err(classify)?;
             println!("Verification of data area succeeded.");
         }
     }

@@ -8,6 +8,8 @@
 //! directory and published by renames (`image::outputs`), so a failed or
 //! killed build leaves the previous `latest` as it was.
 
+use sdk_common::error::bad_input;
+use sdk_common::error::classify;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::IsTerminal;
@@ -220,19 +222,17 @@ fn valid_group(g: &str) -> bool {
 }
 
 fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
-    let repo = Repo::find(cwd).map_err(|e| usage(e.to_string()))?;
-    let board = Board::load(Some(&repo.root), &req.board).map_err(|e| usage(e.to_string()))?;
+    let repo = Repo::find(cwd).map_err(bad_input)?;
+    let board = Board::load(Some(&repo.root), &req.board).map_err(bad_input)?;
     if !valid_group(&req.group) {
         return Err(usage(format!(
             "--group {:?}: use letters, digits, - and _ (e.g. developer, production)",
             req.group
         )));
     }
-    let (layout_path, layout_text) = board
-        .read_file(&board.disk_layout)
-        .map_err(|e| usage(e.to_string()))?;
+    let (layout_path, layout_text) = board.read_file(&board.disk_layout).map_err(bad_input)?;
     let layout = Layout::parse(&layout_text, &layout_path, req.layout_variant.as_deref())
-        .map_err(|e| usage(e.to_string()))?;
+        .map_err(bad_input)?;
     let usr = layout.by_label("USR-A").ok_or_else(|| {
         usage(format!(
             "{}: the layout has no partition labelled USR-A; an A/B image needs USR-A and USR-B",
@@ -334,9 +334,7 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
         other => anyhow::Error::new(other),
     })?;
     let stem = format!("{}-{}", plan.group, plan.repo.os_version);
-    let attempt = out
-        .next_attempt(&stem, req.replace)
-        .map_err(|e| usage(e.to_string()))?;
+    let attempt = out.next_attempt(&stem, req.replace).map_err(bad_input)?;
     let name = format!("{stem}-a{attempt}");
     let work = out.temp()?;
     let built = build_once(&plan, work.path(), attempt, &mut stages).map_err(explain_full_disk)?;
@@ -388,12 +386,22 @@ fn compare(a: &Built, b: &Built) -> Result<()> {
     Ok(())
 }
 
+/// A full filesystem anywhere in the chain: our own writes fail with
+/// ENOSPC (or EDQUOT), external tools with a [`CmdError`] that says so.
+///
+/// [`CmdError`]: sdk_common::cmd::CmdError
 fn is_enospc(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(nix::libc::ENOSPC))
-            || e.to_string().contains("No space left on device")
-            || e.to_string().contains("Could not allocate block")
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        }) || e
+            .downcast_ref::<sdk_common::cmd::CmdError>()
+            .is_some_and(sdk_common::cmd::CmdError::is_out_of_space)
+            || e.downcast_ref::<fsb::FsError>()
+                .is_some_and(|f| matches!(f, fsb::FsError::Tool(c) if c.is_out_of_space()))
     })
 }
 
@@ -475,7 +483,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let mut tree = Tree::new(&work.join("staging"))?;
     let packages = install(&mut tree, &plan.source, &plan.board)?;
     let id = os_id(&tree);
-    make_usr_only(&mut tree).map_err(|e| usage(e.to_string()))?;
+    make_usr_only(&mut tree).map_err(bad_input)?;
     let epoch = env_epoch()
         .map_err(usage)?
         .unwrap_or_else(|| tree.newest_mtime());
@@ -534,13 +542,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
                 ..ext4::Options::default()
             },
         )
-        .map_err(|e| {
-            if e.is_bad_input() {
-                usage(e.to_string())
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(classify)?;
         usr_detail = format!(
             ", {} inodes, {} of {} blocks used",
             written.inodes,
@@ -560,11 +562,8 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         };
         if plan.usr_fs == FsType::Squashfs {
             let pf = work.join("usr.pseudo");
-            fs::write(
-                &pf,
-                attrs::squashfs_pseudo(&usr_attrs).map_err(|e| usage(e.to_string()))?,
-            )
-            .with_context(|| format!("write {}", pf.display()))?;
+            fs::write(&pf, attrs::squashfs_pseudo(&usr_attrs).map_err(bad_input)?)
+                .with_context(|| format!("write {}", pf.display()))?;
             let root = &usr_attrs[0];
             opts.owner = Ownership::Force {
                 uid: root.uid,
@@ -572,12 +571,12 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             };
             opts.pseudo_file = Some(pf);
         } else {
-            let (uid, gid) = attrs::uniform_owner(&usr_attrs, plan.usr_fs.name())
-                .map_err(|e| usage(e.to_string()))?;
+            let (uid, gid) =
+                attrs::uniform_owner(&usr_attrs, plan.usr_fs.name()).map_err(bad_input)?;
             opts.owner = Ownership::Force { uid, gid };
         }
         fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts)
-            .map_err(fs_err)?
+            .map_err(classify)?
             .size
     };
     // The hash area starts at a data-block boundary.
@@ -674,7 +673,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
                 ..FsOptions::default()
             },
         )
-        .map_err(fs_err)?;
+        .map_err(classify)?;
         images.push((p.number, img));
     }
     stages.mark(
@@ -735,15 +734,15 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
                 ..FsOptions::default()
             },
         )
-        .map_err(fs_err)?;
+        .map_err(classify)?;
         images.push((p.number, img));
     }
     let disk_img = out.join(format!("{name}.bin"));
-    layout.write_image(&disk_img).map_err(disk_err)?;
+    layout.write_image(&disk_img).map_err(classify)?;
     images.sort();
     // The disk image's sha256 is worked out from its pieces (the table
     // just written, the partition images) while they are copied in.
-    let table = disk::read_table(&disk_img).map_err(disk_err)?;
+    let table = disk::read_table(&disk_img).map_err(classify)?;
     let pieces: Vec<(u64, PathBuf)> = images
         .iter()
         .filter_map(|(n, p)| {
@@ -753,7 +752,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         .collect();
     let mut disk_done = Settle::start_composed(&disk_img, pieces);
     let parts: Vec<(u32, &Path)> = images.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    drop(disk::write_partitions(&disk_img, &parts).map_err(disk_err)?);
+    drop(disk::write_partitions(&disk_img, &parts).map_err(classify)?);
     disk_done.start_sync();
     stages.mark(
         "disk",
@@ -884,20 +883,4 @@ fn usr_nodes(tree: &Tree) -> Vec<ext4::Node> {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
-}
-
-fn fs_err(e: fsb::FsError) -> anyhow::Error {
-    if e.is_bad_input() {
-        usage(e.to_string())
-    } else {
-        e.into()
-    }
-}
-
-fn disk_err(e: disk::DiskError) -> anyhow::Error {
-    if e.is_bad_input() {
-        usage(e.to_string())
-    } else {
-        e.into()
-    }
 }

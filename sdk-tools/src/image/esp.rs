@@ -98,13 +98,14 @@ impl EspJob {
             .expect("finished once")
             .join()
             .map_err(|_| anyhow::anyhow!("filling the ESP failed"))?
-            .map_err(crate::boot::into_cli)?;
+            .map_err(sdk_common::error::classify)?;
         let spec = crate::boot::esp::EspSpec {
             usr_hash: usr_hash.to_string(),
             usr_hash_offset: Some(usr_hash_offset),
             ..self.spec.clone()
         };
-        let report = crate::boot::esp::finish_esp(&spec, staged).map_err(crate::boot::into_cli)?;
+        let report =
+            crate::boot::esp::finish_esp(&spec, staged).map_err(sdk_common::error::classify)?;
         Ok(EspOutcome {
             cmdline: report.cmdline,
             kernel_version: report.kernel_version,

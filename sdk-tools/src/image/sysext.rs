@@ -9,6 +9,8 @@
 //! to `NAME.roothash` beside `NAME.raw`, the names systemd-dissect and
 //! systemd-nspawn look for next to a raw image.
 
+use sdk_common::error::bad_input;
+use sdk_common::error::classify;
 use std::fs;
 use std::path::PathBuf;
 
@@ -100,8 +102,8 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         return Err(usage("--fs: a sysext is squashfs or erofs"));
     }
     let cwd = std::env::current_dir().context("read the working directory")?;
-    let repo = Repo::find(&cwd).map_err(|e| usage(e.to_string()))?;
-    let board = Board::load(Some(&repo.root), &req.board).map_err(|e| usage(e.to_string()))?;
+    let repo = Repo::find(&cwd).map_err(bad_input)?;
+    let board = Board::load(Some(&repo.root), &req.board).map_err(bad_input)?;
     let build_root = crate::packages::crossroot::build_root(req.build_root.as_deref());
     let cross = crate::packages::crossroot::CrossRoot::new(&build_root, &board.name);
     let source = match &req.root {
@@ -145,7 +147,7 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         .with_context(|| format!("create a temporary directory in {}", out_dir.display()))?;
     let mut tree = Tree::new(&work.path().join("staging"))?;
     let packages = install(&mut tree, &source, &board)?;
-    make_usr_only(&mut tree).map_err(|e| usage(e.to_string()))?;
+    make_usr_only(&mut tree).map_err(bad_input)?;
     let os_release = ["usr/lib/os-release", "etc/os-release"]
         .iter()
         .find_map(|p| fs::read_to_string(cross.root.join(p)).ok());
@@ -178,25 +180,15 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
     };
     if req.fs == FsType::Squashfs {
         let pf = work.path().join("sysext.pseudo");
-        fs::write(
-            &pf,
-            attrs::squashfs_pseudo(&all).map_err(|e| usage(e.to_string()))?,
-        )
-        .with_context(|| format!("write {}", pf.display()))?;
+        fs::write(&pf, attrs::squashfs_pseudo(&all).map_err(bad_input)?)
+            .with_context(|| format!("write {}", pf.display()))?;
         opts.pseudo_file = Some(pf);
     } else {
-        let (uid, gid) =
-            attrs::uniform_owner(&all, req.fs.name()).map_err(|e| usage(e.to_string()))?;
+        let (uid, gid) = attrs::uniform_owner(&all, req.fs.name()).map_err(bad_input)?;
         opts.owner = Ownership::Force { uid, gid };
     }
     // The image root is the tree root: /usr inside, nothing else.
-    let built = fsb::build(req.fs, tree.root(), &img, &opts).map_err(|e| {
-        if e.is_bad_input() {
-            usage(e.to_string())
-        } else {
-            e.into()
-        }
-    })?;
+    let built = fsb::build(req.fs, tree.root(), &img, &opts).map_err(classify)?;
     let mut published = vec![];
     if req.verity {
         let size = built.size.div_ceil(4096) * 4096;

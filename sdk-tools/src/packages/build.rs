@@ -6,6 +6,7 @@
 //! `packages::builder` / `packages::debimport`; installing is
 //! `packages::crossroot`.
 
+use sdk_common::error::bad_input;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -123,8 +124,7 @@ impl Report {
 /// Load the board and recipes and order what `opts` asks for. Bad input
 /// (unknown board, bad recipe, cycle, missing package) is a [`UsageError`].
 pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
-    let board = crate::board::Board::load(Some(&opts.repo), &opts.board)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let board = crate::board::Board::load(Some(&opts.repo), &opts.board).map_err(bad_input)?;
     if !opts.repo.join("packages").is_dir() {
         return Err(UsageError(format!(
             "{} has no packages/ directory; run in a distro repo or pass --repo DIR",
@@ -132,7 +132,7 @@ pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
         ))
         .into());
     }
-    let recipes = RecipeSet::load(&opts.repo).map_err(|e| UsageError(e.to_string()))?;
+    let recipes = RecipeSet::load(&opts.repo).map_err(bad_input)?;
     let roots = if opts.packages.is_empty() {
         vec![board.os_package.clone()]
     } else {
@@ -142,7 +142,7 @@ pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(UsageError)?
     };
-    let order = graph::build_order(&recipes, &roots).map_err(|e| UsageError(e.to_string()))?;
+    let order = graph::build_order(&recipes, &roots).map_err(bad_input)?;
     Ok((board, recipes, order))
 }
 

@@ -24,6 +24,7 @@ mod gpt;
 mod layout;
 
 use crate::io_err;
+use sdk_common::error::BadInput;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -47,10 +48,10 @@ pub enum DiskError {
     Io(#[from] crate::IoError),
 }
 
-impl DiskError {
+impl BadInput for DiskError {
     /// True when the caller's input is at fault (exit code 2); nothing was
     /// written.
-    pub fn is_bad_input(&self) -> bool {
+    fn is_bad_input(&self) -> bool {
         matches!(self, DiskError::Layout { .. } | DiskError::BadInput(_))
     }
 }

@@ -29,6 +29,7 @@
 //! `fsck.ext4 -fn` and `debugfs` are the outside oracles in the tests, and
 //! the boot tests mount it with a real kernel.
 
+use sdk_common::error::BadInput;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -158,9 +159,9 @@ pub enum Ext4Error {
     Io(#[from] crate::IoError),
 }
 
-impl Ext4Error {
+impl BadInput for Ext4Error {
     /// Errors the caller's input causes (as opposed to I/O trouble).
-    pub fn is_bad_input(&self) -> bool {
+    fn is_bad_input(&self) -> bool {
         matches!(
             self,
             Ext4Error::BadNode { .. }

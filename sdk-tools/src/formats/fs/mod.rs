@@ -37,6 +37,7 @@
 
 pub mod ext4;
 
+use sdk_common::error::BadInput;
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -59,8 +60,8 @@ pub enum FsError {
     Io(#[from] crate::IoError),
 }
 
-impl FsError {
-    pub fn is_bad_input(&self) -> bool {
+impl BadInput for FsError {
+    fn is_bad_input(&self) -> bool {
         matches!(self, FsError::BadInput(_))
     }
 }

@@ -45,6 +45,7 @@ mod superblock;
 mod tree;
 mod verify;
 
+use sdk_common::error::BadInput;
 use std::path::Path;
 
 pub use format::format;
@@ -185,9 +186,9 @@ pub enum VerityError {
     Corrupt(String),
 }
 
-impl VerityError {
+impl BadInput for VerityError {
     /// True when the caller's input is at fault (exit code 2).
-    pub fn is_bad_input(&self) -> bool {
+    fn is_bad_input(&self) -> bool {
         matches!(self, VerityError::BadInput(_))
     }
 }

@@ -262,6 +262,7 @@ pub fn verify(
 mod tests {
     use super::super::{format, parse_root_hash};
     use super::*;
+    use sdk_common::error::BadInput;
 
     fn data(dir: &Path, blocks: usize, bs: usize) -> std::path::PathBuf {
         let p = dir.join("data");
