@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 use super::dm;
 use super::initramfs::{KERNEL_VERSION_FILE, MODULES_LIST};
+use crate::formats::disk::gpt;
+use crate::formats::fs;
+use crate::formats::verity::superblock::{self, Superblock};
 
 /// Parsed kernel command line: `key=value` words (last wins) and bare flags.
 pub fn parse_cmdline(s: &str) -> BTreeMap<String, String> {
@@ -154,77 +157,11 @@ impl Plan {
     }
 }
 
-/// The dm-verity superblock (cryptsetup's format, version 1): what the
-/// verity table needs besides the root hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VeritySb {
-    pub hash_type: u32,
-    pub algorithm: String,
-    pub data_block_size: u32,
-    pub hash_block_size: u32,
-    pub data_blocks: u64,
-    pub salt: Vec<u8>,
-}
-
-/// Parse the 512-byte superblock: `verity\0\0`, version u32, hash_type u32,
-/// uuid[16], algorithm[32], data/hash block size u32, data_blocks u64,
-/// salt_size u16, pad[6], salt[256] (all little-endian).
-pub fn parse_verity_sb(b: &[u8]) -> Result<VeritySb, String> {
-    if b.len() < 512 || &b[..8] != b"verity\0\0" {
-        return Err("no dm-verity superblock there".into());
-    }
-    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
-    if u32_at(8) != 1 {
-        return Err(format!("verity superblock version {} (want 1)", u32_at(8)));
-    }
-    let alg_raw = &b[32..64];
-    let algorithm =
-        String::from_utf8_lossy(&alg_raw[..alg_raw.iter().position(|c| *c == 0).unwrap_or(32)])
-            .into_owned();
-    let salt_size = usize::from(u16::from_le_bytes([b[80], b[81]]));
-    if salt_size > 256 {
-        return Err(format!("verity salt size {salt_size} > 256"));
-    }
-    Ok(VeritySb {
-        hash_type: u32_at(12),
-        algorithm,
-        data_block_size: u32_at(64),
-        hash_block_size: u32_at(68),
-        data_blocks: u64::from_le_bytes(b[72..80].try_into().unwrap_or_default()),
-        salt: b[88..88 + salt_size].to_vec(),
-    })
-}
-
-/// Size in bytes of the filesystem at the start of `head` (at least 4 KiB
-/// of the device): ext4, erofs or squashfs, rounded up to 4 KiB. That is
-/// where build_image appends the hash tree.
-pub fn fs_size(head: &[u8]) -> Option<u64> {
-    let le32 = |o: usize| -> Option<u64> {
-        Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?).into())
-    };
-    let size: Option<u64> = if head.get(1024 + 56..1024 + 58) == Some(&[0x53, 0xef]) {
-        // ext4: s_blocks_count_lo at 4, s_log_block_size at 24, hi at 0x150.
-        let lo = le32(1024 + 4)?;
-        let hi = le32(1024 + 0x150)?;
-        let log = le32(1024 + 24)?;
-        Some((lo | (hi << 32)) * (1024u64 << log))
-    } else if le32(1024) == Some(0xE0F5_E1E2) {
-        // erofs: blkszbits u8 at 12, blocks u32 at 36.
-        let bits = u32::from(*head.get(1024 + 12)?);
-        Some(le32(1024 + 36)? << bits)
-    } else if head.get(..4) == Some(b"hsqs") {
-        Some(u64::from_le_bytes(head.get(40..48)?.try_into().ok()?))
-    } else {
-        None
-    };
-    size.map(|s| s.div_ceil(4096) * 4096)
-}
-
 /// The verity target parameters (kernel Documentation/admin-guide/
 /// device-mapper/verity.rst): with a superblock at `hash_offset`, the
 /// tree starts one hash block later.
 pub fn verity_table(
-    sb: &VeritySb,
+    sb: &Superblock,
     dev: &str,
     hash_offset: u64,
     usrhash: &str,
@@ -247,12 +184,11 @@ pub fn verity_table(
         length: sb.data_blocks * u64::from(sb.data_block_size) / 512,
         kind: "verity".into(),
         params: format!(
-            "{} {dev} {dev} {} {} {} {hash_start} {} {usrhash} {salt} 1 {}",
-            sb.hash_type,
+            "1 {dev} {dev} {} {} {} {hash_start} {} {usrhash} {salt} 1 {}",
             sb.data_block_size,
             sb.hash_block_size,
             sb.data_blocks,
-            sb.algorithm,
+            sb.algorithm.name(),
             on.verity_arg()
         ),
     })
@@ -262,49 +198,16 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// GPT unique partition GUIDs of a whole disk, by partition number, as the
-/// lower-case text form (the first three fields are little-endian on disk).
-pub fn gpt_partuuids(
-    disk: &mut (impl Read + Seek),
-    sector: u64,
-) -> std::io::Result<BTreeMap<u32, String>> {
-    let mut hdr = vec![0u8; 92];
-    disk.seek(SeekFrom::Start(sector))?;
-    disk.read_exact(&mut hdr)?;
-    let mut out = BTreeMap::new();
-    if &hdr[..8] != b"EFI PART" {
-        return Ok(out);
-    }
-    let lba = u64::from_le_bytes(hdr[72..80].try_into().unwrap_or_default());
-    let count = u32::from_le_bytes(hdr[80..84].try_into().unwrap_or_default()).min(1024);
-    let size = u32::from_le_bytes(hdr[84..88].try_into().unwrap_or_default()).max(128);
-    let mut table = vec![0u8; (count * size) as usize];
-    disk.seek(SeekFrom::Start(lba * sector))?;
-    disk.read_exact(&mut table)?;
-    for i in 0..count {
-        let e = &table[(i * size) as usize..(i * size + 128) as usize];
-        if e[..16].iter().all(|b| *b == 0) {
-            continue;
-        }
-        out.insert(i + 1, guid_text(&e[16..32]));
-    }
-    Ok(out)
-}
-
-pub fn guid_text(g: &[u8]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}-{}",
-        g[3],
-        g[2],
-        g[1],
-        g[0],
-        g[5],
-        g[4],
-        g[7],
-        g[6],
-        hex(&g[8..10]),
-        hex(&g[10..16])
-    )
+/// GPT unique partition GUIDs of a whole disk, by partition number, as
+/// lower-case text (the shared GPT reader checks signature and CRCs).
+pub fn gpt_partuuids(disk: &File) -> Result<BTreeMap<u32, String>, String> {
+    use std::os::unix::fs::FileExt;
+    let table = gpt::Table::decode(|off, buf| disk.read_exact_at(buf, off))?;
+    Ok(table
+        .entries
+        .iter()
+        .map(|e| (e.number, e.uuid.hyphenated().to_string()))
+        .collect())
 }
 
 // ---- the side-effecting part: only ever runs as pid 1 in the guest ----
@@ -383,14 +286,14 @@ fn boot() -> Result<(), String> {
             let mut head = vec![0u8; 4096];
             f.read_exact(&mut head)
                 .map_err(|e| format!("read USR: {e}"))?;
-            fs_size(&head).ok_or("USR holds no ext4, erofs or squashfs filesystem and verity.usrhashoffset= is not set")?
+            fs::image_size(&head).ok_or("USR holds no ext4, erofs or squashfs filesystem and verity.usrhashoffset= is not set")?
         }
     };
-    let mut sbb = vec![0u8; 512];
+    let mut sbb = [0u8; superblock::SIZE];
     f.seek(SeekFrom::Start(hash_offset))
         .and_then(|_| f.read_exact(&mut sbb))
         .map_err(|e| format!("read the verity superblock at {hash_offset}: {e}"))?;
-    let sb = parse_verity_sb(&sbb).map_err(|e| format!("USR at offset {hash_offset}: {e}"))?;
+    let sb = Superblock::decode(&sbb).map_err(|e| format!("USR at offset {hash_offset}: {e}"))?;
     let dev = format!("{}:{}", usr_dev.major, usr_dev.minor);
     let table = verity_table(&sb, &dev, hash_offset, &plan.usrhash, plan.on_corruption)?;
     let control = std::fs::OpenOptions::new()
@@ -413,7 +316,7 @@ fn boot() -> Result<(), String> {
     say(&format!(
         "sdk-init: dm-verity USR ready ({} blocks, {}, {})",
         sb.data_blocks,
-        sb.algorithm,
+        sb.algorithm.name(),
         plan.on_corruption.verity_arg()
     ));
 
@@ -525,14 +428,8 @@ fn find_part(spec: &PartSpec) -> Option<BlockDev> {
                     .to_string_lossy()
                     .into_owned();
                 let partn: u32 = ev.get("PARTN")?.parse().ok()?;
-                let sector: u64 = std::fs::read_to_string(format!(
-                    "/sys/class/block/{parent}/queue/logical_block_size"
-                ))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(512);
-                let mut disk = File::open(format!("/dev/{parent}")).ok()?;
-                gpt_partuuids(&mut disk, sector).ok()?.get(&partn) == Some(u)
+                let disk = File::open(format!("/dev/{parent}")).ok()?;
+                gpt_partuuids(&disk).ok()?.get(&partn) == Some(u)
             }
         };
         if hit {
@@ -718,19 +615,16 @@ mod tests {
     }
 
     #[test]
-    fn verity_superblock_from_veritysetup_layout() {
-        let mut sb = vec![0u8; 512];
-        sb[..8].copy_from_slice(b"verity\0\0");
-        sb[8..12].copy_from_slice(&1u32.to_le_bytes());
-        sb[12..16].copy_from_slice(&1u32.to_le_bytes());
-        sb[32..38].copy_from_slice(b"sha256");
-        sb[64..68].copy_from_slice(&4096u32.to_le_bytes());
-        sb[68..72].copy_from_slice(&4096u32.to_le_bytes());
-        sb[72..80].copy_from_slice(&100u64.to_le_bytes());
-        sb[80..82].copy_from_slice(&2u16.to_le_bytes());
-        sb[88..90].copy_from_slice(&[0xab, 0xcd]);
-        let v = parse_verity_sb(&sb).unwrap();
-        assert_eq!(v.data_blocks, 100);
+    fn verity_table_from_the_shared_superblock() {
+        let sb = Superblock {
+            uuid: [7; 16],
+            algorithm: crate::formats::verity::Algorithm::Sha256,
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_blocks: 100,
+            salt: vec![0xab, 0xcd],
+        };
+        let v = Superblock::decode(&sb.encode()).unwrap();
         let t = verity_table(&v, "254:3", 409600, HASH, OnCorruption::Panic).unwrap();
         assert_eq!(t.length, 800);
         assert_eq!(
@@ -741,21 +635,19 @@ mod tests {
     }
 
     #[test]
-    fn ext4_size_from_superblock() {
-        let mut head = vec![0u8; 4096];
-        head[1024 + 4..1024 + 8].copy_from_slice(&2560u32.to_le_bytes());
-        head[1024 + 24..1024 + 28].copy_from_slice(&2u32.to_le_bytes());
-        head[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
-        assert_eq!(fs_size(&head), Some(2560 * 4096));
-        assert_eq!(fs_size(&[0u8; 4096]), None);
-    }
-
-    #[test]
-    fn guid_text_is_mixed_endian() {
-        let g = [
-            0x4a, 0xc9, 0x30, 0x71, 0x3a, 0x21, 0x5a, 0x4e, 0x8e, 0x26, 0x6c, 0xce, 0x96, 0x62,
-            0xf1, 0x32,
-        ];
-        assert_eq!(guid_text(&g), "7130c94a-213a-4e5a-8e26-6cce9662f132");
+    fn partuuids_come_from_the_shared_gpt_reader() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk.img");
+        let layout = crate::formats::disk::Layout::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/amd64-usr/disk-layout.toml"),
+            None,
+        )
+        .unwrap();
+        layout.write_image(&img).unwrap();
+        let got = gpt_partuuids(&File::open(&img).unwrap()).unwrap();
+        assert_eq!(
+            got.get(&3).map(String::as_str),
+            Some("7130c94a-213a-4e5a-8e26-6cce9662f132")
+        );
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use super::BootError;
 use super::disk::{self, Partition};
 use super::esp::{LoaderEntry, PartRef, SlotEntry};
-use super::init::{fs_size, parse_cmdline};
+use super::init::parse_cmdline;
+use crate::formats::fs::image_size;
 
 /// What to change.
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
                 path: payload.clone(),
                 source,
             })?;
-        let off = fs_size(&head);
+        let off = image_size(&head);
         let hash = c.usr_hash.clone().ok_or_else(|| {
             BootError::Usage(
                 "--payload needs --usrhash (the root hash build_image recorded for it)".into(),

@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-mod gpt;
+pub mod gpt;
 mod layout;
 
 use crate::io_err;

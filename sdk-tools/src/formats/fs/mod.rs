@@ -536,8 +536,44 @@ fn vfat(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     Ok(())
 }
 
+/// Size in bytes of the filesystem at the start of `head` (at least 4 KiB
+/// of the device), read from its superblock: ext4, erofs or squashfs,
+/// rounded up to 4 KiB. That is where build_image appends the hash tree,
+/// so the init and `boot set-slot` find it there.
+pub fn image_size(head: &[u8]) -> Option<u64> {
+    let le32 = |o: usize| -> Option<u64> {
+        Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?).into())
+    };
+    let size: Option<u64> = if head.get(1024 + 56..1024 + 58) == Some(&[0x53, 0xef]) {
+        // ext4: s_blocks_count_lo at 4, s_log_block_size at 24, hi at 0x150.
+        let lo = le32(1024 + 4)?;
+        let hi = le32(1024 + 0x150)?;
+        let log = le32(1024 + 24)?;
+        Some((lo | (hi << 32)) * (1024u64 << log))
+    } else if le32(1024) == Some(0xE0F5_E1E2) {
+        // erofs: blkszbits u8 at 12, blocks u32 at 36.
+        let bits = u32::from(*head.get(1024 + 12)?);
+        Some(le32(1024 + 36)? << bits)
+    } else if head.get(..4) == Some(b"hsqs") {
+        Some(u64::from_le_bytes(head.get(40..48)?.try_into().ok()?))
+    } else {
+        None
+    };
+    size.map(|s| s.div_ceil(4096) * 4096)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ext4_size_from_superblock() {
+        let mut head = vec![0u8; 4096];
+        head[1024 + 4..1024 + 8].copy_from_slice(&2560u32.to_le_bytes());
+        head[1024 + 24..1024 + 28].copy_from_slice(&2u32.to_le_bytes());
+        head[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        assert_eq!(super::image_size(&head), Some(2560 * 4096));
+        assert_eq!(super::image_size(&[0u8; 4096]), None);
+    }
+
     use super::*;
 
     #[test]

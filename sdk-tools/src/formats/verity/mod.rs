@@ -41,7 +41,7 @@
 //! ```
 
 mod format;
-mod superblock;
+pub mod superblock;
 mod tree;
 mod verify;
 
