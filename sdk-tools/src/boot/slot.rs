@@ -127,17 +127,13 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
         usr_slots
             .iter()
             .filter(|p| p.label != label)
-            .map(Partition::priority)
+            .map(|p| p.priority())
             .max()
             .unwrap_or(0)
             .saturating_add(1)
             .min(15)
     });
-    disk::set_attr_bits(
-        image,
-        target.number,
-        &disk::ab_bits(&target.attr_bits, prio, c.tries, c.successful),
-    )?;
+    disk::set_ab(image, &target, prio, c.tries, c.successful)?;
     let parts = disk::partitions(image)?;
 
     // Rewrite every USR slot's entry from the GPT.
@@ -168,7 +164,7 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
             slot: s,
             part: PartRef {
                 label: p.label.clone(),
-                uuid: Some(p.uuid.clone()).filter(|u| !u.is_empty()),
+                uuid: Some(p.uuid.to_string()).filter(|_| !p.uuid.is_nil()),
             },
             usr_hash: hash.clone(),
             usr_hash_offset: *off,

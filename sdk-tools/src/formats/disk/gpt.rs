@@ -44,6 +44,36 @@ pub struct Table {
     pub entries: Vec<Entry>,
 }
 
+/// Flatcar's A/B fields (gptprio) in the type-specific attribute bits
+/// 48-63: priority 48-51, tries left 52-55, successful 56.
+pub fn ab_attributes(priority: u8, tries: u8, successful: bool) -> u64 {
+    (u64::from(priority & 0xf) << 48)
+        | (u64::from(tries & 0xf) << 52)
+        | (u64::from(successful) << 56)
+}
+
+/// The bits [`ab_attributes`] sets.
+const AB_MASK: u64 = 0x1ff << 48;
+
+impl Entry {
+    /// Boot priority (0: never boot), bits 48-51.
+    pub fn priority(&self) -> u8 {
+        ((self.attributes >> 48) & 0xf) as u8
+    }
+    /// Tries left before the slot is given up, bits 52-55.
+    pub fn tries(&self) -> u8 {
+        ((self.attributes >> 52) & 0xf) as u8
+    }
+    /// Booted successfully, bit 56.
+    pub fn successful(&self) -> bool {
+        self.attributes & (1 << 56) != 0
+    }
+    /// The attributes with the A/B fields replaced, other bits kept.
+    pub fn with_ab(&self, priority: u8, tries: u8, successful: bool) -> u64 {
+        (self.attributes & !AB_MASK) | ab_attributes(priority, tries, successful)
+    }
+}
+
 fn entry_bytes(e: &Entry) -> [u8; ENTRY_SIZE] {
     let mut b = [0u8; ENTRY_SIZE];
     // GUIDs are stored with their first three fields little endian.
@@ -277,5 +307,23 @@ mod tests {
             Ok(())
         };
         assert!(Table::decode(read_bad).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn ab_fields_keep_other_attributes() {
+        let mut e = Entry {
+            number: 3,
+            type_guid: Uuid::from_u128(5),
+            uuid: Uuid::from_u128(6),
+            first_lba: 2048,
+            last_lba: 4095,
+            attributes: 1 | ab_attributes(1, 0, true),
+            label: "USR-A".into(),
+        };
+        assert_eq!((e.priority(), e.tries(), e.successful()), (1, 0, true));
+        e.attributes = e.with_ab(2, 1, false);
+        assert_eq!((e.priority(), e.tries(), e.successful()), (2, 1, false));
+        assert_eq!(e.attributes, 1 | (2 << 48) | (1 << 52));
+        assert_eq!(e.with_ab(15, 15, true) & !1, 0x1ff << 48);
     }
 }

@@ -235,9 +235,7 @@ pub struct Partition {
 impl Partition {
     /// The 64-bit GPT attribute field.
     pub fn attributes(&self) -> u64 {
-        (u64::from(self.priority) << 48)
-            | (u64::from(self.tries) << 52)
-            | (u64::from(self.successful) << 56)
+        super::gpt::ab_attributes(self.priority, self.tries, self.successful)
     }
 
     pub fn end(&self) -> u64 {

@@ -101,6 +101,78 @@ impl Layout {
     }
 }
 
+/// A partition of an image as [`partitions`] finds it: its table entry
+/// (fields and A/B accessors through `Deref`) and where it is in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub entry: Entry,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl std::ops::Deref for Located {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+/// The partitions of `image`, in table order, with their byte spans.
+pub fn partitions(image: &Path) -> Result<Vec<Located>, DiskError> {
+    let t = read_table(image)?;
+    Ok(t.entries
+        .iter()
+        .map(|e| Located {
+            entry: e.clone(),
+            offset: e.first_lba * t.sector_size,
+            size: (e.last_lba + 1 - e.first_lba) * t.sector_size,
+        })
+        .collect())
+}
+
+/// Set partition `number`'s 64-bit attribute field in both copies of the
+/// table (with their CRCs), in place. Only a table this module would
+/// write the same way is rewritten (128 entries of 128 bytes, backup at
+/// the end): anything else is refused before a byte changes.
+pub fn set_attributes(image: &Path, number: u32, attributes: u64) -> Result<(), DiskError> {
+    let mut table = read_table(image)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(io_err("open for writing", image))?;
+    // The table as it is must be what encoding it gives back.
+    for (off, bytes) in table.encode() {
+        let mut now = vec![0u8; bytes.len()];
+        f.read_exact_at(&mut now, off)
+            .map_err(io_err("read", image))?;
+        if now != bytes && off != 0 {
+            return Err(DiskError::BadInput(format!(
+                "{}: its GPT is laid out differently from the ones build_image writes; set the attributes with `sfdisk --part-attrs` instead",
+                image.display()
+            )));
+        }
+    }
+    let e = table
+        .entries
+        .iter_mut()
+        .find(|e| e.number == number)
+        .ok_or_else(|| {
+            DiskError::BadInput(format!("{} has no partition {number}", image.display()))
+        })?;
+    e.attributes = attributes;
+    // Backup first, primary last: a reader trusts the primary, which
+    // changes in one sector write once its array is in place.
+    let mut chunks = table.encode();
+    chunks.retain(|(off, _)| *off != 0);
+    for (off, bytes) in chunks.iter().rev() {
+        f.write_all_at(bytes, *off)
+            .map_err(io_err("write the GPT of", image))?;
+    }
+    f.sync_data().map_err(io_err("sync", image))?;
+    Ok(())
+}
+
 /// Read and check the GPT of `image`.
 pub fn read_table(image: &Path) -> Result<Table, DiskError> {
     let f = File::open(image).map_err(|e| {
@@ -347,5 +419,52 @@ size = "3MiB"
         let e = write_partition(&img, 7, &f).unwrap_err();
         assert!(e.to_string().contains("has no partition 7"), "{e}");
         assert_eq!(before, std::fs::read(&img).unwrap());
+    }
+
+    /// Attribute changes land in both tables with valid CRCs: our reader
+    /// and sfdisk (an outside reader) see the new bits, nothing else moved.
+    #[test]
+    fn set_attributes_rewrites_both_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::parse(LAYOUT, Path::new("t.toml"), None).unwrap();
+        let img = dir.path().join("disk.img");
+        l.write_image(&img).unwrap();
+        let before = read_table(&img).unwrap();
+        let b = partitions(&img).unwrap().remove(1);
+        assert_eq!((b.offset, b.size), (b.first_lba * 512, 3 << 20));
+        set_attributes(&img, 2, b.with_ab(2, 1, false)).unwrap();
+        let after = read_table(&img).unwrap();
+        assert_eq!(after.entries[0], before.entries[0]);
+        assert_eq!(
+            (
+                after.entries[1].priority(),
+                after.entries[1].tries(),
+                after.entries[1].successful()
+            ),
+            (2, 1, false)
+        );
+        let json = std::process::Command::new("sfdisk")
+            .arg("--json")
+            .arg(&img)
+            .output()
+            .expect("sfdisk (fdisk package)");
+        assert!(
+            json.status.success(),
+            "{}",
+            String::from_utf8_lossy(&json.stderr)
+        );
+        let text = String::from_utf8_lossy(&json.stdout);
+        assert!(text.contains("\"attrs\": \"GUID:49,52\""), "{text}");
+        let v = std::process::Command::new("sgdisk")
+            .arg("-v")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&v.stdout).contains("No problems found"),
+            "{}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+        assert!(set_attributes(&img, 9, 0).is_err());
     }
 }
