@@ -28,9 +28,17 @@ impl ImageSel {
         match (&self.image, &self.board) {
             (Some(i), _) => Ok(i.clone()),
             (None, Some(b)) => {
-                if b.contains("arm64") {
+                // The board's profile says its architecture: the init in
+                // its images is this (x86_64) binary, so only x86_64
+                // boards boot yet.
+                let cwd = std::env::current_dir().context("cannot read the working directory")?;
+                let repo = crate::image::repo::Repo::find(&cwd).ok();
+                let board = crate::board::Board::load(repo.as_ref().map(|r| r.root.as_path()), b)
+                    .map_err(sdk_common::error::bad_input)?;
+                if board.arch != "x86_64" {
                     return Err(anyhow::Error::new(crate::exit::UsageError(format!(
-                        "board {b}: booting arm64 images is not supported yet (amd64-usr is)"
+                        "board {b} is {}: booting {} images is not supported yet (x86_64 boards such as amd64-usr are)",
+                        board.arch, board.arch
                     ))));
                 }
                 crate::boot::vm::find_board_image(b).map_err(classify)

@@ -30,7 +30,7 @@ use super::tree::Tree;
 use super::usr::make_usr_only;
 use crate::board::Board;
 use crate::exit::UsageError;
-use crate::formats::disk::{self, Layout};
+use crate::formats::disk::{self, Layout, Role};
 use crate::formats::fs::ext4;
 use crate::formats::fs::{self as fsb, FsOptions, FsType, Ownership};
 use crate::formats::verity;
@@ -233,9 +233,9 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
     let (layout_path, layout_text) = board.read_file(&board.disk_layout).map_err(bad_input)?;
     let layout = Layout::parse(&layout_text, &layout_path, req.layout_variant.as_deref())
         .map_err(bad_input)?;
-    let usr = layout.by_label("USR-A").ok_or_else(|| {
+    let usr = layout.by_role(Role::UsrA).ok_or_else(|| {
         usage(format!(
-            "{}: the layout has no partition labelled USR-A; an A/B image needs USR-A and USR-B",
+            "{}: the layout has no usr-a partition (label USR-A, or `role = \"usr-a\"`); an A/B image needs usr-a and usr-b",
             layout_path.display()
         ))
     })?;
@@ -511,9 +511,9 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
 
     let mut layout = plan.layout.clone();
     layout.derive_uuids(&seed.hex());
-    let part = |label: &str| layout.by_label(label).cloned();
-    let usr_a = part("USR-A").expect("checked in plan");
-    let usr_b = part("USR-B");
+    let part = |role: Role| layout.by_role(role).cloned();
+    let usr_a = part(Role::UsrA).expect("checked in plan");
+    let usr_b = part(Role::UsrB);
     let name = format!("{id}_{}_image", plan.group);
     let out = work.join("out");
     fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
@@ -534,7 +534,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             &usr_img,
             &ext4::Options {
                 uuid,
-                label: "USR-A".into(),
+                label: usr_a.label.clone(),
                 epoch,
                 hash_seed: uuid::Uuid::new_v5(&uuid, b"ext4 hash seed"),
                 read_only: true,
@@ -637,7 +637,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         usr_hash_offset: 0,
         usr_a_uuid: usr_a.uuid,
         usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
-        root_uuid: part("ROOT").map(|p| p.uuid),
+        root_uuid: part(Role::Root).map(|p| p.uuid),
         title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
         epoch,
     });
@@ -651,11 +651,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     );
 
     // esp
-    let esp_part = layout
-        .partitions
-        .iter()
-        .find(|p| p.label == "EFI-SYSTEM" || p.type_name == "efi")
-        .cloned();
+    let esp_part = part(Role::Esp);
     let esp = esp_job.finish(&root_hash, fs_size)?;
     let mut images: Vec<(u32, PathBuf)> = vec![(usr_a.number, usr_img.clone())];
     if let Some(p) = &esp_part {
@@ -665,7 +661,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             &esp_dir,
             &img,
             &FsOptions {
-                label: Some("EFI-SYSTEM".into()),
+                label: Some(vfat_label(&p.label)),
                 uuid: Some(seed.uuid("esp")),
                 epoch,
                 size: Some(p.size),
@@ -696,11 +692,12 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let empty = work.join("empty");
     fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
     for p in &layout.partitions {
-        let wanted = match (p.label.as_str(), p.fs.as_deref()) {
-            ("USR-A", _) => None,
-            (_, _) if Some(p.number) == esp_part.as_ref().map(|e| e.number) => None,
+        // USR-A and the ESP have their contents already; ROOT and OEM
+        // get an empty ext4 unless the layout names another filesystem.
+        let wanted = match (p.role, p.fs.as_deref()) {
+            (Role::UsrA | Role::Esp, _) => None,
             (_, Some(f)) => Some(f.to_string()),
-            ("ROOT" | "OEM", None) => Some("ext4".to_string()),
+            (Role::Root | Role::Oem, None) => Some("ext4".to_string()),
             _ => None,
         };
         let Some(f) = wanted else { continue };
@@ -715,8 +712,8 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             continue; // nothing to put in an empty read-only filesystem
         }
         let img = work.join(format!("part{}.img", p.number));
-        let label = if fs_type == FsType::Vfat && p.label.len() > 11 {
-            p.label[..11].to_string()
+        let label = if fs_type == FsType::Vfat {
+            vfat_label(&p.label)
         } else {
             p.label.clone()
         };
@@ -776,13 +773,14 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         plan.usr_fs.name(),
     );
     let verity_txt = format!(
-        "VERITY_ROOT_HASH={root_hash}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\nVERITY_PARTITION=USR-A\nVERITY_PARTUUID={}\n",
+        "VERITY_ROOT_HASH={root_hash}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\nVERITY_PARTITION={}\nVERITY_PARTUUID={}\n",
         formatted.salt_hex(),
         formatted.uuid.map(|u| u.to_string()).unwrap_or_default(),
         formatted.data_blocks,
         formatted.data_block_size,
         formatted.hash_block_size,
         formatted.algorithm.name(),
+        usr_a.label,
         usr_a.uuid,
     );
     let packages_txt: String = packages
@@ -879,6 +877,11 @@ fn usr_nodes(tree: &Tree) -> Vec<ext4::Node> {
         nodes.push(node(k["usr/".len()..].to_string(), k, e));
     }
     nodes
+}
+
+/// A partition label as a vfat volume label (11 bytes at most).
+fn vfat_label(label: &str) -> String {
+    label.chars().take(11).collect()
 }
 
 fn mib(bytes: u64) -> String {

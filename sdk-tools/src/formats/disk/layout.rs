@@ -13,6 +13,7 @@
 //! [[partition]]
 //! number = 3
 //! label = "USR-A"
+//! role = "usr-a"           # what it is for; default: from Flatcar's label
 //! type = "flatcar-usr"     # an alias (see TYPE_ALIASES) or a GUID
 //! size = "2GiB"            # bytes as an integer, or "512KiB" / "64MiB" / "1GiB"
 //! uuid = "7130c94a-213a-4e5a-8e26-6cce9662f132"  # fixed; default: derived
@@ -56,6 +57,65 @@ pub const TYPE_ALIASES: &[(&str, &str)] = &[
 
 /// Architectures `[disk] arch` accepts.
 const ARCHES: &[&str] = &["x86-64", "arm64"];
+
+/// What a partition is for. Code picks partitions by role (as
+/// systemd-repart does with its definitions), never by label, so a board
+/// may name them as it likes. Layouts without `role =` keep working: the
+/// role follows from Flatcar's labels ([`Role::from_label`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The EFI system partition (boot loader, kernels, entries).
+    Esp,
+    /// GRUB's BIOS boot partition.
+    BiosBoot,
+    /// The active /usr slot, with its verity tree.
+    UsrA,
+    /// The update slot.
+    UsrB,
+    /// Vendor (OEM) files.
+    Oem,
+    /// The OEM's first-boot configuration (Ignition).
+    OemConfig,
+    /// The writable root, filled on first boot.
+    Root,
+    /// Anything else; any number of partitions may have it.
+    Other,
+}
+
+impl Role {
+    /// The role a partition without `role =` has: Flatcar's labels, or
+    /// the EFI type for an ESP named otherwise.
+    pub fn from_label(label: &str, type_name: &str) -> Role {
+        match label {
+            "EFI-SYSTEM" => Role::Esp,
+            "BIOS-BOOT" => Role::BiosBoot,
+            "USR-A" => Role::UsrA,
+            "USR-B" => Role::UsrB,
+            "OEM" => Role::Oem,
+            "OEM-CONFIG" => Role::OemConfig,
+            "ROOT" => Role::Root,
+            _ if type_name == "efi" => Role::Esp,
+            _ => Role::Other,
+        }
+    }
+
+    /// The name a layout writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Esp => "esp",
+            Role::BiosBoot => "bios-boot",
+            Role::UsrA => "usr-a",
+            Role::UsrB => "usr-b",
+            Role::Oem => "oem",
+            Role::OemConfig => "oem-config",
+            Role::Root => "root",
+            Role::Other => "other",
+        }
+    }
+}
 
 /// The alias for a type GUID, if it has one (for display).
 pub fn type_alias(guid: &Uuid) -> Option<&'static str> {
@@ -171,6 +231,7 @@ struct RawDisk {
 struct RawPartition {
     number: u32,
     label: String,
+    role: Option<Role>,
     #[serde(rename = "type")]
     type_name: String,
     size: Size,
@@ -200,6 +261,7 @@ struct RawOverride {
     size: Option<Size>,
     start: Option<Size>,
     label: Option<String>,
+    role: Option<Role>,
     #[serde(rename = "type")]
     type_name: Option<String>,
     uuid: Option<Uuid>,
@@ -212,6 +274,8 @@ pub struct Partition {
     /// GPT entry number, 1-based.
     pub number: u32,
     pub label: String,
+    /// What it is for (given, or inferred from the label).
+    pub role: Role,
     pub type_guid: Uuid,
     /// The name the layout used for the type (alias or GUID).
     pub type_name: String,
@@ -299,6 +363,321 @@ fn derive(seed: &str, what: &str) -> Uuid {
     Uuid::new_v5(&ns, format!("{seed}\0{what}").as_bytes())
 }
 
+/// The `[disk]` table, validated.
+struct Disk<'a> {
+    sector: u64,
+    alignment: u64,
+    arch: Option<&'a str>,
+    /// Where `[disk]` is, for messages about it.
+    line: usize,
+}
+
+/// Numbers, labels and roles already given to a partition.
+#[derive(Default)]
+struct Seen {
+    numbers: BTreeSet<u32>,
+    labels: BTreeSet<String>,
+    roles: BTreeMap<Role, u32>,
+}
+
+/// The text being parsed and where it came from, for messages that name
+/// the file and line.
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    fn err(&self, line: usize, msg: String) -> DiskError {
+        DiskError::Layout {
+            file: self.path.to_path_buf(),
+            line,
+            msg,
+        }
+    }
+
+    fn disk<'r>(&self, raw: &'r RawDisk) -> Result<Disk<'r>, DiskError> {
+        let line = self
+            .text
+            .lines()
+            .position(|l| l.trim_start().starts_with("[disk]"))
+            .map(|i| i + 1)
+            .unwrap_or(1);
+        let sector = raw.sector_size.unwrap_or(512);
+        if sector != 512 && sector != 4096 {
+            return Err(self.err(
+                line,
+                format!("[disk] sector-size {sector} is not supported; use 512 or 4096"),
+            ));
+        }
+        let alignment = raw.alignment.map(|s| s.0).unwrap_or(1 << 20);
+        if alignment == 0 || !alignment.is_multiple_of(sector) {
+            return Err(self.err(
+                line,
+                format!(
+                    "[disk] alignment {alignment} is not a multiple of the {sector}-byte sector"
+                ),
+            ));
+        }
+        if let Some(a) = &raw.arch
+            && !ARCHES.contains(&a.as_str())
+        {
+            return Err(self.err(
+                line,
+                format!(
+                    "[disk] arch {a:?} is unknown; use one of {}",
+                    ARCHES.join(", ")
+                ),
+            ));
+        }
+        Ok(Disk {
+            sector,
+            alignment,
+            arch: raw.arch.as_deref(),
+            line,
+        })
+    }
+
+    /// Apply variant `name`'s overrides to the raw partitions (and the
+    /// disk size). Errors about an overridden key point at the override.
+    fn apply_variant(
+        &self,
+        raw: &RawLayout,
+        name: &str,
+        parts: &mut [(std::ops::Range<usize>, RawPartition)],
+        disk_size: &mut Option<u64>,
+    ) -> Result<(), DiskError> {
+        let Some(v) = raw.variant.get(name) else {
+            let known: Vec<_> = raw.variant.keys().cloned().collect();
+            return Err(DiskError::BadInput(format!(
+                "{} has no variant {name:?}; known: {}",
+                self.path.display(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let vline = line_of(self.text, v.span().start);
+        if let Some(s) = v.get_ref().size {
+            *disk_size = Some(s.0);
+        }
+        for (key, o) in &v.get_ref().partition {
+            let oline = line_of(self.text, o.span().start);
+            let target = key
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| parts.iter_mut().find(|(_, p)| p.number == n));
+            let Some((pspan, p)) = target else {
+                return Err(self.err(
+                    oline.max(vline),
+                    format!(
+                        "variant {name:?} overrides partition {key:?}, which the layout does not have"
+                    ),
+                ));
+            };
+            *pspan = o.span();
+            let o = o.get_ref();
+            if let Some(s) = o.size {
+                p.size = s;
+            }
+            if o.start.is_some() {
+                p.start = o.start;
+            }
+            if let Some(l) = &o.label {
+                p.label = l.clone();
+            }
+            if o.role.is_some() {
+                p.role = o.role;
+            }
+            if let Some(t) = &o.type_name {
+                p.type_name = t.clone();
+            }
+            if o.uuid.is_some() {
+                p.uuid = o.uuid;
+            }
+            if o.fs.is_some() {
+                p.fs = o.fs.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate one partition and place it (at `next` unless it says
+    /// where).
+    fn place(
+        &self,
+        disk: &Disk<'_>,
+        span: &std::ops::Range<usize>,
+        p: &RawPartition,
+        next: u64,
+        first_usable: u64,
+        seen: &mut Seen,
+    ) -> Result<Partition, DiskError> {
+        let sector = disk.sector;
+        let who = format!("partition {} ({})", p.number, p.label);
+        let kerr = |key: &str, msg: String| {
+            self.err(key_line(self.text, span, key), format!("{who}: {msg}"))
+        };
+        if !(1..=128).contains(&p.number) {
+            return Err(kerr("number", "number must be 1 to 128".into()));
+        }
+        if !seen.numbers.insert(p.number) {
+            return Err(kerr("number", "the number is used twice".into()));
+        }
+        if p.label.is_empty() || p.label.encode_utf16().count() > 36 {
+            return Err(kerr("label", "label must be 1 to 36 characters".into()));
+        }
+        if !seen.labels.insert(p.label.clone()) {
+            return Err(kerr("label", "the label is used twice".into()));
+        }
+        let role = p
+            .role
+            .unwrap_or_else(|| Role::from_label(&p.label, &p.type_name));
+        if role != Role::Other
+            && let Some(other) = seen.roles.insert(role, p.number)
+        {
+            return Err(kerr(
+                "role",
+                format!(
+                    "role {} is already partition {other}'s; give each role to one partition (set `role = \"other\"` for extra ones)",
+                    role.name()
+                ),
+            ));
+        }
+        let type_guid = resolve_type(&p.type_name, disk.arch).map_err(|m| kerr("type", m))?;
+        if p.size.0 == 0 {
+            return Err(kerr("size", "size is 0".into()));
+        }
+        if !p.size.0.is_multiple_of(sector) {
+            return Err(kerr(
+                "size",
+                format!(
+                    "size {} is not a multiple of the {sector}-byte sector",
+                    p.size.0
+                ),
+            ));
+        }
+        let start = match p.start {
+            Some(s) if !s.0.is_multiple_of(disk.alignment) => {
+                return Err(kerr(
+                    "start",
+                    format!("start {} is not aligned to {} bytes", s.0, disk.alignment),
+                ));
+            }
+            Some(s) if s.0 < first_usable => {
+                return Err(kerr(
+                    "start",
+                    format!(
+                        "start {} lies inside the primary GPT (first usable byte {first_usable})",
+                        s.0
+                    ),
+                ));
+            }
+            Some(s) => s.0,
+            None => next,
+        };
+        let (mut priority, mut tries, mut successful, mut verity) = (0u8, 0u8, false, false);
+        for f in &p.features {
+            match f.as_str() {
+                "prioritize" => {
+                    priority = 1;
+                    successful = true;
+                }
+                "verity" => verity = true,
+                _ => {
+                    return Err(kerr(
+                        "features",
+                        format!("unknown feature {f:?}; known: prioritize, verity"),
+                    ));
+                }
+            }
+        }
+        priority = p.priority.unwrap_or(priority);
+        tries = p.tries.unwrap_or(tries);
+        successful = p.successful.unwrap_or(successful);
+        if priority > 15 || tries > 15 {
+            return Err(kerr(
+                if priority > 15 { "priority" } else { "tries" },
+                "priority and tries must be 0 to 15 (4 bits each)".into(),
+            ));
+        }
+        Ok(Partition {
+            number: p.number,
+            label: p.label.clone(),
+            role,
+            type_guid,
+            type_name: p.type_name.clone(),
+            uuid: p.uuid.unwrap_or_default(),
+            uuid_fixed: p.uuid.is_some(),
+            start,
+            size: p.size.0,
+            priority,
+            tries,
+            successful,
+            verity,
+            fs: p.fs.clone(),
+        })
+    }
+
+    /// Check the placed partitions do not overlap and fit the disk;
+    /// returns the disk size (given, or what they need).
+    fn fit(
+        &self,
+        disk: &Disk<'_>,
+        parts: &[Partition],
+        spans: &BTreeMap<u32, std::ops::Range<usize>>,
+        disk_size: Option<u64>,
+    ) -> Result<u64, DiskError> {
+        let sector = disk.sector;
+        let mut by_start: Vec<&Partition> = parts.iter().collect();
+        by_start.sort_by_key(|p| p.start);
+        for w in by_start.windows(2) {
+            if w[1].start < w[0].end() {
+                return Err(self.err(
+                    key_line(self.text, &spans[&w[1].number], "start"),
+                    format!(
+                        "partition {} ({}) at bytes {}..{} overlaps partition {} ({}) at {}..{}",
+                        w[1].number,
+                        w[1].label,
+                        w[1].start,
+                        w[1].end(),
+                        w[0].number,
+                        w[0].label,
+                        w[0].start,
+                        w[0].end()
+                    ),
+                ));
+            }
+        }
+        let last = by_start.last().expect("at least one partition");
+        let backup = ENTRY_ARRAY_BYTES + sector;
+        let Some(s) = disk_size else {
+            return Ok(align_up(last.end() + backup, disk.alignment));
+        };
+        if !s.is_multiple_of(sector) {
+            return Err(self.err(
+                disk.line,
+                format!("disk size {s} is not a multiple of the {sector}-byte sector"),
+            ));
+        }
+        if last.end() + backup > s {
+            return Err(self.err(
+                key_line(self.text, &spans[&last.number], "size"),
+                format!(
+                    "partition {} ({}) ends at byte {} but a {s}-byte disk has room up to {}; shrink it or grow the disk",
+                    last.number,
+                    last.label,
+                    last.end(),
+                    s.saturating_sub(backup)
+                ),
+            ));
+        }
+        Ok(s)
+    }
+}
+
 impl Layout {
     /// Load and validate `path`, applying `variant`'s overrides (e.g.
     /// `Some("vm")`). Every error names the file and line, and the
@@ -325,53 +704,15 @@ impl Layout {
     /// Like [`Layout::load`], from text already read (`path` is for
     /// messages).
     pub fn parse(text: &str, path: &Path, variant: Option<&str>) -> Result<Layout, DiskError> {
-        let err = |line: usize, msg: String| DiskError::Layout {
-            file: path.to_path_buf(),
-            line,
-            msg,
-        };
+        let src = Source { text, path };
         let raw: RawLayout = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-            err(line, e.message().trim().replace('\n', "; "))
+            src.err(line, e.message().trim().replace('\n', "; "))
         })?;
-
-        let disk_line = text
-            .lines()
-            .position(|l| l.trim_start().starts_with("[disk]"))
-            .map(|i| i + 1)
-            .unwrap_or(1);
-        let sector = raw.disk.sector_size.unwrap_or(512);
-        if sector != 512 && sector != 4096 {
-            return Err(err(
-                disk_line,
-                format!("[disk] sector-size {sector} is not supported; use 512 or 4096"),
-            ));
-        }
-        let alignment = raw.disk.alignment.map(|s| s.0).unwrap_or(1 << 20);
-        if alignment == 0 || !alignment.is_multiple_of(sector) {
-            return Err(err(
-                disk_line,
-                format!(
-                    "[disk] alignment {alignment} is not a multiple of the {sector}-byte sector"
-                ),
-            ));
-        }
-        if let Some(a) = &raw.disk.arch
-            && !ARCHES.contains(&a.as_str())
-        {
-            return Err(err(
-                disk_line,
-                format!(
-                    "[disk] arch {a:?} is unknown; use one of {}",
-                    ARCHES.join(", ")
-                ),
-            ));
-        }
+        let disk = src.disk(&raw.disk)?;
         if raw.partition.is_empty() {
-            return Err(err(disk_line, "the layout has no [[partition]]".into()));
+            return Err(src.err(disk.line, "the layout has no [[partition]]".into()));
         }
-
-        // Apply the variant's overrides to the raw partitions.
         let mut parts: Vec<(std::ops::Range<usize>, RawPartition)> = raw
             .partition
             .iter()
@@ -379,213 +720,25 @@ impl Layout {
             .collect();
         let mut disk_size = raw.disk.size.map(|s| s.0);
         if let Some(name) = variant {
-            let Some(v) = raw.variant.get(name) else {
-                let known: Vec<_> = raw.variant.keys().cloned().collect();
-                return Err(DiskError::BadInput(format!(
-                    "{} has no variant {name:?}; known: {}",
-                    path.display(),
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            };
-            let vline = line_of(text, v.span().start);
-            if let Some(s) = v.get_ref().size {
-                disk_size = Some(s.0);
-            }
-            for (key, o) in &v.get_ref().partition {
-                let oline = line_of(text, o.span().start);
-                let target = key
-                    .parse::<u32>()
-                    .ok()
-                    .and_then(|n| parts.iter_mut().find(|(_, p)| p.number == n));
-                let Some((pspan, p)) = target else {
-                    return Err(err(
-                        oline.max(vline),
-                        format!(
-                            "variant {name:?} overrides partition {key:?}, which the layout does not have"
-                        ),
-                    ));
-                };
-                // Errors about overridden keys point at the override.
-                *pspan = o.span();
-                let o = o.get_ref();
-                if let Some(s) = o.size {
-                    p.size = s;
-                }
-                if o.start.is_some() {
-                    p.start = o.start;
-                }
-                if let Some(l) = &o.label {
-                    p.label = l.clone();
-                }
-                if let Some(t) = &o.type_name {
-                    p.type_name = t.clone();
-                }
-                if o.uuid.is_some() {
-                    p.uuid = o.uuid;
-                }
-                if o.fs.is_some() {
-                    p.fs = o.fs.clone();
-                }
-            }
+            src.apply_variant(&raw, name, &mut parts, &mut disk_size)?;
         }
 
-        let entry_sectors = ENTRY_ARRAY_BYTES / sector;
-        let first_usable = (2 + entry_sectors) * sector;
-        let mut numbers = BTreeSet::new();
-        let mut labels = BTreeSet::new();
-        let mut next = align_up(first_usable, alignment);
+        let first_usable = (2 + ENTRY_ARRAY_BYTES / disk.sector) * disk.sector;
+        let mut next = align_up(first_usable, disk.alignment);
+        let mut seen = Seen::default();
         let mut out = Vec::new();
         let mut spans = BTreeMap::new();
         for (span, p) in &parts {
-            let who = format!("partition {} ({})", p.number, p.label);
-            let kerr =
-                |key: &str, msg: String| err(key_line(text, span, key), format!("{who}: {msg}"));
-            if !(1..=128).contains(&p.number) {
-                return Err(kerr("number", "number must be 1 to 128".into()));
-            }
-            if !numbers.insert(p.number) {
-                return Err(kerr("number", "the number is used twice".into()));
-            }
-            if p.label.is_empty() || p.label.encode_utf16().count() > 36 {
-                return Err(kerr("label", "label must be 1 to 36 characters".into()));
-            }
-            if !labels.insert(p.label.clone()) {
-                return Err(kerr("label", "the label is used twice".into()));
-            }
-            let type_guid = resolve_type(&p.type_name, raw.disk.arch.as_deref())
-                .map_err(|m| kerr("type", m))?;
-            if p.size.0 == 0 {
-                return Err(kerr("size", "size is 0".into()));
-            }
-            if !p.size.0.is_multiple_of(sector) {
-                return Err(kerr(
-                    "size",
-                    format!(
-                        "size {} is not a multiple of the {sector}-byte sector",
-                        p.size.0
-                    ),
-                ));
-            }
-            let start = match p.start {
-                Some(s) => {
-                    if !s.0.is_multiple_of(alignment) {
-                        return Err(kerr(
-                            "start",
-                            format!("start {} is not aligned to {alignment} bytes", s.0),
-                        ));
-                    }
-                    if s.0 < first_usable {
-                        return Err(kerr(
-                            "start",
-                            format!(
-                                "start {} lies inside the primary GPT (first usable byte {first_usable})",
-                                s.0
-                            ),
-                        ));
-                    }
-                    s.0
-                }
-                None => next,
-            };
-            let (mut priority, mut tries, mut successful, mut verity) = (0u8, 0u8, false, false);
-            for f in &p.features {
-                match f.as_str() {
-                    "prioritize" => {
-                        priority = 1;
-                        successful = true;
-                    }
-                    "verity" => verity = true,
-                    _ => {
-                        return Err(kerr(
-                            "features",
-                            format!("unknown feature {f:?}; known: prioritize, verity"),
-                        ));
-                    }
-                }
-            }
-            priority = p.priority.unwrap_or(priority);
-            tries = p.tries.unwrap_or(tries);
-            successful = p.successful.unwrap_or(successful);
-            if priority > 15 || tries > 15 {
-                return Err(kerr(
-                    if priority > 15 { "priority" } else { "tries" },
-                    "priority and tries must be 0 to 15 (4 bits each)".into(),
-                ));
-            }
-            next = align_up(start + p.size.0, alignment);
+            let placed = src.place(&disk, span, p, next, first_usable, &mut seen)?;
+            next = align_up(placed.end(), disk.alignment);
             spans.insert(p.number, span.clone());
-            out.push(Partition {
-                number: p.number,
-                label: p.label.clone(),
-                type_guid,
-                type_name: p.type_name.clone(),
-                uuid: p.uuid.unwrap_or_default(),
-                uuid_fixed: p.uuid.is_some(),
-                start,
-                size: p.size.0,
-                priority,
-                tries,
-                successful,
-                verity,
-                fs: p.fs.clone(),
-            });
+            out.push(placed);
         }
-
-        // Overlaps, in disk order.
-        let mut by_start: Vec<&Partition> = out.iter().collect();
-        by_start.sort_by_key(|p| p.start);
-        for w in by_start.windows(2) {
-            if w[1].start < w[0].end() {
-                return Err(err(
-                    key_line(text, &spans[&w[1].number], "start"),
-                    format!(
-                        "partition {} ({}) at bytes {}..{} overlaps partition {} ({}) at {}..{}",
-                        w[1].number,
-                        w[1].label,
-                        w[1].start,
-                        w[1].end(),
-                        w[0].number,
-                        w[0].label,
-                        w[0].start,
-                        w[0].end()
-                    ),
-                ));
-            }
-        }
-        let last = by_start.last().unwrap();
-        let backup = ENTRY_ARRAY_BYTES + sector;
-        let size = match disk_size {
-            Some(s) => {
-                if !s.is_multiple_of(sector) {
-                    return Err(err(
-                        disk_line,
-                        format!("disk size {s} is not a multiple of the {sector}-byte sector"),
-                    ));
-                }
-                if last.end() + backup > s {
-                    return Err(err(
-                        key_line(text, &spans[&last.number], "size"),
-                        format!(
-                            "partition {} ({}) ends at byte {} but a {s}-byte disk has room up to {}; shrink it or grow the disk",
-                            last.number,
-                            last.label,
-                            last.end(),
-                            s.saturating_sub(backup)
-                        ),
-                    ));
-                }
-                s
-            }
-            None => align_up(last.end() + backup, alignment),
-        };
+        let size = src.fit(&disk, &out, &spans, disk_size)?;
         out.sort_by_key(|p| p.number);
         let mut layout = Layout {
-            sector_size: sector,
-            alignment,
+            sector_size: disk.sector,
+            alignment: disk.alignment,
             size,
             disk_guid: raw.disk.guid.unwrap_or_default(),
             disk_guid_fixed: raw.disk.guid.is_some(),
@@ -609,6 +762,12 @@ impl Layout {
                 p.uuid = derive(seed, &format!("partition\0{}", p.label));
             }
         }
+    }
+
+    /// The partition with `role` (at most one has each role but
+    /// [`Role::Other`]).
+    pub fn by_role(&self, role: Role) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.role == role)
     }
 
     pub fn by_label(&self, label: &str) -> Option<&Partition> {
@@ -656,6 +815,31 @@ size = 4194304
 [variant.vm.partition.9]
 size = "2MiB"
 "#;
+
+    #[test]
+    fn roles_come_from_labels_or_are_given_once() {
+        let l = parse(GOOD, None).unwrap();
+        let roles: Vec<Role> = l.partitions.iter().map(|p| p.role).collect();
+        assert_eq!(roles, [Role::Esp, Role::UsrA, Role::Root]);
+        // A board that names its partitions otherwise says what they are.
+        let renamed = GOOD
+            .replace(
+                "label = \"USR-A\"",
+                "label = \"system-a\"\nrole = \"usr-a\"",
+            )
+            .replace("label = \"EFI-SYSTEM\"", "label = \"boot\"");
+        let l = parse(&renamed, None).unwrap();
+        assert_eq!(l.by_role(Role::UsrA).unwrap().label, "system-a");
+        assert_eq!(l.by_role(Role::Esp).unwrap().label, "boot", "efi type");
+        // Each role once.
+        let twice = GOOD.replace("label = \"ROOT\"", "label = \"data\"\nrole = \"usr-a\"");
+        let e = parse(&twice, None).unwrap_err().to_string();
+        assert!(e.contains("role usr-a is already partition 3's"), "{e}");
+        assert!(e.starts_with("fixture.toml:2"), "the line of role =: {e}");
+        let unknown = GOOD.replace("label = \"ROOT\"", "label = \"ROOT\"\nrole = \"swap\"");
+        let e = parse(&unknown, None).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `swap`"), "{e}");
+    }
 
     #[test]
     fn places_types_and_attributes() {
@@ -793,6 +977,18 @@ size = "2MiB"
                         "ROOT"
                     ]
                 );
+                // Today's layouts name no roles: every one follows from its label.
+                for (role, label) in [
+                    (Role::Esp, "EFI-SYSTEM"),
+                    (Role::BiosBoot, "BIOS-BOOT"),
+                    (Role::UsrA, "USR-A"),
+                    (Role::UsrB, "USR-B"),
+                    (Role::Oem, "OEM"),
+                    (Role::OemConfig, "OEM-CONFIG"),
+                    (Role::Root, "ROOT"),
+                ] {
+                    assert_eq!(l.by_role(role).unwrap().label, label);
+                }
                 let usr = l.by_label("USR-A").unwrap();
                 assert!(usr.verity && usr.priority == 1 && usr.successful);
                 assert_eq!(l.by_label("USR-B").unwrap().attributes(), 0);

@@ -30,7 +30,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use gpt::{Entry, Table};
-pub use layout::{DEFAULT_SEED, Layout, Partition, Size, TYPE_ALIASES, type_alias};
+pub use layout::{DEFAULT_SEED, Layout, Partition, Role, Size, TYPE_ALIASES, type_alias};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
