@@ -10,6 +10,7 @@ pub mod compress;
 pub mod error;
 pub mod fsutil;
 pub mod layer;
+pub mod linux;
 pub mod log;
 pub mod oci;
 

@@ -10,5 +10,4 @@ pub mod idmap;
 pub mod paths;
 pub mod rootfs;
 pub mod sandbox;
-pub mod sys;
 pub mod version;

@@ -1,7 +1,8 @@
 //! sdk-tools: the in-sandbox toolchain as a library (recipes, cross-roots,
 //! verity, GPT, filesystem builders and an ext4 writer, image outputs) plus
-//! the multi-call CLI over it. It never creates namespaces; that is
-//! `sdk-run`'s job.
+//! the multi-call CLI over it. The sandbox is `sdk-run`'s; the one
+//! namespace sdk-tools makes is the read-only confinement of a build
+//! script (`packages::isolate`, through `sdk_common::linux`).
 
 pub mod board;
 pub mod boot;

@@ -31,7 +31,7 @@ use crate::idmap::SDK_ID;
 use crate::sandbox::config::{NsIds, State};
 use crate::sandbox::mounts::{PATH, SOURCE_DIR};
 use crate::sandbox::users::{self, Account};
-use crate::sys::{self, Sys};
+use sdk_common::linux::{self as sys, Sys};
 
 /// What to run, as whom, from where.
 #[derive(Debug, Clone)]
@@ -554,7 +554,7 @@ fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::Recorder;
+    use sdk_common::linux::Recorder;
 
     #[test]
     fn cwd_follows_into_the_repo() {

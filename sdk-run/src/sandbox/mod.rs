@@ -1,6 +1,6 @@
 //! The sandbox lifecycle: create, start, enter, stop, remove, list. One
 //! operation per file; shared types in `config`. Namespaces and mounts go
-//! through `crate::sys`.
+//! through `sdk_common::linux`.
 
 pub mod config;
 pub mod create;

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use crate::sandbox::config::{RootfsSpec, Volume};
-use crate::sys::Sys;
+use sdk_common::linux::Sys;
 
 /// Where the repo appears inside.
 pub const SOURCE_DIR: &str = "/mnt/host/source";
@@ -271,7 +271,7 @@ pub fn assemble(sys: &dyn Sys, plan: &RootPlan) -> Result<(), MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::Recorder;
+    use sdk_common::linux::Recorder;
 
     fn plan(rootfs: RootfsSpec) -> RootPlan {
         RootPlan {
@@ -300,6 +300,30 @@ mod tests {
             .iter()
             .position(|c| c.starts_with(needle))
             .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
+    }
+
+    /// A failing call stops the sequence there and names what it was
+    /// doing and where (the init reports that line).
+    #[test]
+    fn a_failed_mount_stops_and_names_its_step() {
+        let r = Recorder::default();
+        r.fail_on("mount proc", Errno::EPERM);
+        let e = assemble(&r, &plan(RootfsSpec::Bind("/rootfs".into()))).unwrap_err();
+        assert_eq!(e.path, Path::new("/s/mnt/proc"));
+        assert_eq!(e.errno, Errno::EPERM);
+        assert_eq!(
+            e.to_string(),
+            "cannot mount /s/mnt/proc: EPERM: Operation not permitted"
+        );
+        let c = r.take();
+        assert!(
+            c.last().unwrap().starts_with("mount proc "),
+            "nothing after it: {c:#?}"
+        );
+        let r = Recorder::default();
+        r.fail_on("pivot_root", Errno::EINVAL);
+        let e = assemble(&r, &plan(RootfsSpec::Bind("/rootfs".into()))).unwrap_err();
+        assert_eq!(e.errno, Errno::EINVAL);
     }
 
     #[test]

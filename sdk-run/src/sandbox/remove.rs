@@ -16,7 +16,7 @@ use crate::sandbox::config::{Config, State, read_json};
 use crate::sandbox::create::remove_tree;
 use crate::sandbox::enter::is_running;
 use crate::sandbox::lock;
-use crate::sys;
+use sdk_common::linux as sys;
 
 /// The recorded state, if any (a damaged file counts as none).
 pub fn read_state(sb: &SandboxPaths) -> Option<State> {

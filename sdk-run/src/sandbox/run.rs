@@ -273,7 +273,7 @@ fn enter_in_child(
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
-    match crate::sys::fork()? {
+    match sdk_common::linux::fork()? {
         nix::unistd::ForkResult::Child => {
             drop(sfd);
             let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);

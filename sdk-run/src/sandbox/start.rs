@@ -33,7 +33,7 @@ use crate::paths::SandboxPaths;
 use crate::sandbox::config::{Config, Net, NsIds, State, write_json};
 use crate::sandbox::mounts::{self, RootPlan, Socket};
 use crate::sandbox::{userns, users};
-use crate::sys;
+use sdk_common::linux as sys;
 
 /// Where agent sockets appear inside, and the variable naming them.
 const SSH_SOCK: &str = "/run/host/ssh-agent.sock";

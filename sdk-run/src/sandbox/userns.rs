@@ -35,7 +35,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid};
 
 use crate::idmap::IdMap;
-use crate::sys;
+use sdk_common::linux as sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {

@@ -5,14 +5,18 @@
 //! a bind mount of the work directory (holding the sources, DESTDIR and
 //! TMPDIR) stays writable. A script that writes into the cross-root, the
 //! SDK or the home directory fails with EROFS instead of corrupting them.
-//! This module holds the only unsafe code of the package builder.
+//! The namespace and mount calls are the shared ones (`sdk_common::linux`);
+//! this module only decides what to mount, and keeps the builder's one
+//! `unsafe` (registering the `pre_exec` hook).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
+
+use sdk_common::linux;
 
 /// Everything the child needs, prepared before `fork` so the code between
 /// `fork` and `exec` only makes system calls (no allocation).
@@ -29,90 +33,36 @@ struct Prepared {
     cwd: Option<CString>,
 }
 
-fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
-    // SAFETY: `path` is a valid NUL-terminated string; the fd is closed below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `data` is a live buffer of `data.len()` bytes.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let err = io::Error::last_os_error();
-    // SAFETY: `fd` was opened above and is not used after this.
-    unsafe { libc::close(fd) };
-    if n != data.len() as isize {
-        return Err(err);
-    }
-    Ok(())
-}
-
-fn check(rc: libc::c_long) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn set_readonly(path: &CString, readonly: bool) -> io::Result<()> {
-    let attr = libc::mount_attr {
-        attr_set: if readonly { libc::MOUNT_ATTR_RDONLY } else { 0 },
-        attr_clr: if readonly { 0 } else { libc::MOUNT_ATTR_RDONLY },
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr(2) reads `attr` (a live struct of the size
-    // passed) and the NUL-terminated `path`; no memory is written.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    check(rc)
-}
-
 impl Prepared {
     /// Runs in the forked child before exec.
     fn enter(&self) -> io::Result<()> {
-        // SAFETY: unshare only changes this (single-threaded, forked) process.
-        check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) }.into())?;
-        write_file(&self.setgroups_path, b"deny")?;
-        write_file(&self.uid_map_path, &self.uid_map)?;
-        write_file(&self.gid_map_path, &self.gid_map)?;
-        // SAFETY: plain mount(2) calls with valid NUL-terminated strings or
-        // null pointers where the kernel accepts them.
-        unsafe {
-            check(
-                libc::mount(
-                    std::ptr::null(),
-                    self.root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                )
-                .into(),
-            )?;
-            check(
-                libc::mount(
-                    self.writable.as_ptr(),
-                    self.writable.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                )
-                .into(),
-            )?;
-        }
-        set_readonly(&self.root, true)?;
-        set_readonly(&self.writable, false)?;
+        use nix::mount::{MsFlags, mount};
+        use nix::sched::{CloneFlags, unshare};
+        // Only allocation-free calls: build_packages runs builds from
+        // several threads, and this runs between fork and exec.
+        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)?;
+        linux::write_once(&self.setgroups_path, b"deny")?;
+        linux::write_once(&self.uid_map_path, &self.uid_map)?;
+        linux::write_once(&self.gid_map_path, &self.gid_map)?;
+        let none: Option<&CStr> = None;
+        mount(
+            none,
+            self.root.as_c_str(),
+            none,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            none,
+        )?;
+        mount(
+            Some(self.writable.as_c_str()),
+            self.writable.as_c_str(),
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )?;
+        linux::set_readonly_recursive(&self.root, true)?;
+        linux::set_readonly_recursive(&self.writable, false)?;
         if let Some(cwd) = &self.cwd {
-            // SAFETY: `cwd` is a valid NUL-terminated string.
-            check(unsafe { libc::chdir(cwd.as_ptr()) }.into())?;
+            nix::unistd::chdir(cwd.as_c_str())?;
         }
         Ok(())
     }

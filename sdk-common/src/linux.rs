@@ -1,11 +1,15 @@
-//! The narrow syscall surface of the sandbox. Owns every namespace, mount
-//! and process call sdk-run makes, behind the [`Sys`] trait so the order of
-//! calls can be checked by unit tests without root ([`Recorder`]). Almost
-//! all of sdk-run's `unsafe` lives here, each block with its reason.
+//! The narrow syscall surface both binaries use: every namespace, mount
+//! and process call of the sandbox (behind the [`Sys`] trait, so the order
+//! of calls is checked by unit tests without root through [`Recorder`],
+//! which can also inject a failure), and the allocation-free calls that
+//! sdk-tools' build confinement makes between fork and exec
+//! ([`set_readonly_recursive`], [`write_once`]). Almost all of the
+//! project's `unsafe` lives here, each block with its reason.
 //!
-//! It does not decide *what* to mount; `sandbox::mounts` does.
+//! It does not decide *what* to mount; `sdk-run`'s `sandbox::mounts` and
+//! `sdk-tools`' `packages::isolate` do.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -97,10 +101,12 @@ impl Sys for Linux {
     }
 }
 
-/// A [`Sys`] that only records the calls, for unit tests of sequences.
+/// A [`Sys`] that only records the calls, for unit tests of sequences;
+/// [`Recorder::fail_on`] makes one call fail, for tests of error paths.
 #[derive(Default)]
 pub struct Recorder {
     pub calls: std::cell::RefCell<Vec<String>>,
+    fail: std::cell::RefCell<Option<(String, Errno)>>,
 }
 
 fn flag_names<'a>(it: impl Iterator<Item = (&'a str, ())>) -> String {
@@ -114,8 +120,17 @@ fn flag_names<'a>(it: impl Iterator<Item = (&'a str, ())>) -> String {
 
 impl Recorder {
     fn push(&self, s: String) -> Result<(), Errno> {
+        let fail = match &*self.fail.borrow() {
+            Some((prefix, e)) if s.starts_with(prefix.as_str()) => Some(*e),
+            _ => None,
+        };
         self.calls.borrow_mut().push(s);
-        Ok(())
+        fail.map_or(Ok(()), Err)
+    }
+    /// Make every later call whose record starts with `prefix` (e.g.
+    /// `"pivot_root"`, `"mount proc"`) fail with `e` (it is still recorded).
+    pub fn fail_on(&self, prefix: &str, e: Errno) {
+        *self.fail.borrow_mut() = Some((prefix.to_string(), e));
     }
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut self.calls.borrow_mut())
@@ -178,30 +193,51 @@ fn cpath(p: &Path) -> Result<CString, Errno> {
     CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)
 }
 
-/// `mount_setattr(AT_FDCWD, target, AT_RECURSIVE, {attr_set: MOUNT_ATTR_RDONLY})`
-/// (Linux 5.12): read-only for a whole bind tree in one call, without
-/// having to repeat each mount's locked flags as `MS_REMOUNT` would.
 fn mount_setattr_rdonly(target: &Path) -> Result<(), Errno> {
-    let c = cpath(target)?;
+    set_readonly_recursive(&cpath(target)?, true)
+}
+
+/// `mount_setattr(AT_FDCWD, target, AT_RECURSIVE, {RDONLY set or cleared})`
+/// (Linux 5.12): read-only (or writable again) for a whole mount tree in
+/// one call, without repeating each mount's locked flags as `MS_REMOUNT`
+/// would. Allocation-free: safe between fork and exec.
+pub fn set_readonly_recursive(target: &CStr, readonly: bool) -> Result<(), Errno> {
     let mut attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
+        attr_set: if readonly { libc::MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if readonly { 0 } else { libc::MOUNT_ATTR_RDONLY },
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: `c` is a valid NUL-terminated path and `attr` a valid
+    // SAFETY: `target` is a valid NUL-terminated path and `attr` a valid
     // mount_attr that outlives the call; the size passed is its size.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
-            c.as_ptr(),
+            target.as_ptr(),
             libc::AT_RECURSIVE as libc::c_uint,
             &mut attr as *mut libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// Write `data` to `path` in one `write(2)` (a `/proc/self/uid_map` must
+/// be written at once). Allocation-free: safe between fork and exec.
+pub fn write_once(path: &CStr, data: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: `data` is a live buffer of `data.len()` bytes.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let err = Errno::last();
+    // SAFETY: `fd` was opened above and is not used after this.
+    unsafe { libc::close(fd) };
+    if n != data.len() as isize {
+        return Err(if n < 0 { err } else { Errno::EIO });
+    }
+    Ok(())
 }
 
 /// `fork(2)`.
