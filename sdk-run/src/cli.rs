@@ -9,8 +9,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod rootfs;
 
-use crate::paths::StateDir;
 use crate::sandbox::{Net, Volume, list, remove, run};
+use crate::state::StateDir;
 
 /// Enter a rootless, persistent SDK sandbox for the distro repo you stand in.
 ///

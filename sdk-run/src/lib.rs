@@ -7,7 +7,7 @@ pub mod cli;
 pub use sdk_common::cmd;
 pub mod exit;
 pub mod idmap;
-pub mod paths;
 pub mod rootfs;
 pub mod sandbox;
+pub mod state;
 pub mod version;

@@ -150,15 +150,14 @@ fn add_tree<W: Write>(
 
 /// Commit sandbox `name` to the OCI archive `out`.
 pub fn commit(ctx: &Ctx, name: &str, out: &Path) -> Result<String> {
-    crate::sandbox::validate_name(name)?;
-    let paths = ctx.state.sandbox(name);
+    let paths = ctx.state.sandbox(&crate::state::SandboxName::parse(name)?);
     if !paths.config().exists() {
         return Err(UsageError(format!(
             "no sandbox named {name:?}; `sdk-run list` shows them"
         ))
         .into());
     }
-    let config: Config = crate::sandbox::config::read_json(&paths.config())?;
+    let config: Config = crate::state::read_json(&paths.config())?;
     let (lower, upper) = match &config.rootfs {
         RootfsSpec::Overlay { lower, upper, .. } => (Some(lower.clone()), upper.clone()),
         RootfsSpec::Bind(dir) => (None, dir.clone()),

@@ -6,19 +6,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::exit::UsageError;
 use crate::idmap::IdMap;
 
 /// Where a sandbox's root filesystem comes from.
 ///
 /// ```
 /// use sdk_run::sandbox::RootfsSpec;
-/// use sdk_run::paths::StateDir;
+/// use sdk_run::state::{SandboxName, StateDir};
 /// let state = StateDir::at("/home/a/.local/share/sdk-run");
+/// let dev = SandboxName::parse("dev")?;
 /// // A directory, used in place (writable):
 /// let a = RootfsSpec::Bind("/srv/rootfs".into());
 /// // A base from the image store with the sandbox's own writable layer:
-/// let b = RootfsSpec::overlay_for(&state.sandbox("dev"), state.image("sha256-ab12"));
+/// let b = RootfsSpec::overlay_for(&state.sandbox(&dev), state.image("sha256-ab12"));
+/// # Ok::<(), sdk_run::exit::UsageError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -41,7 +42,7 @@ pub enum RootfsSpec {
 impl RootfsSpec {
     /// An overlay over `lower` whose writable layer lives in the sandbox's
     /// directory (`upper/`, `work/`).
-    pub fn overlay_for(sandbox: &crate::paths::SandboxPaths, lower: PathBuf) -> RootfsSpec {
+    pub fn overlay_for(sandbox: &crate::state::SandboxPaths, lower: PathBuf) -> RootfsSpec {
         RootfsSpec::Overlay {
             lower,
             upper: sandbox.upper(),
@@ -141,90 +142,6 @@ pub struct Config {
     pub env: Vec<(String, String)>,
 }
 
-/// Namespace ids (`/proc/PID/ns/*` inode numbers) of a running sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct NsIds {
-    pub user: u64,
-    pub mnt: u64,
-    pub pid: u64,
-    pub uts: u64,
-    pub ipc: u64,
-    pub net: u64,
-}
-
-/// `state.json`: the running init. Everything `enter` needs is here so it
-/// reads one small file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct State {
-    /// Host pid of the sandbox's init (pid 1 inside).
-    pub pid: i32,
-    /// Field 22 of `/proc/PID/stat`: tells a recycled pid apart.
-    pub start_time: u64,
-    pub ns: NsIds,
-    /// Seconds since the epoch.
-    pub started: u64,
-    pub source: Option<PathBuf>,
-    /// Whether uid 0 exists inside (false with a single mapping).
-    pub has_root: bool,
-    /// Whether the sandbox has its own network namespace (`--net none`).
-    pub own_net: bool,
-    /// Extra environment for every command: the image's `Env`, the
-    /// sandbox's own variables, agent sockets.
-    pub env: Vec<(String, String)>,
-    /// The image's `WorkingDir` (absolute): where a command starts when
-    /// the caller stands outside the bound repo. The init creates it at
-    /// start when the image lacks it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    /// The image's `User` (`USER[:GROUP]`, names or ids), as written in its
-    /// config: whom a command runs as when the caller gives no `-u`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-}
-
-/// Read and strictly parse a JSON file.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    use anyhow::Context;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "{} is damaged; remove the sandbox with `sdk-run rm -f NAME`",
-            path.display()
-        )
-    })
-}
-
-/// Write JSON to a temp file and rename it into place.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let tmp = path.with_extension("json.tmp");
-    let mut bytes = serde_json::to_vec_pretty(value)?;
-    bytes.push(b'\n');
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} into place", tmp.display()))
-}
-
-/// A sandbox name: 1-128 of `A-Z a-z 0-9 . _ + -`, starting with a letter
-/// or digit (it becomes a directory name and the hostname).
-pub fn validate_name(name: &str) -> Result<(), UsageError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(UsageError(format!(
-            "`{name}` is not a sandbox name: use 1-128 of A-Z a-z 0-9 . _ + -, starting with a letter or digit"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,14 +168,6 @@ mod tests {
             "/a:/b:ro:x",
         ] {
             assert!(bad.parse::<Volume>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn names() {
-        assert!(validate_name("sdk-1.0_os-2.0+x").is_ok());
-        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(129)] {
-            assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
 

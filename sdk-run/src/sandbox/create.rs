@@ -12,9 +12,10 @@ use sdk_common::layer::{ExtractError, Extractor, Options};
 
 use crate::exit::UsageError;
 use crate::idmap::IdMap;
-use crate::paths::SandboxPaths;
-use crate::sandbox::config::{Config, Net, RootfsSpec, Volume, write_json};
+use crate::sandbox::config::{Config, Net, RootfsSpec, Volume};
 use crate::sandbox::userns;
+use crate::state::SandboxPaths;
+use crate::state::write_json;
 
 /// What the user asked for, validated by [`Request::validate`].
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ pub struct Request {
 /// the embedded default SDK image, built into the image store on first use
 /// (see `crate::rootfs`).
 pub fn default_rootfs(
-    state: &crate::paths::StateDir,
+    state: &crate::state::StateDir,
     sb: &SandboxPaths,
 ) -> anyhow::Result<Option<RootfsSpec>> {
     let (map, _warning) = crate::idmap::IdMap::for_caller(

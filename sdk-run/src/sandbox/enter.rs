@@ -28,9 +28,9 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::exit::{self, UsageError};
 use crate::idmap::SDK_ID;
-use crate::sandbox::config::{NsIds, State};
 use crate::sandbox::mounts::{PATH, SOURCE_DIR};
 use crate::sandbox::users::{self, Account};
+use crate::state::{NsIds, State};
 use sdk_common::linux::{self as sys, Sys};
 
 /// What to run, as whom, from where.
@@ -54,7 +54,7 @@ pub struct NsFds {
 
 /// Is the recorded init still alive (same pid *and* same start time)?
 pub fn is_running(state: &State) -> bool {
-    crate::sandbox::start::start_time(Path::new("/proc"), state.pid) == Some(state.start_time)
+    crate::state::is_running(state)
 }
 
 impl NsFds {

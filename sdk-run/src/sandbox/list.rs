@@ -3,11 +3,10 @@
 
 use serde::Serialize;
 
-use crate::paths::StateDir;
-use crate::sandbox::config::{Config, read_json};
-use crate::sandbox::enter::is_running;
+use crate::sandbox::config::Config;
 use crate::sandbox::mounts::SOURCE_DIR;
-use crate::sandbox::remove::read_state;
+use crate::state::StateDir;
+use crate::state::{SandboxName, is_running, read_json, read_state};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -34,7 +33,7 @@ pub fn entries(state: &StateDir) -> Vec<Entry> {
             if name.starts_with('.') {
                 return None;
             }
-            let sb = state.sandbox(&name);
+            let sb = state.sandbox(&SandboxName::parse(&name).ok()?);
             let cfg: Config = read_json(&sb.config()).ok()?;
             let st = read_state(&sb).filter(is_running);
             let mut mounts = Vec::new();

@@ -6,7 +6,7 @@ pub mod config;
 pub mod create;
 pub mod enter;
 pub mod list;
-pub mod lock;
+
 pub mod mounts;
 pub mod remove;
 pub mod run;
@@ -14,4 +14,4 @@ pub mod start;
 pub mod userns;
 pub mod users;
 
-pub use config::{Config, Net, NsIds, RootfsSpec, State, Volume, validate_name};
+pub use config::{Config, Net, RootfsSpec, Volume};

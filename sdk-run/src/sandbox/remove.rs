@@ -11,11 +11,11 @@ use anyhow::Context;
 
 use crate::exit::UsageError;
 use crate::idmap::{Caller, IdMap, SubIdFiles};
-use crate::paths::{SandboxPaths, StateDir};
-use crate::sandbox::config::{Config, State, read_json};
+use crate::sandbox::config::Config;
 use crate::sandbox::create::remove_tree;
-use crate::sandbox::enter::is_running;
-use crate::sandbox::lock;
+use crate::state::lock;
+use crate::state::{SandboxName, State, is_running, read_json};
+use crate::state::{SandboxPaths, StateDir};
 use sdk_common::linux as sys;
 
 /// The recorded state, if any (a damaged file counts as none).
@@ -72,8 +72,7 @@ fn existing(state: &StateDir, names: &[String]) -> anyhow::Result<Vec<(String, S
     names
         .iter()
         .map(|n| {
-            crate::sandbox::validate_name(n)?;
-            let sb = state.sandbox(n);
+            let sb = state.sandbox(&SandboxName::parse(n)?);
             if !sb.config().is_file() {
                 return Err(unknown(n));
             }
@@ -162,10 +161,10 @@ pub fn prune(state: &StateDir) -> anyhow::Result<()> {
             remove_tree(&caller_map()?, &dir.join(&n))?;
             continue;
         }
-        if crate::sandbox::validate_name(&n).is_err() {
+        let Ok(name) = SandboxName::parse(&n) else {
             continue;
-        }
-        let sb = state.sandbox(&n);
+        };
+        let sb = state.sandbox(&name);
         let Some(_l) = lock::try_lock(&sb)? else {
             continue;
         };

@@ -10,12 +10,12 @@ use anyhow::Context;
 
 use crate::exit::UsageError;
 use crate::idmap::{Caller, IdMap, SubIdFiles};
-use crate::paths::StateDir;
-use crate::sandbox::config::{Config, Net, Volume, read_json};
+use crate::sandbox::config::{Config, Net, Volume};
 use crate::sandbox::create::{self, Request};
-use crate::sandbox::enter::{self, EnterOptions, is_running};
-use crate::sandbox::remove::{self, read_state};
-use crate::sandbox::{lock, start, validate_name};
+use crate::sandbox::enter::{self, EnterOptions};
+use crate::sandbox::{remove, start};
+use crate::state::StateDir;
+use crate::state::{SandboxName, is_running, lock, read_json, read_state};
 use crate::version::{self, VersionFile};
 
 /// Options of the default verb (see `cli::RunArgs`).
@@ -40,7 +40,7 @@ fn usage(msg: String) -> anyhow::Error {
 }
 
 /// The sandbox name and the repo to bind.
-fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(String, PathBuf)> {
+fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(SandboxName, PathBuf)> {
     let repo = version::find_repo(cwd);
     let name = match (&opts.name, &repo) {
         (Some(n), _) => n.clone(),
@@ -60,7 +60,7 @@ fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(String, PathB
     } else {
         name
     };
-    validate_name(&name)?;
+    let name = SandboxName::parse(&name)?;
     Ok((name, repo.unwrap_or_else(|| cwd.to_path_buf())))
 }
 
@@ -128,7 +128,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         tty: opts.tty,
         command: opts.command.clone(),
         cwd: cwd.clone(),
-        name: name.clone(),
+        name: name.to_string(),
     };
     let asks = !opts.volumes.is_empty()
         || !opts.devices.is_empty()
@@ -210,7 +210,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
                             }
                         }
                         let req = Request {
-                            name: name.clone(),
+                            name: name.to_string(),
                             rootfs: spec.clone(),
                             rootfs_origin: rootfs.as_ref().map(|r| r.1.clone()),
                             source: Some(std::fs::canonicalize(&repo).unwrap_or(repo.clone())),
@@ -256,7 +256,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
 }
 
 fn enter_in_child(
-    st: &crate::sandbox::State,
+    st: &crate::state::State,
     eo: &EnterOptions,
 ) -> anyhow::Result<nix::sys::wait::WaitStatus> {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};

@@ -29,24 +29,16 @@ use nix::unistd::ForkResult;
 
 use crate::cmd::CommandExt;
 use crate::exit::UsageError;
-use crate::paths::SandboxPaths;
-use crate::sandbox::config::{Config, Net, NsIds, State, write_json};
+use crate::sandbox::config::{Config, Net};
 use crate::sandbox::mounts::{self, RootPlan, Socket};
 use crate::sandbox::{userns, users};
+use crate::state::SandboxPaths;
+use crate::state::{NsIds, State, start_time, write_json};
 use sdk_common::linux as sys;
 
 /// Where agent sockets appear inside, and the variable naming them.
 const SSH_SOCK: &str = "/run/host/ssh-agent.sock";
 const GPG_SOCK: &str = "/run/host/gpg-agent.sock";
-
-/// `<state>/tools.json`, next to `sandboxes/`.
-fn tools_cache(sb: &SandboxPaths) -> PathBuf {
-    sb.dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."))
-        .join("tools.json")
-}
 
 /// What every enter applies, fixed at start and recorded in `state.json`
 /// (so entering reads no image config): the environment, and the image's
@@ -157,7 +149,7 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
             volumes: cfg.volumes.clone(),
             devices: cfg.devices.clone(),
             devpts_gid: cfg.idmap.to_host_gid(5).map(|_| 5),
-            tools: tools(&tools_cache(sb))?,
+            tools: tools(&sb.tools_cache)?,
             sockets,
         },
         image,
@@ -187,7 +179,7 @@ fn tools(cache: &Path) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
         meta.mtime(),
         meta.mtime_nsec()
     );
-    if let Ok(c) = crate::sandbox::config::read_json::<ToolsCache>(cache)
+    if let Ok(c) = crate::state::read_json::<ToolsCache>(cache)
         && c.key == key
     {
         return Ok(Some((bin, c.names)));
@@ -220,31 +212,6 @@ fn tools(cache: &Path) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
 struct ToolsCache {
     key: String,
     names: Vec<String>,
-}
-
-/// Field 22 of `/proc/PID/stat` (start time in clock ticks after boot) of
-/// a live process; `None` for a missing or dead (zombie) one.
-pub fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
-    use std::io::Read;
-    // One read(2) of a buffer that fits any stat line (this is on the
-    // enter hot path; fs::read would grow its buffer in small steps).
-    let mut f = std::fs::File::open(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let mut buf = [0u8; 1024];
-    let n = f.read(&mut buf).ok()?;
-    parse_start_time(&buf[..n])
-}
-
-/// The comm field may hold spaces and parentheses: split after the last `)`.
-pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After ")": field 3 (state) is the first; starttime is field 22. A
-    // zombie init (its reaper has not run yet) has no namespaces left.
-    let mut f = rest.split_ascii_whitespace();
-    if matches!(f.next()?, "Z" | "X" | "x") {
-        return None;
-    }
-    f.nth(18)?.parse().ok()
 }
 
 /// The namespace inode numbers of `pid`.
@@ -412,7 +379,7 @@ pub struct Starting {
 /// and start time still match): end it. The caller holds the lock.
 pub fn kill_unfinished(sb: &SandboxPaths) {
     use std::os::fd::AsFd;
-    let Ok(s) = crate::sandbox::config::read_json::<Starting>(&sb.starting()) else {
+    let Ok(s) = crate::state::read_json::<Starting>(&sb.starting()) else {
         return;
     };
     if let Ok(fd) = sys::pidfd_open(s.pid)
@@ -586,17 +553,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn start_time_survives_odd_comm() {
-        let stat =
-            b"1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(parse_start_time(stat), Some(98765));
-        assert_eq!(parse_start_time(b"garbage"), None);
-        let zombie =
-            b"1234 (a) Z 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(parse_start_time(zombie), None);
-    }
-
-    #[test]
     fn image_config_becomes_what_enter_applies() {
         let rc = |w: Option<&str>| sdk_common::oci::RuntimeConfig {
             env: vec!["A=1".into(), "B=x=y".into(), "junk".into()],
@@ -627,12 +583,5 @@ mod tests {
         ensure_working_dir(d.path(), "/srv/work").unwrap();
         std::fs::write(d.path().join("file"), "").unwrap();
         assert!(ensure_working_dir(d.path(), "/file/sub").is_err());
-    }
-
-    #[test]
-    fn own_start_time_is_readable() {
-        let me = std::process::id() as i32;
-        assert!(start_time(Path::new("/proc"), me).is_some());
-        assert!(start_time(Path::new("/proc"), i32::MAX).is_none());
     }
 }

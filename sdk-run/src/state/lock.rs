@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::paths::SandboxPaths;
+use crate::state::SandboxPaths;
 
 /// Held until dropped.
 pub struct SandboxLock {
@@ -68,9 +68,8 @@ mod tests {
     #[test]
     fn second_try_lock_fails_while_held_and_removal_is_noticed() {
         let d = tempfile::tempdir().unwrap();
-        let sb = SandboxPaths {
-            dir: d.path().join("x"),
-        };
+        let sb = crate::state::StateDir::at(d.path())
+            .sandbox(&crate::state::SandboxName::parse("x").unwrap());
         let l = lock(&sb).unwrap();
         assert!(try_lock(&sb).unwrap().is_none());
         drop(l);

@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::SandboxName;
 use crate::exit::UsageError;
 
 /// The state directory root (`.../sdk-run`).
@@ -77,12 +78,17 @@ impl StateDir {
         self.root.join("sandboxes")
     }
 
-    /// The paths of one sandbox (the name must already be validated, see
-    /// [`crate::sandbox::validate_name`]).
-    pub fn sandbox(&self, name: &str) -> SandboxPaths {
+    /// The paths of one sandbox.
+    pub fn sandbox(&self, name: &SandboxName) -> SandboxPaths {
         SandboxPaths {
-            dir: self.sandboxes().join(name),
+            dir: self.sandboxes().join(name.as_str()),
+            tools_cache: self.tools_cache(),
         }
+    }
+
+    /// `tools.json`: the cached multi-call names of sdk-tools.
+    pub fn tools_cache(&self) -> PathBuf {
+        self.root.join("tools.json")
     }
 }
 
@@ -90,6 +96,8 @@ impl StateDir {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxPaths {
     pub dir: PathBuf,
+    /// The state directory's `tools.json` (shared by every sandbox).
+    pub tools_cache: PathBuf,
 }
 
 impl SandboxPaths {
@@ -134,7 +142,7 @@ mod tests {
         let s = StateDir::from_vars(Some("/x".into()), Some("/home/a".into())).unwrap();
         assert_eq!(s.root(), Path::new("/x/sdk-run"));
         assert_eq!(
-            s.sandbox("n").state(),
+            s.sandbox(&SandboxName::parse("n").unwrap()).state(),
             Path::new("/x/sdk-run/sandboxes/n/state.json")
         );
         assert_eq!(
