@@ -9,6 +9,24 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod rootfs;
 
+/// `--net`: the sandbox's [`Net`], as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetArg {
+    /// Share the host's network (default).
+    Host,
+    /// A new, empty network namespace with only loopback.
+    None,
+}
+
+impl From<NetArg> for Net {
+    fn from(n: NetArg) -> Net {
+        match n {
+            NetArg::Host => Net::Host,
+            NetArg::None => Net::None,
+        }
+    }
+}
+
 use crate::sandbox::{Net, Volume, list, remove, run};
 use crate::state::StateDir;
 
@@ -73,7 +91,7 @@ pub struct RunArgs {
     pub overlay: bool,
     /// Network of a new sandbox: the host's (default) or none (loopback only).
     #[arg(long = "net", value_enum, value_name = "host|none")]
-    pub net: Option<Net>,
+    pub net: Option<NetArg>,
     /// Remove the sandbox when CMD exits (it must not exist yet).
     #[arg(long = "rm")]
     pub rm: bool,
@@ -191,7 +209,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             devices: r.devices,
             rootfs: r.rootfs,
             overlay: r.overlay,
-            net: r.net,
+            net: r.net.map(Net::from),
             rm: r.rm,
             command: r.command,
         });
@@ -249,7 +267,7 @@ mod tests {
         );
         assert_eq!(r.volumes.len(), 2);
         assert!(r.volumes[0].readonly && !r.volumes[1].readonly);
-        assert_eq!(r.net, Some(Net::None));
+        assert_eq!(r.net, Some(NetArg::None));
         assert_eq!(r.command, vec![OsString::from("make"), "-j2".into()]);
     }
 

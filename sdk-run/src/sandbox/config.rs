@@ -109,7 +109,7 @@ impl std::str::FromStr for Volume {
 }
 
 /// Network namespace choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Net {
     /// Share the host's network (default).

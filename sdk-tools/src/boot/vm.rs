@@ -20,12 +20,12 @@ use super::init::parse_cmdline;
 use crate::cmd::CommandExt;
 use sdk_common::fsutil::shell_quote;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How a VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Direct kernel boot (kernel + initramfs from the ESP).
     Qemu,
     /// Boot the disk through UEFI firmware (OVMF) and systemd-boot.
-    #[value(name = "qemu_uefi")]
     QemuUefi,
 }
 

@@ -10,6 +10,25 @@ use clap::{Args, Subcommand};
 use crate::boot::BOOT_MARKER;
 use crate::boot::esp::{EspSpec, PartRef};
 use crate::boot::vm::{Format, VmSpec};
+
+/// `--format`: how the VM boots ([`Format`]), as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// Direct kernel boot (kernel + initramfs from the ESP).
+    Qemu,
+    /// Boot the disk through UEFI firmware (OVMF) and systemd-boot.
+    #[value(name = "qemu_uefi")]
+    QemuUefi,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Qemu => Format::Qemu,
+            FormatArg::QemuUefi => Format::QemuUefi,
+        }
+    }
+}
 use sdk_common::error::classify;
 
 /// Which image: a board's latest build, or a file.
@@ -62,7 +81,7 @@ pub struct ImageToVmArgs {
     #[command(flatten)]
     pub sel: ImageSel,
     #[arg(long, value_enum, default_value = "qemu")]
-    pub format: Format,
+    pub format: FormatArg,
     /// Output directory (default: next to the image).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -78,7 +97,7 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
     let image = a.sel.resolve()?;
     let out = crate::boot::vm::image_to_vm(&VmSpec {
         image: image.clone(),
-        format: a.format,
+        format: a.format.into(),
         out_dir: a.output,
         ovmf_code: a.ovmf_code,
         ovmf_vars: a.ovmf_vars,
@@ -103,7 +122,7 @@ pub struct TestImageArgs {
     #[command(flatten)]
     pub sel: ImageSel,
     #[arg(long, value_enum, default_value = "qemu")]
-    pub format: Format,
+    pub format: FormatArg,
     /// Seconds to wait for the marker.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -119,7 +138,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     let image = a.sel.resolve()?;
     let spec = VmSpec {
         image: image.clone(),
-        format: a.format,
+        format: a.format.into(),
         out_dir: None,
         ovmf_code: None,
         ovmf_vars: None,

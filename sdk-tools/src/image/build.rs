@@ -479,7 +479,138 @@ fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
 /// `work/out`.
 fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Result<Built> {
     fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
-    // install
+    let ins = install_stage(plan, work, stages)?;
+    let mut layout = plan.layout.clone();
+    layout.derive_uuids(&ins.seed.hex());
+    let part = |role: Role| layout.by_role(role).cloned();
+    let usr_a = part(Role::UsrA).expect("checked in plan");
+    let name = format!("{}_{}_image", ins.id, plan.group);
+    let out = work.join("out");
+    fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+
+    let usr_img = out.join(format!("{name}_update.bin"));
+    let fs_size = usr_stage(plan, &ins, &usr_a.label, &usr_img, work, stages)?;
+    let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
+    check_usr_fits(&usr_a, fs_size, formatted.hash_size, &layout.source)?;
+    let root_hash = formatted.root_hash_hex();
+    // The update payload is final: hash it and push it to the disk while
+    // the next stages run.
+    let usr_done = Settle::start(&usr_img);
+    // The ESP's boot files need the tree only: they are staged on another
+    // thread while the update payload is hashed and synced; the boot
+    // entry follows the root hash. (Not before the usr and verity stages:
+    // their errors must be the one line a failed build prints.)
+    let esp_dir = work.join("esp");
+    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
+    let esp_job = super::esp::start(&EspInputs {
+        staging_root: ins.tree.root(),
+        esp_dir: &esp_dir,
+        usr_hash: "",
+        usr_hash_offset: 0,
+        usr_a_uuid: usr_a.uuid,
+        usr_b_uuid: part(Role::UsrB).map_or(uuid::Uuid::nil(), |p| p.uuid),
+        root_uuid: part(Role::Root).map(|p| p.uuid),
+        title: format!("{} {} ({})", ins.id, plan.repo.os_version, plan.group),
+        epoch: ins.epoch,
+    });
+    stages.mark(
+        "verity",
+        &format!(
+            "root hash {root_hash}, tree {} KiB",
+            formatted.hash_size >> 10
+        ),
+    );
+
+    // esp
+    let esp = esp_job.finish(&root_hash, fs_size)?;
+    let mut images: Vec<(u32, PathBuf)> = vec![(usr_a.number, usr_img.clone())];
+    if let Some(p) = part(Role::Esp) {
+        let img = work.join("esp.img");
+        fsb::build(
+            FsType::Vfat,
+            &esp_dir,
+            &img,
+            &FsOptions {
+                label: Some(vfat_label(&p.label)),
+                uuid: Some(ins.seed.uuid("esp")),
+                epoch: ins.epoch,
+                size: Some(p.size),
+                read_only: false,
+                ..FsOptions::default()
+            },
+        )
+        .map_err(classify)?;
+        images.push((p.number, img));
+    }
+    stages.mark(
+        "esp",
+        &format!("kernel {}, cmdline: {}", esp.kernel_version, esp.cmdline),
+    );
+    // The staged trees are spent (the table is all the outputs read now):
+    // remove them beside the rest instead of after it.
+    let cleanup = {
+        let dirs = [ins.tree.root().to_path_buf(), esp_dir.clone()];
+        std::thread::spawn(move || {
+            for d in dirs {
+                let _ = super::outputs::remove_any(&d);
+            }
+        })
+    };
+
+    images.extend(empty_filesystems(&layout, &ins.seed, ins.epoch, work)?);
+    let disk_img = out.join(format!("{name}.bin"));
+    let disk_done = disk_stage(&layout, &disk_img, images, stages)?;
+
+    // outputs
+    let texts = OutputTexts {
+        version: version_txt(plan, &ins.id, attempt, ins.epoch, &root_hash),
+        verity: verity_txt(&formatted, fs_size, &usr_a),
+    };
+    write_outputs(plan, &ins, &name, &out, texts)?;
+    let known = [usr_done.wait()?, disk_done.wait()?];
+    let arts = artifacts(&out, &["manifest.json"], &known)?;
+    let manifest = serde_json::json!({
+        "name": name,
+        "board": plan.board.name,
+        "group": plan.group,
+        "version": plan.repo.os_version,
+        "attempt": attempt,
+        "source-date-epoch": ins.epoch,
+        "usr-root-hash": root_hash,
+        "artifacts": arts,
+    });
+    let mpath = out.join("manifest.json");
+    fs::write(
+        &mpath,
+        serde_json::to_vec_pretty(&manifest).context("render manifest")?,
+    )
+    .with_context(|| format!("write {}", mpath.display()))?;
+    let _ = cleanup.join();
+    stages.mark(
+        "outputs",
+        &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
+    );
+    Ok(Built {
+        name,
+        root_hash,
+        artifacts: arts,
+    })
+}
+
+/// What the install stage leaves for the others: the staged tree and
+/// what was installed, the OS id, and the epoch and seed every
+/// timestamp, UUID and salt of the image derive from.
+struct Installed {
+    tree: Tree,
+    packages: Vec<super::PackageInfo>,
+    id: String,
+    epoch: u64,
+    seed: Seed,
+}
+
+/// install: the source's packages (or tree) into a /usr-only staging
+/// tree, settled; the seed hashes everything the image depends on.
+fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Installed> {
     let mut tree = Tree::new(&work.join("staging"))?;
     let packages = install(&mut tree, &plan.source, &plan.board)?;
     let id = os_id(&tree);
@@ -508,34 +639,41 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             tree.entries().len()
         ),
     );
+    Ok(Installed {
+        tree,
+        packages,
+        id,
+        epoch,
+        seed,
+    })
+}
 
-    let mut layout = plan.layout.clone();
-    layout.derive_uuids(&seed.hex());
-    let part = |role: Role| layout.by_role(role).cloned();
-    let usr_a = part(Role::UsrA).expect("checked in plan");
-    let usr_b = part(Role::UsrB);
-    let name = format!("{id}_{}_image", plan.group);
-    let out = work.join("out");
-    fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-
-    // usr
-    let usr_img = out.join(format!("{name}_update.bin"));
-    let usr_src = tree.disk_path("usr");
+/// usr: the /usr filesystem image at `usr_img`, padded to a 4 KiB
+/// boundary where the hash tree will start; returns that size.
+fn usr_stage(
+    plan: &Plan,
+    ins: &Installed,
+    label: &str,
+    usr_img: &Path,
+    work: &Path,
+    stages: &mut Stages,
+) -> Result<u64> {
+    let usr_src = ins.tree.disk_path("usr");
     let mut usr_detail = String::new();
     let built_size = if plan.usr_fs == FsType::Ext4 {
         // Our own writer: owners, modes and times straight from the table,
         // file data copied into place in one pass (see `crate::formats::fs::ext4`).
-        let uuid = seed.uuid("usr");
+        let uuid = ins.seed.uuid("usr");
         let f =
-            fs::File::create(&usr_img).with_context(|| format!("create {}", usr_img.display()))?;
+            fs::File::create(usr_img).with_context(|| format!("create {}", usr_img.display()))?;
         let written = ext4::write(
-            &usr_nodes(&tree),
+            &usr_nodes(&ins.tree),
             &f,
-            &usr_img,
+            usr_img,
             &ext4::Options {
                 uuid,
-                label: usr_a.label.clone(),
-                epoch,
+                label: label.to_string(),
+                epoch: ins.epoch,
                 hash_seed: uuid::Uuid::new_v5(&uuid, b"ext4 hash seed"),
                 read_only: true,
                 slack_percent: USR_SLACK_PERCENT,
@@ -551,11 +689,11 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         );
         written.size
     } else {
-        let usr_attrs = attrs::attrs_of(&tree, "usr");
+        let usr_attrs = attrs::attrs_of(&ins.tree, "usr");
         let mut opts = FsOptions {
             label: None,
-            uuid: (plan.usr_fs != FsType::Squashfs).then(|| seed.uuid("usr")),
-            epoch,
+            uuid: (plan.usr_fs != FsType::Squashfs).then(|| ins.seed.uuid("usr")),
+            epoch: ins.epoch,
             owner: Ownership::Root,
             read_only: true,
             ..FsOptions::default()
@@ -575,7 +713,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
                 attrs::uniform_owner(&usr_attrs, plan.usr_fs.name()).map_err(bad_input)?;
             opts.owner = Ownership::Force { uid, gid };
         }
-        fsb::build(plan.usr_fs, &usr_src, &usr_img, &opts)
+        fsb::build(plan.usr_fs, &usr_src, usr_img, &opts)
             .map_err(classify)?
             .size
     };
@@ -584,7 +722,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     if fs_size != built_size {
         fs::OpenOptions::new()
             .write(true)
-            .open(&usr_img)
+            .open(usr_img)
             .and_then(|f| f.set_len(fs_size))
             .with_context(|| format!("pad {}", usr_img.display()))?;
     }
@@ -598,119 +736,81 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         ),
     );
 
-    // verity
-    let vopts = verity::Options {
+    Ok(fs_size)
+}
+
+/// The verity parameters: salt and UUID from the seed, the tree right
+/// after the filesystem.
+fn verity_options(seed: &Seed, fs_size: u64) -> verity::Options {
+    verity::Options {
         salt: Some(seed.salt("verity").to_vec()),
         uuid: Some(seed.uuid("verity")),
         data_blocks: Some(fs_size / 4096),
         hash_offset: fs_size,
         ..verity::Options::default()
-    };
-    let formatted = verity::format(&usr_img, &usr_img, &vopts)?;
-    let usr_total = fs_size + formatted.hash_size;
+    }
+}
+
+/// USR-A must hold the filesystem and its hash tree: one line saying how
+/// much is missing and where to grow it otherwise.
+fn check_usr_fits(
+    usr_a: &disk::Partition,
+    fs_size: u64,
+    hash_size: u64,
+    layout: &Path,
+) -> Result<()> {
+    let usr_total = fs_size + hash_size;
     if usr_total > usr_a.size {
         let short = usr_total - usr_a.size;
         return Err(usage(format!(
-            "USR-A is {} but the USR filesystem ({}) and its verity tree ({}) need {} — {} more; grow USR-A (and USR-B) in {}",
+            "{} is {} but the USR filesystem ({}) and its verity tree ({}) need {} — {} more; grow it (and the update slot) in {}",
+            usr_a.label,
             mib(usr_a.size),
             mib(fs_size),
-            mib(formatted.hash_size),
+            mib(hash_size),
             mib(usr_total),
             mib(short),
-            layout.source.display()
+            layout.display()
         )));
     }
-    let root_hash = formatted.root_hash_hex();
-    // The update payload is final: hash it and push it to the disk while
-    // the next stages run.
-    let usr_done = Settle::start(&usr_img);
-    // The ESP's boot files need the tree only: they are staged on another
-    // thread while the update payload is hashed and synced; the boot
-    // entry follows the root hash. (Not before the usr and verity stages:
-    // their errors must be the one line a failed build prints.)
-    let esp_dir = work.join("esp");
-    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
-    let esp_job = super::esp::start(&EspInputs {
-        staging_root: tree.root(),
-        esp_dir: &esp_dir,
-        usr_hash: "",
-        usr_hash_offset: 0,
-        usr_a_uuid: usr_a.uuid,
-        usr_b_uuid: usr_b.as_ref().map_or(uuid::Uuid::nil(), |p| p.uuid),
-        root_uuid: part(Role::Root).map(|p| p.uuid),
-        title: format!("{id} {} ({})", plan.repo.os_version, plan.group),
-        epoch,
-    });
+    Ok(())
+}
 
-    stages.mark(
-        "verity",
-        &format!(
-            "root hash {root_hash}, tree {} KiB",
-            formatted.hash_size >> 10
-        ),
-    );
-
-    // esp
-    let esp_part = part(Role::Esp);
-    let esp = esp_job.finish(&root_hash, fs_size)?;
-    let mut images: Vec<(u32, PathBuf)> = vec![(usr_a.number, usr_img.clone())];
-    if let Some(p) = &esp_part {
-        let img = work.join("esp.img");
-        fsb::build(
-            FsType::Vfat,
-            &esp_dir,
-            &img,
-            &FsOptions {
-                label: Some(vfat_label(&p.label)),
-                uuid: Some(seed.uuid("esp")),
-                epoch,
-                size: Some(p.size),
-                read_only: false,
-                ..FsOptions::default()
-            },
-        )
-        .map_err(classify)?;
-        images.push((p.number, img));
-    }
-    stages.mark(
-        "esp",
-        &format!("kernel {}, cmdline: {}", esp.kernel_version, esp.cmdline),
-    );
-    // The staged trees are spent (the table is all the outputs read now):
-    // remove them beside the rest instead of after it.
-    let cleanup = {
-        let dirs = [tree.root().to_path_buf(), esp_dir.clone()];
-        std::thread::spawn(move || {
-            for d in dirs {
-                let _ = super::outputs::remove_any(&d);
-            }
-        })
+/// The filesystem an otherwise empty partition gets: USR-A and the ESP
+/// have their contents already; ROOT and OEM get an empty ext4 unless the
+/// layout names another filesystem; read-only ones stay empty (nothing to
+/// put in them).
+fn empty_fs_for(p: &disk::Partition) -> Result<Option<FsType>> {
+    let wanted = match (p.role, p.fs.as_deref()) {
+        (Role::UsrA | Role::Esp, _) => None,
+        (_, Some(f)) => Some(f),
+        (Role::Root | Role::Oem, None) => Some("ext4"),
+        _ => None,
     };
+    let Some(f) = wanted else { return Ok(None) };
+    let fs_type: FsType = f
+        .parse()
+        .map_err(|e: fsb::FsError| usage(format!("partition {}: {e}", p.label)))?;
+    Ok((!matches!(fs_type, FsType::Erofs | FsType::Squashfs)).then_some(fs_type))
+}
 
-    // disk: empty filesystems where the layout wants them, the table, the
-    // partitions.
+/// Empty filesystems for the partitions [`empty_fs_for`] names, as
+/// (partition number, image) pairs.
+fn empty_filesystems(
+    layout: &Layout,
+    seed: &Seed,
+    epoch: u64,
+    work: &Path,
+) -> Result<Vec<(u32, PathBuf)>> {
     let empty = work.join("empty");
     fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
+    let mut images = Vec::new();
     for p in &layout.partitions {
-        // USR-A and the ESP have their contents already; ROOT and OEM
-        // get an empty ext4 unless the layout names another filesystem.
-        let wanted = match (p.role, p.fs.as_deref()) {
-            (Role::UsrA | Role::Esp, _) => None,
-            (_, Some(f)) => Some(f.to_string()),
-            (Role::Root | Role::Oem, None) => Some("ext4".to_string()),
-            _ => None,
+        let Some(fs_type) =
+            empty_fs_for(p).with_context(|| format!("disk layout {}", layout.source.display()))?
+        else {
+            continue;
         };
-        let Some(f) = wanted else { continue };
-        let fs_type: FsType = f.parse().map_err(|e: fsb::FsError| {
-            usage(format!(
-                "{}: partition {}: {e}",
-                layout.source.display(),
-                p.label
-            ))
-        })?;
-        if matches!(fs_type, FsType::Erofs | FsType::Squashfs) {
-            continue; // nothing to put in an empty read-only filesystem
-        }
         let img = work.join(format!("part{}.img", p.number));
         let label = if fs_type == FsType::Vfat {
             vfat_label(&p.label)
@@ -734,12 +834,21 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         .map_err(classify)?;
         images.push((p.number, img));
     }
-    let disk_img = out.join(format!("{name}.bin"));
-    layout.write_image(&disk_img).map_err(classify)?;
+    Ok(images)
+}
+
+/// disk: the table, then the partition images copied in; the disk's
+/// sha256 is worked out from its pieces while they are copied, and the
+/// returned [`Settle`] finishes it.
+fn disk_stage(
+    layout: &Layout,
+    disk_img: &Path,
+    mut images: Vec<(u32, PathBuf)>,
+    stages: &mut Stages,
+) -> Result<Settle> {
+    layout.write_image(disk_img).map_err(classify)?;
     images.sort();
-    // The disk image's sha256 is worked out from its pieces (the table
-    // just written, the partition images) while they are copied in.
-    let table = disk::read_table(&disk_img).map_err(classify)?;
+    let table = disk::read_table(disk_img).map_err(classify)?;
     let pieces: Vec<(u64, PathBuf)> = images
         .iter()
         .filter_map(|(n, p)| {
@@ -747,9 +856,9 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             Some((e.first_lba * table.sector_size, p.clone()))
         })
         .collect();
-    let mut disk_done = Settle::start_composed(&disk_img, pieces);
+    let mut disk_done = Settle::start_composed(disk_img, pieces);
     let parts: Vec<(u32, &Path)> = images.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    drop(disk::write_partitions(&disk_img, &parts).map_err(classify)?);
+    drop(disk::write_partitions(disk_img, &parts).map_err(classify)?);
     disk_done.start_sync();
     stages.mark(
         "disk",
@@ -759,9 +868,18 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             images.len()
         ),
     );
+    Ok(disk_done)
+}
 
-    // outputs
-    let version_txt = format!(
+/// The two small text outputs that describe the image.
+struct OutputTexts {
+    version: String,
+    verity: String,
+}
+
+/// `version.txt`: what was built, from what, when.
+fn version_txt(plan: &Plan, id: &str, attempt: u32, epoch: u64, root_hash: &str) -> String {
+    format!(
         "OS_ID={id}\nOS_VERSION={}\nSDK_VERSION={}\nBOARD={}\nARCH={}\nGROUP={}\nATTEMPT={attempt}\nBUILD_ID={}-{}-a{attempt}\nSOURCE_DATE_EPOCH={epoch}\nUSR_FS={}\nUSR_ROOT_HASH={root_hash}\n",
         plan.repo.os_version,
         plan.repo.sdk_version,
@@ -771,9 +889,14 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         plan.group,
         plan.repo.os_version,
         plan.usr_fs.name(),
-    );
-    let verity_txt = format!(
-        "VERITY_ROOT_HASH={root_hash}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\nVERITY_PARTITION={}\nVERITY_PARTUUID={}\n",
+    )
+}
+
+/// `<name>_verity.txt`: what `veritysetup` and an updater need.
+fn verity_txt(formatted: &verity::Formatted, fs_size: u64, usr_a: &disk::Partition) -> String {
+    format!(
+        "VERITY_ROOT_HASH={}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\nVERITY_PARTITION={}\nVERITY_PARTUUID={}\n",
+        formatted.root_hash_hex(),
         formatted.salt_hex(),
         formatted.uuid.map(|u| u.to_string()).unwrap_or_default(),
         formatted.data_blocks,
@@ -782,29 +905,41 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         formatted.algorithm.name(),
         usr_a.label,
         usr_a.uuid,
-    );
-    let packages_txt: String = packages
+    )
+}
+
+/// outputs: the text files beside the images (version, verity, package
+/// and contents lists, SBOM).
+fn write_outputs(
+    plan: &Plan,
+    ins: &Installed,
+    name: &str,
+    out: &Path,
+    texts: OutputTexts,
+) -> Result<()> {
+    let packages_txt: String = ins
+        .packages
         .iter()
         .map(|p| format!("{}\t{}\t{}\n", p.name, p.version, p.arch))
         .collect();
     let sbom = sbom::spdx(
         &sbom::ImageInfo {
-            name: &name,
-            os_id: &id,
+            name,
+            os_id: &ins.id,
             version: &plan.repo.os_version,
             board: &plan.board.name,
-            epoch,
-            namespace_uuid: seed.uuid("sbom"),
+            epoch: ins.epoch,
+            namespace_uuid: ins.seed.uuid("sbom"),
         },
-        &packages,
+        &ins.packages,
     );
     let files: [(String, Vec<u8>); 5] = [
-        ("version.txt".into(), version_txt.into_bytes()),
-        (format!("{name}_verity.txt"), verity_txt.into_bytes()),
+        ("version.txt".into(), texts.version.into_bytes()),
+        (format!("{name}_verity.txt"), texts.verity.into_bytes()),
         (format!("{name}_packages.txt"), packages_txt.into_bytes()),
         (
             format!("{name}_contents.txt"),
-            contents_txt(&tree, "usr").into_bytes(),
+            contents_txt(&ins.tree, "usr").into_bytes(),
         ),
         (
             format!("{name}_sbom.json"),
@@ -815,34 +950,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         let p = out.join(file);
         fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
     }
-    let known = [usr_done.wait()?, disk_done.wait()?];
-    let arts = artifacts(&out, &["manifest.json"], &known)?;
-    let manifest = serde_json::json!({
-        "name": name,
-        "board": plan.board.name,
-        "group": plan.group,
-        "version": plan.repo.os_version,
-        "attempt": attempt,
-        "source-date-epoch": epoch,
-        "usr-root-hash": root_hash,
-        "artifacts": arts,
-    });
-    let mpath = out.join("manifest.json");
-    fs::write(
-        &mpath,
-        serde_json::to_vec_pretty(&manifest).context("render manifest")?,
-    )
-    .with_context(|| format!("write {}", mpath.display()))?;
-    let _ = cleanup.join();
-    stages.mark(
-        "outputs",
-        &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
-    );
-    Ok(Built {
-        name,
-        root_hash,
-        artifacts: arts,
-    })
+    Ok(())
 }
 
 /// The USR filesystem's table: `usr` of the tree as the root.
@@ -886,4 +994,81 @@ fn vfat_label(label: &str) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board_layout() -> Layout {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/amd64-usr/disk-layout.toml");
+        Layout::load(&path, None).unwrap()
+    }
+
+    /// The disk stage's choice of empty filesystems goes by role: the
+    /// slots and the ESP are filled elsewhere, ROOT and OEM get ext4,
+    /// read-only ones nothing, a bad name one clear error.
+    #[test]
+    fn empty_filesystems_follow_roles() {
+        let layout = board_layout();
+        let chosen: Vec<(String, Option<FsType>)> = layout
+            .partitions
+            .iter()
+            .map(|p| (p.label.clone(), empty_fs_for(p).unwrap()))
+            .collect();
+        let get = |l: &str| chosen.iter().find(|(x, _)| x == l).unwrap().1;
+        assert_eq!(get("USR-A"), None);
+        assert_eq!(get("EFI-SYSTEM"), None);
+        assert_eq!(get("BIOS-BOOT"), None);
+        assert_eq!(get("ROOT"), Some(FsType::Ext4));
+        assert_eq!(get("OEM"), Some(FsType::Ext4));
+        let mut p = layout.by_role(Role::Root).unwrap().clone();
+        p.fs = Some("erofs".into());
+        assert_eq!(empty_fs_for(&p).unwrap(), None);
+        p.fs = Some("zfs".into());
+        let e = empty_fs_for(&p).unwrap_err();
+        assert!(sdk_common::is_usage(&e), "{e}");
+        assert!(e.to_string().starts_with("partition ROOT: "), "{e}");
+        // A renamed root is still the root.
+        p.fs = None;
+        p.label = "data".into();
+        assert_eq!(empty_fs_for(&p).unwrap(), Some(FsType::Ext4));
+    }
+
+    #[test]
+    fn usr_must_hold_its_filesystem_and_tree() {
+        let layout = board_layout();
+        let usr_a = layout.by_role(Role::UsrA).unwrap();
+        assert!(check_usr_fits(usr_a, usr_a.size - 4096, 4096, &layout.source).is_ok());
+        let e = check_usr_fits(usr_a, usr_a.size, 8 << 20, &layout.source).unwrap_err();
+        assert!(sdk_common::is_usage(&e));
+        let msg = e.to_string();
+        assert!(msg.starts_with("USR-A is 2048.0 MiB"), "{msg}");
+        assert!(msg.contains("8.0 MiB more; grow it"), "{msg}");
+    }
+
+    /// The verity stage's record names what `veritysetup verify` needs,
+    /// from the real tree of a small filesystem-sized file.
+    #[test]
+    fn verity_text_matches_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("usr.img");
+        std::fs::write(&img, vec![7u8; 64 << 10]).unwrap();
+        let seed = Seed::new(&[b"t"], 0);
+        let formatted = verity::format(&img, &img, &verity_options(&seed, 64 << 10)).unwrap();
+        let layout = board_layout();
+        let text = verity_txt(&formatted, 64 << 10, layout.by_role(Role::UsrA).unwrap());
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {text}"))
+                .to_string()
+        };
+        assert_eq!(get("VERITY_ROOT_HASH"), formatted.root_hash_hex());
+        assert_eq!(get("VERITY_HASH_OFFSET"), "65536");
+        assert_eq!(get("VERITY_DATA_BLOCKS"), "16");
+        assert_eq!(get("VERITY_PARTITION"), "USR-A");
+        assert_eq!(get("VERITY_SALT"), hex::encode(seed.salt("verity")));
+    }
 }
