@@ -123,9 +123,31 @@ impl Report {
     }
 }
 
-/// Normalise a tar entry name into a relative path. `Err` names the reason
-/// the entry is refused; `Ok((path, neutralised))`.
-fn normalise(raw: &[u8]) -> Result<(PathBuf, bool), &'static str> {
+/// What an entry's file name means under the OCI whiteout rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteout<'a> {
+    /// `.wh..wh..opq`: the directory hides everything lower layers put in it.
+    Opaque,
+    /// `.wh.NAME`: NAME of lower layers is removed.
+    Hide(&'a [u8]),
+}
+
+/// The whiteout a file name is, if any (both sinks, the directory and
+/// sdk-tools' staging table, read layers through this one rule).
+pub fn whiteout(name: &[u8]) -> Option<Whiteout<'_>> {
+    if name == OPAQUE.as_bytes() {
+        Some(Whiteout::Opaque)
+    } else {
+        name.strip_prefix(WHITEOUT_PREFIX.as_bytes())
+            .map(Whiteout::Hide)
+    }
+}
+
+/// Normalise a tar entry name into a relative path (both sinks use it).
+/// `Err` names the reason the entry is refused (`..` anywhere);
+/// `Ok((path, neutralised))`, neutralised when an absolute name was made
+/// relative. The archive's root (`./`) is an empty path.
+pub fn normalise(raw: &[u8]) -> Result<(PathBuf, bool), &'static str> {
     let p = Path::new(OsStr::from_bytes(raw));
     let mut out = PathBuf::new();
     let mut neutralised = false;
@@ -235,12 +257,12 @@ impl Extractor {
         let rel_parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
 
         if self.opts.whiteouts {
-            let n = name.as_bytes();
-            if n == OPAQUE.as_bytes() {
-                return self.opaque(&rel_parent, &shown);
-            }
-            if let Some(hidden) = n.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-                return self.whiteout(&rel_parent, OsStr::from_bytes(hidden), &shown);
+            match whiteout(name.as_bytes()) {
+                Some(Whiteout::Opaque) => return self.opaque(&rel_parent, &shown),
+                Some(Whiteout::Hide(hidden)) => {
+                    return self.whiteout(&rel_parent, OsStr::from_bytes(hidden), &shown);
+                }
+                None => {}
             }
         }
 

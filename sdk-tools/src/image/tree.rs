@@ -132,21 +132,13 @@ pub struct Tree {
 }
 
 /// Normalize an archive path to `a/b/c` (no leading `/` or `./`, no `.`
-/// components); `None` for `..` or an empty result.
+/// components); `None` for `..` or an empty result. The rule is the
+/// layer applier's (`sdk_common::layer::normalise`), so a name means the
+/// same in the staging table as in an unpacked SDK image.
 pub fn clean_path(raw: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for comp in raw.split('/') {
-        match comp {
-            "" | "." => {}
-            ".." => return None,
-            c => parts.push(c),
-        }
-    }
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join("/"))
-    }
+    let (path, _) = sdk_common::layer::normalise(raw.as_bytes()).ok()?;
+    let s = path.to_str()?;
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 fn parent_of(path: &str) -> Option<&str> {
@@ -612,39 +604,8 @@ impl Tree {
                 });
             };
             let name = path.rsplit('/').next().unwrap_or(&path);
-            if layer && name.starts_with(".wh.") {
-                let dir = parent_of(&path).unwrap_or("");
-                if name == ".wh..wh..opq" {
-                    let prefix = if dir.is_empty() {
-                        String::new()
-                    } else {
-                        self.resolve(dir, origin)?
-                    };
-                    let victims: Vec<String> = if prefix.is_empty() {
-                        self.entries
-                            .keys()
-                            .filter(|k| !k.contains('/'))
-                            .cloned()
-                            .collect()
-                    } else {
-                        self.below(&prefix)
-                            .filter(|(k, _)| !k[prefix.len() + 1..].contains('/'))
-                            .map(|(k, _)| k.clone())
-                            .collect()
-                    };
-                    for v in victims {
-                        if !added.contains(&v) {
-                            self.remove(&v)?;
-                        }
-                    }
-                } else {
-                    let victim = match dir {
-                        "" => name[4..].to_string(),
-                        d => format!("{d}/{}", &name[4..]),
-                    };
-                    let victim = self.resolve(&victim, origin)?;
-                    self.remove(&victim)?;
-                }
+            if layer && let Some(w) = sdk_common::layer::whiteout(name.as_bytes()) {
+                self.apply_whiteout(&path, w, origin, &added)?;
                 continue;
             }
             let h = entry.header();
@@ -721,6 +682,56 @@ impl Tree {
                 }
             }
             added.insert(self.resolve(&path, origin)?);
+        }
+        Ok(())
+    }
+
+    /// A whiteout of a layer (`path` is the whiteout file's own path):
+    /// an opaque one removes what lower layers put in its directory, a
+    /// `.wh.NAME` removes NAME; entries this layer `added` stay.
+    fn apply_whiteout(
+        &mut self,
+        path: &str,
+        w: sdk_common::layer::Whiteout<'_>,
+        origin: &str,
+        added: &BTreeSet<String>,
+    ) -> Result<()> {
+        use sdk_common::layer::Whiteout;
+        let dir = parent_of(path).unwrap_or("");
+        match w {
+            Whiteout::Opaque => {
+                let prefix = if dir.is_empty() {
+                    String::new()
+                } else {
+                    self.resolve(dir, origin)?
+                };
+                let victims: Vec<String> = if prefix.is_empty() {
+                    self.entries
+                        .keys()
+                        .filter(|k| !k.contains('/'))
+                        .cloned()
+                        .collect()
+                } else {
+                    self.below(&prefix)
+                        .filter(|(k, _)| !k[prefix.len() + 1..].contains('/'))
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                };
+                for v in victims {
+                    if !added.contains(&v) {
+                        self.remove(&v)?;
+                    }
+                }
+            }
+            Whiteout::Hide(hidden) => {
+                let hidden = String::from_utf8_lossy(hidden);
+                let victim = match dir {
+                    "" => hidden.into_owned(),
+                    d => format!("{d}/{hidden}"),
+                };
+                let victim = self.resolve(&victim, origin)?;
+                self.remove(&victim)?;
+            }
         }
         Ok(())
     }
