@@ -162,6 +162,14 @@ pub fn normalise(raw: &[u8]) -> Result<(PathBuf, bool), &'static str> {
     Ok((out, neutralised))
 }
 
+/// What every entry gets from its header.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+}
+
 /// Applies tar streams onto one target directory.
 pub struct Extractor {
     root: PathBuf,
@@ -295,149 +303,222 @@ impl Extractor {
         let (uid, gid) = owner(entry);
         let mtime = entry.header().mtime().unwrap_or(0) as i64;
 
+        let m = Meta {
+            mode: header_mode,
+            uid,
+            gid,
+            mtime,
+        };
         match kind {
-            tar::EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        self.parents.clear();
-                        remove_any(&target).map_err(werr(&target))?;
-                        mkdir(&target)?;
-                    }
-                    Err(_) => mkdir(&target)?,
-                }
-                fs::set_permissions(&target, fs::Permissions::from_mode(header_mode))
-                    .map_err(werr(&target))?;
-                self.chown(&target, uid, gid, &shown);
-                self.xattrs(&target, entry, &shown);
-                self.dir_times.push((target, mtime));
-            }
+            tar::EntryType::Directory => self.make_dir(entry, &target, &m, &shown),
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.replace(&target)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(if self.umask_zero {
-                        header_mode & 0o777
-                    } else {
-                        0o600
-                    })
-                    .open(&target)
-                    .map_err(werr(&target))?;
-                loop {
-                    let n = entry.read(&mut self.buf).map_err(ExtractError::Read)?;
-                    if n == 0 {
-                        break;
-                    }
-                    f.write_all(&self.buf[..n]).map_err(werr(&target))?;
-                    self.report.bytes += n as u64;
-                }
-                if self.opts.owners
-                    && let Err(e) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                {
-                    self.report
-                        .skip(&shown, format!("owner {uid}:{gid} not applied: {e}"));
-                }
-                // After chown, which clears set-id bits. With umask 0 the
-                // plain mode is already right (one syscall less per file).
-                if !self.umask_zero || header_mode & 0o7000 != 0 {
-                    f.set_permissions(fs::Permissions::from_mode(header_mode))
-                        .map_err(werr(&target))?;
-                }
-                self.xattrs(&target, entry, &shown);
-                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
-                let _ = f.set_modified(t);
+                self.write_file(entry, &target, &m, &shown)
             }
-            tar::EntryType::Symlink => {
-                let Some(link) = entry.link_name_bytes().map(|c| c.into_owned()) else {
-                    self.report.skip(&shown, "symlink without a target");
-                    return Ok(());
-                };
-                self.replace(&target)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
-                    .map_err(werr(&target))?;
-                self.chown(&target, uid, gid, &shown);
-                self.set_link_time(&target, mtime);
-            }
-            tar::EntryType::Link => {
-                let Some(link) = entry.link_name_bytes().map(|c| c.into_owned()) else {
-                    self.report.skip(&shown, "hard link without a target");
-                    return Ok(());
-                };
-                let source = match normalise(&link) {
-                    Ok((p, _)) => p,
-                    Err(why) => {
-                        self.report.skip(&shown, format!("hard link target: {why}"));
-                        return Ok(());
-                    }
-                };
-                let resolved = source
-                    .file_name()
-                    .ok_or("hard link to the root")
-                    .and_then(|n| {
-                        let dir =
-                            self.resolve_dir(source.parent().unwrap_or(Path::new("")), false)?;
-                        Ok(dir.join(n))
-                    });
-                let source_path = match resolved {
-                    Ok(p) => p,
-                    Err(why) => {
-                        self.report.skip(&shown, format!("hard link target: {why}"));
-                        return Ok(());
-                    }
-                };
-                match fs::symlink_metadata(&source_path) {
-                    Ok(m) if !m.is_dir() => {}
-                    Ok(_) => {
-                        self.report.skip(&shown, "hard link to a directory");
-                        return Ok(());
-                    }
-                    Err(_) => {
-                        self.report
-                            .skip(&shown, "hard link target is not in the target tree");
-                        return Ok(());
-                    }
-                }
-                if source_path == target {
-                    return Ok(());
-                }
-                self.replace(&target)?;
-                // linkat without AT_SYMLINK_FOLLOW: links the entry itself.
-                fs::hard_link(&source_path, &target).map_err(werr(&target))?;
-            }
-            tar::EntryType::Fifo => {
-                self.replace(&target)?;
-                nix::unistd::mkfifo(&target, Mode::from_bits_truncate(header_mode))
-                    .map_err(|e| werr(&target)(e.into()))?;
-                self.chown(&target, uid, gid, &shown);
-            }
+            tar::EntryType::Symlink => self.make_symlink(entry, &target, &m, &shown),
+            tar::EntryType::Link => self.make_hard_link(entry, &target, &m, &shown),
+            tar::EntryType::Fifo => self.make_fifo(entry, &target, &m, &shown),
             tar::EntryType::Char | tar::EntryType::Block => {
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                let sflag = if kind == tar::EntryType::Char {
-                    SFlag::S_IFCHR
-                } else {
-                    SFlag::S_IFBLK
-                };
-                self.replace(&target)?;
-                match nix::sys::stat::mknod(
-                    &target,
-                    sflag,
-                    Mode::from_bits_truncate(header_mode),
-                    nix::sys::stat::makedev(major.into(), minor.into()),
-                ) {
-                    Ok(()) => self.chown(&target, uid, gid, &shown),
-                    Err(e) => self.report.skip(
-                        &shown,
-                        format!("device node {major}:{minor} not created ({e}); sandboxes get devices from the host's /dev"),
-                    ),
-                }
+                self.make_device(entry, kind, &target, &m, &shown)
             }
-            other => self
-                .report
-                .skip(&shown, format!("unsupported tar entry type {other:?}")),
+            other => {
+                self.report
+                    .skip(&shown, format!("unsupported tar entry type {other:?}"));
+                Ok(())
+            }
         }
+    }
+
+    /// A directory: made (or an entry in its way replaced), its mode,
+    /// owner and xattrs; its time is set after the layer.
+    fn make_dir<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        target: &Path,
+        m: &Meta,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        match fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                self.parents.clear();
+                remove_any(target).map_err(werr(target))?;
+                mkdir(target)?;
+            }
+            Err(_) => mkdir(target)?,
+        }
+        fs::set_permissions(target, fs::Permissions::from_mode(m.mode)).map_err(werr(target))?;
+        self.chown(target, m.uid, m.gid, shown);
+        self.xattrs(target, entry, shown);
+        self.dir_times.push((target.to_path_buf(), m.mtime));
+        Ok(())
+    }
+
+    /// A regular file: created anew (never through a link), filled,
+    /// owned, its mode after chown (which clears set-id bits), xattrs, time.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        target: &Path,
+        m: &Meta,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        self.replace(target)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(if self.umask_zero {
+                m.mode & 0o777
+            } else {
+                0o600
+            })
+            .open(target)
+            .map_err(werr(target))?;
+        loop {
+            let n = entry.read(&mut self.buf).map_err(ExtractError::Read)?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&self.buf[..n]).map_err(werr(target))?;
+            self.report.bytes += n as u64;
+        }
+        if self.opts.owners
+            && let Err(e) = std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid))
+        {
+            self.report
+                .skip(shown, format!("owner {}:{} not applied: {e}", m.uid, m.gid));
+        }
+        // After chown, which clears set-id bits. With umask 0 the
+        // plain mode is already right (one syscall less per file).
+        if !self.umask_zero || m.mode & 0o7000 != 0 {
+            f.set_permissions(fs::Permissions::from_mode(m.mode))
+                .map_err(werr(target))?;
+        }
+        self.xattrs(target, entry, shown);
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.mtime.max(0) as u64);
+        let _ = f.set_modified(t);
+        Ok(())
+    }
+
+    /// A symbolic link, as recorded (it is never followed here).
+    fn make_symlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        target: &Path,
+        m: &Meta,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        let Some(link) = entry.link_name_bytes().map(|c| c.into_owned()) else {
+            self.report.skip(shown, "symlink without a target");
+            return Ok(());
+        };
+        self.replace(target)?;
+        std::os::unix::fs::symlink(OsStr::from_bytes(&link), target).map_err(werr(target))?;
+        self.chown(target, m.uid, m.gid, shown);
+        self.set_link_time(target, m.mtime);
+        Ok(())
+    }
+
+    /// A hard link: its target resolved inside the root like any path; a
+    /// missing target or a directory is refused.
+    fn make_hard_link<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        target: &Path,
+        _m: &Meta,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        let Some(link) = entry.link_name_bytes().map(|c| c.into_owned()) else {
+            self.report.skip(shown, "hard link without a target");
+            return Ok(());
+        };
+        let source = match normalise(&link) {
+            Ok((p, _)) => p,
+            Err(why) => {
+                self.report.skip(shown, format!("hard link target: {why}"));
+                return Ok(());
+            }
+        };
+        let resolved = source
+            .file_name()
+            .ok_or("hard link to the root")
+            .and_then(|n| {
+                let dir = self.resolve_dir(source.parent().unwrap_or(Path::new("")), false)?;
+                Ok(dir.join(n))
+            });
+        let source_path = match resolved {
+            Ok(p) => p,
+            Err(why) => {
+                self.report.skip(shown, format!("hard link target: {why}"));
+                return Ok(());
+            }
+        };
+        match fs::symlink_metadata(&source_path) {
+            Ok(m) if !m.is_dir() => {}
+            Ok(_) => {
+                self.report.skip(shown, "hard link to a directory");
+                return Ok(());
+            }
+            Err(_) => {
+                self.report
+                    .skip(shown, "hard link target is not in the target tree");
+                return Ok(());
+            }
+        }
+        if source_path == target {
+            return Ok(());
+        }
+        self.replace(target)?;
+        // linkat without AT_SYMLINK_FOLLOW: links the entry itself.
+        fs::hard_link(&source_path, target).map_err(werr(target))?;
+        Ok(())
+    }
+
+    /// A named pipe.
+    fn make_fifo<R: Read>(
+        &mut self,
+        _entry: &mut tar::Entry<'_, R>,
+        target: &Path,
+        m: &Meta,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        self.replace(target)?;
+        nix::unistd::mkfifo(target, Mode::from_bits_truncate(m.mode))
+            .map_err(|e| werr(target)(e.into()))?;
+        self.chown(target, m.uid, m.gid, shown);
+        Ok(())
+    }
+
+    /// A device node where it can be made (real root); otherwise skipped
+    /// and reported: sandboxes get devices from the host.
+    fn make_device<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: tar::EntryType,
+        target: &Path,
+        m: &Meta,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+        let sflag = if kind == tar::EntryType::Char {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        self.replace(target)?;
+        match nix::sys::stat::mknod(
+                target,
+                sflag,
+                Mode::from_bits_truncate(m.mode),
+                nix::sys::stat::makedev(major.into(), minor.into()),
+            ) {
+                Ok(()) => self.chown(target, m.uid, m.gid, shown),
+                Err(e) => self.report.skip(
+                    shown,
+                    format!("device node {major}:{minor} not created ({e}); sandboxes get devices from the host's /dev"),
+                ),
+            }
         Ok(())
     }
 
