@@ -782,30 +782,7 @@ pub fn write(
         return Err(Ext4Error::Label(opts.label.clone()));
     }
     let plan = plan(nodes)?;
-    let lay = match opts.size {
-        None => fit(&plan, opts)?,
-        Some(size) => {
-            let blocks = size / BLOCK;
-            match place(&plan, blocks, opts)? {
-                Some(l) if size.is_multiple_of(BLOCK) && l.geo.blocks == blocks => l,
-                _ => {
-                    return Err(Ext4Error::TooSmall {
-                        need: fit(
-                            &plan,
-                            &Options {
-                                slack_percent: 0,
-                                ..opts.clone()
-                            },
-                        )?
-                        .geo
-                        .blocks
-                            * BLOCK,
-                        size,
-                    });
-                }
-            }
-        }
-    };
+    let lay = sized_layout(&plan, opts)?;
     let geo = &lay.geo;
     // Block numbers are 32-bit without the `64bit` feature: 16 TiB.
     if geo.blocks > u64::from(u32::MAX) {
@@ -815,12 +792,107 @@ pub fn write(
     }
     out.set_len(geo.blocks * BLOCK)
         .map_err(io_err("size", out_path))?;
-    let put = |at_block: u64, bytes: &[u8]| {
-        out.write_all_at(bytes, at_block * BLOCK)
-            .map_err(io_err("write", out_path))
+    let put = Put {
+        file: out,
+        path: out_path,
     };
+    let (dirs_in_group, leaf_blocks) = write_inodes(nodes, &plan, &lay, opts.epoch, &put)?;
+    let counts = write_bitmaps(&plan, &lay, &put)?;
 
-    // Inodes.
+    // Directories, long symlinks, extent leaves.
+    put.runs(&lay.lpf, &plan.lpf_bytes)?;
+    for (i, n) in nodes.iter().enumerate() {
+        match &n.content {
+            Content::Dir => put.runs(&lay.data[i], &plan.dir_bytes[&i])?,
+            Content::Symlink(t) if t.len() >= 60 => put.runs(&lay.data[i], t.as_bytes())?,
+            _ => {}
+        }
+    }
+    for (blk, bytes) in &leaf_blocks {
+        put.at(*blk, bytes)?;
+    }
+    write_superblocks(&lay, opts, &counts, &dirs_in_group, plan.inodes, &put)?;
+
+    // File data, in parallel: in-kernel copies straight into place.
+    nodes
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, n)| match &n.content {
+            Content::File { source, size } if *size > 0 => {
+                copy_into(source, *size, &lay.data[i], out, out_path)
+            }
+            _ => Ok(()),
+        })?;
+
+    Ok(Written {
+        size: geo.blocks * BLOCK,
+        used_blocks: lay.used_blocks,
+        inodes: plan.inodes as u32,
+    })
+}
+
+/// An extent leaf block: where it goes and its bytes.
+type LeafBlock = (u64, Vec<u8>);
+
+/// Block writes into the image, with its path in errors.
+struct Put<'a> {
+    file: &'a File,
+    path: &'a std::path::Path,
+}
+
+impl Put<'_> {
+    fn at(&self, block: u64, bytes: &[u8]) -> Result<(), Ext4Error> {
+        Ok(self
+            .file
+            .write_all_at(bytes, block * BLOCK)
+            .map_err(io_err("write", self.path))?)
+    }
+
+    /// `bytes` laid over the block runs, in order.
+    fn runs(&self, runs: &[Run], bytes: &[u8]) -> Result<(), Ext4Error> {
+        let mut at = 0usize;
+        for &(s, n) in runs {
+            let len = (n * BLOCK) as usize;
+            self.at(s, &bytes[at..(at + len).min(bytes.len())])?;
+            at += len;
+        }
+        Ok(())
+    }
+}
+
+/// The layout: fitted to the content (with slack), or at the size asked,
+/// which must hold it.
+fn sized_layout(plan: &Plan, opts: &Options) -> Result<Layout, Ext4Error> {
+    let Some(size) = opts.size else {
+        return fit(plan, opts);
+    };
+    let blocks = size / BLOCK;
+    match place(plan, blocks, opts)? {
+        Some(l) if size.is_multiple_of(BLOCK) && l.geo.blocks == blocks => Ok(l),
+        _ => {
+            let tight = Options {
+                slack_percent: 0,
+                ..opts.clone()
+            };
+            Err(Ext4Error::TooSmall {
+                need: fit(plan, &tight)?.geo.blocks * BLOCK,
+                size,
+            })
+        }
+    }
+}
+
+/// The inode tables: lost+found and every node's inode, encoded and
+/// written group by group. Returns the directories per group (for the
+/// descriptors) and the extent leaf blocks still to write.
+fn write_inodes(
+    nodes: &[Node],
+    plan: &Plan,
+    lay: &Layout,
+    epoch: u64,
+    put: &Put<'_>,
+) -> Result<(Vec<u32>, Vec<LeafBlock>), Ext4Error> {
+    let geo = &lay.geo;
     let total_inodes = geo.inodes_per_group * geo.groups;
     let mut itable = vec![0u8; (total_inodes * INODE_SIZE) as usize];
     let mut dirs_in_group = vec![0u32; geo.groups as usize];
@@ -829,7 +901,7 @@ pub fn write(
         itable[at..at + INODE_SIZE as usize].copy_from_slice(bytes);
     };
     let links = |l: u32| if l > LINK_MAX { 1 } else { l as u16 };
-    let mut leaf_blocks: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut leaf_blocks: Vec<LeafBlock> = Vec::new();
     let mut count_dir = |n: u32| {
         dirs_in_group[((n - 1) as u64 / geo.inodes_per_group) as usize] += 1;
     };
@@ -841,7 +913,7 @@ pub fn write(
         ..Ino::default()
     };
     count_dir(LPF_INO);
-    set_inode(LPF_INO, &encode(&lpf, None, opts.epoch, &mut leaf_blocks));
+    set_inode(LPF_INO, &encode(&lpf, None, epoch, &mut leaf_blocks));
     for (i, n) in nodes.iter().enumerate() {
         let perm = (n.mode & 0o7777) as u16;
         let mut ino = Ino {
@@ -872,19 +944,26 @@ pub fn write(
                 }
             }
         }
-        set_inode(
-            plan.ino[i],
-            &encode(&ino, inline, opts.epoch, &mut leaf_blocks),
-        );
+        set_inode(plan.ino[i], &encode(&ino, inline, epoch, &mut leaf_blocks));
     }
     for g in 0..geo.groups {
         let at = (g * geo.inodes_per_group * INODE_SIZE) as usize;
         let len = (geo.itable_blocks * BLOCK) as usize;
-        put(lay.itables[g as usize], &itable[at..at + len])?;
+        put.at(lay.itables[g as usize], &itable[at..at + len])?;
     }
-    drop(itable);
+    Ok((dirs_in_group, leaf_blocks))
+}
 
-    // Bitmaps and free counts.
+/// Free blocks and inodes per group, as the bitmaps left them.
+struct FreeCounts {
+    blocks: Vec<u64>,
+    inodes: Vec<u64>,
+}
+
+/// The block and inode bitmaps of every group (the bits past a group's
+/// end set, as ext4 wants), written; returns the free counts.
+fn write_bitmaps(plan: &Plan, lay: &Layout, put: &Put<'_>) -> Result<FreeCounts, Ext4Error> {
+    let geo = &lay.geo;
     let per_bitmap = BLOCK as usize;
     let mut bbm = vec![0u8; per_bitmap * geo.groups as usize];
     let set_bit = |bm: &mut [u8], bit: u64| bm[(bit / 8) as usize] |= 1 << (bit % 8);
@@ -905,13 +984,12 @@ pub fn write(
         free_blocks[g as usize] =
             BLOCK * 8 - bm.iter().map(|b| u64::from(b.count_ones())).sum::<u64>();
     }
-    let used_inodes = plan.inodes;
     let mut ibm = vec![0u8; per_bitmap * geo.groups as usize];
     let mut free_inodes = vec![0u64; geo.groups as usize];
     for g in 0..geo.groups {
         let bm = &mut ibm[g as usize * per_bitmap..(g as usize + 1) * per_bitmap];
         let first = g * geo.inodes_per_group; // 0-based inode index
-        let used_here = used_inodes.saturating_sub(first).min(geo.inodes_per_group);
+        let used_here = plan.inodes.saturating_sub(first).min(geo.inodes_per_group);
         for k in 0..used_here {
             set_bit(bm, k);
         }
@@ -920,41 +998,35 @@ pub fn write(
         }
         free_inodes[g as usize] = geo.inodes_per_group - used_here;
     }
-    put(lay.block_bitmaps, &bbm)?;
-    put(lay.inode_bitmaps, &ibm)?;
+    put.at(lay.block_bitmaps, &bbm)?;
+    put.at(lay.inode_bitmaps, &ibm)?;
+    Ok(FreeCounts {
+        blocks: free_blocks,
+        inodes: free_inodes,
+    })
+}
 
-    // Directories, long symlinks, extent leaves.
-    let write_runs = |runs: &[Run], bytes: &[u8]| -> Result<(), Ext4Error> {
-        let mut at = 0usize;
-        for &(s, n) in runs {
-            let len = (n * BLOCK) as usize;
-            put(s, &bytes[at..(at + len).min(bytes.len())])?;
-            at += len;
-        }
-        Ok(())
-    };
-    write_runs(&lay.lpf, &plan.lpf_bytes)?;
-    for (i, n) in nodes.iter().enumerate() {
-        match &n.content {
-            Content::Dir => write_runs(&lay.data[i], &plan.dir_bytes[&i])?,
-            Content::Symlink(t) if t.len() >= 60 => write_runs(&lay.data[i], t.as_bytes())?,
-            _ => {}
-        }
-    }
-    for (blk, bytes) in &leaf_blocks {
-        put(*blk, bytes)?;
-    }
-
-    // Superblock and descriptors, in group 0 and the copies.
-    let total_free: u64 = free_blocks.iter().sum();
+/// The group descriptors and the superblock, in group 0 and in every
+/// group that carries a backup copy.
+fn write_superblocks(
+    lay: &Layout,
+    opts: &Options,
+    free: &FreeCounts,
+    dirs_in_group: &[u32],
+    used_inodes: u64,
+    put: &Put<'_>,
+) -> Result<(), Ext4Error> {
+    let geo = &lay.geo;
+    let total_free: u64 = free.blocks.iter().sum();
+    let total_inodes = geo.inodes_per_group * geo.groups;
     let mut gdt = vec![0u8; (geo.gdt_blocks * BLOCK) as usize];
     for g in 0..geo.groups as usize {
         let d = &mut gdt[g * 32..g * 32 + 32];
         put32(d, 0x00, (lay.block_bitmaps + g as u64) as u32);
         put32(d, 0x04, (lay.inode_bitmaps + g as u64) as u32);
         put32(d, 0x08, lay.itables[g] as u32);
-        put16(d, 0x0C, free_blocks[g] as u16);
-        put16(d, 0x0E, free_inodes[g] as u16);
+        put16(d, 0x0C, free.blocks[g] as u16);
+        put16(d, 0x0E, free.inodes[g] as u16);
         put16(d, 0x10, dirs_in_group[g] as u16);
     }
     for &g in &geo.sb_groups {
@@ -963,29 +1035,13 @@ pub fn write(
         if g == 0 {
             let mut first = vec![0u8; BLOCK as usize];
             first[1024..2048].copy_from_slice(&sb);
-            put(0, &first)?;
+            put.at(0, &first)?;
         } else {
-            put(start, &sb)?;
+            put.at(start, &sb)?;
         }
-        put(start + 1, &gdt)?;
+        put.at(start + 1, &gdt)?;
     }
-
-    // File data, in parallel: in-kernel copies straight into place.
-    nodes
-        .par_iter()
-        .enumerate()
-        .try_for_each(|(i, n)| match &n.content {
-            Content::File { source, size } if *size > 0 => {
-                copy_into(source, *size, &lay.data[i], out, out_path)
-            }
-            _ => Ok(()),
-        })?;
-
-    Ok(Written {
-        size: geo.blocks * BLOCK,
-        used_blocks: lay.used_blocks,
-        inodes: used_inodes as u32,
-    })
+    Ok(())
 }
 
 fn superblock(
