@@ -217,12 +217,12 @@ fn valid_version(v: &str) -> bool {
 pub fn parse(name: &str, dir: &Path, text: &str) -> Result<Recipe, ParseError> {
     let path = dir.join(RECIPE_FILE);
     let raw: RawRecipe = strict::from_toml(&path, text)?;
-    let at = |span: Range<usize>, msg: String| ParseError::at(&path, text, span, msg);
+    let src = Src { path: &path, text };
     if let Err(msg) = check_package_name(name) {
         return Err(ParseError::file(&path, format!("directory name: {msg}")));
     }
     if !valid_version(raw.version.get_ref()) {
-        return Err(at(
+        return Err(src.at(
             raw.version.span(),
             format!(
                 "version: `{}` must start with a digit and use only letters, digits and + - . ~ _",
@@ -230,30 +230,12 @@ pub fn parse(name: &str, dir: &Path, text: &str) -> Result<Recipe, ParseError> {
             ),
         ));
     }
-    let deps = |list: Vec<toml::Spanned<String>>, key: &str| -> Result<Vec<String>, ParseError> {
-        let mut out: Vec<String> = Vec::new();
-        for d in list {
-            if let Err(msg) = check_package_name(d.get_ref()) {
-                return Err(at(d.span(), format!("{key}: {msg}")));
-            }
-            if d.get_ref() == name {
-                return Err(at(
-                    d.span(),
-                    format!("{key}: a package cannot depend on itself"),
-                ));
-            }
-            if !out.contains(d.get_ref()) {
-                out.push(d.into_inner());
-            }
-        }
-        Ok(out)
-    };
-    let depends = deps(raw.depends, "depends")?;
-    let build_depends = deps(raw.build_depends, "build-depends")?;
+    let depends = src.deps(name, raw.depends, "depends")?;
+    let build_depends = src.deps(name, raw.build_depends, "build-depends")?;
     let kind_span = raw.kind.span();
     let kind = *raw.kind.get_ref();
     let wrong_table = |table: &str, span: Range<usize>| {
-        at(
+        src.at(
             span,
             format!(
                 "[{table}] does not belong in a recipe of kind \"{}\"; remove it or change `kind`",
@@ -266,138 +248,19 @@ pub fn parse(name: &str, dir: &Path, text: &str) -> Result<Recipe, ParseError> {
             if let Some(b) = raw.binary {
                 return Err(wrong_table("binary", b.span()));
             }
-            let build = raw.build.map(toml::Spanned::into_inner);
-            let mut spec = BuildSpec {
-                script: "build.sh".into(),
-                tarballs: Vec::new(),
-            };
-            if let Some(build) = build {
-                if let Some(script) = build.script {
-                    let s = script.get_ref();
-                    if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") {
-                        return Err(at(
-                            script.span(),
-                            format!(
-                                "script: `{s}` must be a relative path inside the recipe directory"
-                            ),
-                        ));
-                    }
-                    spec.script = script.into_inner();
-                }
-                for t in build.tarball {
-                    let span = t.span();
-                    let line = strict::line_col(text, span.start).0;
-                    let t = t.into_inner();
-                    let source = match (t.file, t.url) {
-                        (Some(f), None) => {
-                            if f.starts_with('/') || f.split('/').any(|c| c == "..") {
-                                return Err(at(
-                                    span,
-                                    format!(
-                                        "tarball file `{f}` must be inside the recipe directory"
-                                    ),
-                                ));
-                            }
-                            TarballSource::File(f)
-                        }
-                        (None, Some(u)) => {
-                            if !(u.starts_with("https://")
-                                || u.starts_with("http://")
-                                || u.starts_with("file://"))
-                            {
-                                return Err(at(
-                                    span,
-                                    format!(
-                                        "tarball url `{u}` must be http://, https:// or file://"
-                                    ),
-                                ));
-                            }
-                            TarballSource::Url(u)
-                        }
-                        _ => {
-                            return Err(at(
-                                span,
-                                "a tarball needs exactly one of `file` (in the recipe directory) or `url`".into(),
-                            ));
-                        }
-                    };
-                    let what = match &source {
-                        TarballSource::File(f) | TarballSource::Url(f) => f.clone(),
-                    };
-                    let Some(sha) = t.sha256 else {
-                        return Err(at(
-                            span,
-                            format!(
-                                "tarball `{what}` has no sha256; add sha256 = \"<hex>\" (from `sha256sum`)"
-                            ),
-                        ));
-                    };
-                    let sha = sha.to_ascii_lowercase();
-                    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(at(
-                            span,
-                            format!("tarball `{what}`: sha256 must be 64 hex digits"),
-                        ));
-                    }
-                    spec.tarballs.push(Tarball {
-                        source,
-                        sha256: sha,
-                        line,
-                    });
-                }
-            }
-            if !dir.join(&spec.script).is_file() {
-                return Err(ParseError::file(
-                    &path,
-                    format!(
-                        "build script `{}` not found in {}; add it or set [build] script",
-                        spec.script,
-                        dir.display()
-                    ),
-                ));
-            }
-            RecipeKind::Build(spec)
+            RecipeKind::Build(src.build_spec(dir, raw.build.map(toml::Spanned::into_inner))?)
         }
         Kind::Binary => {
             if let Some(b) = raw.build {
                 return Err(wrong_table("build", b.span()));
             }
             let Some(bin) = raw.binary else {
-                return Err(at(
+                return Err(src.at(
                     kind_span,
                     "kind \"binary\" needs a [binary] table with `packages = [...]`".into(),
                 ));
             };
-            let bin_span = bin.span();
-            let bin = bin.into_inner();
-            if bin.packages.is_empty() {
-                return Err(at(
-                    bin_span,
-                    "[binary] packages is empty; name at least one Debian package".into(),
-                ));
-            }
-            let mut packages = Vec::new();
-            for p in bin.packages {
-                let alts: Vec<String> = p
-                    .get_ref()
-                    .split('|')
-                    .map(|a| a.trim().to_string())
-                    .collect();
-                for a in &alts {
-                    let ok = !a.is_empty()
-                        && a.chars().all(|c| {
-                            c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.{}".contains(c)
-                        });
-                    if !ok {
-                        return Err(at(
-                            p.span(),
-                            format!("packages: `{a}` is not a Debian package name"),
-                        ));
-                    }
-                }
-                packages.push(alts);
-            }
-            RecipeKind::Binary(BinarySpec { packages })
+            RecipeKind::Binary(src.binary_spec(bin)?)
         }
         Kind::Meta => {
             if let Some(b) = raw.build {
@@ -418,6 +281,175 @@ pub fn parse(name: &str, dir: &Path, text: &str) -> Result<Recipe, ParseError> {
         build_depends,
         kind,
     })
+}
+
+/// The recipe file being parsed, for errors with file, line and column.
+struct Src<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Src<'_> {
+    fn at(&self, span: Range<usize>, msg: String) -> ParseError {
+        ParseError::at(self.path, self.text, span, msg)
+    }
+
+    /// A dependency list: valid names, not the recipe itself, each once.
+    fn deps(
+        &self,
+        name: &str,
+        list: Vec<toml::Spanned<String>>,
+        key: &str,
+    ) -> Result<Vec<String>, ParseError> {
+        let mut out: Vec<String> = Vec::new();
+        for d in list {
+            if let Err(msg) = check_package_name(d.get_ref()) {
+                return Err(self.at(d.span(), format!("{key}: {msg}")));
+            }
+            if d.get_ref() == name {
+                return Err(self.at(
+                    d.span(),
+                    format!("{key}: a package cannot depend on itself"),
+                ));
+            }
+            if !out.contains(d.get_ref()) {
+                out.push(d.into_inner());
+            }
+        }
+        Ok(out)
+    }
+
+    /// `[build]`: the script (default `build.sh`, which must exist in the
+    /// recipe directory) and the checksummed tarballs.
+    fn build_spec(&self, dir: &Path, build: Option<RawBuild>) -> Result<BuildSpec, ParseError> {
+        let mut spec = BuildSpec {
+            script: "build.sh".into(),
+            tarballs: Vec::new(),
+        };
+        if let Some(build) = build {
+            if let Some(script) = build.script {
+                let s = script.get_ref();
+                if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") {
+                    return Err(self.at(
+                        script.span(),
+                        format!(
+                            "script: `{s}` must be a relative path inside the recipe directory"
+                        ),
+                    ));
+                }
+                spec.script = script.into_inner();
+            }
+            for t in build.tarball {
+                spec.tarballs.push(self.tarball(t)?);
+            }
+        }
+        if !dir.join(&spec.script).is_file() {
+            return Err(ParseError::file(
+                self.path,
+                format!(
+                    "build script `{}` not found in {}; add it or set [build] script",
+                    spec.script,
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// One `[[build.tarball]]`: a file in the recipe directory or a URL,
+    /// with its sha256.
+    fn tarball(&self, t: toml::Spanned<RawTarball>) -> Result<Tarball, ParseError> {
+        let span = t.span();
+        let line = strict::line_col(self.text, span.start).0;
+        let t = t.into_inner();
+        let source = match (t.file, t.url) {
+            (Some(f), None) => {
+                if f.starts_with('/') || f.split('/').any(|c| c == "..") {
+                    return Err(self.at(
+                        span,
+                        format!("tarball file `{f}` must be inside the recipe directory"),
+                    ));
+                }
+                TarballSource::File(f)
+            }
+            (None, Some(u)) => {
+                if !(u.starts_with("https://")
+                    || u.starts_with("http://")
+                    || u.starts_with("file://"))
+                {
+                    return Err(self.at(
+                        span,
+                        format!("tarball url `{u}` must be http://, https:// or file://"),
+                    ));
+                }
+                TarballSource::Url(u)
+            }
+            _ => {
+                return Err(self.at(
+                    span,
+                    "a tarball needs exactly one of `file` (in the recipe directory) or `url`"
+                        .into(),
+                ));
+            }
+        };
+        let what = match &source {
+            TarballSource::File(f) | TarballSource::Url(f) => f.clone(),
+        };
+        let Some(sha) = t.sha256 else {
+            return Err(self.at(
+                span,
+                format!(
+                    "tarball `{what}` has no sha256; add sha256 = \"<hex>\" (from `sha256sum`)"
+                ),
+            ));
+        };
+        let sha = sha.to_ascii_lowercase();
+        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.at(
+                span,
+                format!("tarball `{what}`: sha256 must be 64 hex digits"),
+            ));
+        }
+        Ok(Tarball {
+            source,
+            sha256: sha,
+            line,
+        })
+    }
+
+    /// `[binary]`: Debian package names, `a | b` for alternatives.
+    fn binary_spec(&self, bin: toml::Spanned<RawBinary>) -> Result<BinarySpec, ParseError> {
+        let bin_span = bin.span();
+        let bin = bin.into_inner();
+        if bin.packages.is_empty() {
+            return Err(self.at(
+                bin_span,
+                "[binary] packages is empty; name at least one Debian package".into(),
+            ));
+        }
+        let mut packages = Vec::new();
+        for p in bin.packages {
+            let alts: Vec<String> = p
+                .get_ref()
+                .split('|')
+                .map(|a| a.trim().to_string())
+                .collect();
+            for a in &alts {
+                let ok = !a.is_empty()
+                    && a.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.{}".contains(c)
+                    });
+                if !ok {
+                    return Err(self.at(
+                        p.span(),
+                        format!("packages: `{a}` is not a Debian package name"),
+                    ));
+                }
+            }
+            packages.push(alts);
+        }
+        Ok(BinarySpec { packages })
+    }
 }
 
 /// All recipes of a repo, by name.
