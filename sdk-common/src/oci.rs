@@ -752,52 +752,7 @@ pub fn apply_layers(
         // (and its page faults) per read.
         let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
         let result = std::thread::scope(|s| {
-            let producer = s.spawn(move || -> io::Result<(String, String, u64)> {
-                let mut hashed = Hashing {
-                    inner: raw,
-                    hasher: Sha256::new(),
-                    count: 0,
-                    progress,
-                    enabled: true,
-                };
-                let diff_hex;
-                {
-                    let br = BufReader::with_capacity(CHUNK, &mut hashed);
-                    let mut dec = compress::decoder(br)?;
-                    let mut diff = Hashing {
-                        inner: &mut dec,
-                        hasher: Sha256::new(),
-                        count: 0,
-                        progress: &no_progress,
-                        // Only docker-save layers are checked by diff id.
-                        enabled: matches!(layer.check, Check::DiffId(_)),
-                    };
-                    // The tar reader stops at the end-of-archive blocks;
-                    // keep reading (and hashing) what follows.
-                    let mut consumer_gone = false;
-                    loop {
-                        let mut chunk = back_rx.try_recv().unwrap_or_default();
-                        chunk.resize(CHUNK, 0);
-                        let n = read_up_to(&mut diff, &mut chunk)?;
-                        if n == 0 {
-                            break;
-                        }
-                        chunk.truncate(n);
-                        if !consumer_gone && tx.send(Ok(chunk)).is_err() {
-                            consumer_gone = true;
-                        }
-                    }
-                    diff_hex = hex::encode(diff.hasher.finalize_reset());
-                }
-                // Drain what the decompressor left (trailing padding) so
-                // the blob digest covers every byte.
-                io::copy(&mut hashed, &mut io::sink())?;
-                Ok((
-                    hex::encode(hashed.hasher.finalize()),
-                    diff_hex,
-                    hashed.count,
-                ))
-            });
+            let producer = s.spawn(move || decompress_layer(raw, layer, progress, &tx, &back_rx));
             let mut reader = ChunkReader {
                 rx,
                 back: back_tx,
@@ -889,4 +844,62 @@ pub fn apply_layers(
         }
     }
     Ok(content_digest.unwrap_or_default())
+}
+
+/// The decompression thread of one layer: reads the blob (hashing it and
+/// reporting progress), decompresses it (hashing that too when a docker
+/// diff id checks it) and sends the tar stream in chunks to the applier;
+/// reads to the blob's end even when the applier is done, so the digest
+/// covers every byte. Returns the blob and diff sha256 and the bytes read.
+fn decompress_layer(
+    raw: Box<dyn Read + Send>,
+    layer: &Layer,
+    progress: &(dyn Fn(u64) + Sync),
+    tx: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    back_rx: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<(String, String, u64)> {
+    let mut hashed = Hashing {
+        inner: raw,
+        hasher: Sha256::new(),
+        count: 0,
+        progress,
+        enabled: true,
+    };
+    let diff_hex;
+    {
+        let br = BufReader::with_capacity(CHUNK, &mut hashed);
+        let mut dec = compress::decoder(br)?;
+        let mut diff = Hashing {
+            inner: &mut dec,
+            hasher: Sha256::new(),
+            count: 0,
+            progress: &no_progress,
+            // Only docker-save layers are checked by diff id.
+            enabled: matches!(layer.check, Check::DiffId(_)),
+        };
+        // The tar reader stops at the end-of-archive blocks;
+        // keep reading (and hashing) what follows.
+        let mut consumer_gone = false;
+        loop {
+            let mut chunk = back_rx.try_recv().unwrap_or_default();
+            chunk.resize(CHUNK, 0);
+            let n = read_up_to(&mut diff, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            if !consumer_gone && tx.send(Ok(chunk)).is_err() {
+                consumer_gone = true;
+            }
+        }
+        diff_hex = hex::encode(diff.hasher.finalize_reset());
+    }
+    // Drain what the decompressor left (trailing padding) so
+    // the blob digest covers every byte.
+    io::copy(&mut hashed, &mut io::sink())?;
+    Ok((
+        hex::encode(hashed.hasher.finalize()),
+        diff_hex,
+        hashed.count,
+    ))
 }
