@@ -54,65 +54,26 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
 
     // Current entries: the template for kernel/initrd/command line, and the
     // hash each slot boots with.
-    let mut entries = Vec::new();
-    for name in disk::esp_list(image, &esp, ENTRIES)? {
-        if name.ends_with(".conf") {
-            let text = disk::esp_read(image, &esp, &format!("{ENTRIES}/{name}"))?;
-            entries.push(LoaderEntry::parse(&name, &String::from_utf8_lossy(&text)));
-        }
-    }
+    let entries = read_entries(image, &esp)?;
     let template = super::esp::default_entry(&entries)
         .cloned()
-        .ok_or_else(|| {
-            BootError::Usage(format!(
-                "{}: no boot entries in the ESP's {ENTRIES}; was it built by build_image?",
-                image.display()
-            ))
-        })?;
+        .ok_or_else(|| no_entries(image))?;
     let usr_slots: Vec<Partition> = parts
         .iter()
         .filter(|p| p.label.starts_with("USR-"))
         .cloned()
         .collect();
-    let mut hashes: BTreeMap<String, (String, Option<u64>)> = BTreeMap::new();
-    for e in &entries {
-        let c = parse_cmdline(&e.options);
-        let Some(hash) = c.get("verity.usrhash").or_else(|| c.get("usrhash")) else {
-            continue;
-        };
-        let off = c.get("verity.usrhashoffset").and_then(|v| v.parse().ok());
-        let who = c
-            .get("verity.usr")
-            .or_else(|| c.get("mount.usr"))
-            .cloned()
-            .unwrap_or_default();
-        for p in &usr_slots {
-            if who == format!("PARTLABEL={}", p.label)
-                || who.eq_ignore_ascii_case(&format!("PARTUUID={}", p.uuid))
-            {
-                hashes.insert(p.label.clone(), (hash.clone(), off));
-            }
-        }
-    }
-
+    let mut hashes = slot_hashes(&entries, &usr_slots);
     if let Some(payload) = &c.payload {
-        disk::write_into(image, &target, payload)?;
-        let mut head = vec![0u8; 4096];
-        use std::io::Read;
-        std::fs::File::open(payload)
-            .and_then(|mut f| f.read_exact(&mut head))
-            .map_err(|source| BootError::Io {
-                what: "read",
-                path: payload.clone(),
-                source,
-            })?;
-        let off = image_size(&head);
+        // Checked before anything is written: bad input changes nothing.
         let hash = c.usr_hash.clone().ok_or_else(|| {
             BootError::Usage(
                 "--payload needs --usrhash (the root hash build_image recorded for it)".into(),
             )
         })?;
-        hashes.insert(label.clone(), (hash, off));
+        let offset = payload_hash_offset(payload)?;
+        disk::write_into(image, &target, payload)?;
+        hashes.insert(label.clone(), (hash, offset));
     } else if let Some(h) = &c.usr_hash {
         let off = hashes.get(&label).and_then(|x| x.1);
         hashes.insert(label.clone(), (h.clone(), off));
@@ -135,14 +96,67 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
     });
     disk::set_ab(image, &target, prio, c.tries, c.successful)?;
     let parts = disk::partitions(image)?;
-
-    // Rewrite every USR slot's entry from the GPT.
-    let keep: Vec<String> = parse_words(&template.options);
     for e in &entries {
         if e.file_name.starts_with("usr-") {
             disk::esp_delete(image, &esp, &format!("{ENTRIES}/{}", e.file_name))?;
         }
     }
+    write_slot_entries(image, &esp, &parts, &hashes, &template)
+}
+
+/// Root hash (and hash offset, when known) each USR slot boots with, by
+/// label, from the entries that select it by PARTLABEL or PARTUUID.
+type SlotHashes = BTreeMap<String, (String, Option<u64>)>;
+
+fn slot_hashes(entries: &[LoaderEntry], usr_slots: &[Partition]) -> SlotHashes {
+    let mut hashes = SlotHashes::new();
+    for e in entries {
+        let c = parse_cmdline(&e.options);
+        let Some(hash) = c.get("verity.usrhash").or_else(|| c.get("usrhash")) else {
+            continue;
+        };
+        let off = c.get("verity.usrhashoffset").and_then(|v| v.parse().ok());
+        let who = c
+            .get("verity.usr")
+            .or_else(|| c.get("mount.usr"))
+            .cloned()
+            .unwrap_or_default();
+        for p in usr_slots {
+            if who == format!("PARTLABEL={}", p.label)
+                || who.eq_ignore_ascii_case(&format!("PARTUUID={}", p.uuid))
+            {
+                hashes.insert(p.label.clone(), (hash.clone(), off));
+            }
+        }
+    }
+    hashes
+}
+
+/// Where the verity tree of an update payload starts: right after its
+/// filesystem, as its superblock says.
+fn payload_hash_offset(payload: &Path) -> Result<Option<u64>, BootError> {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    std::fs::File::open(payload)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|source| BootError::Io {
+            what: "read",
+            path: payload.to_path_buf(),
+            source,
+        })?;
+    Ok(image_size(&head))
+}
+
+/// One entry per USR slot with a known hash, from the GPT's attributes
+/// (after the change) and the template's kernel, initrd and command line.
+fn write_slot_entries(
+    image: &Path,
+    esp: &Partition,
+    parts: &[Partition],
+    hashes: &SlotHashes,
+    template: &LoaderEntry,
+) -> Result<Vec<String>, BootError> {
+    let keep: Vec<String> = parse_words(&template.options);
     // The OS title without the slot suffix this module adds.
     let title = match template.title.rsplit_once(" (USR-") {
         Some((t, _)) => t.to_string(),
@@ -179,7 +193,7 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
         if let Some(name) = entry.file_name() {
             disk::esp_write(
                 image,
-                &esp,
+                esp,
                 &format!("{ENTRIES}/{name}"),
                 entry.render().as_bytes(),
             )?;
@@ -187,6 +201,25 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
         }
     }
     Ok(written)
+}
+
+/// The loader entries on an image's ESP.
+fn read_entries(image: &Path, esp: &Partition) -> Result<Vec<LoaderEntry>, BootError> {
+    let mut entries = Vec::new();
+    for name in disk::esp_list(image, esp, ENTRIES)? {
+        if name.ends_with(".conf") {
+            let text = disk::esp_read(image, esp, &format!("{ENTRIES}/{name}"))?;
+            entries.push(LoaderEntry::parse(&name, &String::from_utf8_lossy(&text)));
+        }
+    }
+    Ok(entries)
+}
+
+fn no_entries(image: &Path) -> BootError {
+    BootError::Usage(format!(
+        "{}: no boot entries in the ESP's {ENTRIES}; was it built by build_image?",
+        image.display()
+    ))
 }
 
 /// Command line words of an entry minus the USR selection ones.
@@ -213,19 +246,10 @@ fn parse_words(options: &str) -> Vec<String> {
 pub fn boot_entry(image: &Path) -> Result<LoaderEntry, BootError> {
     let parts = disk::partitions(image)?;
     let esp = disk::esp(&parts, image)?;
-    let mut entries = Vec::new();
-    for name in disk::esp_list(image, &esp, ENTRIES)? {
-        if name.ends_with(".conf") {
-            let text = disk::esp_read(image, &esp, &format!("{ENTRIES}/{name}"))?;
-            entries.push(LoaderEntry::parse(&name, &String::from_utf8_lossy(&text)));
-        }
-    }
-    super::esp::default_entry(&entries).cloned().ok_or_else(|| {
-        BootError::Usage(format!(
-            "{}: no boot entries in the ESP's {ENTRIES}; was it built by build_image?",
-            image.display()
-        ))
-    })
+    let entries = read_entries(image, &esp)?;
+    super::esp::default_entry(&entries)
+        .cloned()
+        .ok_or_else(|| no_entries(image))
 }
 
 #[cfg(test)]
