@@ -104,26 +104,83 @@ pub fn export(tree: &Tree, out: &Path, info: &ExportInfo<'_>) -> Result<String, 
         .prefix(".oci-")
         .tempdir_in(dir)
         .map_err(io_err("create a temporary directory in", dir))?;
-
-    // The layer: tar -> (diff_id hasher) -> gzip -> (digest hasher) -> file.
     let layer_path = work.path().join("layer");
-    let file = File::create(&layer_path).map_err(io_err("create", &layer_path))?;
+    let layer = write_layer(tree, &layer_path, info.epoch)?;
+    let config = Blob::json(&image_config(info, &layer.diff_id)?)?;
+    let manifest = Blob::json(&image_manifest(&config, &layer)?)?;
+    let index_json = canonical_json(&image_index(&manifest, info.tag)?)?;
+    let tmp_out = work.path().join("archive.tar");
+    write_archive(
+        &tmp_out,
+        info.epoch,
+        &index_json,
+        &config,
+        &manifest,
+        &layer,
+        &layer_path,
+    )?;
+    fs::rename(&tmp_out, out).map_err(io_err("rename into place", out))?;
+    Ok(format!("sha256:{}", manifest.digest))
+}
+
+/// A blob of the image: its sha256 (hex), size, and bytes when small.
+struct Blob {
+    digest: String,
+    size: u64,
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn json(v: &impl serde::Serialize) -> Result<Blob, OciError> {
+        let bytes = canonical_json(v)?;
+        Ok(Blob {
+            digest: hex::encode(Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            bytes,
+        })
+    }
+}
+
+/// The one layer, gzip-compressed, written to `path`.
+struct Layer {
+    digest: String,
+    size: u64,
+    /// sha256 of the uncompressed tar.
+    diff_id: String,
+}
+
+/// The layer: tar -> (diff_id hasher) -> gzip -> (digest hasher) -> file.
+fn write_layer(tree: &Tree, layer_path: &Path, epoch: u64) -> Result<Layer, OciError> {
+    let file = File::create(layer_path).map_err(io_err("create", layer_path))?;
     let compressed = HashWriter::new(BufWriter::new(file));
     let gz = flate2::GzBuilder::new().write(compressed, flate2::Compression::new(6));
     let diff = HashWriter::new(gz);
-    let diff = tree.write_tar(diff, info.epoch)?;
+    let diff = tree.write_tar(diff, epoch)?;
     let (gz, diff_id, _) = diff.finish();
-    let compressed = gz.finish().map_err(io_err("compress", &layer_path))?;
+    let compressed = gz.finish().map_err(io_err("compress", layer_path))?;
     let (mut file, layer_digest, layer_size) = compressed.finish();
-    file.flush().map_err(io_err("write", &layer_path))?;
+    file.flush().map_err(io_err("write", layer_path))?;
     drop(file);
 
+    Ok(Layer {
+        digest: layer_digest,
+        size: layer_size,
+        diff_id,
+    })
+}
+
+/// The image config: architecture, labels, the layer's diff id, and a
+/// history line, all dated SOURCE_DATE_EPOCH.
+fn image_config(
+    info: &ExportInfo<'_>,
+    diff_id: &str,
+) -> Result<oci_spec::image::ImageConfiguration, OciError> {
     let created = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.epoch),
     )
     .to_string();
     let labels: HashMap<String, String> = info.labels.iter().cloned().collect();
-    let config = ImageConfigurationBuilder::default()
+    Ok(ImageConfigurationBuilder::default()
         .created(created.clone())
         .architecture(Arch::from(info.arch))
         .os(Os::Linux)
@@ -140,55 +197,64 @@ pub fn export(tree: &Tree, out: &Path, info: &ExportInfo<'_>) -> Result<String, 
                 .created_by(format!("sdk-tools build_image --oci ({})", info.tag))
                 .build()?,
         ])
-        .build()?;
-    // serde_json writes map keys in order only for BTreeMap; labels are a
-    // HashMap in oci-spec, so canonicalize through serde_json::Value
-    // (whose maps are sorted) for stable bytes.
-    let config_json = canonical_json(&config)?;
-    let config_digest = hex::encode(Sha256::digest(&config_json));
+        .build()?)
+}
 
-    let manifest = ImageManifestBuilder::default()
+fn image_manifest(
+    config: &Blob,
+    layer: &Layer,
+) -> Result<oci_spec::image::ImageManifest, OciError> {
+    Ok(ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(
             DescriptorBuilder::default()
                 .media_type(MediaType::ImageConfig)
-                .digest(sha256_digest(&config_digest)?)
-                .size(config_json.len() as u64)
+                .digest(sha256_digest(&config.digest)?)
+                .size(config.size)
                 .build()?,
         )
         .layers(vec![
             DescriptorBuilder::default()
                 .media_type(MediaType::ImageLayerGzip)
-                .digest(sha256_digest(&layer_digest)?)
-                .size(layer_size)
+                .digest(sha256_digest(&layer.digest)?)
+                .size(layer.size)
                 .build()?,
         ])
-        .build()?;
-    let manifest_json = canonical_json(&manifest)?;
-    let manifest_digest = hex::encode(Sha256::digest(&manifest_json));
+        .build()?)
+}
 
-    let index = ImageIndexBuilder::default()
+fn image_index(manifest: &Blob, tag: &str) -> Result<oci_spec::image::ImageIndex, OciError> {
+    Ok(ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
         .manifests(vec![
             DescriptorBuilder::default()
                 .media_type(MediaType::ImageManifest)
-                .digest(sha256_digest(&manifest_digest)?)
-                .size(manifest_json.len() as u64)
+                .digest(sha256_digest(&manifest.digest)?)
+                .size(manifest.size)
                 .annotations(HashMap::from([(
                     "org.opencontainers.image.ref.name".to_string(),
-                    info.tag.to_string(),
+                    tag.to_string(),
                 )]))
                 .build()?,
         ])
-        .build()?;
-    let index_json = canonical_json(&index)?;
+        .build()?)
+}
 
-    let tmp_out = work.path().join("archive.tar");
-    let f = File::create(&tmp_out).map_err(io_err("create", &tmp_out))?;
+/// The OCI layout as a tar at `tmp_out`: `oci-layout`, `index.json`, the
+/// blobs by digest in a fixed order, every header dated `epoch`; synced.
+fn write_archive(
+    tmp_out: &Path,
+    epoch: u64,
+    index_json: &[u8],
+    config: &Blob,
+    manifest: &Blob,
+    layer: &Layer,
+    layer_path: &Path,
+) -> Result<(), OciError> {
+    let f = File::create(tmp_out).map_err(io_err("create", tmp_out))?;
     let mut b = tar::Builder::new(BufWriter::new(f));
-    let epoch = info.epoch;
     let add = |b: &mut tar::Builder<BufWriter<File>>,
                name: &str,
                size: u64,
@@ -210,7 +276,7 @@ pub fn export(tree: &Tree, out: &Path, info: &ExportInfo<'_>) -> Result<String, 
         }
         b.append_data(&mut h, name, data)
     };
-    let werr = io_err("write", &tmp_out);
+    let werr = io_err("write", tmp_out);
     (|| -> io::Result<()> {
         let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
         add(
@@ -231,19 +297,19 @@ pub fn export(tree: &Tree, out: &Path, info: &ExportInfo<'_>) -> Result<String, 
         add(&mut b, "blobs/sha256/", 0, &mut io::empty(), true)?;
         let mut blobs: Vec<(String, Box<dyn Read>, u64)> = vec![
             (
-                config_digest.clone(),
-                Box::new(io::Cursor::new(config_json.clone())),
-                config_json.len() as u64,
+                config.digest.clone(),
+                Box::new(&config.bytes[..]),
+                config.size,
             ),
             (
-                manifest_digest.clone(),
-                Box::new(io::Cursor::new(manifest_json.clone())),
-                manifest_json.len() as u64,
+                manifest.digest.clone(),
+                Box::new(&manifest.bytes[..]),
+                manifest.size,
             ),
             (
-                layer_digest.clone(),
-                Box::new(BufReader::new(File::open(&layer_path)?)),
-                layer_size,
+                layer.digest.clone(),
+                Box::new(BufReader::new(File::open(layer_path)?)),
+                layer.size,
             ),
         ];
         blobs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -261,10 +327,12 @@ pub fn export(tree: &Tree, out: &Path, info: &ExportInfo<'_>) -> Result<String, 
         w.get_ref().sync_all()
     })()
     .map_err(werr)?;
-    fs::rename(&tmp_out, out).map_err(io_err("rename into place", out))?;
-    Ok(format!("sha256:{manifest_digest}"))
+    Ok(())
 }
 
+/// JSON with sorted keys, for stable bytes: serde_json writes map keys in
+/// order only for a BTreeMap, and oci-spec's labels and annotations are
+/// HashMaps, so everything goes through `serde_json::Value` (sorted maps).
 fn canonical_json(v: &impl serde::Serialize) -> Result<Vec<u8>, OciError> {
     let value = serde_json::to_value(v).map_err(|e| OciError::Bad {
         path: PathBuf::from("json"),
