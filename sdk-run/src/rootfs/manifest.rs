@@ -167,40 +167,85 @@ impl Manifest {
     /// Parse `text` (named `origin` in errors); relative paths resolve
     /// against `dir`.
     pub fn parse(text: &str, origin: &str, dir: &Path) -> Result<Manifest, ManifestError> {
-        let at = |span: std::ops::Range<usize>, message: String| {
-            let (line, column) = line_col(text, span.start);
-            ManifestError {
-                file: origin.to_string(),
-                line,
-                column,
-                message,
-            }
-        };
+        let src = Src { text, origin, dir };
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             // toml's message is multi-line with a source excerpt; keep the
             // first sentence, the location is ours.
             let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
-            at(span, format!("{msg} (see the manifest keys in the README)"))
+            src.at(span, format!("{msg} (see the manifest keys in the README)"))
         })?;
-
-        let rel = |s: &Spanned<String>, key: &str| -> Result<PathBuf, ManifestError> {
-            if s.get_ref().is_empty() {
-                return Err(at(s.span(), format!("`{key}` is empty; give a path")));
+        let base = src.base(&raw.base)?;
+        let packages = src.packages(&raw.packages)?;
+        let mut commands = Vec::new();
+        for c in &raw.commands {
+            if c.get_ref().trim().is_empty() {
+                return Err(src.at(c.span(), "`commands` entry is empty".into()));
             }
-            Ok(dir.join(s.get_ref()))
-        };
+            commands.push(c.get_ref().clone());
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in &raw.env {
+            let key = k.get_ref();
+            if key.is_empty() || key.contains('=') || key.contains('\0') || v.contains('\0') {
+                return Err(src.at(
+                    k.span(),
+                    format!("`env` key {key:?} is not a variable name"),
+                ));
+            }
+            env.insert(key.clone(), v.clone());
+        }
+        let files = src.files(&raw.files)?;
+        Ok(Manifest {
+            origin: origin.to_string(),
+            base,
+            packages,
+            commands,
+            env,
+            files,
+        })
+    }
+}
 
-        let b = raw.base.get_ref();
+/// The manifest being parsed: its text, its name in messages, and the
+/// directory relative paths resolve against.
+struct Src<'a> {
+    text: &'a str,
+    origin: &'a str,
+    dir: &'a Path,
+}
+
+impl Src<'_> {
+    fn at(&self, span: std::ops::Range<usize>, message: String) -> ManifestError {
+        let (line, column) = line_col(self.text, span.start);
+        ManifestError {
+            file: self.origin.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn rel(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ManifestError> {
+        if s.get_ref().is_empty() {
+            return Err(self.at(s.span(), format!("`{key}` is empty; give a path")));
+        }
+        Ok(self.dir.join(s.get_ref()))
+    }
+
+    /// `[base]`: exactly one of an OCI archive or layout, a tarball, or a
+    /// Debian suite to bootstrap.
+    fn base(&self, raw: &Spanned<RawBase>) -> Result<Base, ManifestError> {
+        let b = raw.get_ref();
         let mut bases = Vec::new();
         if let Some(p) = &b.oci_archive {
-            bases.push(Base::OciArchive(rel(p, "base.oci-archive")?));
+            bases.push(Base::OciArchive(self.rel(p, "base.oci-archive")?));
         }
         if let Some(p) = &b.oci_layout {
-            bases.push(Base::OciLayout(rel(p, "base.oci-layout")?));
+            bases.push(Base::OciLayout(self.rel(p, "base.oci-layout")?));
         }
         if let Some(p) = &b.tarball {
-            bases.push(Base::Tarball(rel(p, "base.tarball")?));
+            bases.push(Base::Tarball(self.rel(p, "base.tarball")?));
         }
         if let Some(d) = &b.debian {
             let d = d.get_ref();
@@ -210,7 +255,7 @@ impl Manifest {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                return Err(at(
+                return Err(self.at(
                     d.suite.span(),
                     format!("`base.debian.suite` {suite:?} is not a suite name like \"bookworm\""),
                 ));
@@ -219,7 +264,7 @@ impl Manifest {
                 None => "minbase".to_string(),
                 Some(v) if DEBIAN_VARIANTS.contains(&v.get_ref().as_str()) => v.get_ref().clone(),
                 Some(v) => {
-                    return Err(at(
+                    return Err(self.at(
                         v.span(),
                         format!(
                             "`base.debian.variant` {:?} is not one of {}",
@@ -235,18 +280,21 @@ impl Manifest {
             });
         }
         if bases.len() != 1 {
-            return Err(at(
-                raw.base.span(),
-                format!(
-                    "`base` needs exactly one of oci-archive, oci-layout, tarball, debian (found {})",
-                    bases.len()
-                ),
-            ));
+            return Err(self.at(
+            raw.span(),
+            format!(
+                "`base` needs exactly one of oci-archive, oci-layout, tarball, debian (found {})",
+                bases.len()
+            ),
+        ));
         }
-        let base = bases.remove(0);
+        Ok(bases.remove(0))
+    }
 
+    /// Debian package names, optionally with `=version` or `/suite`.
+    fn packages(&self, raw: &[Spanned<String>]) -> Result<Vec<String>, ManifestError> {
         let mut packages = Vec::new();
-        for p in &raw.packages {
+        for p in raw {
             let name = p.get_ref();
             // Debian package names, optionally with =version or /suite.
             if name.is_empty()
@@ -255,45 +303,30 @@ impl Manifest {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+-.:=/~_".contains(c))
             {
-                return Err(at(
+                return Err(self.at(
                     p.span(),
                     format!("`packages` entry {name:?} is not a package name"),
                 ));
             }
             packages.push(name.clone());
         }
+        Ok(packages)
+    }
 
-        let mut commands = Vec::new();
-        for c in &raw.commands {
-            if c.get_ref().trim().is_empty() {
-                return Err(at(c.span(), "`commands` entry is empty".into()));
-            }
-            commands.push(c.get_ref().clone());
-        }
-
-        let mut env = BTreeMap::new();
-        for (k, v) in &raw.env {
-            let key = k.get_ref();
-            if key.is_empty() || key.contains('=') || key.contains('\0') || v.contains('\0') {
-                return Err(at(
-                    k.span(),
-                    format!("`env` key {key:?} is not a variable name"),
-                ));
-            }
-            env.insert(key.clone(), v.clone());
-        }
-
+    /// `[[files]]`: a source next to the manifest, an absolute destination
+    /// without `..`, an optional octal mode.
+    fn files(&self, raw: &[Spanned<RawFile>]) -> Result<Vec<FileCopy>, ManifestError> {
         let mut files = Vec::new();
-        for f in &raw.files {
+        for f in raw {
             let r = f.get_ref();
-            let src = rel(&r.src, "files.src")?;
+            let src = self.rel(&r.src, "files.src")?;
             let dst = PathBuf::from(r.dst.get_ref());
             if !dst.is_absolute()
                 || dst
                     .components()
                     .any(|c| matches!(c, std::path::Component::ParentDir))
             {
-                return Err(at(
+                return Err(self.at(
                     r.dst.span(),
                     format!(
                         "`files.dst` {:?} must be an absolute path inside the rootfs without `..`",
@@ -306,7 +339,7 @@ impl Manifest {
                 Some(m) => match u32::from_str_radix(m.get_ref(), 8) {
                     Ok(v) if v <= 0o7777 => Some(v),
                     _ => {
-                        return Err(at(
+                        return Err(self.at(
                             m.span(),
                             format!(
                                 "`files.mode` {:?} is not an octal mode like \"0644\"",
@@ -318,15 +351,7 @@ impl Manifest {
             };
             files.push(FileCopy { src, dst, mode });
         }
-
-        Ok(Manifest {
-            origin: origin.to_string(),
-            base,
-            packages,
-            commands,
-            env,
-            files,
-        })
+        Ok(files)
     }
 }
 
