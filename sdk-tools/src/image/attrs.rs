@@ -143,6 +143,40 @@ pub fn uniform_owner(attrs: &[Attr], fs: &'static str) -> Result<(u32, u32), Att
     Ok(first)
 }
 
+/// Owner settings for a read-only image of `tree` below `prefix` built by
+/// an external mkfs (erofs, squashfs): squashfs takes every owner and mode
+/// from a pseudo file written to `pseudo`; erofs can only force one owner,
+/// so the tree must have one. ext4 is our own writer and needs none of
+/// this. Used by build_image's USR and by build_sysext alike.
+pub fn read_only_owners(
+    tree: &Tree,
+    prefix: &str,
+    fs: crate::formats::fs::FsType,
+    pseudo: &std::path::Path,
+    opts: &mut crate::formats::fs::FsOptions,
+) -> anyhow::Result<()> {
+    use crate::formats::fs::{FsType, Ownership};
+    use anyhow::Context;
+    let attrs = attrs_of(tree, prefix);
+    if fs == FsType::Squashfs {
+        std::fs::write(
+            pseudo,
+            squashfs_pseudo(&attrs).map_err(sdk_common::error::bad_input)?,
+        )
+        .with_context(|| format!("write {}", pseudo.display()))?;
+        let root = &attrs[0];
+        opts.owner = Ownership::Force {
+            uid: root.uid,
+            gid: root.gid,
+        };
+        opts.pseudo_file = Some(pseudo.to_path_buf());
+    } else {
+        let (uid, gid) = uniform_owner(&attrs, fs.name()).map_err(sdk_common::error::bad_input)?;
+        opts.owner = Ownership::Force { uid, gid };
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -689,7 +689,6 @@ fn usr_stage(
         );
         written.size
     } else {
-        let usr_attrs = attrs::attrs_of(&ins.tree, "usr");
         let mut opts = FsOptions {
             label: None,
             uuid: (plan.usr_fs != FsType::Squashfs).then(|| ins.seed.uuid("usr")),
@@ -698,21 +697,13 @@ fn usr_stage(
             read_only: true,
             ..FsOptions::default()
         };
-        if plan.usr_fs == FsType::Squashfs {
-            let pf = work.join("usr.pseudo");
-            fs::write(&pf, attrs::squashfs_pseudo(&usr_attrs).map_err(bad_input)?)
-                .with_context(|| format!("write {}", pf.display()))?;
-            let root = &usr_attrs[0];
-            opts.owner = Ownership::Force {
-                uid: root.uid,
-                gid: root.gid,
-            };
-            opts.pseudo_file = Some(pf);
-        } else {
-            let (uid, gid) =
-                attrs::uniform_owner(&usr_attrs, plan.usr_fs.name()).map_err(bad_input)?;
-            opts.owner = Ownership::Force { uid, gid };
-        }
+        attrs::read_only_owners(
+            &ins.tree,
+            "usr",
+            plan.usr_fs,
+            &work.join("usr.pseudo"),
+            &mut opts,
+        )?;
         fsb::build(plan.usr_fs, &usr_src, usr_img, &opts)
             .map_err(classify)?
             .size

@@ -12,7 +12,7 @@
 use sdk_common::error::bad_input;
 use sdk_common::error::classify;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -169,7 +169,6 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         epoch,
     );
     tree.settle()?;
-    let all = attrs::attrs_of(&tree, "");
     let img = work.path().join("sysext.raw");
     let mut opts = FsOptions {
         uuid: (req.fs == FsType::Erofs).then(|| seed.uuid("sysext")),
@@ -178,41 +177,20 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         read_only: true,
         ..FsOptions::default()
     };
-    if req.fs == FsType::Squashfs {
-        let pf = work.path().join("sysext.pseudo");
-        fs::write(&pf, attrs::squashfs_pseudo(&all).map_err(bad_input)?)
-            .with_context(|| format!("write {}", pf.display()))?;
-        opts.pseudo_file = Some(pf);
-    } else {
-        let (uid, gid) = attrs::uniform_owner(&all, req.fs.name()).map_err(bad_input)?;
-        opts.owner = Ownership::Force { uid, gid };
-    }
+    attrs::read_only_owners(
+        &tree,
+        "",
+        req.fs,
+        &work.path().join("sysext.pseudo"),
+        &mut opts,
+    )?;
     // The image root is the tree root: /usr inside, nothing else.
     let built = fsb::build(req.fs, tree.root(), &img, &opts).map_err(classify)?;
-    let mut published = vec![];
-    if req.verity {
-        let size = built.size.div_ceil(4096) * 4096;
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&img)
-            .and_then(|f| f.set_len(size))
-            .with_context(|| format!("pad {}", img.display()))?;
-        let hash = work.path().join("sysext.verity");
-        let f = verity::format(
-            &img,
-            &hash,
-            &verity::Options {
-                salt: Some(seed.salt("verity").to_vec()),
-                uuid: Some(seed.uuid("verity")),
-                ..verity::Options::default()
-            },
-        )?;
-        let roothash = work.path().join("sysext.roothash");
-        fs::write(&roothash, format!("{}\n", f.root_hash_hex()))
-            .with_context(|| format!("write {}", roothash.display()))?;
-        published.push((hash, out_dir.join(format!("{}.verity", req.name))));
-        published.push((roothash, out_dir.join(format!("{}.roothash", req.name))));
-    }
+    let mut published = if req.verity {
+        verity_files(&img, built.size, &seed, work.path(), &out_dir, &req.name)?
+    } else {
+        vec![]
+    };
     published.push((img, raw.clone()));
     for (from, to) in &published {
         fs::rename(from, to).with_context(|| format!("rename into place {}", to.display()))?;
@@ -226,6 +204,43 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
     );
     println!("{}", raw.display());
     Ok(raw)
+}
+
+/// `--verity`: the image padded to a 4 KiB boundary, its hash tree and
+/// root hash in files of their own (systemd-sysext reads `NAME.verity`
+/// and `NAME.roothash` beside `NAME.raw`). Returns (made, destination)
+/// pairs for the caller to rename into place.
+fn verity_files(
+    img: &Path,
+    built_size: u64,
+    seed: &Seed,
+    work: &Path,
+    out_dir: &Path,
+    name: &str,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let size = built_size.div_ceil(4096) * 4096;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(img)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("pad {}", img.display()))?;
+    let hash = work.join("sysext.verity");
+    let f = verity::format(
+        img,
+        &hash,
+        &verity::Options {
+            salt: Some(seed.salt("verity").to_vec()),
+            uuid: Some(seed.uuid("verity")),
+            ..verity::Options::default()
+        },
+    )?;
+    let roothash = work.join("sysext.roothash");
+    fs::write(&roothash, format!("{}\n", f.root_hash_hex()))
+        .with_context(|| format!("write {}", roothash.display()))?;
+    Ok(vec![
+        (hash, out_dir.join(format!("{name}.verity"))),
+        (roothash, out_dir.join(format!("{name}.roothash"))),
+    ])
 }
 
 #[cfg(test)]
