@@ -37,7 +37,8 @@ struct Inputs<'a> {
 
 fn sha256_file(path: &Path) -> Result<String> {
     sdk_common::fsutil::sha256_hex(path)
-        .map_err(|e| UsageError(format!("{}: {e}", path.display())).into())
+        .map_err(sdk_common::error::bad_input)
+        .with_context(|| path.display().to_string())
 }
 
 /// The apt sources a Debian base is bootstrapped from.
@@ -68,7 +69,9 @@ fn resolve(m: &Manifest) -> Result<(String, Option<String>)> {
             sources = Some(s);
         }
         Base::OciArchive(p) | Base::OciLayout(p) | Base::Tarball(p) => {
-            let plan = oci::inspect(p).map_err(|e| UsageError(format!("base: {e}")))?;
+            let plan = oci::inspect(p)
+                .map_err(sdk_common::error::bad_input)
+                .context("base")?;
             let d = match plan.digest {
                 Some(d) => d,
                 None => sha256_file(p)?,

@@ -45,7 +45,7 @@ fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(SandboxName, 
     let name = match (&opts.name, &repo) {
         (Some(n), _) => n.clone(),
         (None, Some(r)) => VersionFile::load(&r.join(version::FILE_NAME))
-            .map_err(|e| usage(format!("{e}")))?
+            .map_err(sdk_common::error::bad_input)?
             .sandbox_name(),
         (None, None) => {
             return Err(usage(format!(

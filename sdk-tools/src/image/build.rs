@@ -330,7 +330,7 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
                 .join(&plan.board.name)
         });
     let out = OutputDir::open(&out_dir).map_err(|e| match e {
-        super::outputs::OutputError::Busy { .. } => usage(e.to_string()),
+        e @ super::outputs::OutputError::Busy { .. } => bad_input(e),
         other => anyhow::Error::new(other),
     })?;
     let stem = format!("{}-{}", plan.group, plan.repo.os_version);

@@ -47,7 +47,8 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<Pa
                 .into());
             }
             tree.import_dir(dir, IdMap::current(), "--root")
-                .map_err(|e| UsageError(format!("--root {}: {e}", dir.display())))?;
+                .map_err(sdk_common::error::bad_input)
+                .with_context(|| format!("--root {}", dir.display()))?;
             Ok(vec![PackageInfo {
                 name: "staging-root".into(),
                 version: "unknown".into(),
@@ -108,7 +109,8 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<Pa
                     .with_context(|| format!("read binary package {}", path.display()))?;
                 let origin = format!("{}-{}", meta.name, meta.version);
                 tree.extract_tar(dec, &origin, false)
-                    .map_err(|e| UsageError(format!("installing {origin}: {e}")))?;
+                    .map_err(sdk_common::error::bad_input)
+                    .with_context(|| format!("installing {origin}"))?;
             }
             Ok(metas.iter().map(info_of).collect())
         }
