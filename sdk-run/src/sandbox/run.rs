@@ -15,7 +15,7 @@ use crate::sandbox::create::{self, Request};
 use crate::sandbox::enter::{self, EnterOptions};
 use crate::sandbox::{remove, start};
 use crate::state::StateDir;
-use crate::state::{SandboxName, is_running, lock, read_json, read_state};
+use crate::state::{SandboxName, SandboxPaths, State, is_running, lock, read_json, read_state};
 use crate::version::{self, VersionFile};
 
 /// Options of the default verb (see `cli::RunArgs`).
@@ -195,52 +195,16 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         match read_state(&sb).filter(is_running) {
             Some(st) => st,
             None => {
-                let new = !sb.config().is_file();
-                let result = (|| {
-                    let cfg: Config = if new {
-                        let (map, warning) =
-                            IdMap::for_caller(&SubIdFiles::default(), &Caller::current())?;
-                        if let Some(w) = warning {
-                            eprintln!("{w}");
-                        }
-                        let mut devs = devices.clone();
-                        for d in create::default_devices() {
-                            if !devs.contains(&d) {
-                                devs.push(d);
-                            }
-                        }
-                        let req = Request {
-                            name: name.to_string(),
-                            rootfs: spec.clone(),
-                            rootfs_origin: rootfs.as_ref().map(|r| r.1.clone()),
-                            source: Some(std::fs::canonicalize(&repo).unwrap_or(repo.clone())),
-                            volumes: volumes.clone(),
-                            devices: devs,
-                            net: opts.net.unwrap_or(Net::Host),
-                            env: Vec::new(),
-                        };
-                        let spec = spec.clone().context("no rootfs")?;
-                        create::create(&sb, &req, spec, map)?
-                    } else {
-                        read_json(&sb.config())?
-                    };
-                    let st = start::start(&sb, &cfg)?;
-                    start::record(&sb, &st)?;
-                    Ok::<_, anyhow::Error>(st)
-                })();
-                match result {
-                    Ok(st) => st,
-                    Err(e) if new => {
-                        // A failed create leaves nothing behind.
-                        if let Err(e2) = remove::remove_locked(&state_dir, &sb) {
-                            eprintln!(
-                                "sdk-run: warning: removing the half-made sandbox {name} failed too: {e2:#}; `sdk-run prune` retries"
-                            );
-                        }
-                        return Err(e);
-                    }
-                    Err(e) => return Err(e),
-                }
+                let create = NewSandbox {
+                    name: &name,
+                    spec: spec.as_ref(),
+                    rootfs_origin: rootfs.as_ref().map(|r| r.1.clone()),
+                    repo: &repo,
+                    volumes: &volumes,
+                    devices: &devices,
+                    net: opts.net.unwrap_or(Net::Host),
+                };
+                create_and_start(&state_dir, &sb, &create)?
             }
         }
     };
@@ -253,6 +217,71 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let status = enter_in_child(&st, &eo)?;
     remove::remove(&state_dir, &sb)?;
     Ok(enter::pass_through(status))
+}
+
+/// What a sandbox that does not exist yet is created with.
+struct NewSandbox<'a> {
+    name: &'a SandboxName,
+    spec: Option<&'a crate::sandbox::RootfsSpec>,
+    rootfs_origin: Option<PathBuf>,
+    repo: &'a Path,
+    volumes: &'a [Volume],
+    devices: &'a [PathBuf],
+    net: Net,
+}
+
+/// Under the sandbox lock: create the sandbox if it has no config yet,
+/// then start its init and record it. A failed create leaves nothing
+/// behind.
+fn create_and_start(
+    state_dir: &StateDir,
+    sb: &SandboxPaths,
+    new: &NewSandbox<'_>,
+) -> anyhow::Result<State> {
+    let fresh = !sb.config().is_file();
+    let result = (|| {
+        let cfg: Config = if fresh {
+            let (map, warning) = IdMap::for_caller(&SubIdFiles::default(), &Caller::current())?;
+            if let Some(w) = warning {
+                eprintln!("{w}");
+            }
+            let mut devs = new.devices.to_vec();
+            for d in create::default_devices() {
+                if !devs.contains(&d) {
+                    devs.push(d);
+                }
+            }
+            let req = Request {
+                name: new.name.to_string(),
+                rootfs: new.spec.cloned(),
+                rootfs_origin: new.rootfs_origin.clone(),
+                source: Some(std::fs::canonicalize(new.repo).unwrap_or(new.repo.to_path_buf())),
+                volumes: new.volumes.to_vec(),
+                devices: devs,
+                net: new.net,
+                env: Vec::new(),
+            };
+            let spec = new.spec.cloned().context("no rootfs")?;
+            create::create(sb, &req, spec, map)?
+        } else {
+            read_json(&sb.config())?
+        };
+        let st = start::start(sb, &cfg)?;
+        start::record(sb, &st)?;
+        Ok::<_, anyhow::Error>(st)
+    })();
+    match result {
+        Err(e) if fresh => {
+            if let Err(e2) = remove::remove_locked(state_dir, sb) {
+                eprintln!(
+                    "sdk-run: warning: removing the half-made sandbox {} failed too: {e2:#}; `sdk-run prune` retries",
+                    new.name
+                );
+            }
+            Err(e)
+        }
+        r => r,
+    }
 }
 
 fn enter_in_child(

@@ -460,6 +460,42 @@ pub fn run(opts: &Options) -> Result<Report> {
     execute(plan, opts, installer)
 }
 
+impl PackageReport {
+    /// How `p` ended, without a log or an error.
+    fn of(p: &Planned, outcome: Outcome, seconds: f64) -> PackageReport {
+        PackageReport {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            input_hash: p.input_hash.clone(),
+            outcome,
+            log: None,
+            error: None,
+            seconds,
+        }
+    }
+}
+
+/// A failed build, for the terminal: the error, where the log is, and its
+/// last lines (the error is appended to the log too).
+fn failure_text(name: &str, msg: &str, log: &Path) -> String {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "== FAILED: {msg}");
+    }
+    let tail = crate::cmd::file_tail(log, 15);
+    let mut text = format!("error: {name} failed: {msg}\n  log: {}", log.display());
+    if !tail.is_empty() {
+        text.push_str("\n  last lines of the log:");
+        for l in tail.lines() {
+            text.push_str(&format!("\n  | {l}"));
+        }
+    }
+    text
+}
+
 fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Result<Report> {
     let Plan {
         board,
@@ -475,18 +511,7 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
     let mut outcome: BTreeMap<String, PackageReport> = BTreeMap::new();
     for p in &packages {
         if p.action == Action::UpToDate {
-            outcome.insert(
-                p.name.clone(),
-                PackageReport {
-                    name: p.name.clone(),
-                    version: p.version.clone(),
-                    input_hash: p.input_hash.clone(),
-                    outcome: Outcome::UpToDate,
-                    log: None,
-                    error: None,
-                    seconds: 0.0,
-                },
-            );
+            outcome.insert(p.name.clone(), PackageReport::of(p, Outcome::UpToDate, 0.0));
         }
     }
     let (tx, rx) = mpsc::channel::<(String, Result<Outcome>, f64)>();
@@ -545,43 +570,19 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
         let log = cross.log_path(&name);
         let report = match result {
             Ok(o) => PackageReport {
-                name: name.clone(),
-                version: p.version.clone(),
-                input_hash: p.input_hash.clone(),
-                outcome: o,
                 log: (p.action == Action::Build).then(|| log.clone()),
-                error: None,
-                seconds: secs,
+                ..PackageReport::of(p, o, secs)
             },
             Err(e) => {
                 let msg = format!("{e:#}");
-                if let Ok(mut f) = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(&log)
-                {
-                    let _ = writeln!(f, "== FAILED: {msg}");
-                }
-                let tail = crate::cmd::file_tail(&log, 15);
-                let mut text = format!("error: {name} failed: {msg}\n  log: {}", log.display());
-                if !tail.is_empty() {
-                    text.push_str("\n  last lines of the log:");
-                    for l in tail.lines() {
-                        text.push_str(&format!("\n  | {l}"));
-                    }
-                }
-                progress.line(text);
+                progress.line(failure_text(&name, &msg, &log));
                 if !opts.keep_going {
                     stop = true;
                 }
                 PackageReport {
-                    name: name.clone(),
-                    version: p.version.clone(),
-                    input_hash: p.input_hash.clone(),
-                    outcome: Outcome::Failed,
                     log: Some(log.clone()),
                     error: Some(msg),
-                    seconds: secs,
+                    ..PackageReport::of(p, Outcome::Failed, secs)
                 }
             }
         };
@@ -593,15 +594,7 @@ fn execute(plan: Plan, opts: &Options, installer: Arc<Mutex<Installer>>) -> Resu
     for p in &packages {
         outcome
             .entry(p.name.clone())
-            .or_insert_with(|| PackageReport {
-                name: p.name.clone(),
-                version: p.version.clone(),
-                input_hash: p.input_hash.clone(),
-                outcome: Outcome::Skipped,
-                log: None,
-                error: None,
-                seconds: 0.0,
-            });
+            .or_insert_with(|| PackageReport::of(p, Outcome::Skipped, 0.0));
     }
     let packages = packages
         .iter()
