@@ -142,31 +142,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
 
     // Where to write: in place, or a temporary file renamed at the end.
     let in_place = appended || (opts.hash_offset > 0 && hash.exists());
-    let (out, temp) = if in_place {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(hash)
-            .map_err(crate::io_err("open", hash))?;
-        (f, None)
-    } else {
-        let dir = match hash.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let t = tempfile::Builder::new()
-            .prefix(".verity-")
-            .tempfile_in(dir)
-            .map_err(|e| {
-                bad(format!(
-                    "cannot create {} in {}: {e}; check the directory exists and is writable",
-                    hash.display(),
-                    dir.display()
-                ))
-            })?;
-        let f = t.reopen().map_err(crate::io_err("reopen", t.path()))?;
-        (f, Some(t))
-    };
+    let (out, temp) = open_output(hash, in_place)?;
     let out_path = temp.as_ref().map(|t| t.path()).unwrap_or(hash);
     tracing::info!(
         data = %data.display(), hash = %hash.display(), data_blocks,
@@ -174,25 +150,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     );
 
     if let Some(u) = uuid {
-        let sb = Superblock {
-            uuid: *u.as_bytes(),
-            algorithm,
-            data_block_size: dbs,
-            hash_block_size: hbs,
-            data_blocks,
-            salt: geo.salt.clone(),
-        };
-        // The superblock, then zeros up to the first tree block.
-        let first_tree = geo
-            .levels
-            .last()
-            .map(|l| l.0)
-            .unwrap_or(geo.end)
-            .max(opts.hash_offset + superblock::SIZE as u64);
-        let mut head = vec![0u8; (first_tree - opts.hash_offset) as usize];
-        head[..superblock::SIZE].copy_from_slice(&sb.encode());
-        out.write_all_at(&head, opts.hash_offset)
-            .map_err(crate::io_err("write superblock to", out_path))?;
+        write_superblock(&out, out_path, &geo, u, opts.hash_offset)?;
     }
     for level in 0..geo.levels.len() {
         let children = if level == 0 {
@@ -231,4 +189,66 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
         hash_offset: opts.hash_offset,
         hash_size: geo.end - opts.hash_offset,
     })
+}
+
+/// The file the tree goes into: HASH itself (appended to the data, or at
+/// an offset into an existing file), or a temporary file beside it that
+/// the caller renames over HASH at the end.
+fn open_output(
+    hash: &Path,
+    in_place: bool,
+) -> Result<(File, Option<tempfile::NamedTempFile>), VerityError> {
+    if in_place {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(hash)
+            .map_err(crate::io_err("open", hash))?;
+        return Ok((f, None));
+    }
+    let dir = match hash.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let t = tempfile::Builder::new()
+        .prefix(".verity-")
+        .tempfile_in(dir)
+        .map_err(|e| {
+            bad(format!(
+                "cannot create {} in {}: {e}; check the directory exists and is writable",
+                hash.display(),
+                dir.display()
+            ))
+        })?;
+    let f = t.reopen().map_err(crate::io_err("reopen", t.path()))?;
+    Ok((f, Some(t)))
+}
+
+/// The superblock at `hash_offset`, then zeros up to the first tree block.
+fn write_superblock(
+    out: &File,
+    out_path: &Path,
+    geo: &Geometry,
+    uuid: uuid::Uuid,
+    hash_offset: u64,
+) -> Result<(), VerityError> {
+    let sb = Superblock {
+        uuid: *uuid.as_bytes(),
+        algorithm: geo.algorithm,
+        data_block_size: geo.data_block_size as u32,
+        hash_block_size: geo.hash_block_size as u32,
+        data_blocks: geo.data_blocks,
+        salt: geo.salt.clone(),
+    };
+    let first_tree = geo
+        .levels
+        .last()
+        .map(|l| l.0)
+        .unwrap_or(geo.end)
+        .max(hash_offset + superblock::SIZE as u64);
+    let mut head = vec![0u8; (first_tree - hash_offset) as usize];
+    head[..superblock::SIZE].copy_from_slice(&sb.encode());
+    out.write_all_at(&head, hash_offset)
+        .map_err(crate::io_err("write superblock to", out_path))?;
+    Ok(())
 }
