@@ -50,29 +50,11 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
     let idx = ModuleIndex::load(&kernel.modules_dir)?;
     let modules = idx.closure(&kernel.version, REQUIRED_MODULES, OPTIONAL_MODULES)?;
 
-    let mut entries = Vec::new();
-    let mut dirs = BTreeSet::new();
-    let mut add_dirs = |path: &str, entries: &mut Vec<Entry>| {
-        let mut acc = String::new();
-        let parts: Vec<&str> = path.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(part);
-            if dirs.insert(acc.clone()) {
-                entries.push(Entry {
-                    path: acc.clone(),
-                    perm: 0o755,
-                    kind: Kind::Dir,
-                });
-            }
-        }
-    };
-    for d in ["dev/", "proc/", "sys/", "run/", "sysroot/", "tmp/"] {
-        add_dirs(d, &mut entries);
+    let mut tree = Entries::default();
+    for d in ["dev", "proc", "sys", "run", "sysroot", "tmp"] {
+        tree.dir(d);
     }
-    entries.push(Entry {
+    tree.entries.push(Entry {
         path: "dev/console".into(),
         perm: 0o600,
         kind: Kind::CharDev { major: 5, minor: 1 },
@@ -80,27 +62,12 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
 
     // The init: this executable, plus what the dynamic loader needs for it.
     let exe = init_binary()?;
-    entries.push(Entry {
-        path: "init".into(),
-        perm: 0o755,
-        kind: Kind::File(exe.clone()),
-    });
+    tree.file("init", 0o755, exe.clone());
     let libs = elf_closure(&exe, Path::new("/"))?;
     for lib in &libs {
-        let data = std::fs::read(lib).map_err(|source| BootError::Io {
-            what: "read a shared library for the initramfs",
-            path: lib.clone(),
-            source,
-        })?;
-        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
-        add_dirs(&rel, &mut entries);
-        entries.push(Entry {
-            path: rel,
-            perm: 0o755,
-            kind: Kind::File(data),
-        });
+        let data = read(lib, "read a shared library for the initramfs")?;
+        tree.file(&lib.to_string_lossy(), 0o755, data);
     }
-
     for m in &modules {
         let src = kernel.modules_dir.join(m);
         if !m.ends_with(".ko") {
@@ -109,44 +76,85 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
                 why: "compressed modules are not supported yet; build the kernel with CONFIG_MODULE_COMPRESS_NONE".into(),
             });
         }
-        let data = std::fs::read(&src).map_err(|source| BootError::Io {
-            what: "read a kernel module",
-            path: src.clone(),
-            source,
-        })?;
-        let rel = format!("lib/modules/{}/{m}", kernel.version);
-        add_dirs(&rel, &mut entries);
-        entries.push(Entry {
-            path: rel,
-            perm: 0o644,
+        let data = read(&src, "read a kernel module")?;
+        tree.file(&format!("lib/modules/{}/{m}", kernel.version), 0o644, data);
+    }
+    let list: String = modules.iter().map(|m| format!("{m}\n")).collect();
+    tree.file(MODULES_LIST, 0o644, list.into_bytes());
+    tree.file(
+        KERNEL_VERSION_FILE,
+        0o644,
+        format!("{}\n", kernel.version).into_bytes(),
+    );
+
+    let bytes = write_gz(out, &tree.entries, mtime)?;
+    tracing::info!(kernel = %kernel.version, modules = modules.len(), bytes, "initramfs built");
+    Ok(Initramfs {
+        kernel_version: kernel.version.clone(),
+        modules,
+        host_files: libs,
+        bytes,
+    })
+}
+
+/// The archive's entries, each parent directory once, before its files.
+#[derive(Default)]
+struct Entries {
+    entries: Vec<Entry>,
+    dirs: BTreeSet<String>,
+}
+
+impl Entries {
+    /// `path` (relative, `/`-separated) and every directory above it.
+    fn dir(&mut self, path: &str) {
+        let mut acc = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            if self.dirs.insert(acc.clone()) {
+                self.entries.push(Entry {
+                    path: acc.clone(),
+                    perm: 0o755,
+                    kind: Kind::Dir,
+                });
+            }
+        }
+    }
+
+    /// A file at `path` (a leading `/` is dropped), after its directories.
+    fn file(&mut self, path: &str, perm: u32, data: Vec<u8>) {
+        let path = path.trim_start_matches('/');
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entries.push(Entry {
+            path: path.to_string(),
+            perm,
             kind: Kind::File(data),
         });
     }
-    add_dirs(MODULES_LIST, &mut entries);
-    entries.push(Entry {
-        path: MODULES_LIST.into(),
-        perm: 0o644,
-        kind: Kind::File(
-            modules
-                .iter()
-                .map(|m| format!("{m}\n"))
-                .collect::<String>()
-                .into_bytes(),
-        ),
-    });
-    entries.push(Entry {
-        path: KERNEL_VERSION_FILE.into(),
-        perm: 0o644,
-        kind: Kind::File(format!("{}\n", kernel.version).into_bytes()),
-    });
+}
 
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, BootError> {
+    std::fs::read(path).map_err(|source| BootError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The gzip-compressed newc archive at `out` (a temporary file synced and
+/// renamed into place); returns its size.
+fn write_gz(out: &Path, entries: &[Entry], mtime: u32) -> Result<u64, BootError> {
     let tmp = out.with_extension("tmp");
     let write = || -> std::io::Result<u64> {
         let f = std::fs::File::create(&tmp)?;
         let mut gz = flate2::GzBuilder::new()
             .mtime(0)
             .write(std::io::BufWriter::new(f), flate2::Compression::fast());
-        write_newc(&mut gz, &entries, mtime)?;
+        write_newc(&mut gz, entries, mtime)?;
         let mut w = gz.finish()?;
         w.flush()?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
@@ -154,20 +162,13 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
         std::fs::rename(&tmp, out)?;
         Ok(std::fs::metadata(out)?.len())
     };
-    let bytes = write().map_err(|source| {
+    write().map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         BootError::Io {
             what: "write the initramfs",
             path: out.to_path_buf(),
             source,
         }
-    })?;
-    tracing::info!(kernel = %kernel.version, modules = modules.len(), bytes, "initramfs built");
-    Ok(Initramfs {
-        kernel_version: kernel.version.clone(),
-        modules,
-        host_files: libs,
-        bytes,
     })
 }
 
