@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Allocate a terminal inside the sandbox (for interactive shells).
     #[arg(short = 't', long = "tty")]
     pub tty: bool,
+    /// Accepted as podman and docker users type it (`-it`): stdin always
+    /// reaches the command.
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
     /// Sandbox name (default: from the repo's sdk-version.toml).
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
@@ -137,11 +141,12 @@ pub enum Verb {
     Build(rootfs::BuildArgs),
 }
 
-/// The common enter forms, `[-t] [-n NAME] [-u USER] [-- CMD...]`, parsed
+/// The common enter forms, `[-t|-it] [-n NAME] [-u USER] [-- CMD...]`, parsed
 /// without building the clap command (entering is the hot path). Anything
 /// else, or anything odd, returns `None` and goes through clap.
 pub fn fast_args(args: &[OsString]) -> Option<run::RunOptions> {
     let mut o = run::RunOptions::default();
+    let mut interactive = false;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let value = |v: Option<&OsString>| -> Option<String> {
@@ -150,6 +155,11 @@ pub fn fast_args(args: &[OsString]) -> Option<run::RunOptions> {
         };
         match a.to_str()? {
             "-t" | "--tty" if !o.tty => o.tty = true,
+            "-i" | "--interactive" if !interactive => interactive = true,
+            "-it" | "-ti" if !o.tty && !interactive => {
+                o.tty = true;
+                interactive = true;
+            }
             "-n" | "--name" if o.name.is_none() => o.name = Some(value(it.next())?),
             "-u" | "--user" if o.user.is_none() => o.user = Some(value(it.next())?),
             "--" => {
@@ -177,15 +187,28 @@ pub fn main() -> i32 {
             return 0;
         }
         Err(e) => {
-            // One line: what is wrong; the rest is in --help.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("sdk-run: {first} (see `sdk-run --help`)");
+            eprintln!("sdk-run: {}", one_line(&e.render().to_string()));
             return crate::exit::USAGE;
         }
     };
     init_logging(cli.verbose);
     finish(dispatch(cli))
+}
+
+/// A clap error as the one line bad input gets: what is wrong, clap's
+/// tips ("a similar argument exists: '--name'") kept, the usage block
+/// left to `--help`.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut out = lines.next().unwrap_or("error: bad arguments").to_string();
+    for l in lines {
+        if let Some(tip) = l.trim_start().strip_prefix("tip: ") {
+            out.push_str("; ");
+            out.push_str(tip);
+        }
+    }
+    out.push_str(" (see `sdk-run --help`)");
+    out
 }
 
 fn finish(r: anyhow::Result<i32>) -> i32 {
@@ -291,12 +314,31 @@ mod tests {
         assert_eq!(parse(&["-v", "x"]).unwrap_err().exit_code(), 2);
     }
 
+    #[test]
+    fn bad_arguments_are_one_line_with_clap_tips() {
+        let e = parse(&["--nmae", "x"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.starts_with("error: unexpected argument '--nmae' found"),
+            "{line}"
+        );
+        assert!(
+            line.contains("a similar argument exists: '--name'"),
+            "{line}"
+        );
+        assert!(line.ends_with("(see `sdk-run --help`)"), "{line}");
+    }
+
     /// The fast path parses exactly what clap would, or declines.
     #[test]
     fn fast_args_agree_with_clap() {
         let cases: &[&[&str]] = &[
             &[],
             &["-t"],
+            &["-it"],
+            &["-ti", "-n", "box"],
+            &["-i", "--", "cat"],
             &["-n", "box", "--", "make", "-j2"],
             &["-u", "root", "-n", "b", "-t", "--", "sh", "-c", "x -- y"],
             &["--name", "b", "--user", "0", "--"],
@@ -321,6 +363,8 @@ mod tests {
             &["-n"],
             &["-n", "-t"],
             &["-t", "-t"],
+            &["-it", "-t"],
+            &["-i", "-i"],
             &["-u", "a", "-u", "b"],
             &["--rootfs", "x"],
             &["--verbose"],

@@ -660,6 +660,18 @@ fn tty_gives_a_pts_inside_with_job_control() {
         .status()
         .unwrap();
     assert_eq!(st.code(), Some(9));
+    // `-it`, as podman and docker users type it, is the same.
+    let st = env
+        .as_user("script")
+        .args([
+            "-qec",
+            "sdk-run -n box -it -- sh -c 'test -t 0 && exit 8'",
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(8));
 }
 
 #[test]
