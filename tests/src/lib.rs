@@ -11,6 +11,8 @@
 //! When the tests run as root without that environment they fail with a line
 //! saying to run `make test`; they never pass by skipping.
 
+pub mod tars;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -999,3 +999,71 @@ fn images_come_from_the_boards_binary_packages() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+/// The hostile corpus as a layer of `build_image --from-oci` (a
+/// docker-save archive, which the shared image reader takes too): the
+/// staging table either refuses an entry (exit 2, one line) or keeps it
+/// inside; nothing is written outside, and no half-built image is
+/// published.
+#[test]
+fn hostile_layers_from_oci_write_nothing_outside() {
+    use sdk_e2e::tars::{Tar, docker_save, hostile_corpus};
+    let f = Fixture::new();
+    let outside = f.scratch.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "secret").unwrap();
+    chown_r(&f.user, &outside);
+    let before: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let o = outside.display().to_string();
+    for (name, hostile) in hostile_corpus(&o) {
+        let layer = hostile(Tar::new().file("etc/os-release", "ID=testos\n")).bytes();
+        let archive = f.scratch.path().join(format!("{name}.docker.tar"));
+        fs::write(&archive, docker_save(std::slice::from_ref(&layer), &[])).unwrap();
+        chown_r(&f.user, &archive);
+        let out = images_dir(&f, name);
+        let mut c = f.tool("build_image");
+        c.args(["--board", "testboard", "--from-oci"])
+            .arg(&archive)
+            .arg("--output")
+            .arg(&out);
+        let r = c.output().unwrap();
+        let code = r.status.code();
+        assert!(
+            code == Some(0) || code == Some(2),
+            "{name}: exit {code:?}\n{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        if code == Some(2) {
+            // Refused in one error line (an image without a kernel is
+            // refused too: the corpus layers carry none).
+            let err = String::from_utf8_lossy(&r.stderr);
+            let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+            assert_eq!(errors.len(), 1, "{name}: {err}");
+            assert!(!out.join("latest").exists(), "{name}: nothing published");
+        }
+        let found = Command::new("find")
+            .arg(f.scratch.path())
+            .args(["-name", "escape"])
+            .output()
+            .unwrap();
+        assert!(
+            found.stdout.is_empty(),
+            "{name}: `..` left the staging tree: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+    let after: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(before, after, "nothing created outside");
+    assert_eq!(
+        fs::read_to_string(outside.join("secret")).unwrap(),
+        "secret"
+    );
+}

@@ -9,8 +9,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sdk_e2e::tars::{Tar as T, docker_save, hostile_corpus, sha};
 use sdk_e2e::{Scratch, TestUser, chown_r, run_bad_input, run_expect, run_ok, subuid_start};
-use sha2::{Digest, Sha256};
 
 fn sdk(user: &TestUser, s: &Scratch) -> Command {
     user.command(s, "sdk-run")
@@ -41,110 +41,6 @@ fn import(user: &TestUser, s: &Scratch, what: &Path, extra: &[&str]) -> serde_js
             .args(extra),
     );
     serde_json::from_str(out.lines().last().unwrap()).unwrap()
-}
-
-/// A tar entry list, with raw names (hostile ones included).
-struct T(tar::Builder<Vec<u8>>);
-
-impl T {
-    fn new() -> T {
-        T(tar::Builder::new(Vec::new()))
-    }
-    fn raw(mut self, kind: tar::EntryType, name: &str, data: &[u8], link: &str, uid: u64) -> T {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_size(data.len() as u64);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
-        self
-    }
-    fn file(self, name: &str, data: &str) -> T {
-        self.raw(tar::EntryType::Regular, name, data.as_bytes(), "", 0)
-    }
-    fn owned(self, name: &str, uid: u64) -> T {
-        self.raw(tar::EntryType::Regular, name, b"owned", "", uid)
-    }
-    fn dir(self, name: &str) -> T {
-        self.raw(tar::EntryType::Directory, name, b"", "", 0)
-    }
-    fn symlink(self, name: &str, to: &str) -> T {
-        self.raw(tar::EntryType::Symlink, name, b"", to, 0)
-    }
-    fn hardlink(self, name: &str, to: &str) -> T {
-        self.raw(tar::EntryType::Link, name, b"", to, 0)
-    }
-    /// Debian's static busybox as `bin/busybox`, with `bin/sh` and
-    /// `bin/true` linked to it: enough of a rootfs to start a sandbox.
-    fn busybox(mut self) -> T {
-        let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
-        self = self.dir("bin");
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(bb.len() as u64);
-        h.set_mode(0o755);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        self.0.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
-        self.symlink("bin/sh", "busybox")
-            .symlink("bin/true", "busybox")
-    }
-    fn bytes(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
-    }
-}
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-/// A `docker save` style tarball: manifest.json, config, `<id>/layer.tar`.
-fn docker_save(layers: &[Vec<u8>], env: &[&str]) -> Vec<u8> {
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|l| format!("sha256:{}", sha(l)))
-        .collect();
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": { "Env": env, "WorkingDir": "/work", "User": "0:0" },
-        "rootfs": { "type": "layers", "diff_ids": diff_ids },
-    });
-    let config = serde_json::to_vec(&config).unwrap();
-    let cfg_name = format!("{}.json", sha(&config));
-    let mut names = Vec::new();
-    let mut b = tar::Builder::new(Vec::new());
-    let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data).unwrap();
-    };
-    for (i, l) in layers.iter().enumerate() {
-        let n = format!("{:064x}/layer.tar", i + 1);
-        add(&mut b, &n, l);
-        names.push(n);
-    }
-    add(&mut b, &cfg_name, &config);
-    let manifest =
-        serde_json::json!([{ "Config": cfg_name, "RepoTags": ["test/sdk:1"], "Layers": names }]);
-    add(
-        &mut b,
-        "manifest.json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    b.into_inner().unwrap()
 }
 
 fn write(s: &Scratch, user: &TestUser, name: &str, data: &[u8]) -> PathBuf {
@@ -275,66 +171,7 @@ fn hostile_tarballs_write_nothing_outside() {
     std::fs::write(outside.join("secret"), "secret").unwrap();
     chown_r(&user, &outside);
     let o = outside.display().to_string();
-    type Hostile = Box<dyn Fn(T) -> T>;
-    let corpus: Vec<(&str, Hostile)> = vec![
-        (
-            "dotdot",
-            Box::new(|t: T| t.file("../escape", "x").file("a/../../escape", "x")),
-        ),
-        (
-            "absolute",
-            Box::new({
-                let o = o.clone();
-                move |t: T| t.file(&format!("{o}/abs"), "x")
-            }),
-        ),
-        (
-            "symlink-then-write",
-            Box::new({
-                let o = o.clone();
-                move |t: T| {
-                    t.symlink("link", &o)
-                        .file("link/pwned", "x")
-                        .symlink("up", "../../../../../../..")
-                        .file(&format!("up{o}/pwned2"), "x")
-                }
-            }),
-        ),
-        (
-            "symlink-replaced-file",
-            Box::new({
-                let o = o.clone();
-                move |t: T| {
-                    t.symlink("victim", &format!("{o}/secret"))
-                        .file("victim", "overwritten?")
-                }
-            }),
-        ),
-        (
-            "hardlinks-out",
-            Box::new({
-                let o = o.clone();
-                move |t: T| {
-                    t.hardlink("h1", &format!("{o}/secret"))
-                        .hardlink("h2", "../outside/secret")
-                        .symlink("l", &o)
-                        .hardlink("h3", "l/secret")
-                }
-            }),
-        ),
-        (
-            "devices",
-            Box::new(|t: T| {
-                t.raw(tar::EntryType::Block, "sda", b"", "", 0).raw(
-                    tar::EntryType::Char,
-                    "mem",
-                    b"",
-                    "",
-                    0,
-                )
-            }),
-        ),
-    ];
+    let corpus = hostile_corpus(&o);
     let before: Vec<_> = std::fs::read_dir(&outside)
         .unwrap()
         .flatten()
