@@ -125,15 +125,23 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
                 ))
                 .into());
             }
+            // A repo's outputs go to its __build__ (made here when
+            // missing); a plain directory bound with -n gets none, so a
+            // sandbox made outside a repo leaves nothing behind in it.
             let b = src.join("__build__");
-            if !b.exists() {
+            let in_repo = src.join(crate::version::FILE_NAME).is_file();
+            if !b.exists() && in_repo {
                 std::fs::create_dir(&b)
                     .with_context(|| format!("cannot create {}", b.display()))?;
             }
-            Some(
-                std::fs::canonicalize(&b)
-                    .with_context(|| format!("cannot resolve {}", b.display()))?,
-            )
+            if b.is_dir() {
+                Some(
+                    std::fs::canonicalize(&b)
+                        .with_context(|| format!("cannot resolve {}", b.display()))?,
+                )
+            } else {
+                None
+            }
         }
         None => None,
     };

@@ -370,7 +370,13 @@ fn files_on_binds_belong_to_the_caller_and_root_maps_to_the_subordinate_range() 
             sub_start(&env.user, "/etc/subgid")
         )
     );
-    // __build__ is created and bound too.
+    // Outside a repo (no sdk-version.toml) no __build__ is made in the
+    // bound directory; one that exists is bound (a repo's is made: see
+    // the packages tests, which build into it).
+    assert!(!env.repo().join("__build__").exists(), "no stray __build__");
+    std::fs::create_dir(env.repo().join("__build__")).unwrap();
+    chown_r(&env.user, &env.repo());
+    run_ok(&mut env.sdk(&["stop", "box"]));
     run_ok(&mut env.sh("box", "echo out > /mnt/host/source/__build__/artifact"));
     assert!(env.repo().join("__build__/artifact").exists());
     // -v with :ro.
