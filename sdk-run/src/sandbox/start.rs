@@ -411,7 +411,10 @@ fn child(
 ) -> i32 {
     let mut rep = std::fs::File::from(rep_w);
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
-        let _ = writeln!(rep, "U{}", userns::UsernsError::Unavailable(e));
+        report_line(
+            &mut rep,
+            format!("U{}", userns::UsernsError::Unavailable(e)),
+        );
         return 1;
     }
     if std::fs::File::from(u_w).write_all(b"u").is_err() {
@@ -422,27 +425,43 @@ fn child(
         return 1;
     }
     if let Err(e) = userns::become_root(&cfg.idmap) {
-        let _ = writeln!(rep, "Ecannot become root in the user namespace: {e}");
+        report_line(
+            &mut rep,
+            format!("Ecannot become root in the user namespace: {e}"),
+        );
         return 1;
     }
     // Changing uids made us non-dumpable, which would hide /proc/PID/ns/*
     // of the init from the launcher (ptrace access checks); undo that.
     let _ = nix::sys::prctl::set_dumpable(true);
     if let Err(e) = nix::sched::unshare(flags) {
-        let _ = writeln!(rep, "Ecannot create the sandbox namespaces: {e}");
+        report_line(
+            &mut rep,
+            format!("Ecannot create the sandbox namespaces: {e}"),
+        );
         return 1;
     }
     match sys::fork() {
         Err(e) => {
-            let _ = writeln!(rep, "Ecannot fork the init: {e}");
+            report_line(&mut rep, format!("Ecannot fork the init: {e}"));
             1
         }
         Ok(ForkResult::Parent { child }) => {
-            let _ = writeln!(rep, "P{child}");
+            report_line(&mut rep, format!("P{child}"));
             0
         }
         Ok(ForkResult::Child) => init(cfg, plan, working_dir, rep),
     }
+}
+
+/// One line of the start report, in one write(2): the intermediate child
+/// (`P<pid>`) and the init (`W...`, `OK`) write to the same pipe at the
+/// same time, and a line written in pieces could be split by the other's
+/// (`POK`, then the pid): the launcher then saw no `OK` and said the init
+/// "exited without reporting". Writes up to PIPE_BUF bytes are atomic.
+fn report_line(rep: &mut std::fs::File, mut line: String) {
+    line.push('\n');
+    let _ = rep.write_all(line.as_bytes());
 }
 
 /// I: pid 1 inside. Assemble, report, then reap forever.
@@ -462,10 +481,12 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
         // the SDK's tools back; a read-only /etc (a single mapping over a
         // rootfs owned by others) keeps the profile's PATH.
         if let Err(e) = users::ensure_profile_path(Path::new("/"), mounts::PATH) {
-            let _ = writeln!(
-                rep,
-                "Wcannot write /{} ({e}); login shells in this sandbox may lack the SDK tools on PATH",
-                users::PROFILE_SNIPPET
+            report_line(
+                &mut rep,
+                format!(
+                    "Wcannot write /{} ({e}); login shells in this sandbox may lack the SDK tools on PATH",
+                    users::PROFILE_SNIPPET
+                ),
             );
         }
         // A WorkingDir the image lacks is made, as docker does; one that
@@ -481,9 +502,11 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
         if let Some(dir) = working_dir.filter(|d| !on_host(d))
             && let Err(e) = ensure_working_dir(Path::new("/"), dir)
         {
-            let _ = writeln!(
-                rep,
-                "Wcannot create the image's WorkingDir {dir} ({e}); commands started outside the repo begin in the user's home"
+            report_line(
+                &mut rep,
+                format!(
+                    "Wcannot create the image's WorkingDir {dir} ({e}); commands started outside the repo begin in the user's home"
+                ),
             );
         }
         if cfg.net == Net::None {
@@ -493,7 +516,7 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
     })();
     if let Err(e) = setup {
         let msg = format!("{e:#}").replace('\n', " ");
-        let _ = writeln!(rep, "E{msg}");
+        report_line(&mut rep, format!("E{msg}"));
         return 1;
     }
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -508,7 +531,7 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
             }
         }
     }
-    let _ = rep.write_all(b"OK\n");
+    report_line(&mut rep, "OK".into());
     drop(rep);
     // Nothing of the launcher may stay open here: not its lock, not pipes.
     sys::close_fds_from(3, &[]);
