@@ -43,6 +43,7 @@ use crate::state::StateDir;
 ///   sdk-run --rootfs ~/sdk.tar.zst -t        first time: create it from a rootfs
 ///   sdk-run -- make -C src                   one command; its exit status is ours
 ///   sdk-run -u root -- apt-get install -y vim     as root inside
+///   sdk-run -e V=1 -e CC -- make             V=1, and your CC, inside
 ///   sdk-run -n scratch --rootfs /srv/rootfs -v ~/distfiles:/var/cache/distfiles:ro -t
 ///   sdk-run --rm -n try --rootfs rootfs.tar -- ./check.sh    throwaway sandbox
 ///   sdk-run list --json;  sdk-run stop NAME;  sdk-run rm -f NAME;  sdk-run prune
@@ -99,6 +100,11 @@ pub struct RunArgs {
     /// Remove the sandbox when CMD exits (it must not exist yet).
     #[arg(long = "rm")]
     pub rm: bool,
+    /// Set a variable inside: NAME=VALUE, or NAME for your value (skipped
+    /// when unset). TERM, LANG, LC_*, TZ, SOURCE_DATE_EPOCH and the proxy
+    /// variables pass through without it.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<crate::sandbox::enter::EnvArg>,
     /// The command to run inside, after `--`.
     #[arg(last = true, value_name = "CMD ARGS")]
     pub command: Vec<OsString>,
@@ -162,6 +168,7 @@ pub fn fast_args(args: &[OsString]) -> Option<run::RunOptions> {
             }
             "-n" | "--name" if o.name.is_none() => o.name = Some(value(it.next())?),
             "-u" | "--user" if o.user.is_none() => o.user = Some(value(it.next())?),
+            "-e" | "--env" => o.env.push(value(it.next())?.parse().ok()?),
             "--" => {
                 o.command = it.cloned().collect();
                 return Some(o);
@@ -180,7 +187,7 @@ pub fn main() -> i32 {
     {
         return finish(run::run(opts));
     }
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(hoist_globals(args)) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -193,6 +200,26 @@ pub fn main() -> i32 {
     };
     init_logging(cli.verbose);
     finish(dispatch(cli))
+}
+
+/// `sdk-run --verbose list`: global flags typed before a verb move after
+/// it, since the enter flags and the verbs exclude each other in clap.
+fn hoist_globals(mut args: Vec<OsString>) -> Vec<OsString> {
+    let lead = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a == "--verbose")
+        .count();
+    let verb = args.get(1 + lead).and_then(|a| a.to_str());
+    let is_verb = verb.is_some_and(|v| {
+        Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == v || c.get_all_aliases().any(|a| a == v))
+    });
+    if lead > 0 && is_verb {
+        args[1..=1 + lead].rotate_left(lead);
+    }
+    args
 }
 
 /// A clap error as the one line bad input gets: what is wrong, clap's
@@ -234,6 +261,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             overlay: r.overlay,
             net: r.net.map(Net::from),
             rm: r.rm,
+            env: r.env,
             command: r.command,
         });
     };
@@ -268,7 +296,32 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("sdk-run").chain(args.iter().copied()))
+        let argv = std::iter::once("sdk-run")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        Cli::try_parse_from(hoist_globals(argv))
+    }
+
+    #[test]
+    fn global_flags_work_before_the_verb() {
+        let c = parse(&["--verbose", "--verbose", "list", "--json"]).unwrap();
+        assert_eq!(c.verbose, 2);
+        assert!(matches!(c.verb, Some(Verb::List { json: true })));
+        assert_eq!(parse(&["list", "--verbose"]).unwrap().verbose, 1);
+        // Before the default verb it stays where it is.
+        let c = parse(&["--verbose", "-t"]).unwrap();
+        assert!(c.verb.is_none() && c.run.tty && c.verbose == 1);
+    }
+
+    #[test]
+    fn env_arguments() {
+        let c = parse(&["-e", "A=1", "--env", "B", "--", "env"]).unwrap();
+        assert_eq!(c.run.env.len(), 2);
+        assert_eq!(c.run.env[1].value, None);
+        let e = parse(&["-e", "1x=2"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("not a variable name"), "{e}");
     }
 
     #[test]
@@ -343,6 +396,7 @@ mod tests {
             &["-u", "root", "-n", "b", "-t", "--", "sh", "-c", "x -- y"],
             &["--name", "b", "--user", "0", "--"],
             &["--", "-n", "x"],
+            &["-e", "A=1", "-e", "B", "--", "env"],
         ];
         for c in cases {
             let argv: Vec<OsString> = std::iter::once("sdk-run")
@@ -352,8 +406,8 @@ mod tests {
             let fast = fast_args(&argv).unwrap_or_else(|| panic!("declined {c:?}"));
             let r = parse(c).unwrap().run;
             assert_eq!(
-                (fast.tty, fast.name, fast.user, fast.command),
-                (r.tty, r.name, r.user, r.command),
+                (fast.tty, fast.name, fast.user, fast.env, fast.command),
+                (r.tty, r.name, r.user, r.env, r.command),
                 "{c:?}"
             );
         }
@@ -370,6 +424,8 @@ mod tests {
             &["--verbose"],
             &["-tn", "x"],
             &["--help"],
+            &["-e", "1x"],
+            &["-e"],
         ] {
             let argv: Vec<OsString> = std::iter::once("sdk-run")
                 .chain(c.iter().copied())

@@ -45,7 +45,60 @@ pub struct EnterOptions {
     /// The caller's working directory on the host.
     pub cwd: PathBuf,
     pub name: String,
+    /// `-e NAME=VALUE` / `-e NAME` (the caller's value, skipped when unset):
+    /// set last, so they win over everything else.
+    pub env: Vec<EnvArg>,
 }
+
+/// One `-e/--env` argument: `NAME=VALUE`, or `NAME` to pass the caller's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvArg {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl std::str::FromStr for EnvArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (s, None),
+        };
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "{name:?} is not a variable name (letters, digits and _, not starting with a digit); write NAME=VALUE or NAME"
+            ));
+        }
+        Ok(EnvArg {
+            name: name.to_string(),
+            value,
+        })
+    }
+}
+
+/// What passes from the caller's environment into every command, when set:
+/// the terminal, the language, reproducible-build time and proxies (both
+/// spellings, as tools read either).
+pub const PASS_THROUGH: &[&str] = &[
+    "TERM",
+    "COLORTERM",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "SOURCE_DATE_EPOCH",
+    "http_proxy",
+    "https_proxy",
+    "ftp_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+];
 
 /// Open namespace files of the init, in join order.
 pub struct NsFds {
@@ -156,12 +209,13 @@ pub fn choose_account(
     Ok(account)
 }
 
-/// The environment inside: a clean one, with the terminal and language
-/// settings of the caller and the sandbox's agent sockets.
+/// The environment inside: a clean one, with the caller's [`PASS_THROUGH`]
+/// variables, the sandbox's agent sockets, and the `-e` arguments last.
 pub fn environment(
     account: &Account,
     sandbox: &str,
     extra: &[(String, String)],
+    asked: &[EnvArg],
     host: impl Fn(&str) -> Option<OsString>,
 ) -> Vec<CString> {
     // Later entries win: the image's and agents' variables first, then
@@ -178,9 +232,18 @@ pub fn environment(
         ("PATH".into(), PATH.into()),
         ("SDK_RUN_SANDBOX".into(), sandbox.into()),
     ]);
-    for k in ["TERM", "COLORTERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ"] {
+    for k in PASS_THROUGH {
         if let Some(v) = host(k) {
-            env.push((k.into(), v));
+            env.push((k.to_string(), v));
+        }
+    }
+    for a in asked {
+        let v = match &a.value {
+            Some(v) => Some(OsString::from(v)),
+            None => host(&a.name),
+        };
+        if let Some(v) = v {
+            env.push((a.name.clone(), v));
         }
     }
     // One entry per name, the last one.
@@ -223,7 +286,9 @@ pub fn enter(state: &State, opts: &EnterOptions) -> anyhow::Result<i32> {
     // made it at start when the image lacked it.
     let elsewhere = state.working_dir.as_deref().unwrap_or(&account.home);
     let dir = translate_cwd(&opts.cwd, state.source.as_deref(), elsewhere);
-    let env = environment(&account, &opts.name, &state.env, |k| std::env::var_os(k));
+    let env = environment(&account, &opts.name, &state.env, &opts.env, |k| {
+        std::env::var_os(k)
+    });
     let (prog, argv) = argv(&opts.command, &account)?;
 
     let pty = if opts.tty { Some(Pty::open()?) } else { None };
@@ -673,7 +738,20 @@ mod tests {
                 ("HOME".into(), "/wrong".into()),
                 ("LANG".into(), "C.UTF-8".into()),
             ],
-            |k| (k == "TERM").then(|| "xterm".into()),
+            &[
+                "FOO=bar".parse().unwrap(),
+                "SHELL=/asked".parse().unwrap(),
+                "KEEP".parse().unwrap(),
+                "UNSET".parse().unwrap(),
+            ],
+            |k| match k {
+                "TERM" => Some("xterm".into()),
+                "SOURCE_DATE_EPOCH" => Some("1700000000".into()),
+                "https_proxy" => Some("http://127.0.0.1:3128".into()),
+                "KEEP" => Some("kept".into()),
+                "SECRET" => Some("no".into()),
+                _ => None,
+            },
         );
         let env: Vec<String> = env
             .iter()
@@ -689,6 +767,27 @@ mod tests {
         );
         assert!(env.contains(&"LANG=C.UTF-8".to_string()));
         assert_eq!(env.iter().filter(|e| e.starts_with("HOME=")).count(), 1);
+        assert!(env.contains(&"SOURCE_DATE_EPOCH=1700000000".to_string()));
+        assert!(env.contains(&"https_proxy=http://127.0.0.1:3128".to_string()));
+        assert!(env.contains(&"FOO=bar".to_string()));
+        assert!(env.contains(&"KEEP=kept".to_string()));
+        assert!(env.contains(&"SHELL=/asked".to_string()), "-e wins");
+        assert_eq!(env.iter().filter(|e| e.starts_with("SHELL=")).count(), 1);
+        assert!(!env.iter().any(|e| e.starts_with("UNSET")));
+        assert!(!env.iter().any(|e| e.starts_with("SECRET")));
+    }
+
+    #[test]
+    fn env_arguments_parse_or_say_what_is_wrong() {
+        let a: EnvArg = "A_1=x=y".parse().unwrap();
+        assert_eq!((a.name.as_str(), a.value.as_deref()), ("A_1", Some("x=y")));
+        let a: EnvArg = "EMPTY=".parse().unwrap();
+        assert_eq!(a.value.as_deref(), Some(""));
+        assert_eq!("NAME".parse::<EnvArg>().unwrap().value, None);
+        for bad in ["", "=x", "1A=b", "A-B=c", "A B"] {
+            let e = bad.parse::<EnvArg>().unwrap_err();
+            assert!(e.contains("not a variable name"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub overlay: bool,
     pub net: Option<Net>,
     pub rm: bool,
+    /// `-e NAME[=VALUE]`.
+    pub env: Vec<enter::EnvArg>,
     pub command: Vec<OsString>,
 }
 
@@ -129,6 +131,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         command: opts.command.clone(),
         cwd: cwd.clone(),
         name: name.to_string(),
+        env: opts.env.clone(),
     };
     let asks = !opts.volumes.is_empty()
         || !opts.devices.is_empty()

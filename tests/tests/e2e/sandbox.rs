@@ -233,6 +233,32 @@ fn create_enter_and_identity() {
         "echo $PATH; test -f /run/sdk-tools/bin/sdk-tools && echo bound; echo x > /run/sdk-tools/bin/sdk-tools 2>/dev/null || echo ro"]));
     assert!(out.starts_with("/run/sdk-tools/bin:"), "{out}");
     assert!(out.contains("bound") && out.ends_with("ro"), "{out}");
+    // The environment: SOURCE_DATE_EPOCH and proxies pass through, -e sets
+    // (NAME=VALUE) or passes (NAME) a variable, an unset NAME is skipped,
+    // anything else stays outside.
+    let mut c = env.sdk(&[
+        "-n",
+        "box",
+        "-e",
+        "V=1",
+        "-e",
+        "CC",
+        "-e",
+        "NOT_SET_ANYWHERE",
+        "--",
+        "sh",
+        "-c",
+        "echo $SOURCE_DATE_EPOCH $https_proxy $V $CC ${NOT_SET_ANYWHERE-unset} ${SECRET-hidden}",
+    ]);
+    c.env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("https_proxy", "http://127.0.0.1:3128")
+        .env("CC", "clang")
+        .env("SECRET", "x")
+        .env_remove("NOT_SET_ANYWHERE");
+    assert_eq!(
+        stdout_of(&mut c),
+        "1700000000 http://127.0.0.1:3128 1 clang unset hidden"
+    );
     // Listed with its rootfs and repo mount.
     let l = env.list();
     assert_eq!(l.len(), 1);
