@@ -40,6 +40,22 @@ use sdk_common::linux as sys;
 const SSH_SOCK: &str = "/run/host/ssh-agent.sock";
 const GPG_SOCK: &str = "/run/host/gpg-agent.sock";
 
+/// The caller's gpg agent socket, as GnuPG 2.1+ finds it (it reads no
+/// `GPG_AGENT_INFO`): `gpgconf --list-dirs agent-socket`, which knows
+/// `GNUPGHOME` and `/run/user`. `None` without gpgconf.
+fn gpg_agent_socket() -> Option<PathBuf> {
+    let out = std::process::Command::new("gpgconf")
+        .args(["--list-dirs", "agent-socket"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let line = String::from_utf8(out.stdout).ok()?;
+    let p = PathBuf::from(line.trim());
+    p.is_absolute().then_some(p)
+}
+
 /// What every enter applies, fixed at start and recorded in `state.json`
 /// (so entering reads no image config): the environment, and the image's
 /// `WorkingDir` and `User`.
@@ -103,16 +119,11 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
         });
         env.push(("SSH_AUTH_SOCK".into(), SSH_SOCK.into()));
     }
-    if let Some(info) = std::env::var_os("GPG_AGENT_INFO") {
-        let info = info.to_string_lossy().into_owned();
-        let p = PathBuf::from(info.split(':').next().unwrap_or_default());
-        if is_socket(&p) {
-            sockets.push(Socket {
-                host: p,
-                inside: GPG_SOCK.into(),
-            });
-            env.push(("GPG_AGENT_INFO".into(), format!("{GPG_SOCK}:0:1")));
-        }
+    if let Some(p) = gpg_agent_socket().filter(|p| is_socket(p)) {
+        sockets.push(Socket {
+            host: p,
+            inside: GPG_SOCK.into(),
+        });
     }
     let build_dir = match &cfg.source {
         Some(src) => {
@@ -488,6 +499,12 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
                     users::PROFILE_SNIPPET
                 ),
             );
+        }
+        // gpg inside finds the agent where GnuPG looks by default:
+        // /run/user/UID/gnupg/S.gpg-agent, a link to the bound socket.
+        if plan.sockets.iter().any(|s| s.inside == Path::new(GPG_SOCK)) {
+            users::link_gpg_agent(Path::new("/"), Path::new(GPG_SOCK), !cfg.idmap.is_single())
+                .context("cannot link the gpg agent socket under /run/user")?;
         }
         // A WorkingDir the image lacks is made, as docker does; one that
         // cannot be (a file in the way, no root inside) is only a warning:

@@ -256,6 +256,42 @@ pub fn ensure_profile_path(root: &Path, path: &str) -> std::io::Result<()> {
     std::fs::write(&file, script)
 }
 
+/// `/run/user/UID/gnupg/S.gpg-agent` -> `sock` for root and the sdk user
+/// (each directory theirs, mode 0700, as GnuPG requires of its socket
+/// directory). `chown` as in [`ensure_sdk_user`]: with a single mapping only
+/// the sdk user exists.
+pub fn link_gpg_agent(root: &Path, sock: &Path, chown: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let uids: &[u32] = if chown { &[0, SDK_ID] } else { &[SDK_ID] };
+    // /run/user is everyone's to pass through; only the per-user ones are
+    // private.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(root.join("run/user"))?;
+    for &uid in uids {
+        let user_dir = root.join(format!("run/user/{uid}"));
+        let dir = user_dir.join("gnupg");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        for d in [&user_dir, &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+            if chown {
+                std::os::unix::fs::chown(d, Some(uid), Some(uid))?;
+            }
+        }
+        let link = dir.join("S.gpg-agent");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sock, &link)?;
+        if chown {
+            std::os::unix::fs::lchown(&link, Some(uid), Some(uid))?;
+        }
+    }
+    Ok(())
+}
+
 /// Add `root` and `sdk` (uid/gid 1000) to passwd/group when missing, and
 /// make the sdk user's home and `/build`, owned by it. `root` is the sandbox root (`/`
 /// in the init; a temp dir in tests). `chown` is false with a single
@@ -305,6 +341,31 @@ pub fn ensure_sdk_user(root: &Path, chown: bool) -> std::io::Result<Account> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gpg_agent_link_where_gnupg_looks() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        for _ in 0..2 {
+            super::link_gpg_agent(d.path(), "/run/host/gpg".as_ref(), false).unwrap();
+        }
+        let dir = d.path().join("run/user/1000/gnupg");
+        assert_eq!(
+            std::fs::read_link(dir.join("S.gpg-agent")).unwrap(),
+            std::path::Path::new("/run/host/gpg")
+        );
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(
+            !d.path().join("run/user/0").exists(),
+            "no root with one mapping"
+        );
+        let mode = std::fs::metadata(d.path().join("run/user"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+
     /// The script, run by a real `sh` after a profile that reset PATH the
     /// way Debian's does for users, gives the sandbox's PATH back first.
     #[test]

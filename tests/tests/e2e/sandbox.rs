@@ -916,3 +916,34 @@ fn ssh_agent_socket_is_bound() {
     assert_eq!(stdout_of(&mut c), "/run/host/ssh-agent.sock\nsocket");
     drop(listener);
 }
+
+/// The gpg agent is found as GnuPG 2.1+ finds it (`gpgconf --list-dirs
+/// agent-socket`, here under a GNUPGHOME of the test's own) and appears
+/// inside where gpg looks by default, in a directory the user owns.
+#[test]
+fn gpg_agent_socket_is_bound_where_gpg_looks() {
+    let env = Env::new();
+    let home = env.scratch.path().join("gnupg");
+    std::fs::create_dir(&home).unwrap();
+    chown_r(&env.user, &home);
+    let mut q = env.as_user("gpgconf");
+    q.args(["--list-dirs", "agent-socket"])
+        .env("GNUPGHOME", &home);
+    let sock = PathBuf::from(stdout_of(&mut q));
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    chown_r(&env.user, &sock);
+    let r = env.rootfs();
+    let mut c = env.sdk(&[
+        "-n",
+        "gpg",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "s=/run/user/1000/gnupg/S.gpg-agent; test -S $s && echo socket; stat -c '%u %a' ${s%/*}",
+    ]);
+    c.env("GNUPGHOME", &home);
+    assert_eq!(stdout_of(&mut c), "socket\n1000 700");
+    drop(listener);
+}
