@@ -219,6 +219,9 @@ pub struct ImagePlan {
     /// Tag names recorded in the input (docker RepoTags, OCI ref names).
     pub ref_names: Vec<String>,
     layers: Vec<Layer>,
+    /// A compressed image archive, decompressed once into a temporary
+    /// file the layers are read from; removed when the last plan goes.
+    _spool: Option<std::sync::Arc<tempfile::TempPath>>,
 }
 
 impl ImagePlan {
@@ -325,16 +328,77 @@ pub fn inspect(path: &Path) -> Result<ImagePlan, ImportError> {
         return Err(bad(path, "is empty"));
     }
     if compress::sniff(&head[..n]) != Compression::None {
-        return Ok(tarball_plan(path, meta.len()));
+        if !compressed_image_archive(path)? {
+            return Ok(tarball_plan(path, meta.len()));
+        }
+        return inspect_spooled(path);
     }
+    inspect_archive(path, meta.len())
+}
+
+/// An uncompressed tar: an OCI archive, a docker-save or a rootfs tarball.
+fn inspect_archive(path: &Path, len: u64) -> Result<ImagePlan, ImportError> {
     let ix = ArchiveIndex::read(path)?;
     if ix.members.contains_key("oci-layout") && ix.members.contains_key("index.json") {
         inspect_oci(path, SourceKind::OciArchive, &Blobs::Tar(&ix))
     } else if ix.members.contains_key("manifest.json") && !ix.members.contains_key("etc/passwd") {
         inspect_docker(path, &ix)
     } else {
-        Ok(tarball_plan(path, meta.len()))
+        Ok(tarball_plan(path, len))
     }
+}
+
+/// Whether a compressed tar is an image archive (`docker save | gzip`, as
+/// Flatcar ships its SDK, or a compressed OCI archive) rather than a
+/// rootfs: its first member is one only image archives start with.
+fn compressed_image_archive(path: &Path) -> Result<bool, ImportError> {
+    let f = BufReader::new(File::open(path).map_err(ioerr(path))?);
+    let mut ar = tar::Archive::new(compress::decoder(f).map_err(ioerr(path))?);
+    let mut entries = ar
+        .entries()
+        .map_err(|e| bad(path, format!("not a compressed tar archive: {e}")))?;
+    let Some(first) = entries.next() else {
+        return Ok(false);
+    };
+    let first = first.map_err(|e| bad(path, format!("damaged compressed tar archive: {e}")))?;
+    let name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
+    Ok(starts_image_archive(name.trim_start_matches("./")))
+}
+
+/// First member names of image archives: OCI (`oci-layout`, `index.json`,
+/// `blobs/`) and docker-save, old (`<id>/`, `<id>.json`) and new.
+fn starts_image_archive(name: &str) -> bool {
+    let head = name.split(['/', '.']).next().unwrap_or("");
+    matches!(
+        name,
+        "oci-layout" | "index.json" | "manifest.json" | "repositories"
+    ) || head == "blobs"
+        || head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Decompress an image archive once into a temporary file (`TMPDIR`) and
+/// read it from there; the plan keeps the file until it is dropped.
+fn inspect_spooled(path: &Path) -> Result<ImagePlan, ImportError> {
+    let f = BufReader::new(File::open(path).map_err(ioerr(path))?);
+    let mut dec = compress::decoder(f).map_err(ioerr(path))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sdk-image-")
+        .tempfile()
+        .map_err(ioerr(&std::env::temp_dir()))?;
+    let len = io::copy(&mut dec, tmp.as_file_mut()).map_err(|e| {
+        bad(
+            path,
+            format!("cannot decompress: {e} (truncated or damaged?)"),
+        )
+    })?;
+    let spool = std::sync::Arc::new(tmp.into_temp_path());
+    let mut plan = inspect_archive(&spool, len).map_err(|e| match e {
+        ImportError::Bad { what, .. } => bad(path, what),
+        other => other,
+    })?;
+    plan.path = path.to_path_buf();
+    plan._spool = Some(spool);
+    Ok(plan)
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -363,6 +427,7 @@ fn tarball_plan(path: &Path, size: u64) -> ImagePlan {
             size,
             check: Check::None,
         }],
+        _spool: None,
     }
 }
 
@@ -540,6 +605,7 @@ fn oci_manifest(
         labels: labels(&config),
         ref_names,
         layers,
+        _spool: None,
     })
 }
 
@@ -658,6 +724,7 @@ fn inspect_docker(path: &Path, ix: &ArchiveIndex) -> Result<ImagePlan, ImportErr
         labels: labels(&config),
         ref_names: entry.repo_tags.clone().unwrap_or_default(),
         layers,
+        _spool: None,
     })
 }
 
@@ -902,4 +969,27 @@ fn decompress_layer(
         diff_hex,
         hashed.count,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn first_members_that_start_image_archives() {
+        let id_dir = format!("{}/", "ab".repeat(32));
+        let id_json = format!("{}.json", "0f".repeat(32));
+        for yes in [
+            "oci-layout",
+            "index.json",
+            "manifest.json",
+            "blobs/",
+            "blobs/sha256/aa",
+            &id_dir,
+            &id_json,
+        ] {
+            assert!(super::starts_image_archive(yes), "{yes}");
+        }
+        for no in ["", "bin/", "etc/passwd", "usr", "abc/", "blobsx/"] {
+            assert!(!super::starts_image_archive(no), "{no}");
+        }
+    }
 }

@@ -44,6 +44,7 @@ use crate::state::StateDir;
 ///   sdk-run -- make -C src                   one command; its exit status is ours
 ///   sdk-run -u root -- apt-get install -y vim     as root inside
 ///   sdk-run -e V=1 -e CC -- make             V=1, and your CC, inside
+///   sdk-run import sdk.tar --tag my-sdk && sdk-run -n mine --image my-sdk -t
 ///   sdk-run -n scratch --rootfs /srv/rootfs -v ~/distfiles:/var/cache/distfiles:ro -t
 ///   sdk-run --rm -n try --rootfs rootfs.tar -- ./check.sh    throwaway sandbox
 ///   sdk-run list --json;  sdk-run stop NAME;  sdk-run rm -f NAME;  sdk-run prune
@@ -91,6 +92,9 @@ pub struct RunArgs {
     /// Root filesystem for a new sandbox: an unpacked directory (used in place) or a .tar/.tar.gz/.tar.zst (extracted).
     #[arg(long = "rootfs", value_name = "DIR|TARBALL")]
     pub rootfs: Option<PathBuf>,
+    /// Image from the store for a new sandbox (a tag or digest from `sdk-run images`), under its own overlay layer; the repo's sdk-version.toml may name one as `sdk-image`.
+    #[arg(long = "image", value_name = "TAG|DIGEST", conflicts_with = "rootfs")]
+    pub image: Option<String>,
     /// With --rootfs DIR: leave DIR untouched (shareable) and keep the sandbox's changes in its own overlay layer.
     #[arg(long = "overlay", requires = "rootfs")]
     pub overlay: bool,
@@ -258,6 +262,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             volumes: r.volumes,
             devices: r.devices,
             rootfs: r.rootfs,
+            image: r.image,
             overlay: r.overlay,
             net: r.net.map(Net::from),
             rm: r.rm,

@@ -7,9 +7,12 @@
 //! # sdk-version.toml
 //! sdk-version = "2025.03.1"   # version of the SDK rootfs the repo builds with
 //! os-version = "4230.0.0"     # version of the OS the repo builds
+//! sdk-image = "my-sdk:2025.03.1"   # optional: a store image (tag or digest)
 //! ```
 //!
-//! Both keys are required; no other keys are allowed. A version is 1 to 64
+//! The two versions are required; `sdk-image` is optional and names the
+//! store image (`sdk-run images`) a new default sandbox is made from,
+//! instead of the embedded default SDK. No other keys are allowed. A version is 1 to 64
 //! characters from `A-Z a-z 0-9 . _ + -` and starts with a letter or digit.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +38,7 @@ pub enum VersionError {
 struct RawVersionFile {
     sdk_version: toml::Spanned<String>,
     os_version: toml::Spanned<String>,
+    sdk_image: Option<String>,
 }
 
 /// A parsed, validated version file.
@@ -43,6 +47,8 @@ pub struct VersionFile {
     pub path: PathBuf,
     pub sdk_version: String,
     pub os_version: String,
+    /// `sdk-image`: the store image new sandboxes are made from.
+    pub sdk_image: Option<String>,
 }
 
 impl VersionFile {
@@ -83,6 +89,7 @@ impl VersionFile {
             path: path.to_path_buf(),
             sdk_version: raw.sdk_version.into_inner(),
             os_version: raw.os_version.into_inner(),
+            sdk_image: raw.sdk_image,
         })
     }
 }
@@ -120,6 +127,19 @@ mod tests {
     fn good_file_gives_the_sandbox_name() {
         let v = parse("# c\nsdk-version = \"2025.03.1\"\nos-version = \"4230.0.0+dev\"\n").unwrap();
         assert_eq!(v.sandbox_name(), "sdk-2025.03.1_os-4230.0.0+dev");
+    }
+
+    #[test]
+    fn sdk_image_is_optional() {
+        let v =
+            parse("sdk-version = \"1\"\nos-version = \"2\"\nsdk-image = \"my-sdk:1\"\n").unwrap();
+        assert_eq!(v.sdk_image.as_deref(), Some("my-sdk:1"));
+        assert_eq!(
+            parse("sdk-version = \"1\"\nos-version = \"2\"\n")
+                .unwrap()
+                .sdk_image,
+            None
+        );
     }
 
     #[test]

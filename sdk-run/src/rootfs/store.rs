@@ -33,14 +33,38 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("no image {0:?}; see `sdk-run images` for what there is")]
-    NotFound(String),
+    #[error("no image {name:?} in the store; {}", match closest {
+        Some(t) => format!("did you mean {t:?}? (`sdk-run images` lists them)"),
+        None => "`sdk-run images` lists what there is".to_string(),
+    })]
+    NotFound {
+        name: String,
+        /// The tag most like `name`, when one is close.
+        closest: Option<String>,
+    },
     #[error("{0:?} matches several images; give more of the digest")]
     Ambiguous(String),
     #[error(
         "{0:?} is not a valid tag: use letters, digits and `._:-`, starting with a letter or digit"
     )]
     BadTag(String),
+}
+
+impl sdk_common::error::BadInput for StoreError {
+    fn is_bad_input(&self) -> bool {
+        !matches!(self, StoreError::Io { .. })
+    }
+}
+
+/// The candidate most like `name` (a mistyped tag), if any is close:
+/// Jaro-Winkler similarity of at least 0.8, as clap suggests flags.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c.to_string())
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -315,10 +339,13 @@ impl Store {
     /// A tag, a full digest (optionally `sha256:`), or a unique prefix of
     /// at least 4 hex digits.
     pub fn resolve(&self, name: &str) -> Result<Image, StoreError> {
-        if let Some((_, d)) = self.tags().into_iter().find(|(t, _)| t == name) {
-            return self
-                .get(&d)
-                .ok_or_else(|| StoreError::NotFound(name.to_string()));
+        let tags = self.tags();
+        let not_found = || StoreError::NotFound {
+            name: name.to_string(),
+            closest: closest(name, tags.iter().map(|(t, _)| t.as_str())),
+        };
+        if let Some((_, d)) = tags.iter().find(|(t, _)| t == name) {
+            return self.get(d).ok_or_else(not_found);
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if let Some(img) = self.get(hex) {
@@ -332,11 +359,11 @@ impl Store {
                 .collect();
             return match found.len() {
                 1 => Ok(found.remove(0)),
-                0 => Err(StoreError::NotFound(name.to_string())),
+                0 => Err(not_found()),
                 _ => Err(StoreError::Ambiguous(name.to_string())),
             };
         }
-        Err(StoreError::NotFound(name.to_string()))
+        Err(not_found())
     }
 
     /// Take `digest` out of the store (and drop its tags): the directory
@@ -386,7 +413,7 @@ mod tests {
         fs::remove_dir_all(&tmp).unwrap();
 
         assert_eq!(s.list().unwrap().len(), 2);
-        assert!(matches!(s.resolve("a"), Err(StoreError::NotFound(_))));
+        assert!(matches!(s.resolve("a"), Err(StoreError::NotFound { .. })));
         assert!(matches!(s.resolve("aaaa"), Ok(i) if i.meta.digest == d1));
         assert!(matches!(s.resolve("abcc"), Ok(i) if i.meta.digest == d2));
         assert!(s.resolve(&format!("sha256:{d1}")).is_ok());
@@ -394,6 +421,10 @@ mod tests {
         s.tag(&lock, "sdk:1.0", &d1).unwrap();
         let i = s.resolve("sdk:1.0").unwrap();
         assert_eq!(i.meta.digest, d1);
+        let e = s.resolve("sdk:1.1").unwrap_err().to_string();
+        assert!(e.contains("did you mean \"sdk:1.0\"?"), "{e}");
+        let e = s.resolve("zzzz-other").unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "{e}");
         assert_eq!(i.tags, ["sdk:1.0"]);
         assert!(i.rootfs().join("f").exists());
         assert!(matches!(

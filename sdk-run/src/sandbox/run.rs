@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub volumes: Vec<Volume>,
     pub devices: Vec<PathBuf>,
     pub rootfs: Option<PathBuf>,
+    /// `--image TAG|DIGEST`: a store image for a new sandbox.
+    pub image: Option<String>,
     /// Use `rootfs` (a directory) as the read-only lower layer of an overlay.
     pub overlay: bool,
     pub net: Option<Net>,
@@ -41,14 +43,27 @@ fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
 }
 
+/// Where the caller stands: the sandbox name, the repo to bind, and the
+/// store image the repo names for new sandboxes (`sdk-image`).
+#[derive(Debug)]
+struct Place {
+    name: SandboxName,
+    repo: PathBuf,
+    repo_image: Option<String>,
+}
+
 /// The sandbox name and the repo to bind.
-fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(SandboxName, PathBuf)> {
+fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<Place> {
     let repo = version::find_repo(cwd);
-    let name = match (&opts.name, &repo) {
+    let file = repo
+        .as_ref()
+        .map(|r| VersionFile::load(&r.join(version::FILE_NAME)))
+        .transpose()
+        .map_err(sdk_common::error::bad_input)?;
+    let repo_image = file.as_ref().and_then(|f| f.sdk_image.clone());
+    let name = match (&opts.name, &file) {
         (Some(n), _) => n.clone(),
-        (None, Some(r)) => VersionFile::load(&r.join(version::FILE_NAME))
-            .map_err(sdk_common::error::bad_input)?
-            .sandbox_name(),
+        (None, Some(f)) => f.sandbox_name(),
         (None, None) => {
             return Err(usage(format!(
                 "no {} in {} or above; cd into a distro repo, or name the sandbox with -n NAME",
@@ -63,7 +78,19 @@ fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<(SandboxName, 
         name
     };
     let name = SandboxName::parse(&name)?;
-    Ok((name, repo.unwrap_or_else(|| cwd.to_path_buf())))
+    Ok(Place {
+        name,
+        repo: repo.unwrap_or_else(|| cwd.to_path_buf()),
+        repo_image,
+    })
+}
+
+/// `--image` (or the repo's `sdk-image` for a sandbox made here): the store
+/// image's unpacked tree, checked before anything changes.
+fn resolve_image(state_dir: &StateDir, name: &str) -> anyhow::Result<PathBuf> {
+    let store = crate::rootfs::store::Store::new(state_dir.images());
+    let img = store.resolve(name).map_err(sdk_common::error::classify)?;
+    Ok(img.rootfs())
 }
 
 /// A sandbox keeps the mounts, devices, rootfs and network it was created
@@ -123,7 +150,11 @@ fn check_userns() -> anyhow::Result<()> {
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let state_dir = StateDir::from_env()?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let (name, repo) = name_and_repo(&opts, &cwd)?;
+    let Place {
+        name,
+        repo,
+        repo_image,
+    } = name_and_repo(&opts, &cwd)?;
     let sb = state_dir.sandbox(&name);
     let eo = EnterOptions {
         user: opts.user.clone(),
@@ -136,6 +167,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let asks = !opts.volumes.is_empty()
         || !opts.devices.is_empty()
         || opts.rootfs.is_some()
+        || opts.image.is_some()
         || opts.net.is_some();
 
     // Hot path: running, nothing to check.
@@ -158,6 +190,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         .map(|p| create::resolve_rootfs(&cwd, p))
         .transpose()?;
     let exists = sb.config().is_file();
+    // A store image: asked for, or the repo's for a sandbox made now.
+    let image = match (&opts.image, &repo_image) {
+        (Some(i), _) => Some(resolve_image(&state_dir, i)?),
+        (None, Some(i)) if !exists && rootfs.is_none() => Some(
+            resolve_image(&state_dir, i)
+                .with_context(|| format!("sdk-image in {}", version::FILE_NAME))?,
+        ),
+        _ => None,
+    };
     if exists && opts.rm {
         return Err(usage(format!(
             "sandbox {name} already exists; --rm makes a throwaway sandbox, so pick an unused name with -n"
@@ -169,7 +210,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             &cfg,
             &volumes,
             &devices,
-            rootfs.as_ref().map(|r| r.1.as_path()),
+            rootfs
+                .as_ref()
+                .map(|r| r.1.as_path())
+                .or(image.as_deref().filter(|_| opts.image.is_some())),
             opts.net,
         )?;
     }
@@ -185,6 +229,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         }
         Some((spec, _)) => Some(spec.clone()),
         None if exists => None,
+        None if image.is_some() => image
+            .clone()
+            .map(|lower| crate::sandbox::RootfsSpec::overlay_for(&sb, lower)),
         None => Some(create::default_rootfs(&state_dir, &sb)?.ok_or_else(|| {
             usage(format!(
                 "sandbox {name} does not exist and there is no default SDK rootfs yet; create it with --rootfs DIR|TARBALL"
@@ -201,7 +248,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
                 let create = NewSandbox {
                     name: &name,
                     spec: spec.as_ref(),
-                    rootfs_origin: rootfs.as_ref().map(|r| r.1.clone()),
+                    rootfs_origin: rootfs.as_ref().map(|r| r.1.clone()).or(image.clone()),
                     repo: &repo,
                     volumes: &volumes,
                     devices: &devices,
@@ -388,8 +435,12 @@ mod tests {
         .unwrap();
         std::fs::create_dir(d.path().join("sub")).unwrap();
         let o = RunOptions::default();
-        let (n, repo) = name_and_repo(&o, &d.path().join("sub")).unwrap();
-        assert_eq!((n.as_str(), repo.as_path()), ("sdk-1.2_os-3.4", d.path()));
+        let p = name_and_repo(&o, &d.path().join("sub")).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.repo.as_path()),
+            ("sdk-1.2_os-3.4", d.path())
+        );
+        assert_eq!(p.repo_image, None);
         let e = name_and_repo(&o, Path::new("/")).unwrap_err();
         assert!(e.to_string().contains("-n NAME"));
     }

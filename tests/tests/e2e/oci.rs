@@ -614,3 +614,63 @@ for t in named numeric ghost; do skopeo copy --quiet "oci:$L:$t" "oci-archive:$P
         run_ok(sdk(&user, &s).args(["rm", "-f", n]));
     }
 }
+
+/// Images by name: a gzip-compressed docker-save (`.tgz`, as Flatcar ships
+/// its SDK) imports as the image it is; `--image TAG` and a repo's
+/// `sdk-image` make sandboxes over it; a mistyped tag is one line, exit 2,
+/// with the closest tag, and makes nothing.
+#[test]
+fn images_by_name_and_a_gzipped_docker_save() {
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    let plain = std::fs::read(busybox_image(&s, &user)).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &plain).unwrap();
+    let tgz = write(&s, &user, "busybox.tgz", &gz.finish().unwrap());
+    let v = import(&user, &s, &tgz, &["--tag", "bb:1"]);
+    assert_eq!(v["kind"], "docker-save", "{v}");
+
+    let pid = std::process::id();
+    let by_tag = format!("by-tag-{pid}");
+    let out = run_ok(sdk(&user, &s).args([
+        "-n",
+        &by_tag,
+        "--image",
+        "bb:1",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/old; echo $IMAGE_GREETING",
+    ]));
+    assert_eq!(out.trim(), "old\nhi");
+    // Entering again with the same image is fine; with another it is not.
+    run_ok(sdk(&user, &s).args(["-n", &by_tag, "--image", "bb:1", "--", "echo"]));
+
+    let before = run_ok(sdk(&user, &s).args(["list", "--json"]));
+    let e = run_expect(
+        sdk(&user, &s).args(["-n", "typo", "--image", "bb:2", "--", "echo"]),
+        2,
+    );
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("did you mean \"bb:1\"?"), "{err}");
+    assert_eq!(run_ok(sdk(&user, &s).args(["list", "--json"])), before);
+
+    // A repo that names its SDK image.
+    let repo = s.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("sdk-version.toml"),
+        format!("sdk-version = \"img{pid}\"\nos-version = \"1\"\nsdk-image = \"bb:1\"\n"),
+    )
+    .unwrap();
+    chown_r(&user, &repo);
+    let mut c = sdk(&user, &s);
+    c.current_dir(&repo)
+        .args(["--", "sh", "-c", "cat /etc/old"]);
+    assert_eq!(run_ok(&mut c).trim(), "old");
+    let in_repo = format!("sdk-img{pid}_os-1");
+    let listed = run_ok(sdk(&user, &s).args(["list", "--json"]));
+    assert!(listed.contains(&in_repo), "{listed}");
+    run_ok(sdk(&user, &s).args(["rm", "-f", &by_tag, &in_repo]));
+}
