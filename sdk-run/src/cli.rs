@@ -132,11 +132,31 @@ pub enum Verb {
         /// Stop running ones first.
         #[arg(short = 'f', long = "force")]
         force: bool,
+        /// Also delete each sandbox's /build (cross-roots and binary
+        /// packages), which is otherwise kept for the next sandbox of that name.
+        #[arg(long)]
+        volumes: bool,
+        /// Sandboxes to remove; each is handled (and reported) on its own.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
-    /// Remove every sandbox that is not running, and leftovers of interrupted runs.
-    Prune,
+    /// Remove sandboxes that are not running (listed, then asked; -f skips the question).
+    ///
+    /// Examples:
+    ///   sdk-run prune --dry-run        # only list
+    ///   sdk-run prune                  # list, then ask on the terminal
+    ///   sdk-run prune -f --volumes     # no question; kept /build folders go too
+    Prune {
+        /// Remove without asking (needed when stdin is not a terminal).
+        #[arg(short = 'f', long = "force", conflicts_with = "dry_run")]
+        force: bool,
+        /// List what would be removed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also the kept /build of removed sandboxes (and of the ones pruned now).
+        #[arg(long)]
+        volumes: bool,
+    },
     /// Print a shell completion script (e.g. `sdk-run completions bash > /etc/bash_completion.d/sdk-run`).
     Completions {
         #[arg(value_enum)]
@@ -273,8 +293,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match verb {
         Verb::List { json } => list::list(&StateDir::from_env()?, json)?,
         Verb::Stop { names } => remove::stop(&StateDir::from_env()?, &names)?,
-        Verb::Rm { force, names } => remove::rm(&StateDir::from_env()?, &names, force)?,
-        Verb::Prune => remove::prune(&StateDir::from_env()?)?,
+        Verb::Rm {
+            force,
+            volumes,
+            names,
+        } => remove::rm(&StateDir::from_env()?, &names, force, volumes)?,
+        Verb::Prune {
+            force,
+            dry_run,
+            volumes,
+        } => {
+            let confirm = match (force, dry_run) {
+                (true, _) => remove::Confirm::Force,
+                (_, true) => remove::Confirm::DryRun,
+                _ => remove::Confirm::Ask,
+            };
+            remove::prune(&StateDir::from_env()?, confirm, volumes)?
+        }
         Verb::Completions { shell } => clap_complete::generate(
             shell,
             &mut Cli::command(),

@@ -48,6 +48,23 @@ pub enum IdMapError {
     },
     #[error(transparent)]
     Tool(#[from] crate::cmd::CmdError),
+    /// A sandbox made with a subordinate range the files no longer grant.
+    #[error(
+        "it was made with subordinate {which}s {start}-{end}, which {file} no longer grants to {who}; give them back (`sudo usermod --add-sub{which}s {start}-{end} {who}`)"
+    )]
+    NotGranted {
+        which: &'static str,
+        start: u32,
+        end: u32,
+        file: String,
+        who: String,
+    },
+}
+
+impl sdk_common::error::BadInput for IdMapError {
+    fn is_bad_input(&self) -> bool {
+        matches!(self, IdMapError::NotGranted { .. })
+    }
 }
 
 /// Where the subordinate id files are (`/etc/subuid`, `/etc/subgid`).
@@ -121,6 +138,50 @@ pub fn parse_subid(contents: &str, name: Option<&str>, id: u32) -> Vec<IdRange> 
             (r.count > 0).then_some(r)
         })
         .collect()
+}
+
+/// Every range of a subid file, whoever it belongs to.
+fn all_ranges(contents: &str) -> Vec<IdRange> {
+    contents
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.trim().split(':');
+            let (_, start, count) = (f.next()?, f.next()?, f.next()?);
+            Some(IdRange {
+                start: start.trim().parse().ok()?,
+                count: count.trim().parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The first 65536-id block from 100000 up (aligned as `useradd` lays
+/// them out) that no range in any of `files` overlaps: what to suggest
+/// adding for a user who has none.
+pub fn free_range(files: &[&str]) -> IdRange {
+    const COUNT: u64 = 65536;
+    let taken: Vec<IdRange> = files.iter().flat_map(|f| all_ranges(f)).collect();
+    let mut start: u64 = 100_000;
+    loop {
+        let clash = taken.iter().find(|r| {
+            let (a, b) = (u64::from(r.start), u64::from(r.start) + u64::from(r.count));
+            a < start + COUNT && start < b
+        });
+        match clash {
+            // Past the clash, rounded up to the next block.
+            Some(r) => {
+                let end = u64::from(r.start) + u64::from(r.count);
+                start = 100_000 + (end - 100_000).div_ceil(COUNT) * COUNT;
+            }
+            None if start + COUNT <= u64::from(u32::MAX) => {
+                return IdRange {
+                    start: start as u32,
+                    count: COUNT as u32,
+                };
+            }
+            None => return ROOT_DEFAULT_RANGE,
+        }
+    }
 }
 
 /// One line of `/proc/PID/uid_map`: `inside outside count`.
@@ -207,8 +268,10 @@ impl IdMap {
             } else {
                 &files.subgid
             };
+            let free = free_range(&[&read(&files.subuid)?, &read(&files.subgid)?]);
+            let range = format!("{}-{}", free.start, free.start + (free.count - 1));
             let warning = format!(
-                "warning: no subordinate id range for {who} in {}; using a single mapping (no root inside); add ranges with `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}`",
+                "warning: no subordinate id range for {who} in {}; using a single mapping (no root inside); add a free range with `sudo usermod --add-subuids {range} --add-subgids {range} {who}`",
                 missing.display()
             );
             return Ok((IdMap::single(caller), Some(warning)));
@@ -220,6 +283,60 @@ impl IdMap {
             },
             None,
         ))
+    }
+
+    /// Whether the subid files still grant every subordinate id this map
+    /// (made at creation) uses; the setuid helpers would refuse otherwise
+    /// with a message naming neither the file nor the fix. Root and the
+    /// single mapping need no grant.
+    pub fn check_granted(&self, files: &SubIdFiles, caller: &Caller) -> Result<(), IdMapError> {
+        if self.is_single() || caller.uid == 0 {
+            return Ok(());
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let name = caller.name.as_deref();
+        let who = name.map_or_else(|| caller.uid.to_string(), str::to_string);
+        for (which, maps, file, own) in [
+            ("uid", &self.uid, &files.subuid, caller.uid),
+            ("gid", &self.gid, &files.subgid, caller.gid),
+        ] {
+            let granted = parse_subid(&read(file), name, own);
+            // The host ranges used, contiguous pieces joined (the layout
+            // splits one range around the sdk id).
+            let mut used: Vec<(u64, u64)> = maps
+                .iter()
+                .filter(|m| m.inside != SDK_ID)
+                .map(|m| {
+                    (
+                        u64::from(m.outside),
+                        u64::from(m.outside) + u64::from(m.count),
+                    )
+                })
+                .collect();
+            used.sort_unstable();
+            let mut joined: Vec<(u64, u64)> = Vec::new();
+            for (a, b) in used {
+                match joined.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => joined.push((a, b)),
+                }
+            }
+            for (start, end) in joined {
+                let ok = granted.iter().any(|r| {
+                    u64::from(r.start) <= start && end <= u64::from(r.start) + u64::from(r.count)
+                });
+                if !ok {
+                    return Err(IdMapError::NotGranted {
+                        which,
+                        start: start as u32,
+                        end: (end - 1) as u32,
+                        file: file.display().to_string(),
+                        who,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Only the caller, as the sdk user.
@@ -395,6 +512,40 @@ mod tests {
             render(&m),
             "0 10 600\n600 5000 400\n1000 5 1\n1001 5400 200\n"
         );
+    }
+
+    #[test]
+    fn free_range_skips_every_taken_block() {
+        assert_eq!(free_range(&["", ""]).start, 100_000);
+        let uid = "alice:100000:65536\nbob:165536:65536\n";
+        let gid = "carol:231072:10\n";
+        assert_eq!(free_range(&[uid, gid]).start, 100_000 + 3 * 65536);
+        // An unaligned range pushes past its end to the next block.
+        assert_eq!(free_range(&["x:150000:1000\n"]).start, 165_536);
+        assert_eq!(free_range(&["x:1:99999\n"]).start, 100_000);
+    }
+
+    #[test]
+    fn a_range_taken_back_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SubIdFiles {
+            subuid: dir.path().join("subuid"),
+            subgid: dir.path().join("subgid"),
+        };
+        std::fs::write(&files.subuid, SUBUID).unwrap();
+        std::fs::write(&files.subgid, SUBUID).unwrap();
+        let alice = caller("alice", 1001);
+        let (map, _) = IdMap::for_caller(&files, &alice).unwrap();
+        map.check_granted(&files, &alice).unwrap();
+        std::fs::write(&files.subgid, "alice:300000:65536\n").unwrap();
+        let e = map.check_granted(&files, &alice).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("subordinate gids 100000-165535")
+                && msg.contains("--add-subgids 100000-165535 alice"),
+            "{msg}"
+        );
+        assert!(sdk_common::error::BadInput::is_bad_input(&e));
     }
 
     #[test]

@@ -140,6 +140,11 @@ pub struct Config {
     /// the sandbox's own variables (HOME, PATH, ...) win over these.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// The host folder bound at `/build` (see
+    /// [`crate::state::StateDir::build_volume`]); none for a rootfs used
+    /// in place (it keeps its own /build) and for `--rm` sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_volume: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -187,6 +192,7 @@ mod tests {
             net: Net::None,
             rootfs_origin: None,
             env: vec![("LANG".into(), "C.UTF-8".into())],
+            build_volume: Some("/v/build".into()),
             idmap: IdMap::single(&crate::idmap::Caller {
                 name: None,
                 uid: 5,

@@ -31,6 +31,9 @@ pub struct Request {
     pub net: Net,
     /// Environment for every command entered (an image's `[env]`).
     pub env: Vec<(String, String)>,
+    /// The persistent `/build` for a disposable root (None: /build lives
+    /// in the root, e.g. for `--rm` or a rootfs used in place).
+    pub build_volume: Option<PathBuf>,
 }
 
 /// The rootfs a sandbox gets when no `--rootfs` is given: an overlay over
@@ -198,6 +201,20 @@ pub fn create(
     rootfs: RootfsSpec,
     map: IdMap,
 ) -> anyhow::Result<Config> {
+    // A rootfs used in place keeps its own /build; a disposable root
+    // (an extracted tarball, an overlay layer) gets the persistent one.
+    let in_place = matches!(&rootfs, RootfsSpec::Bind(p) if !p.is_file());
+    let build_volume = req.build_volume.clone().filter(|_| !in_place);
+    if let Some(v) = &build_volume {
+        if v.is_dir() {
+            eprintln!(
+                "sdk-run: {} keeps the /build of an earlier sandbox of that name (`sdk-run rm --volumes {}` drops it)",
+                req.name, req.name
+            );
+        }
+        // Made by the caller, so it is the sdk user's inside.
+        std::fs::create_dir_all(v).with_context(|| format!("cannot create {}", v.display()))?;
+    }
     let rootfs = match rootfs {
         RootfsSpec::Bind(p) if p.is_file() => {
             let tmp = sb.dir.join("rootfs.tmp");
@@ -237,6 +254,7 @@ pub fn create(
         idmap: map,
         rootfs_origin: req.rootfs_origin.clone(),
         env: req.env.clone(),
+        build_volume,
     };
     write_json(&sb.config(), &cfg)?;
     Ok(cfg)

@@ -51,6 +51,8 @@ pub struct RootPlan {
     /// The repo's `__build__` (resolved on the host, so a symlink to
     /// another disk works), bound at `SOURCE_DIR/__build__`.
     pub build_dir: Option<PathBuf>,
+    /// The persistent folder bound at `/build`.
+    pub build_volume: Option<PathBuf>,
     pub volumes: Vec<Volume>,
     /// Host device nodes, bound at the same path.
     pub devices: Vec<PathBuf>,
@@ -236,6 +238,11 @@ pub fn assemble(sys: &dyn Sys, plan: &RootPlan) -> Result<(), MountError> {
             s.bind(build, &dst)?;
         }
     }
+    if let Some(vol) = &plan.build_volume {
+        let dst = m.join("build");
+        s.mkdir(&dst)?;
+        s.bind(vol, &dst)?;
+    }
     for v in &plan.volumes {
         let dst = inside(m, &v.dst);
         if v.src.is_dir() {
@@ -280,6 +287,7 @@ mod tests {
             hostname: "box".into(),
             source: Some("/repo".into()),
             build_dir: Some("/big/build".into()),
+            build_volume: None,
             volumes: vec![Volume {
                 src: "/etc/hostname".into(),
                 dst: "/etc/host-name".into(),

@@ -119,7 +119,7 @@ fn check_matches(
         return Ok(());
     }
     Err(usage(format!(
-        "sandbox {n} exists with other {}; enter it without them, remove it with `sdk-run rm -f {n}`, or pick another name with -n",
+        "sandbox {n} exists with other {}; enter it without them, remove it with `sdk-run rm -f {n}` (its /build is kept), or pick another name with -n",
         diff.join(", "),
         n = cfg.name
     )))
@@ -253,6 +253,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
                     volumes: &volumes,
                     devices: &devices,
                     net: opts.net.unwrap_or(Net::Host),
+                    keep_build: !opts.rm,
                 };
                 create_and_start(&state_dir, &sb, &create)?
             }
@@ -278,6 +279,8 @@ struct NewSandbox<'a> {
     volumes: &'a [Volume],
     devices: &'a [PathBuf],
     net: Net,
+    /// Bind the persistent `/build` volume (not for `--rm`).
+    keep_build: bool,
 }
 
 /// Under the sandbox lock: create the sandbox if it has no config yet,
@@ -291,9 +294,16 @@ fn create_and_start(
     let fresh = !sb.config().is_file();
     let result = (|| {
         let cfg: Config = if fresh {
-            let (map, warning) = IdMap::for_caller(&SubIdFiles::default(), &Caller::current())?;
+            let caller = Caller::current();
+            let (map, warning) = IdMap::for_caller(&SubIdFiles::default(), &caller)?;
             if let Some(w) = warning {
                 eprintln!("{w}");
+            }
+            if caller.uid == 0 {
+                eprintln!(
+                    "sdk-run: note: as root, the sandboxes and images are root's own ({}); inside, you are sdk (uid 1000), which is the host's root on the repo and -v binds, and root inside is a subordinate id without power over the host; run sdk-run as your own user to share nothing with root",
+                    state_dir.root().display()
+                );
             }
             let mut devs = new.devices.to_vec();
             for d in create::default_devices() {
@@ -310,6 +320,7 @@ fn create_and_start(
                 devices: devs,
                 net: new.net,
                 env: Vec::new(),
+                build_volume: new.keep_build.then(|| state_dir.build_volume(new.name)),
             };
             let spec = new.spec.cloned().context("no rootfs")?;
             create::create(sb, &req, spec, map)?
@@ -390,6 +401,7 @@ mod tests {
             }),
             rootfs_origin: Some("/r.tar".into()),
             env: vec![],
+            build_volume: None,
         }
     }
 

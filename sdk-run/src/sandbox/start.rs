@@ -156,6 +156,11 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
         }
         None => None,
     };
+    // Removed by hand since: made again (empty), as at creation.
+    let build_volume = cfg.build_volume.clone();
+    if let Some(v) = &build_volume {
+        std::fs::create_dir_all(v).with_context(|| format!("cannot create {}", v.display()))?;
+    }
     let mnt = sb.mnt();
     std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
     Ok((
@@ -165,6 +170,7 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
             hostname: cfg.name.clone(),
             source: cfg.source.clone(),
             build_dir,
+            build_volume,
             volumes: cfg.volumes.clone(),
             devices: cfg.devices.clone(),
             devpts_gid: cfg.idmap.to_host_gid(5).map(|_| 5),
@@ -262,6 +268,17 @@ fn now() -> u64 {
 /// caller holds the sandbox lock) and record it in `state.json`.
 pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
     kill_unfinished(sb);
+    let caller = crate::idmap::Caller::current();
+    if let Err(e) = cfg
+        .idmap
+        .check_granted(&crate::idmap::SubIdFiles::default(), &caller)
+    {
+        return Err(UsageError(format!(
+            "sandbox {n}: {e}, or make the sandbox again (`sdk-run rm {n}`)",
+            n = cfg.name
+        ))
+        .into());
+    }
     let (plan, image) = plan(sb, cfg)?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID

@@ -86,6 +86,18 @@ impl StateDir {
         }
     }
 
+    /// `volumes/`: what outlives a sandbox, one folder per sandbox name.
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
+    /// `volumes/<name>/build`: the sandbox's `/build` (cross-roots and
+    /// binary packages), kept when the sandbox is removed so a sandbox
+    /// made again under the same name finds its builds.
+    pub fn build_volume(&self, name: &SandboxName) -> PathBuf {
+        self.volumes().join(name.as_str()).join("build")
+    }
+
     /// `tools.json`: the cached multi-call names of sdk-tools.
     pub fn tools_cache(&self) -> PathBuf {
         self.root.join("tools.json")

@@ -575,7 +575,7 @@ fn stop_and_rm_clean_up_every_process_and_file() {
     run_ok(&mut env.sh("keep", "true"));
     run_ok(&mut env.sh("gone", "true"));
     run_ok(&mut env.sdk(&["stop", "gone"]));
-    run_ok(&mut env.sdk(&["prune"]));
+    run_ok(&mut env.sdk(&["prune", "-f"]));
     let names: Vec<_> = env
         .list()
         .iter()
@@ -724,7 +724,7 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["stop", "nosuch"], "no sandbox named"),
         (vec!["rm", "nosuch"], "no sandbox named"),
-        (vec!["rm", "-f", "box", "nosuch"], "no sandbox named"),
+        (vec!["rm", "-f", "nosuch"], "no sandbox named"),
         (
             vec!["-n", "new", "--rootfs", r, "-v", "nonsense", "--", "true"],
             "SRC:DST",
@@ -946,4 +946,178 @@ fn gpg_agent_socket_is_bound_where_gpg_looks() {
     c.env("GNUPGHOME", &home);
     assert_eq!(stdout_of(&mut c), "socket\n1000 700");
     drop(listener);
+}
+
+#[test]
+fn prune_asks_rm_carries_on_and_build_survives_recreation() {
+    let env = Env::new();
+    let r = env.rootfs();
+    let r = r.to_str().unwrap();
+    let over = |name: &str, script: &str| {
+        env.sdk(&[
+            "-n",
+            name,
+            "--rootfs",
+            r,
+            "--overlay",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let names = || -> Vec<String> {
+        env.list()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let volumes = env.scratch.path().join("data/sdk-run/volumes");
+    // /build is a volume outside the sandbox's layer: re-creating the
+    // sandbox (e.g. with other -v, as the advice says) keeps the builds.
+    run_ok(&mut over(
+        "keep",
+        "echo built > /build/marker && touch ~/layer-file",
+    ));
+    let out = env.sdk(&["rm", "-f", "keep"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("its /build is kept"),
+        "{out:?}"
+    );
+    let x = env.scratch.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    chown_r(&env.user, &x);
+    let vol = format!("{}:/x", x.display());
+    let out = env
+        .sdk(&[
+            "-n",
+            "keep",
+            "--rootfs",
+            r,
+            "--overlay",
+            "-v",
+            &vol,
+            "--",
+            "sh",
+            "-c",
+            "cat /build/marker; test -e ~/layer-file || echo fresh-layer",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "built\nfresh-layer\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("keeps the /build"),
+        "{out:?}"
+    );
+
+    // rm of several names carries on past a bad one and reports each.
+    run_ok(&mut over("a", "true"));
+    run_ok(&mut over("b", "true"));
+    let out = run_expect(&mut env.sdk(&["rm", "-f", "a", "nosuch", "b"]), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("removed a") && err.contains("removed b"),
+        "{err}"
+    );
+    assert!(err.contains("nosuch: no sandbox named"), "{err}");
+    assert!(err.contains("1 of 3 not done: nosuch"), "{err}");
+    assert_eq!(names(), ["keep"]);
+    assert!(volumes.join("a/build").is_dir(), "rm keeps /build");
+
+    // prune lists, and without a terminal refuses unless -f.
+    run_ok(&mut env.sdk(&["stop", "keep"]));
+    run_ok(&mut over("run", "true"));
+    let before = env.snapshot();
+    let out = run_expect(env.sdk(&["prune"]).stdin(Stdio::null()), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sandbox keep (stopped"), "{err}");
+    assert!(!err.contains("sandbox run"), "running ones stay: {err}");
+    assert!(err.lines().last().unwrap().contains("pass -f"), "{err}");
+    run_ok(&mut env.sdk(&["prune", "--dry-run", "--volumes"]));
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "refusing and --dry-run change nothing"
+    );
+    let dry = env
+        .sdk(&["prune", "--dry-run", "--volumes"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&dry.stderr);
+    assert!(
+        err.contains("/build of the removed sandbox a")
+            && err.contains("/build of the removed sandbox b"),
+        "{err}"
+    );
+
+    // On a terminal it asks: "n" keeps everything, "y" removes.
+    let sock = env.scratch.path().join("tmux.sock");
+    let sock = sock.to_str().unwrap();
+    let rc = env.scratch.path().join("rc");
+    let tmux = |args: &[&str]| {
+        let mut c = env.as_user("tmux");
+        c.arg("-S").arg(sock).args(args);
+        c
+    };
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).output().unwrap().stdout)
+            .into_owned()
+    };
+    for answer in ["n", "y"] {
+        let _ = std::fs::remove_file(&rc);
+        run_ok(&mut tmux(&[
+            "new-session",
+            "-d",
+            &format!("sdk-run prune; echo $? > {}", rc.display()),
+        ]));
+        wait_for("the question", || pane().contains("remove them? [y/N]"));
+        run_ok(&mut tmux(&["send-keys", "-t", "0", answer, "Enter"]));
+        wait_for("prune to finish", || {
+            rc.exists() && std::fs::read_to_string(&rc).unwrap().ends_with('\n')
+        });
+        assert_eq!(std::fs::read_to_string(&rc).unwrap(), "0\n");
+        let expect: &[&str] = if answer == "n" {
+            &["keep", "run"]
+        } else {
+            &["run"]
+        };
+        assert_eq!(names(), expect, "after answering {answer}");
+    }
+    assert!(
+        volumes.join("keep/build/marker").is_file(),
+        "prune keeps /build"
+    );
+
+    // --volumes drops the kept /build folders of removed sandboxes.
+    run_ok(&mut env.sdk(&["prune", "-f", "--volumes"]));
+    assert!(!volumes.join("a").exists() && !volumes.join("keep").exists());
+    run_ok(&mut env.sdk(&["rm", "-f", "--volumes", "run"]));
+    assert_eq!(std::fs::read_dir(&volumes).unwrap().count(), 0);
+}
+
+#[test]
+fn a_subordinate_range_taken_back_is_one_clear_line() {
+    let env = Env::new();
+    run_ok(&mut env.sh("box", "true"));
+    run_ok(&mut env.sdk(&["stop", "box"]));
+    // As if /etc/subuid had changed since creation: the sandbox's recorded
+    // map names host ids the user is no longer granted.
+    let cfg_path = env.sandboxes_dir().join("box/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    for m in cfg["idmap"]["uid"].as_array_mut().unwrap() {
+        if m["inside"] != 1000 {
+            let o = m["outside"].as_u64().unwrap();
+            m["outside"] = (o + 3_000_000_000).into();
+        }
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let out = run_expect(&mut env.sdk(&["-n", "box", "--", "true"]), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no longer grants") && err.contains("sdk-run rm box"),
+        "{err}"
+    );
 }
