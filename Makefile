@@ -1,8 +1,12 @@
 # The two commands of the README, plus benchmarks.
-.PHONY: demo test bench
+.PHONY: demo test bench install dist
 demo:
 	./.ci/demo.sh
 test:
 	./.ci/test.sh
 bench:
 	./bench/run-all.sh
+install:
+	PREFIX=$(or $(PREFIX),/usr/local) DESTDIR=$(DESTDIR) ./dist/install.sh
+dist:
+	./dist/release.sh

@@ -69,15 +69,30 @@ timed "image_to_vm" in_sdk image_to_vm --board "$board"
 timed "test_image" in_sdk test_image --board "$board" --timeout 600
 
 out=$repo/__build__/images/$board/latest
+image=$(readlink -f "$out")
+qemu_sh=$(ls "$out"/*_qemu.sh 2>/dev/null | head -1)
 printf '\n== done (as %s)\n' "$user"
 printf '  %s\n' "${timings[@]}"
 printf '  %-16s %8s s\n' "total" "$(secs "$all_start")"
+# Commands that work pasted as they are, by whoever ran the demo: as
+# root they switch to the user who owns the sandbox and its store.
+enter="cd $repo && $bin/sdk-run -t"
+if [ "$(id -u)" = 0 ]; then
+  enter="runuser -u $user -- sh -c '$enter'"
+fi
 cat <<EOF
 
-example repo:  $repo
-sandbox:       cd $repo && sdk-run -t      (sdk-run list shows it)
-cross-root:    /build/$board inside the sandbox
-image:         $(readlink -f "$out")
-boot it:       $(ls "$out"/*_qemu.sh 2>/dev/null | head -1) -nographic
+example repo:  $repo (owned by $user)
+image:         $image
 console log:   $(ls "$out"/*_console.log 2>/dev/null | head -1)
+
+Paste to go on:
+  $enter
+      # the SDK shell (as $user; \`sdk-run list\` shows the sandbox); inside:
+      #   build_packages --board $board && build_image --board $board --replace
+      #   image_to_vm --board $board && test_image --board $board
+  $qemu_sh -nographic
+      # boot the image on this terminal (Ctrl-a x quits QEMU)
+  make -C $top install PREFIX=\$HOME/.local
+      # sdk-run and sdk-tools on your own PATH, with man pages and completions
 EOF

@@ -35,6 +35,7 @@ PACKAGES=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # host-side cross tests
   systemd-boot-efi  # bootloader for images
   gcc binutils file pkgconf curl  # build_packages: host board compiler, pkg-config wrappers, tarball downloads; tests: file, readelf
+  man-db            # tests: installed man pages render
   systemd           # systemd-repart: benchmark peer of build_image
 )
 

@@ -2,9 +2,10 @@
 //! external tools (`cmd`), logging setup (`log`), the error and exit-code
 //! convention (`error`), file helpers (`fsutil`), compressed streams
 //! (`compress`), the hardened tar layer applier (`layer`) and the image
-//! reader (`oci`). No CLI
-//! parsing, no sandbox or image logic lives here.
+//! reader (`oci`), man pages and completions from a clap tree (`clidoc`).
+//! No argument parsing, no sandbox or image logic lives here.
 
+pub mod clidoc;
 pub mod cmd;
 pub mod compress;
 pub mod error;

@@ -124,6 +124,7 @@ pub enum Verb {
     },
     /// Stop sandboxes: every process in them ends; files stay.
     Stop {
+        /// Sandboxes to stop; each is handled (and reported) on its own.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
@@ -159,11 +160,16 @@ pub enum Verb {
     },
     /// Print a shell completion script (e.g. `sdk-run completions bash > /etc/bash_completion.d/sdk-run`).
     Completions {
+        /// The shell the script is for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) on stdout (e.g. `sdk-run man | man -l -`).
-    Man,
+    /// Print the man page (e.g. `sdk-run man | man -l -`), or write every page (`--dir`).
+    Man {
+        /// Write sdk-run.1 and a page per verb (sdk-run-rm.1, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     Import(rootfs::ImportArgs),
     Images(rootfs::ImagesArgs),
     Rmi(rootfs::RmiArgs),
@@ -310,13 +316,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             };
             remove::prune(&StateDir::from_env()?, confirm, volumes)?
         }
-        Verb::Completions { shell } => clap_complete::generate(
+        Verb::Completions { shell } => sdk_common::clidoc::print_completions(
+            Cli::command(),
             shell,
-            &mut Cli::command(),
-            "sdk-run",
+            None,
             &mut std::io::stdout(),
-        ),
-        Verb::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
+        )?,
+        Verb::Man { dir: None } => {
+            sdk_common::clidoc::print_man(Cli::command(), None, &mut std::io::stdout())?
+        }
+        Verb::Man { dir: Some(d) } => {
+            for f in sdk_common::clidoc::write_man_pages(Cli::command(), &[], &d)? {
+                println!("{}", f.display());
+            }
+        }
         Verb::Import(a) => return rootfs::import(&a),
         Verb::Images(a) => return rootfs::images(&a),
         Verb::Rmi(a) => return rootfs::rmi(&a),
@@ -329,6 +342,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 /// Logging to stderr, default level warn (idempotent).
 pub fn init_logging(verbose: u8) {
     sdk_common::log::init(verbose);
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_and_verb_is_described() {
+        let missing = sdk_common::clidoc::undescribed(super::Cli::command());
+        assert!(missing.is_empty(), "no --help text: {missing:#?}");
+    }
 }
 
 #[cfg(test)]

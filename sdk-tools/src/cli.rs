@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod boot;
 pub mod disk;
@@ -66,6 +66,32 @@ pub enum Command {
     TestImage(boot::TestImageArgs),
     #[command(subcommand)]
     Boot(boot::BootCmd),
+    /// Print a shell completion script for sdk-tools or one of its multi-call names.
+    ///
+    /// Examples:
+    ///   sdk-tools completions bash > ~/.local/share/bash-completion/completions/sdk-tools
+    ///   sdk-tools completions bash build_image > ~/.local/share/bash-completion/completions/build_image
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        /// A multi-call name (build_image, ...) instead of sdk-tools.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(MULTICALL_NAMES))]
+        name: Option<String>,
+    },
+    /// Print a man page, or write every page (`--dir`), multi-call names included.
+    ///
+    /// Examples:
+    ///   sdk-tools man build_image | man -l -
+    ///   sdk-tools man --dir /usr/local/share/man/man1
+    Man {
+        /// A multi-call name (build_image, ...) instead of sdk-tools.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(MULTICALL_NAMES), conflicts_with = "dir")]
+        name: Option<String>,
+        /// Write sdk-tools.1, a page per verb, and build_image.1 etc. into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Rewrite `build_image --x` into `sdk-tools build_image --x` when invoked
@@ -113,6 +139,26 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::ImageToVm(a) => boot::image_to_vm(a),
         Command::TestImage(a) => boot::test_image(a),
         Command::Boot(c) => boot::boot(c),
+        Command::Completions { shell, name } => sdk_common::clidoc::print_completions(
+            Cli::command(),
+            shell,
+            name.as_deref(),
+            &mut std::io::stdout(),
+        )
+        .map_err(Into::into),
+        Command::Man { name, dir: None } => {
+            sdk_common::clidoc::print_man(Cli::command(), name.as_deref(), &mut std::io::stdout())
+                .map_err(Into::into)
+        }
+        Command::Man { dir: Some(d), .. } => {
+            sdk_common::clidoc::write_man_pages(Cli::command(), MULTICALL_NAMES, &d)
+                .map(|files| {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                })
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => 0,
@@ -125,4 +171,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
 
 fn init_logging(verbose: u8) {
     sdk_common::log::init(verbose);
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_and_verb_is_described() {
+        let missing = sdk_common::clidoc::undescribed(super::Cli::command());
+        assert!(missing.is_empty(), "no --help text: {missing:#?}");
+    }
 }

@@ -52,6 +52,7 @@ pub struct ImagesArgs {
 ///   sdk-run rmi sdk:2024.1
 ///   sdk-run rmi 3f2a9c
 pub struct RmiArgs {
+    /// Images to remove: tags, digests or unique digest prefixes.
     #[arg(required = true)]
     pub images: Vec<String>,
     /// Remove even when sandboxes stack on it (they stop working).
@@ -68,7 +69,9 @@ pub struct RmiArgs {
 /// Examples:
 ///   sdk-run commit sdk-1.0_os-2.0 my-sdk.oci.tar
 pub struct CommitArgs {
+    /// The sandbox whose root becomes the image.
     pub sandbox: String,
+    /// The OCI archive to write.
     pub out: PathBuf,
 }
 
@@ -83,6 +86,7 @@ pub struct CommitArgs {
 pub struct BuildArgs {
     /// A rootfs manifest (see README "Rootfs manifests").
     pub manifest: Option<PathBuf>,
+    /// Name the image (letters, digits, `._:-`).
     #[arg(long)]
     pub tag: Option<String>,
     /// Only print the digest the manifest resolves to; build nothing.

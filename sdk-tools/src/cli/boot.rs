@@ -80,6 +80,7 @@ impl ImageSel {
 pub struct ImageToVmArgs {
     #[command(flatten)]
     pub sel: ImageSel,
+    /// How the VM boots: qemu (kernel and initramfs given to QEMU) or qemu_uefi (OVMF, systemd-boot).
     #[arg(long, value_enum, default_value = "qemu")]
     pub format: FormatArg,
     /// Output directory (default: next to the image).
@@ -121,6 +122,7 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
 pub struct TestImageArgs {
     #[command(flatten)]
     pub sel: ImageSel,
+    /// How the VM boots: qemu (kernel and initramfs given to QEMU) or qemu_uefi (OVMF, systemd-boot).
     #[arg(long, value_enum, default_value = "qemu")]
     pub format: FormatArg,
     /// Seconds to wait for the marker.
@@ -188,15 +190,21 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(
+    about = "Boot plumbing build_image and image_to_vm use: the initramfs, the ESP, A/B slot switching"
+)]
 pub enum BootCmd {
     /// Build the initramfs for the kernel in an image root.
     ///
     /// Example: sdk-tools boot initramfs --root staging/ --output initrd
     Initramfs {
+        /// The image root holding the kernel and its modules.
         #[arg(long)]
         root: PathBuf,
+        /// The initramfs file to write (cpio, compressed).
         #[arg(long)]
         output: PathBuf,
+        /// Kernel version whose modules go in [default: the kernel found in ROOT].
         #[arg(long)]
         kernel_version: Option<String>,
     },
@@ -205,17 +213,22 @@ pub enum BootCmd {
     ///
     /// Example: sdk-tools boot esp --root staging/ --esp esp/ --usrhash HEX --hash-offset 1073741824
     Esp {
+        /// The image root (kernel, systemd-boot's EFI binary).
         #[arg(long)]
         root: PathBuf,
+        /// The ESP directory to fill.
         #[arg(long)]
         esp: PathBuf,
+        /// USR-A's dm-verity root hash (hex), put on the kernel command line.
         #[arg(long)]
         usrhash: String,
+        /// Byte offset of the hash tree inside the USR partition.
         #[arg(long)]
         hash_offset: Option<u64>,
         /// USR-A's partition GUID (else it is found by label).
         #[arg(long)]
         usr_a_uuid: Option<String>,
+        /// The boot menu title.
         #[arg(long, default_value = "Demo OS")]
         title: String,
         /// Extra kernel command line words.
@@ -228,17 +241,24 @@ pub enum BootCmd {
     ///
     /// Example: sdk-tools boot set-slot disk.bin --slot B --payload demo_update.bin --usrhash HEX
     SetSlot {
+        /// The disk image (raw) to change.
         image: PathBuf,
+        /// The USR slot: A or B.
         #[arg(long)]
         slot: char,
+        /// An update payload (a USR partition image) to write into the slot first.
         #[arg(long)]
         payload: Option<PathBuf>,
+        /// The payload's dm-verity root hash (hex) for the slot's boot entry.
         #[arg(long)]
         usrhash: Option<String>,
+        /// GPT priority [default: one above the other slot].
         #[arg(long)]
         priority: Option<u8>,
+        /// Boot attempts left before the slot counts as failed.
         #[arg(long, default_value_t = 1)]
         tries: u8,
+        /// Mark the slot as having booted successfully.
         #[arg(long)]
         successful: bool,
     },

@@ -28,6 +28,7 @@ pub enum DiskCommand {
         /// derived from this (same seed, same bytes).
         #[arg(long, default_value = disk::DEFAULT_SEED)]
         seed: String,
+        /// The disk image to create (sparse; must not exist).
         image: PathBuf,
     },
     /// Print the partition table of IMAGE.
@@ -40,6 +41,7 @@ pub enum DiskCommand {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The disk image to read.
         image: PathBuf,
     },
     /// Copy FILE (a filesystem image) to the start of partition N, keeping
@@ -49,9 +51,11 @@ pub enum DiskCommand {
     ///   sdk-tools disk write-partition disk.img 3 usr-a.img
     #[command(verbatim_doc_comment)]
     WritePartition {
+        /// The disk image to write into.
         image: PathBuf,
         /// Partition number (as `disk show` prints it).
         number: u32,
+        /// The filesystem image to copy in (no bigger than the partition).
         file: PathBuf,
     },
     /// Copy partition N of IMAGE out to a new file OUT.
@@ -60,8 +64,11 @@ pub enum DiskCommand {
     ///   sdk-tools disk extract disk.img 3 usr-a.img
     #[command(verbatim_doc_comment)]
     Extract {
+        /// The disk image to read.
         image: PathBuf,
+        /// Partition number (as `disk show` prints it).
         number: u32,
+        /// The new file (must not exist).
         out: PathBuf,
     },
 }

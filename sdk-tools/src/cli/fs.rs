@@ -27,6 +27,7 @@ pub enum FsCommand {
         /// ext4, erofs, squashfs or vfat.
         #[arg(long = "type", value_name = "FS")]
         fs_type: String,
+        /// Filesystem label (e.g. USR-A, EFI-SYSTEM).
         #[arg(long)]
         label: Option<String>,
         /// Filesystem UUID (vfat: its first 4 bytes are the volume id).
@@ -51,7 +52,9 @@ pub enum FsCommand {
         /// squashfs/erofs compressor.
         #[arg(long)]
         compression: Option<String>,
+        /// The directory whose contents become the filesystem.
         src: PathBuf,
+        /// The image file to write.
         out: PathBuf,
     },
 }

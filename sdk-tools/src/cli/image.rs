@@ -78,6 +78,7 @@ Examples:
   build_sysext --board amd64-usr --fs erofs --verity tools app-misc/tool
       erofs, plus tools.verity and tools.roothash beside tools.raw.")]
 pub struct BuildSysextArgs {
+    /// Board whose packages and OS image the extension is for.
     #[arg(long)]
     pub board: String,
     /// Extension name (file name and extension-release suffix).
@@ -100,6 +101,7 @@ pub struct BuildSysextArgs {
     /// Output folder [default: <repo>/__build__/images/<board>/sysext].
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Where the cross-roots live [default: /build].
     #[arg(long, value_name = "DIR", env = "SDK_BUILD_ROOT")]
     pub build_root: Option<PathBuf>,
 }

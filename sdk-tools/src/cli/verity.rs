@@ -39,7 +39,9 @@ pub enum VerityCommand {
     Verify {
         #[command(flatten)]
         opts: VerityOpts,
+        /// The data the tree covers (a filesystem image).
         data: PathBuf,
+        /// The file holding the hash area (may be DATA with --hash-offset).
         #[arg(value_name = "HASH")]
         hash_file: PathBuf,
         /// The root hash `format` printed, in hex.

@@ -11,6 +11,7 @@ mod disk;
 mod fs;
 mod harness;
 mod image;
+mod install;
 mod oci;
 mod packages;
 mod rootfs;
