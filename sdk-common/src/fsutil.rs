@@ -163,6 +163,48 @@ pub fn lock_file(path: &Path, holder: &str) -> io::Result<File> {
     Ok(file)
 }
 
+/// Directories made for an output, taken back if the work fails: made
+/// with [`OutputDirs::create`], each one this call made (from the deepest
+/// up) is removed on drop when it is still empty, unless [`OutputDirs::keep`]
+/// was called. Bad input then leaves no empty `__build__/...` behind.
+#[derive(Debug)]
+pub struct OutputDirs {
+    made: Vec<std::path::PathBuf>,
+}
+
+impl OutputDirs {
+    /// `mkdir -p dir`, remembering which levels did not exist.
+    pub fn create(dir: &Path) -> io::Result<OutputDirs> {
+        let mut made = Vec::new();
+        let mut p = Some(dir);
+        while let Some(d) = p {
+            if d.as_os_str().is_empty() || d.exists() {
+                break;
+            }
+            made.push(d.to_path_buf());
+            p = d.parent();
+        }
+        std::fs::create_dir_all(dir)?;
+        Ok(OutputDirs { made })
+    }
+
+    /// The work succeeded: leave the directories.
+    pub fn keep(mut self) {
+        self.made.clear();
+    }
+}
+
+impl Drop for OutputDirs {
+    fn drop(&mut self) {
+        // Deepest first; a directory with anything in it stays.
+        for d in &self.made {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 /// `s` as one word of a POSIX shell script: always single-quoted (so a
 /// generated script's text does not depend on what the word contains).
 pub fn shell_quote(s: &str) -> String {
@@ -172,6 +214,20 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_dirs_made_for_failed_work_are_taken_back() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("a/b/c");
+        drop(OutputDirs::create(&out).unwrap());
+        assert!(!d.path().join("a").exists());
+        let dirs = OutputDirs::create(&out).unwrap();
+        std::fs::write(d.path().join("a/keep"), "").unwrap();
+        drop(dirs);
+        assert!(!d.path().join("a/b").exists() && d.path().join("a/keep").exists());
+        OutputDirs::create(&out).unwrap().keep();
+        assert!(out.is_dir());
+    }
 
     #[test]
     fn sparse_files_hash_like_their_bytes() {

@@ -268,6 +268,8 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
             ));
         }
     };
+    // Before any output directory is made.
+    source.check(&board)?;
     Ok(Plan {
         repo,
         board,

@@ -34,6 +34,22 @@ pub enum Source {
     Dir(PathBuf),
 }
 
+impl Source {
+    /// Check what can be checked before any output is made: the board's
+    /// cross-root is set up and the packages resolve (bad input, exit 2).
+    /// Returns how many packages a `Packages` source resolves to.
+    pub fn check(&self, board: &Board) -> Result<Option<usize>> {
+        match self {
+            Source::Packages {
+                cross,
+                roots,
+                exclude,
+            } => Ok(Some(closure(cross, board, roots, exclude)?.len())),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Install `source` into `tree`; returns what the SBOM and package list
 /// say about it.
 pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<PackageInfo>> {
@@ -56,6 +72,7 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<Pa
                 license: None,
                 sha256: None,
                 depends: vec![],
+                debs: vec![],
             }])
         }
         Source::Oci(archive) => {
@@ -82,6 +99,7 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<Pa
                 license: None,
                 sha256: got.manifest.strip_prefix("sha256:").map(str::to_string),
                 depends: vec![],
+                debs: vec![],
             }])
         }
         Source::Packages {
@@ -125,6 +143,7 @@ fn info_of(m: &PackageMeta) -> PackageInfo {
         license: None,
         sha256: Some(m.archive_sha256.clone()),
         depends: m.depends.clone(),
+        debs: m.debs.clone(),
     }
 }
 

@@ -33,4 +33,6 @@ pub struct PackageInfo {
     pub sha256: Option<String>,
     /// Runtime dependencies (package names).
     pub depends: Vec<String>,
+    /// The Debian binary packages whose files it holds (binary imports).
+    pub debs: Vec<crate::packages::binpkg::DebInfo>,
 }

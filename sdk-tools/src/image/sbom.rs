@@ -3,8 +3,16 @@
 //! the creation time is the build's SOURCE_DATE_EPOCH and the document
 //! namespace derives from the inputs.
 //!
+//! Every package carries a package URL (purl) as an external reference
+//! (`PACKAGE-MANAGER`/`purl`), so scanners can match it: the repo's own
+//! recipes as `pkg:generic/<category>/<name>@<version>`, and the Debian
+//! binary packages each recipe's closure imported as packages of their
+//! own, `pkg:deb/debian/<name>@<version>?arch=<arch>`, which the recipe
+//! CONTAINS.
+//!
 //! Spec: <https://spdx.github.io/spdx-spec/v2.3/> (document creation
-//! information, package information, relationships).
+//! information, package information, external references,
+//! relationships); purl: <https://github.com/package-url/purl-spec>.
 
 use serde_json::{Value, json};
 
@@ -34,6 +42,45 @@ fn spdx_id(kind: &str, name: &str) -> String {
         })
         .collect();
     format!("SPDXRef-{kind}-{clean}")
+}
+
+/// Percent-encode what a purl component may not carry as is (the
+/// purl spec: letters, digits and `.-_~` pass; `+` in Debian versions
+/// and `:` of epochs are encoded).
+fn purl_part(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `pkg:deb/debian/NAME@VERSION?arch=ARCH`.
+pub fn deb_purl(name: &str, version: &str, arch: &str) -> String {
+    format!(
+        "pkg:deb/debian/{}@{}?arch={}",
+        purl_part(name),
+        purl_part(version),
+        purl_part(arch)
+    )
+}
+
+/// `pkg:generic/CATEGORY/NAME@VERSION` for a recipe `category/name`.
+pub fn recipe_purl(name: &str, version: &str) -> String {
+    let path: Vec<String> = name.split('/').map(purl_part).collect();
+    format!("pkg:generic/{}@{}", path.join("/"), purl_part(version))
+}
+
+fn purl_ref(purl: String) -> Value {
+    json!([{
+        "referenceCategory": "PACKAGE-MANAGER",
+        "referenceType": "purl",
+        "referenceLocator": purl,
+    }])
 }
 
 /// Render the SBOM.
@@ -75,6 +122,9 @@ pub fn spdx(image: &ImageInfo<'_>, packages: &[PackageInfo]) -> Value {
         if let Some(sum) = &p.sha256 {
             pkg["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": sum }]);
         }
+        if p.name.contains('/') {
+            pkg["externalRefs"] = purl_ref(recipe_purl(&p.name, &p.version));
+        }
         if !p.arch.is_empty() {
             pkg["comment"] = json!(format!("architecture {}", p.arch));
         }
@@ -84,6 +134,32 @@ pub fn spdx(image: &ImageInfo<'_>, packages: &[PackageInfo]) -> Value {
             "relationshipType": "CONTAINS",
             "relatedSpdxElement": id,
         }));
+        for deb in &p.debs {
+            let deb_id = spdx_id(
+                "Deb",
+                &format!("{}-{}-{}", deb.package, deb.architecture, deb.version),
+            );
+            // One entry per .deb even when two recipes hold files of it.
+            if !pkgs.iter().any(|x| x["SPDXID"] == deb_id.as_str()) {
+                pkgs.push(json!({
+                    "SPDXID": deb_id,
+                    "name": deb.package,
+                    "versionInfo": deb.version,
+                    "supplier": "Organization: Debian",
+                    "downloadLocation": "NOASSERTION",
+                    "filesAnalyzed": false,
+                    "licenseConcluded": "NOASSERTION",
+                    "licenseDeclared": "NOASSERTION",
+                    "copyrightText": "NOASSERTION",
+                    "externalRefs": purl_ref(deb_purl(&deb.package, &deb.version, &deb.architecture)),
+                }));
+            }
+            rels.push(json!({
+                "spdxElementId": id,
+                "relationshipType": "CONTAINS",
+                "relatedSpdxElement": deb_id,
+            }));
+        }
         for d in &p.depends {
             if packages.iter().any(|q| &q.name == d) {
                 rels.push(json!({
@@ -123,6 +199,7 @@ mod tests {
                 license: Some("GPL-2.0-only".into()),
                 sha256: Some("00".repeat(32)),
                 depends: vec![],
+                debs: vec![],
             },
             PackageInfo {
                 name: "demo/hello".into(),
@@ -131,6 +208,11 @@ mod tests {
                 license: None,
                 sha256: None,
                 depends: vec!["sys-apps/busybox".into()],
+                debs: vec![crate::packages::binpkg::DebInfo {
+                    package: "libc6".into(),
+                    version: "2.36-9+deb12u10".into(),
+                    architecture: "amd64".into(),
+                }],
             },
         ];
         let doc = spdx(
@@ -146,7 +228,8 @@ mod tests {
         );
         assert_eq!(doc["spdxVersion"], "SPDX-2.3");
         assert_eq!(doc["creationInfo"]["created"], "1970-01-01T00:00:00Z");
-        assert_eq!(doc["packages"].as_array().unwrap().len(), 3);
+        // The image, two recipes, and the .deb one recipe holds.
+        assert_eq!(doc["packages"].as_array().unwrap().len(), 4);
         assert_eq!(
             doc["packages"][1]["SPDXID"],
             "SPDXRef-Package-sys-apps-busybox"
@@ -154,5 +237,22 @@ mod tests {
         let rels = doc["relationships"].as_array().unwrap();
         assert!(rels.iter().any(|r| r["relationshipType"] == "DEPENDS_ON"
             && r["relatedSpdxElement"] == "SPDXRef-Package-sys-apps-busybox"));
+        let purl = |i: usize| doc["packages"][i]["externalRefs"][0]["referenceLocator"].clone();
+        assert_eq!(purl(1), "pkg:generic/sys-apps/busybox@1.35");
+        assert_eq!(purl(3), "pkg:deb/debian/libc6@2.36-9%2Bdeb12u10?arch=amd64");
+        assert!(
+            rels.iter()
+                .any(|r| r["spdxElementId"] == "SPDXRef-Package-demo-hello"
+                    && r["relationshipType"] == "CONTAINS"
+                    && r["relatedSpdxElement"] == doc["packages"][3]["SPDXID"])
+        );
+    }
+
+    #[test]
+    fn purls_encode_what_the_spec_reserves() {
+        assert_eq!(
+            deb_purl("libstdc++6", "1:12.2.0-14", "arm64"),
+            "pkg:deb/debian/libstdc%2B%2B6@1%3A12.2.0-14?arch=arm64"
+        );
     }
 }

@@ -133,7 +133,16 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
             .join(&board.name)
             .join("sysext"),
     };
-    fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    if source.check(&board)? == Some(0) {
+        return Err(usage(format!(
+            "none of {} adds anything: all of it is in the OS image ({}) already; a sysext carries packages the image lacks",
+            req.packages.join(" "),
+            board.os_package
+        )));
+    }
+    // Taken back (when still empty) if anything below fails.
+    let out_dirs = sdk_common::fsutil::OutputDirs::create(&out_dir)
+        .with_context(|| format!("create {}", out_dir.display()))?;
     let raw = out_dir.join(format!("{}.raw", req.name));
     if raw.exists() && !req.replace {
         return Err(usage(format!(
@@ -203,6 +212,7 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
         tree.entries().len()
     );
     println!("{}", raw.display());
+    out_dirs.keep();
     Ok(raw)
 }
 

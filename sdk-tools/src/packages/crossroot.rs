@@ -273,11 +273,12 @@ impl CrossRoot {
             fs::remove_dir_all(&trash).with_context(|| format!("remove {}", trash.display()))?;
         }
         let fresh = !self.is_set_up();
-        fs::create_dir_all(&self.build_root).with_context(|| {
-            format!(
-                "cannot create the build root {}; inside the SDK it is provided, elsewhere pass --build-root DIR or set SDK_BUILD_ROOT",
+        // A build root that cannot be made is the flag's fault (exit 2).
+        fs::create_dir_all(&self.build_root).map_err(|e| {
+            sdk_common::UsageError(format!(
+                "cannot create the build root {}: {e}; inside the SDK it is provided, elsewhere pass --build-root DIR or set SDK_BUILD_ROOT",
                 self.build_root.display()
-            )
+            ))
         })?;
         for d in [
             "usr/bin",

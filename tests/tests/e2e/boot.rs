@@ -391,3 +391,44 @@ fn bad_input_is_refused_before_qemu_starts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_sbom_names_every_debian_package_with_a_purl() {
+    let user = TestUser::get();
+    let dir = fixture(&user);
+    let sbom: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(artifact(dir, "_sbom.json")).unwrap())
+            .unwrap();
+    let purls: Vec<String> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["externalRefs"][0]["referenceLocator"].as_str())
+        .map(str::to_string)
+        .collect();
+    let has = |prefix: &str| purls.iter().any(|p| p.starts_with(prefix));
+    // The recipes, and the .debs of the binary imports (kernel, busybox,
+    // the C library the kernel's closure pulled in), each for amd64.
+    assert!(has("pkg:generic/demo-apps/greet@1.0.0"), "{purls:#?}");
+    assert!(has("pkg:deb/debian/linux-image-"), "{purls:#?}");
+    assert!(has("pkg:deb/debian/busybox"), "{purls:#?}");
+    assert!(
+        purls
+            .iter()
+            .filter(|p| p.starts_with("pkg:deb/"))
+            .all(|p| p.ends_with("?arch=amd64") || p.ends_with("?arch=all")),
+        "{purls:#?}"
+    );
+    // Each .deb is contained by the recipe that imported it.
+    let rels = sbom["relationships"].as_array().unwrap();
+    let kernel = "SPDXRef-Package-sys-kernel-linux";
+    assert!(
+        rels.iter().any(|r| r["spdxElementId"] == kernel
+            && r["relationshipType"] == "CONTAINS"
+            && r["relatedSpdxElement"]
+                .as_str()
+                .unwrap()
+                .starts_with("SPDXRef-Deb-linux-image-")),
+        "{rels:#?}"
+    );
+}

@@ -251,6 +251,16 @@ fn demo_os_builds_for_both_boards_and_cross_links() {
             "{out}"
         );
     }
+
+    // A sysext of packages the OS image already holds would carry
+    // nothing: one line, exit 2, nothing written.
+    let mut c = env.tool("build_sysext");
+    c.args(["--board", "amd64-usr", "same", "demo-apps/greet"]);
+    let out = run_expect(&mut c, 2);
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("demo-apps/greet adds anything"), "{err}");
+    assert!(!env.repo.join("__build__/images/amd64-usr/sysext").exists());
 }
 
 const LIB_TOML: &str = "version = \"1.0\"\nkind = \"build\"\n";
