@@ -36,6 +36,7 @@ PACKAGES=(
   systemd-boot-efi  # bootloader for images
   gcc binutils file pkgconf curl  # build_packages: host board compiler, pkg-config wrappers, tarball downloads; tests: file, readelf
   man-db            # tests: installed man pages render
+  xxd               # tests: the documented check of a disk image's blocks-sha256
   systemd           # systemd-repart: benchmark peer of build_image
 )
 

@@ -138,6 +138,51 @@ pub fn hash_range(f: &File, start: u64, len: u64, hasher: &mut Sha256) -> io::Re
     Ok(())
 }
 
+/// Block size of [`blocks_sha256`]: 1 MiB.
+pub const DIGEST_BLOCK: u64 = 1 << 20;
+
+/// The digest of a sparse file that never touches its holes: sha256 over
+/// the sha256 (32 raw bytes each) of every 1 MiB block in order, the last
+/// block short. It depends on the bytes only, not on where the holes are:
+/// a block with no data in it is known to be zeros and gets the digest of
+/// 1 MiB of zeros without being read or hashed (an 8.8 GB disk image
+/// with 200 MB of data costs 200 MB of hashing). Checkable with
+/// coreutils alone:
+///
+/// ```text
+/// split -b 1048576 --filter='sha256sum | cut -c1-64 | xxd -r -p' FILE | sha256sum
+/// ```
+pub fn blocks_sha256(path: &Path) -> io::Result<(u64, [u8; 32])> {
+    use nix::unistd::{Whence, lseek};
+    use std::os::unix::fs::FileExt;
+    static ZERO: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let zero = ZERO.get_or_init(|| Sha256::digest(vec![0u8; DIGEST_BLOCK as usize]).into());
+    let f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut outer = Sha256::new();
+    let mut buf = vec![0u8; DIGEST_BLOCK as usize];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (len - pos).min(DIGEST_BLOCK);
+        let at = i64::try_from(pos).map_err(io::Error::other)?;
+        // No data before the block's end: zeros (ENXIO: only a hole is
+        // left). A filesystem without SEEK_DATA makes it all data.
+        let next_data = match lseek(&f, at, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => len,
+            Err(_) => pos,
+        };
+        if next_data >= pos + n && n == DIGEST_BLOCK {
+            outer.update(zero);
+        } else {
+            f.read_exact_at(&mut buf[..n as usize], pos)?;
+            outer.update(Sha256::digest(&buf[..n as usize]));
+        }
+        pos += n;
+    }
+    Ok((len, outer.finalize().into()))
+}
+
 /// The sha256 of a file's contents as lower-case hex.
 pub fn sha256_hex(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hash_file(path)?.1))
@@ -214,6 +259,46 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_digest_ignores_where_the_holes_are_and_matches_coreutils() {
+        let d = tempfile::tempdir().unwrap();
+        let sparse = d.path().join("sparse");
+        let dense = d.path().join("dense");
+        let f = File::create(&sparse).unwrap();
+        let size = 5 * DIGEST_BLOCK + 1234;
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"data in block two", 2 * DIGEST_BLOCK + 77)
+            .unwrap();
+        f.write_all_at(b"tail", size - 4).unwrap();
+        drop(f);
+        let mut bytes = vec![0u8; size as usize];
+        bytes[(2 * DIGEST_BLOCK + 77) as usize..][..17].copy_from_slice(b"data in block two");
+        bytes[(size - 4) as usize..].copy_from_slice(b"tail");
+        fs::write(&dense, &bytes).unwrap();
+        let (n, a) = blocks_sha256(&sparse).unwrap();
+        let (_, b) = blocks_sha256(&dense).unwrap();
+        assert_eq!((n, a), (size, b));
+        let shell = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                "split -b 1048576 --filter='sha256sum | cut -c1-64 | xxd -r -p' \"$0\" | sha256sum",
+            )
+            .arg(&dense)
+            .output()
+            .unwrap();
+        assert!(
+            shell.status.success(),
+            "{shell:?} (xxd: `make test` installs it)"
+        );
+        let text = String::from_utf8_lossy(&shell.stdout);
+        assert_eq!(
+            &text[..64],
+            hex::encode(a),
+            "the documented coreutils check agrees"
+        );
+    }
 
     #[test]
     fn output_dirs_made_for_failed_work_are_taken_back() {

@@ -41,7 +41,7 @@ pub enum BootError {
     BadModule { path: PathBuf, why: String },
     #[error("{path}: {why}")]
     BadElf { path: PathBuf, why: String },
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,

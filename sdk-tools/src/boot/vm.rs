@@ -58,6 +58,9 @@ pub struct VmSpec {
     pub out_dir: Option<PathBuf>,
     pub ovmf_code: Option<PathBuf>,
     pub ovmf_vars: Option<PathBuf>,
+    /// A standalone compressed qcow2 (to ship) instead of an overlay
+    /// backed by the raw image (to boot here, made in milliseconds).
+    pub compress: bool,
 }
 
 /// What `image_to_vm` wrote.
@@ -203,11 +206,32 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
     let name = format!("{}_{}", image_name(image), spec.format.suffix());
     let disk_out = out_dir.join(format!("{name}_image.img"));
     let tmp = out_dir.join(format!(".{name}_image.img.tmp"));
-    Command::new("qemu-img")
-        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
-        .arg(image)
-        .arg(&tmp)
-        .run_capture()?;
+    if spec.compress {
+        Command::new("qemu-img")
+            .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+            .arg(image)
+            .arg(&tmp)
+            .run_capture()?;
+    } else {
+        // An overlay: the guest reads the raw image and writes only to the
+        // qcow2. The backing file is named relative to the overlay when
+        // they share a folder, so the folder can be moved as a whole.
+        let same_dir = image
+            .parent()
+            .map(std::fs::canonicalize)
+            .and_then(Result::ok)
+            == std::fs::canonicalize(&out_dir).ok();
+        let backing = if same_dir {
+            PathBuf::from(image.file_name().unwrap_or_default())
+        } else {
+            std::fs::canonicalize(image).map_err(io("resolve", image))?
+        };
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&backing)
+            .arg(&tmp)
+            .run_capture()?;
+    }
     std::fs::rename(&tmp, &disk_out).map_err(io("rename", &tmp))?;
 
     let boot_args = match firmware {
@@ -292,6 +316,8 @@ Usage: launcher [options] [-- extra qemu args]
   -i FILE       pass FILE to the guest via fw_cfg as opt/org.sdk-run/config
   -nographic    no window; the serial console is this terminal
   -s            safe mode: never use KVM (TCG emulation)
+KVM is used when /dev/kvm works and this is not itself a virtual machine;
+SDK_VM_ACCEL=kvm or SDK_VM_ACCEL=tcg decides instead.
   -h            this help
 Anything after -- goes to qemu-system-x86_64 unchanged.
 EOF
@@ -323,12 +349,21 @@ fi
 # resetting, about 0.2 s even under TCG) really runs under it with the CPU
 # model the VM uses: a /dev/kvm that exists but hangs, crawls or rejects
 # the host CPU's MSRs (nested virtualization) would break the VM too.
+# Inside a virtual machine (nested KVM), the probe can pass and the real
+# guest still stop on an emulation failure: TCG there unless
+# SDK_VM_ACCEL=kvm asks for KVM (SDK_VM_ACCEL=tcg never uses it).
 ACCEL=tcg
-if [ -z "$SAFE" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
-   (timeout 3 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 32 -nodefaults \
-     -display none -no-reboot -boot reboot-timeout=0) >/dev/null 2>&1; then
-  ACCEL=kvm
-fi
+case "${{SDK_VM_ACCEL:-auto}}" in
+  kvm) ACCEL=kvm ;;
+  tcg) ;;
+  *)
+    if [ -z "$SAFE" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
+       ! grep -qw hypervisor /proc/cpuinfo 2>/dev/null &&
+       (timeout 3 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 32 -nodefaults \
+         -display none -no-reboot -boot reboot-timeout=0) >/dev/null 2>&1; then
+      ACCEL=kvm
+    fi ;;
+esac
 
 args=(-name sdk-run-vm -machine q35,accel=$ACCEL -m "$VM_MEMORY" -smp 1)
 if [ "$ACCEL" = kvm ]; then args+=(-cpu host); fi
@@ -446,6 +481,14 @@ pub fn boot_and_wait(
                 }
                 if text.contains(marker) {
                     marker_line = Some(text.trim().to_string());
+                    break;
+                }
+                // QEMU stops the guest and waits: say why now.
+                if text.contains("KVM internal error") {
+                    reason = Some(format!(
+                        "KVM could not run the guest ({}); boot under TCG with SDK_VM_ACCEL=tcg",
+                        text.trim()
+                    ));
                     break;
                 }
             }

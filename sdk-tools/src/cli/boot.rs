@@ -69,11 +69,13 @@ impl ImageSel {
     }
 }
 
-/// Make a QEMU image (compressed qcow2) and a launcher script.
+/// Make a QEMU disk (a qcow2 overlay over the raw image, or with --compress
+/// a standalone compressed qcow2 to ship) and a launcher script.
 ///
 /// Examples:
 ///   image_to_vm --board amd64-usr                    # direct kernel boot
 ///   image_to_vm --board amd64-usr --format qemu_uefi # OVMF + systemd-boot
+///   image_to_vm --board amd64-usr --compress         # a qcow2 that stands alone
 ///   ./__build__/images/amd64-usr/latest/<name>_qemu.sh -nographic
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -92,6 +94,10 @@ pub struct ImageToVmArgs {
     /// UEFI variable store template (default: Debian's OVMF_VARS_4M.fd).
     #[arg(long)]
     pub ovmf_vars: Option<PathBuf>,
+    /// Write a standalone compressed qcow2 (to ship; seconds) instead of an
+    /// overlay backed by the raw image beside it (to boot here; instant).
+    #[arg(long)]
+    pub compress: bool,
 }
 
 pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
@@ -102,6 +108,7 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
         out_dir: a.output,
         ovmf_code: a.ovmf_code,
         ovmf_vars: a.ovmf_vars,
+        compress: a.compress,
     })
     .map_err(classify)
     .with_context(|| format!("image_to_vm {}", image.display()))?;
@@ -144,6 +151,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         out_dir: None,
         ovmf_code: None,
         ovmf_vars: None,
+        compress: false,
     };
     let out = match crate::boot::vm::up_to_date(&spec) {
         Some(out) => out,

@@ -138,6 +138,28 @@ impl Settle {
         self.sync = Some(std::thread::spawn(move || fs::File::open(&p)?.sync_data()));
     }
 
+    /// A finished sparse disk image: its blocks digest, holes unread.
+    fn start_blocks(path: &Path) -> Settle {
+        let p = path.to_path_buf();
+        let hash = std::thread::spawn(move || {
+            let (size, sum) = sdk_common::fsutil::blocks_sha256(&p)?;
+            Ok(Artifact {
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                size,
+                sha256: None,
+                blocks_sha256: Some(hex::encode(sum)),
+            })
+        });
+        Settle {
+            hash: Some(hash),
+            sync: None,
+            path: path.to_path_buf(),
+        }
+    }
+
     /// `path` as it will be once each `(offset, file)` of `pieces` is
     /// copied in at its offset (the rest as it is now): hashing starts
     /// while the copies are still being made.
@@ -165,7 +187,8 @@ impl Settle {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 size,
-                sha256: hex::encode(h.finalize()),
+                sha256: Some(hex::encode(h.finalize())),
+                blocks_sha256: None,
             })
         });
         Settle {
@@ -375,10 +398,10 @@ fn compare(a: &Built, b: &Built) -> Result<()> {
     for (x, y) in a.artifacts.iter().zip(&b.artifacts) {
         if x != y {
             anyhow::bail!(
-                "not reproducible: {} differs between two builds from the same inputs (sha256 {} vs {}); the inputs carry something time- or host-dependent",
+                "not reproducible: {} differs between two builds from the same inputs ({} vs {}); the inputs carry something time- or host-dependent",
                 x.name,
-                x.sha256,
-                y.sha256
+                x.digest(),
+                y.digest()
             );
         }
     }
@@ -830,9 +853,9 @@ fn empty_filesystems(
     Ok(images)
 }
 
-/// disk: the table, then the partition images copied in; the disk's
-/// sha256 is worked out from its pieces while they are copied, and the
-/// returned [`Settle`] finishes it.
+/// disk: the table, then the partition images copied in; the returned
+/// [`Settle`] works out the disk's blocks digest (its holes, most of it,
+/// are neither read nor hashed) and syncs it.
 fn disk_stage(
     layout: &Layout,
     disk_img: &Path,
@@ -841,17 +864,9 @@ fn disk_stage(
 ) -> Result<Settle> {
     layout.write_image(disk_img).map_err(classify)?;
     images.sort();
-    let table = disk::read_table(disk_img).map_err(classify)?;
-    let pieces: Vec<(u64, PathBuf)> = images
-        .iter()
-        .filter_map(|(n, p)| {
-            let e = table.entries.iter().find(|e| e.number == *n)?;
-            Some((e.first_lba * table.sector_size, p.clone()))
-        })
-        .collect();
-    let mut disk_done = Settle::start_composed(disk_img, pieces);
     let parts: Vec<(u32, &Path)> = images.iter().map(|(n, p)| (*n, p.as_path())).collect();
     drop(disk::write_partitions(disk_img, &parts).map_err(classify)?);
+    let mut disk_done = Settle::start_blocks(disk_img);
     disk_done.start_sync();
     stages.mark(
         "disk",

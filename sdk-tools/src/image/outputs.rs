@@ -174,7 +174,24 @@ pub fn remove_any(path: &Path) -> Result<(), OutputError> {
 pub struct Artifact {
     pub name: String,
     pub size: u64,
-    pub sha256: String,
+    /// sha256 of the contents (every file but the sparse disk image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The disk image's [`sdk_common::fsutil::blocks_sha256`]: its holes
+    /// are neither read nor hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks_sha256: Option<String>,
+}
+
+impl Artifact {
+    /// The digest it carries, with its kind (`sha256:` or `blocks-sha256:`).
+    pub fn digest(&self) -> String {
+        match (&self.sha256, &self.blocks_sha256) {
+            (Some(s), _) => format!("sha256:{s}"),
+            (None, Some(b)) => format!("blocks-sha256:{b}"),
+            (None, None) => "none".into(),
+        }
+    }
 }
 
 /// sha256 and size of every regular file in `dir` (not recursing), in
@@ -205,7 +222,8 @@ pub fn artifacts(
             Ok(Artifact {
                 name,
                 size,
-                sha256: hex::encode(sum),
+                sha256: Some(hex::encode(sum)),
+                blocks_sha256: None,
             })
         })
         .collect()
@@ -263,6 +281,6 @@ mod tests {
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].name, "a");
         assert_eq!(a[1].size, 3);
-        assert!(a[1].sha256.starts_with("ba7816bf"));
+        assert!(a[1].sha256.as_deref().unwrap().starts_with("ba7816bf"));
     }
 }

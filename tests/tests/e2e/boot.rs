@@ -432,3 +432,72 @@ fn the_sbom_names_every_debian_package_with_a_purl() {
         "{rels:#?}"
     );
 }
+
+#[test]
+fn image_to_vm_overlays_the_raw_image_and_compresses_on_request() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (image, _) = image_copy(&user, &scratch);
+    let qcow = scratch.path().join("test_qemu_image.img");
+    let info = |p: &Path| -> serde_json::Value {
+        let out = run_ok(
+            user.command(&scratch, "qemu-img")
+                .args(["info", "--output=json"])
+                .arg(p),
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let to_vm = |extra: &[&str]| {
+        run_ok(
+            user.command(&scratch, "sdk-tools")
+                .arg("image_to_vm")
+                .arg("--image")
+                .arg(&image)
+                .args(extra),
+        )
+    };
+    // The default, for booting here: an overlay naming its sibling.
+    to_vm(&[]);
+    let i = info(&qcow);
+    assert_eq!(i["format"], "qcow2", "{i}");
+    assert_eq!(i["backing-filename"], "test_image.bin", "{i}");
+    assert_eq!(i["backing-filename-format"], "raw", "{i}");
+    assert!(
+        i["actual-size"].as_u64().unwrap() < 1 << 20,
+        "an overlay holds no data: {i}"
+    );
+    // The folder moves as a whole and still boots.
+    let moved = scratch.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    chown_r(&user, &moved);
+    for f in [
+        "test_image.bin",
+        "test_qemu_image.img",
+        "test_qemu.sh",
+        "test_qemu_vmlinuz",
+        "test_qemu_initrd",
+    ] {
+        std::fs::rename(scratch.path().join(f), moved.join(f)).unwrap();
+    }
+    let out = test_image(&user, &scratch, &moved.join("test_image.bin"), "qemu", 0);
+    assert!(out.contains("first boot OK"), "{out}");
+    for f in [
+        "test_image.bin",
+        "test_qemu_image.img",
+        "test_qemu.sh",
+        "test_qemu_vmlinuz",
+        "test_qemu_initrd",
+    ] {
+        std::fs::rename(moved.join(f), scratch.path().join(f)).unwrap();
+    }
+    // --compress: a standalone qcow2 with the same contents.
+    to_vm(&["--compress"]);
+    let i = info(&qcow);
+    assert!(i.get("backing-filename").is_none(), "{i}");
+    run_ok(
+        user.command(&scratch, "qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2"])
+            .arg(&image)
+            .arg(&qcow),
+    );
+}
