@@ -376,3 +376,36 @@ pub fn reset_signals() {
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
+
+/// Ask the kernel to send `sig` to this process when the thread that
+/// forked it exits, whatever ends it (a signal, SIGKILL, a crash).
+/// Returns false when that parent is gone already (the death signal would
+/// never come): the caller should exit. Call it in a forked child after
+/// any change of user ids (a credential change clears the setting).
+pub fn die_with_parent(sig: i32, parent: i32) -> bool {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches
+    // no memory of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    r == 0 && nix::unistd::getppid().as_raw() == parent
+}
+
+/// Make `cmd`'s process get `sig` when the calling thread exits, so a
+/// helper (mmdebstrap, ...) never outlives an sdk-run that was killed.
+pub fn dies_with_us(cmd: &mut std::process::Command, sig: i32) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // prctl(2) and getppid(2), both async-signal-safe; it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if die_with_parent(sig, parent) {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(
+                    "the parent exited before the helper started",
+                ))
+            }
+        });
+    }
+}

@@ -174,6 +174,9 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // mmdebstrap cleans up after itself on SIGTERM; it gets one when
+        // sdk-run dies, however it dies.
+        sdk_common::linux::dies_with_us(&mut cmd, libc::SIGTERM);
         tracing::info!(cmd = ?cmd, "bootstrapping");
         let mut child = cmd
             .spawn()
@@ -309,7 +312,9 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
         tracing::info!(command = %c, "running in the new rootfs");
         // chroot(8) in a child: this process keeps the host's root (it
         // still writes its result there).
-        let status = Command::new("chroot")
+        let mut chroot = Command::new("chroot");
+        sdk_common::linux::dies_with_us(&mut chroot, libc::SIGTERM);
+        let status = chroot
             .arg(rootfs)
             .args(["/bin/sh", "-c", c])
             .env_clear()

@@ -118,6 +118,7 @@ fn fork_in_userns(
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(UsernsError::Setup)?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(UsernsError::Setup)?;
     let (rep_r, rep_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(UsernsError::Setup)?;
+    let parent = std::process::id() as i32;
     match sys::fork().map_err(UsernsError::Setup)? {
         ForkResult::Child => {
             drop((to_parent_r, go_w, rep_r));
@@ -139,6 +140,11 @@ fn fork_in_userns(
                 }
                 if let Err(e) = become_root(map) {
                     let _ = write!(report, "cannot become root in the user namespace: {e}");
+                    return 1;
+                }
+                // After the id change (which clears it): a killed sdk-run
+                // takes this helper with it.
+                if !sys::die_with_parent(libc::SIGKILL, parent) {
                     return 1;
                 }
                 body(&mut report)

@@ -171,3 +171,84 @@ mode = "0640"
     let tmp = s.path().join("data/sdk-run/images/.tmp");
     assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0);
 }
+
+/// Every process below `pid` (children, grandchildren, ...), from /proc.
+fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so from the last ')'.
+        let (head, tail) = stat.rsplit_once(')').unwrap();
+        let comm = head.split_once('(').unwrap().1.to_string();
+        let ppid: u32 = tail.split_whitespace().nth(1).unwrap().parse().unwrap();
+        all.push((p, ppid, comm));
+    }
+    let mut out: Vec<(u32, String)> = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp, comm) in &all {
+            if *pp == parent {
+                out.push((*p, comm.clone()));
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_during_a_build_stops_mmdebstrap_and_its_children() {
+    use std::time::{Duration, Instant};
+    let user = TestUser::get();
+    let s = Scratch::new(&user);
+    std::fs::write(
+        s.path().join("m.toml"),
+        "packages = [\"hello\"]\n[base]\ndebian = { suite = \"bookworm\", variant = \"minbase\" }\n",
+    )
+    .unwrap();
+    chown_r(&user, s.path());
+    let mut child = sdk(&user, &s)
+        .args(["build", "m.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // setpriv execs sdk-run: the child's pid is sdk-run's.
+    let pid = child.id();
+    let t = Instant::now();
+    let busy = loop {
+        let d = descendants(pid);
+        // mmdebstrap has started work of its own (apt, its helpers).
+        if let Some((m, _)) = d.iter().find(|(_, c)| c == "mmdebstrap")
+            && !descendants(*m).is_empty()
+        {
+            break d;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "mmdebstrap never got going: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let alive = |p: u32| Path::new(&format!("/proc/{p}")).exists();
+    let t = Instant::now();
+    // Stopped, not left to end on their own: without the death signals
+    // the orphans ran on for more than 10 s here (until their pipes broke);
+    // with them all were gone within a second.
+    while busy.iter().any(|(p, _)| alive(*p)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still running after sdk-run was stopped: {:?}",
+            busy.iter().filter(|(p, _)| alive(*p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
