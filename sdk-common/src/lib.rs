@@ -2,7 +2,8 @@
 //! external tools (`cmd`), logging setup (`log`), the error and exit-code
 //! convention (`error`), file helpers (`fsutil`), compressed streams
 //! (`compress`), the hardened tar layer applier (`layer`) and the image
-//! reader (`oci`), man pages and completions from a clap tree (`clidoc`).
+//! reader (`oci`), man pages and completions from a clap tree (`clidoc`),
+//! progress lines and bars (`progress`).
 //! No argument parsing, no sandbox or image logic lives here.
 
 pub mod clidoc;
@@ -14,6 +15,7 @@ pub mod layer;
 pub mod linux;
 pub mod log;
 pub mod oci;
+pub mod progress;
 
 pub use error::{UsageError, is_usage};
 

@@ -285,6 +285,26 @@ pub fn default_sdk_store() -> PathBuf {
 
 /// Run expecting bad-input exit code 2 and return stderr, checked to be a
 /// single line (the house rule for bad input).
+/// Whether `line` is a plain progress line (`2026-12-02T13:40:01Z tool: ...`),
+/// which long work prints to stderr when it is not a terminal.
+pub fn is_progress_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 21
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'Z'
+        && b[20] == b' '
+        && line[..4].parse::<u32>().is_ok()
+}
+
+/// The lines of `stderr` that are not progress: what a failure says.
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !is_progress_line(l))
+        .collect()
+}
+
 pub fn run_bad_input(cmd: &mut Command) -> String {
     let err = String::from_utf8_lossy(&run_expect(cmd, 2).stderr).into_owned();
     assert_eq!(err.trim_end().lines().count(), 1, "one line wanted: {err}");

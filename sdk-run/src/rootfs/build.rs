@@ -160,6 +160,7 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
     // a tar (with numeric ownership) into our extractor.
     let mut mmdebstrap = None;
     let mut stream = None;
+    let mut messages = None;
     if let Base::Debian { suite, variant } = &m.base {
         let mut cmd = Command::new("mmdebstrap");
         cmd.args(["--mode=unshare", "--format=tar"])
@@ -167,13 +168,10 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
         if !m.packages.is_empty() {
             cmd.arg(format!("--include={}", m.packages.join(",")));
         }
-        if !tracing::enabled!(tracing::Level::INFO) {
-            cmd.arg("--quiet");
-        }
         cmd.args([suite.as_str(), "-", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         // mmdebstrap cleans up after itself on SIGTERM; it gets one when
         // sdk-run dies, however it dies.
         sdk_common::linux::dies_with_us(&mut cmd, libc::SIGTERM);
@@ -186,6 +184,7 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
             .context("feeding apt sources to mmdebstrap")?;
         drop(stdin);
         stream = child.stdout.take();
+        messages = Some((child.stderr.take().expect("piped"), suite.clone()));
         mmdebstrap = Some(child);
     }
     let m2 = m.clone();
@@ -194,10 +193,16 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
         let mut report = Report::default();
         match &m2.base {
             Base::Debian { .. } => {
+                // Threads only here, in the forked child: the parent
+                // forks, so it stays single-threaded.
+                let shown = messages.map(|(m, suite)| show_mmdebstrap(m, &suite));
                 let s = stream.expect("spawned above");
                 let mut x = Extractor::new(&rootfs, Options::tarball());
                 x.apply(s).context("unpacking mmdebstrap's output")?;
                 report.merge(x.report);
+                if let Some(t) = shown {
+                    let _ = t.join();
+                }
             }
             Base::OciArchive(p) | Base::OciLayout(p) | Base::Tarball(p) => {
                 let plan = oci::inspect(p)?;
@@ -227,6 +232,34 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
         }
     }
     res
+}
+
+/// mmdebstrap's messages as progress: on a terminal a spinner shows the
+/// latest (errors and warnings stay, as lines of their own), otherwise
+/// each is a timestamped line.
+fn show_mmdebstrap(
+    messages: std::process::ChildStderr,
+    suite: &str,
+) -> std::thread::JoinHandle<()> {
+    let what = format!("bootstrapping Debian {suite} (mmdebstrap)");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut p = sdk_common::progress::Progress::new("sdk-run");
+        p.begin(&what);
+        let start = std::time::Instant::now();
+        for line in std::io::BufReader::new(messages)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let important = line.starts_with("E:") || line.starts_with("W:");
+            if p.is_terminal() && !important {
+                p.beat(&line, std::time::Duration::ZERO);
+            } else {
+                p.say(&format!("mmdebstrap: {line}"));
+            }
+        }
+        p.end(&what, start.elapsed(), "");
+    })
 }
 
 /// Copy the manifest's files in, through the extractor (so a `dst` under

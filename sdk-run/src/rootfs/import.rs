@@ -7,7 +7,6 @@
 //! (`oci`, `extract`) nor the layout (`store`).
 
 use sdk_common::error::{BadInput, bad_input, classify};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -129,28 +128,10 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
         })
 }
 
-/// A progress callback: an indicatif bar when stderr is a terminal,
-/// nothing otherwise (the `-v` logs say what happens, line by line).
+/// A progress callback over `total` bytes: a bar on a terminal,
+/// timestamped lines at each tenth otherwise (see `sdk_common::progress`).
 pub fn progress(total: u64, what: &str) -> Box<dyn Fn(u64) + Sync> {
-    if std::io::stderr().is_terminal() && total > 0 {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(what.to_string());
-        Box::new(move |n| {
-            bar.inc(n);
-            if bar.position() >= total {
-                bar.finish_and_clear();
-            }
-        })
-    } else {
-        Box::new(|_| {})
-    }
+    sdk_common::progress::bytes("sdk-run", what, total)
 }
 
 /// Make the fresh `rootfs/` of an unpack belong to root, 0755 (an archive

@@ -207,11 +207,16 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
     let disk_out = out_dir.join(format!("{name}_image.img"));
     let tmp = out_dir.join(format!(".{name}_image.img.tmp"));
     if spec.compress {
+        let mut progress = sdk_common::progress::Progress::new("image_to_vm");
+        progress.begin("compressing the qcow2");
+        let t = Instant::now();
         Command::new("qemu-img")
             .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
             .arg(image)
             .arg(&tmp)
             .run_capture()?;
+        let size = std::fs::metadata(&tmp).map(|m| m.len() >> 20).unwrap_or(0);
+        progress.end("compressing the qcow2", t.elapsed(), &format!("{size} MiB"));
     } else {
         // An overlay: the guest reads the raw image and writes only to the
         // qcow2. The backing file is named relative to the overlay when
@@ -452,6 +457,10 @@ pub fn boot_and_wait(
         });
     }
     drop(tx);
+    // A heartbeat while waiting: the last console line, on a spinner on a
+    // terminal, every 10 s as a timestamped line otherwise.
+    let mut progress = sdk_common::progress::Progress::new("test_image");
+    progress.begin("booting");
     let mut closed = 0;
     let mut marker_line = None;
     let mut corruption = None;
@@ -463,7 +472,10 @@ pub fn boot_and_wait(
             reason = Some(format!("no marker within {}s", timeout.as_secs()));
             break;
         }
-        match rx.recv_timeout(left) {
+        if let Some(l) = last.back() {
+            progress.beat(&format!("console: {l}"), Duration::from_secs(10));
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(Some(line)) => {
                 let _ = log.write_all(&line);
                 let text = String::from_utf8_lossy(&line);
@@ -497,6 +509,16 @@ pub fn boot_and_wait(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    progress.end(
+        "booting",
+        start.elapsed(),
+        if marker_line.is_some() {
+            "marker seen"
+        } else {
+            "no marker"
+        },
+    );
+    drop(progress);
     let _ = child.kill();
     let status = child.wait().ok();
     let _ = log.flush();

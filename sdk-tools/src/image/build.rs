@@ -12,7 +12,6 @@ use sdk_common::error::bad_input;
 use sdk_common::error::classify;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -60,38 +59,57 @@ pub struct ImageRequest {
     pub layout_variant: Option<String>,
 }
 
-/// Stage timings, printed as the build goes.
+/// The stages of a disk image build, in order.
+const DISK_STAGES: &[&str] = &[
+    "install", "usr", "verity", "esp", "disk", "outputs", "publish",
+];
+/// The stages of `--oci`.
+const OCI_STAGES: &[&str] = &["install", "oci"];
+
+/// Stage timings, shown as the build goes: each stage when it starts and
+/// when it ends (a spinner on a terminal, timestamped lines otherwise; see
+/// `sdk_common::progress`), and a summary at the end.
 struct Stages {
     start: Instant,
     last: Instant,
     done: Vec<(&'static str, Duration)>,
-    quiet: bool,
+    order: &'static [&'static str],
+    progress: sdk_common::progress::Progress,
 }
 
 impl Stages {
-    fn new(quiet: bool) -> Stages {
+    fn new(quiet: bool, order: &'static [&'static str]) -> Stages {
         let now = Instant::now();
+        let mut progress = sdk_common::progress::Progress::new("build_image");
+        if quiet {
+            progress = progress.quiet();
+        }
+        if let Some(first) = order.first() {
+            progress.begin(first);
+        }
         Stages {
             start: now,
             last: now,
             done: Vec::new(),
-            quiet,
+            order,
+            progress,
         }
     }
+    /// `stage` is done; the next one in the order starts.
     fn mark(&mut self, stage: &'static str, detail: &str) {
         let now = Instant::now();
         let took = now - self.last;
         self.last = now;
         self.done.push((stage, took));
         tracing::info!(stage, seconds = took.as_secs_f64(), "{detail}");
-        // On a terminal the stages show as they go; otherwise they are in
-        // the log (-v) and in the summary of a successful build, so a
-        // failure is the one line saying what is wrong.
-        if !self.quiet && std::io::stderr().is_terminal() {
-            eprintln!(
-                "build_image: {stage:<8} {:>7.2}s  {detail}",
-                took.as_secs_f64()
-            );
+        self.progress.end(stage, took, detail);
+        let next = self
+            .order
+            .iter()
+            .position(|s| *s == stage)
+            .and_then(|i| self.order.get(i + 1));
+        if let Some(next) = next {
+            self.progress.begin(next);
         }
     }
     fn summary(&self) -> String {
@@ -340,8 +358,8 @@ fn os_id(tree: &Tree) -> String {
 pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
     let cwd = std::env::current_dir().context("read the working directory")?;
     let plan = plan(req, &cwd)?;
-    let mut stages = Stages::new(false);
     if let Some(out) = &req.oci {
+        let mut stages = Stages::new(false, OCI_STAGES);
         return export_oci(&plan, &absolute(&cwd, out), &mut stages);
     }
     let out_dir = req
@@ -362,6 +380,8 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
     let attempt = out.next_attempt(&stem, req.replace).map_err(bad_input)?;
     let name = format!("{stem}-a{attempt}");
     let work = out.temp()?;
+    // Everything is checked: from here on the stages show as they go.
+    let mut stages = Stages::new(false, DISK_STAGES);
     let built = build_once(&plan, work.path(), attempt, &mut stages).map_err(explain_full_disk)?;
     if req.check_reproducible {
         eprintln!("build_image: --check-reproducible: building a second time to compare");
@@ -369,7 +389,7 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
             &plan,
             &work.path().join("check"),
             attempt,
-            &mut Stages::new(true),
+            &mut Stages::new(true, DISK_STAGES),
         )
         .map_err(explain_full_disk)?;
         compare(&built, &again)?;

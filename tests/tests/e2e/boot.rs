@@ -167,6 +167,23 @@ fn direct_kernel_boot_reaches_marker_with_usr_on_verity() {
         out.contains("first boot OK: x86_64: usr=/dev/mapper/usr"),
         "{out}"
     );
+    // Not on a terminal: progress is plain timestamped lines.
+    let plain = |l: &str| {
+        l.len() > 21
+            && l.as_bytes()[10] == b'T'
+            && l.as_bytes()[19] == b'Z'
+            && l[..4].parse::<u32>().is_ok()
+    };
+    assert!(
+        out.lines()
+            .any(|l| plain(l) && l.ends_with(" test_image: booting ...")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| plain(l) && l.contains(" test_image: booting done in ")),
+        "{out}"
+    );
     let log = console(&scratch, "qemu");
     assert!(log.contains("(USR-A, 254:"), "{log}");
     assert!(log.contains("panic_on_corruption"), "{log}");

@@ -314,7 +314,33 @@ fn verity_verify(usr: &Path, v: &BTreeMap<String, String>) -> std::process::Outp
 fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     let f = Fixture::new();
     let out = images_dir(&f, "images");
-    let dir = f.build(&out, &[]);
+    let run = f.build_cmd(&out, &[]).output().unwrap();
+    assert!(run.status.success(), "{run:?}");
+    // Not on a terminal: every stage as a timestamped line when it starts
+    // and when it ends, in order.
+    let err = String::from_utf8_lossy(&run.stderr);
+    let mut at = 0;
+    for stage in [
+        "install", "usr", "verity", "esp", "disk", "outputs", "publish",
+    ] {
+        for what in [
+            format!(" build_image: {stage} ..."),
+            format!(" build_image: {stage} done in "),
+        ] {
+            let line = err
+                .lines()
+                .enumerate()
+                .skip(at)
+                .find(|(_, l)| l.contains(&what));
+            let (i, l) = line.unwrap_or_else(|| panic!("no `{what}` after line {at}: {err}"));
+            assert!(
+                l.as_bytes()[19] == b'Z' && l[..4].parse::<u32>().is_ok(),
+                "{l}"
+            );
+            at = i + 1;
+        }
+    }
+    let dir = out.join(fs::read_link(out.join("latest")).unwrap());
     assert!(
         dir.file_name().unwrap().to_string_lossy() == "developer-1.2.3-a1",
         "{}",
@@ -612,7 +638,13 @@ fn two_builds_from_the_same_inputs_are_byte_identical() {
 fn assert_one_line_exit_2(out: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line wanted: {err}");
+    // Stages that started before the problem was found have their
+    // progress lines; the problem itself is one line.
+    assert_eq!(
+        sdk_e2e::error_lines(&err).len(),
+        1,
+        "one line wanted: {err}"
+    );
     assert!(err.contains(needle), "{needle:?} not in {err}");
 }
 
@@ -1092,4 +1124,38 @@ fn hostile_layers_from_oci_write_nothing_outside() {
         fs::read_to_string(outside.join("secret")).unwrap(),
         "secret"
     );
+}
+
+#[test]
+fn on_a_terminal_the_stages_show_as_they_go_without_timestamps() {
+    let f = Fixture::new();
+    let out = images_dir(&f, "tty-images");
+    let mut c = f.user.command(&f.scratch, "tmux");
+    c.current_dir(f.repo());
+    let line = format!(
+        "sdk-tools build_image --board testboard --root {} --output {}; echo build-rc-$?; sleep 300",
+        f.root().display(),
+        out.display()
+    );
+    let t = sdk_e2e::Tmux::start(c, &f.scratch, &line);
+    t.wait_for(
+        "the build to end",
+        std::time::Duration::from_secs(120),
+        |s| s.contains("build-rc-"),
+    );
+    let screen = t.screen();
+    assert!(screen.contains("build-rc-0"), "{screen}");
+    // Each stage's line stays with its time; the spinners are gone; no
+    // timestamps (those are for logs).
+    for stage in [
+        "install", "usr", "verity", "esp", "disk", "outputs", "publish",
+    ] {
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.starts_with(&format!("build_image: {stage} ")) && l.contains('s')),
+            "{stage}: {screen}"
+        );
+    }
+    assert!(!screen.lines().any(sdk_e2e::is_progress_line), "{screen}");
 }
