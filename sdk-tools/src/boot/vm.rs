@@ -422,7 +422,44 @@ pub fn boot_and_wait(
         .stderr(Stdio::piped());
     let mut child = cmd.spawn_streaming()?;
     let start = Instant::now();
-    let mut log = std::fs::File::create(console_log).map_err(io("create", console_log))?;
+    let log = std::fs::File::create(console_log).map_err(io("create", console_log))?;
+    let rx = console_lines(&mut child);
+    let mut watch = Watch::new(marker, log);
+    // A heartbeat while waiting: the last console line, on a spinner on a
+    // terminal, every 10 s as a timestamped line otherwise.
+    let mut progress = sdk_common::progress::Progress::new("test_image");
+    progress.begin("booting");
+    let mut closed = 0;
+    while closed < 2 && watch.verdict.is_none() {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            watch.verdict = Some(Err(format!("no marker within {}s", timeout.as_secs())));
+            break;
+        }
+        if let Some(l) = watch.last.back() {
+            progress.beat(&format!("console: {l}"), Duration::from_secs(10));
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(Some(line)) => watch.line(&line),
+            Ok(None) => closed += 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let passed = matches!(watch.verdict, Some(Ok(_)));
+    progress.end(
+        "booting",
+        start.elapsed(),
+        if passed { "marker seen" } else { "no marker" },
+    );
+    drop(progress);
+    let _ = child.kill();
+    let status = child.wait().ok();
+    Ok(watch.outcome(status, start.elapsed(), console_log))
+}
+
+/// The guest's stdout and stderr, line by line (None when one closes).
+fn console_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<Option<Vec<u8>>> {
     let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
     for stream in [
         child
@@ -456,94 +493,94 @@ pub fn boot_and_wait(
             }
         });
     }
-    drop(tx);
-    // A heartbeat while waiting: the last console line, on a spinner on a
-    // terminal, every 10 s as a timestamped line otherwise.
-    let mut progress = sdk_common::progress::Progress::new("test_image");
-    progress.begin("booting");
-    let mut closed = 0;
-    let mut marker_line = None;
-    let mut corruption = None;
-    let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    let mut reason = None;
-    while closed < 2 {
-        let left = timeout.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            reason = Some(format!("no marker within {}s", timeout.as_secs()));
-            break;
+    rx
+}
+
+/// What the console says, line by line: saved to the log, the last lines
+/// kept, and a verdict once there is one (the marker: Ok; a KVM failure:
+/// Err). Corruption dm-verity reports is noted for the failure reason.
+struct Watch<'a> {
+    marker: &'a str,
+    log: std::fs::File,
+    last: std::collections::VecDeque<String>,
+    corruption: Option<String>,
+    verdict: Option<Result<String, String>>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(marker: &'a str, log: std::fs::File) -> Watch<'a> {
+        Watch {
+            marker,
+            log,
+            last: std::collections::VecDeque::new(),
+            corruption: None,
+            verdict: None,
         }
-        if let Some(l) = last.back() {
-            progress.beat(&format!("console: {l}"), Duration::from_secs(10));
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let _ = self.log.write_all(line);
+        let text = String::from_utf8_lossy(line);
+        let t = text.trim();
+        if !t.is_empty() {
+            if self.last.len() == 4 {
+                self.last.pop_front();
+            }
+            self.last.push_back(t.to_string());
         }
-        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
-            Ok(Some(line)) => {
-                let _ = log.write_all(&line);
-                let text = String::from_utf8_lossy(&line);
-                if !text.trim().is_empty() {
-                    if last.len() == 4 {
-                        last.pop_front();
-                    }
-                    last.push_back(text.trim().to_string());
-                }
-                if text.contains("verity")
-                    && (text.contains("corrupted") || text.contains("mismatch"))
-                    && corruption.is_none()
-                {
-                    corruption = Some(text.trim().to_string());
-                }
-                if text.contains(marker) {
-                    marker_line = Some(text.trim().to_string());
-                    break;
-                }
-                // QEMU stops the guest and waits: say why now.
-                if text.contains("KVM internal error") {
-                    reason = Some(format!(
-                        "KVM could not run the guest ({}); boot under TCG with SDK_VM_ACCEL=tcg",
-                        text.trim()
-                    ));
-                    break;
+        if text.contains("verity")
+            && (text.contains("corrupted") || text.contains("mismatch"))
+            && self.corruption.is_none()
+        {
+            self.corruption = Some(t.to_string());
+        }
+        if text.contains(self.marker) {
+            self.verdict = Some(Ok(t.to_string()));
+        } else if text.contains("KVM internal error") {
+            // QEMU stops the guest and waits: say why now.
+            self.verdict = Some(Err(format!(
+                "KVM could not run the guest ({t}); boot under TCG with SDK_VM_ACCEL=tcg"
+            )));
+        }
+    }
+
+    fn outcome(
+        mut self,
+        status: Option<std::process::ExitStatus>,
+        elapsed: Duration,
+        console_log: &Path,
+    ) -> TestOutcome {
+        let _ = self.log.flush();
+        let (marker_line, mut reason) = match self.verdict.take() {
+            Some(Ok(m)) => (Some(m), None),
+            Some(Err(r)) => (None, Some(r)),
+            None => (
+                None,
+                Some(format!(
+                    "the VM stopped before the marker ({})",
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown status".into())
+                )),
+            ),
+        };
+        if let Some(r) = &mut reason {
+            match &self.corruption {
+                Some(c) => r.push_str(&format!("; dm-verity reported corruption: {c}")),
+                None => {
+                    let tail: Vec<String> = self.last.iter().cloned().collect();
+                    r.push_str(&format!("; last console lines: {}", tail.join(" | ")));
                 }
             }
-            Ok(None) => closed += 1,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        TestOutcome {
+            passed: marker_line.is_some(),
+            elapsed,
+            marker_line,
+            console_log: console_log.to_path_buf(),
+            reason,
         }
     }
-    progress.end(
-        "booting",
-        start.elapsed(),
-        if marker_line.is_some() {
-            "marker seen"
-        } else {
-            "no marker"
-        },
-    );
-    drop(progress);
-    let _ = child.kill();
-    let status = child.wait().ok();
-    let _ = log.flush();
-    let passed = marker_line.is_some();
-    if !passed && reason.is_none() {
-        reason = Some(format!(
-            "the VM stopped before the marker ({})",
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "unknown status".into())
-        ));
-    }
-    if let (Some(r), Some(c)) = (&mut reason, &corruption) {
-        r.push_str(&format!("; dm-verity reported corruption: {c}"));
-    } else if let (false, Some(r)) = (passed, &mut reason) {
-        let tail: Vec<String> = last.into_iter().collect();
-        r.push_str(&format!("; last console lines: {}", tail.join(" | ")));
-    }
-    Ok(TestOutcome {
-        passed,
-        elapsed: start.elapsed(),
-        marker_line,
-        console_log: console_log.to_path_buf(),
-        reason,
-    })
 }
 
 #[cfg(test)]

@@ -90,17 +90,16 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-/// Build the sysext; returns the path of `NAME.raw`.
-pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
-    if !valid_name(&req.name) {
-        return Err(usage(format!(
-            "sysext name {:?}: use letters, digits, -, _ and . (e.g. docker, wasmtime-1)",
-            req.name
-        )));
-    }
-    if !matches!(req.fs, FsType::Squashfs | FsType::Erofs) {
-        return Err(usage("--fs: a sysext is squashfs or erofs"));
-    }
+/// What a sysext build needs, all checked before anything is written.
+struct SysextPlan {
+    repo: Repo,
+    board: Board,
+    cross: crate::packages::crossroot::CrossRoot,
+    source: Source,
+    out_dir: PathBuf,
+}
+
+fn plan(req: &SysextRequest) -> Result<SysextPlan> {
     let cwd = std::env::current_dir().context("read the working directory")?;
     let repo = Repo::find(&cwd).map_err(bad_input)?;
     let board = Board::load(Some(&repo.root), &req.board).map_err(bad_input)?;
@@ -140,6 +139,33 @@ pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
             board.os_package
         )));
     }
+    Ok(SysextPlan {
+        repo,
+        board,
+        cross,
+        source,
+        out_dir,
+    })
+}
+
+/// Build the sysext; returns the path of `NAME.raw`.
+pub fn build_sysext(req: &SysextRequest) -> Result<PathBuf> {
+    if !valid_name(&req.name) {
+        return Err(usage(format!(
+            "sysext name {:?}: use letters, digits, -, _ and . (e.g. docker, wasmtime-1)",
+            req.name
+        )));
+    }
+    if !matches!(req.fs, FsType::Squashfs | FsType::Erofs) {
+        return Err(usage("--fs: a sysext is squashfs or erofs"));
+    }
+    let SysextPlan {
+        repo,
+        board,
+        cross,
+        source,
+        out_dir,
+    } = plan(req)?;
     // Taken back (when still empty) if anything below fails.
     let out_dirs = sdk_common::fsutil::OutputDirs::create(&out_dir)
         .with_context(|| format!("create {}", out_dir.display()))?;
