@@ -34,6 +34,36 @@ use crate::formats::disk::gpt;
 use crate::formats::fs;
 use crate::formats::verity::superblock::{self, Superblock};
 
+/// Why the boot cannot go on. pid 1 prints it on the console and exits,
+/// which the kernel turns into a panic: never a boot without verity.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The kernel command line lacks something or says something wrong.
+    #[error("{0}")]
+    Cmdline(String),
+    /// A partition, filesystem, superblock or init is missing or wrong.
+    #[error("{0}")]
+    Disk(String),
+    /// An operation on the running system failed (mount, open, exec, ...).
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `.map_err(os("mount /proc"))`: an OS error with what was being done.
+fn os<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> InitError {
+    let what = what.into();
+    move |e| InitError::Os {
+        what,
+        source: e.into(),
+    }
+}
+
+type InitResult<T> = Result<T, InitError>;
+
 /// Parsed kernel command line: `key=value` words (last wins) and bare flags.
 pub fn parse_cmdline(s: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -56,7 +86,7 @@ pub enum PartSpec {
 }
 
 impl PartSpec {
-    pub fn parse(s: &str) -> Result<PartSpec, String> {
+    pub fn parse(s: &str) -> InitResult<PartSpec> {
         if let Some(u) = s.strip_prefix("PARTUUID=") {
             Ok(PartSpec::Uuid(u.to_ascii_lowercase()))
         } else if let Some(l) = s.strip_prefix("PARTLABEL=") {
@@ -64,9 +94,9 @@ impl PartSpec {
         } else if s.starts_with("/dev/") {
             Ok(PartSpec::Path(s.into()))
         } else {
-            Err(format!(
+            Err(InitError::Cmdline(format!(
                 "`{s}`: name a partition as PARTUUID=, PARTLABEL= or /dev/..."
-            ))
+            )))
         }
     }
 }
@@ -101,35 +131,43 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn from_cmdline(c: &BTreeMap<String, String>) -> Result<Plan, String> {
+    pub fn from_cmdline(c: &BTreeMap<String, String>) -> InitResult<Plan> {
         let usr = match (c.get("verity.usr"), c.get("mount.usr")) {
             (Some(v), _) => PartSpec::parse(v)?,
             (None, Some(m)) if m != "/dev/mapper/usr" => PartSpec::parse(m)?,
-            _ => return Err("no USR partition on the kernel command line (verity.usr=PARTUUID=... or mount.usr=PARTLABEL=...)".into()),
+            _ => return Err(InitError::Cmdline("no USR partition on the kernel command line (verity.usr=PARTUUID=... or mount.usr=PARTLABEL=...)".into())),
         };
         let usrhash = c
             .get("verity.usrhash")
             .or_else(|| c.get("usrhash"))
             .cloned()
-            .ok_or(
-                "no usrhash= on the kernel command line: refusing to mount USR without dm-verity",
-            )?;
+            .ok_or_else(|| {
+                InitError::Cmdline(
+                    "no usrhash= on the kernel command line: refusing to mount USR without dm-verity"
+                        .into(),
+                )
+            })?;
         if usrhash.len() < 64 || !usrhash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
+            return Err(InitError::Cmdline(format!(
                 "usrhash `{usrhash}` is not a hex sha256/sha512 digest"
-            ));
+            )));
         }
         let hash_offset = c
             .get("verity.usrhashoffset")
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("verity.usrhashoffset `{v}` is not a byte count"))
+                v.parse::<u64>().map_err(|_| {
+                    InitError::Cmdline(format!("verity.usrhashoffset `{v}` is not a byte count"))
+                })
             })
             .transpose()?;
         let on_corruption = match c.get("verity.usrcorruption").map(String::as_str) {
             None | Some("panic") => OnCorruption::Panic,
             Some("restart") => OnCorruption::Restart,
-            Some(o) => return Err(format!("verity.usrcorruption `{o}`: use panic or restart")),
+            Some(o) => {
+                return Err(InitError::Cmdline(format!(
+                    "verity.usrcorruption `{o}`: use panic or restart"
+                )));
+            }
         };
         let root = PartSpec::parse(
             c.get("root")
@@ -166,12 +204,12 @@ pub fn verity_table(
     hash_offset: u64,
     usrhash: &str,
     on: OnCorruption,
-) -> Result<dm::Target, String> {
+) -> InitResult<dm::Target> {
     if !hash_offset.is_multiple_of(u64::from(sb.hash_block_size)) {
-        return Err(format!(
+        return Err(InitError::Disk(format!(
             "hash offset {hash_offset} is not a multiple of the hash block size {}",
             sb.hash_block_size
-        ));
+        )));
     }
     let salt = if sb.salt.is_empty() {
         "-".to_string()
@@ -200,9 +238,10 @@ fn hex(b: &[u8]) -> String {
 
 /// GPT unique partition GUIDs of a whole disk, by partition number, as
 /// lower-case text (the shared GPT reader checks signature and CRCs).
-pub fn gpt_partuuids(disk: &File) -> Result<BTreeMap<u32, String>, String> {
+pub fn gpt_partuuids(disk: &File) -> InitResult<BTreeMap<u32, String>> {
     use std::os::unix::fs::FileExt;
-    let table = gpt::Table::decode(|off, buf| disk.read_exact_at(buf, off))?;
+    let table =
+        gpt::Table::decode(|off, buf| disk.read_exact_at(buf, off)).map_err(InitError::Disk)?;
     Ok(table
         .entries
         .iter()
@@ -242,13 +281,13 @@ fn mount(
     fstype: &str,
     flags: nix::mount::MsFlags,
     data: Option<&str>,
-) -> Result<(), String> {
-    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+) -> InitResult<()> {
+    std::fs::create_dir_all(target).map_err(os(format!("mkdir {target}")))?;
     nix::mount::mount(Some(src), target, Some(fstype), flags, data)
-        .map_err(|e| format!("mount {src} on {target} ({fstype}): {e}"))
+        .map_err(os(format!("mount {src} on {target} ({fstype})")))
 }
 
-fn boot() -> Result<(), String> {
+fn boot() -> InitResult<()> {
     use nix::mount::MsFlags;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount("proc", "/proc", "proc", nosuid, None)?;
@@ -268,42 +307,50 @@ fn boot() -> Result<(), String> {
         Some("mode=0755"),
     )?;
 
-    let cmdline =
-        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(os("read /proc/cmdline"))?;
     let plan = Plan::from_cmdline(&parse_cmdline(&cmdline))?;
     load_modules()?;
 
+    setup_verity_usr(&plan)?;
+    mount_root_and_usr(&plan)?;
+    first_boot(Path::new("/sysroot"))?;
+    switch_root(&plan)
+}
+
+/// Find USR, read its verity superblock and create `/dev/mapper/usr`
+/// with the root hash from the command line.
+fn setup_verity_usr(plan: &Plan) -> InitResult<()> {
     let usr_dev = wait_for(&plan.usr, plan.timeout)?;
     say(&format!(
         "sdk-init: USR is {} ({}, {}:{})",
         usr_dev.name, usr_dev.label, usr_dev.major, usr_dev.minor
     ));
     let mut f = File::open(format!("/dev/{}", usr_dev.name))
-        .map_err(|e| format!("open /dev/{}: {e}", usr_dev.name))?;
+        .map_err(os(format!("open /dev/{}", usr_dev.name)))?;
     let hash_offset = match plan.hash_offset {
         Some(o) => o,
         None => {
             let mut head = vec![0u8; 4096];
-            f.read_exact(&mut head)
-                .map_err(|e| format!("read USR: {e}"))?;
-            fs::image_size(&head).ok_or("USR holds no ext4, erofs or squashfs filesystem and verity.usrhashoffset= is not set")?
+            f.read_exact(&mut head).map_err(os("read USR"))?;
+            fs::image_size(&head).ok_or_else(|| InitError::Disk("USR holds no ext4, erofs or squashfs filesystem and verity.usrhashoffset= is not set".into()))?
         }
     };
     let mut sbb = [0u8; superblock::SIZE];
     f.seek(SeekFrom::Start(hash_offset))
         .and_then(|_| f.read_exact(&mut sbb))
-        .map_err(|e| format!("read the verity superblock at {hash_offset}: {e}"))?;
-    let sb = Superblock::decode(&sbb).map_err(|e| format!("USR at offset {hash_offset}: {e}"))?;
+        .map_err(os(format!("read the verity superblock at {hash_offset}")))?;
+    let sb = Superblock::decode(&sbb)
+        .map_err(|e| InitError::Disk(format!("USR at offset {hash_offset}: {e}")))?;
     let dev = format!("{}:{}", usr_dev.major, usr_dev.minor);
     let table = verity_table(&sb, &dev, hash_offset, &plan.usrhash, plan.on_corruption)?;
     let control = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/mapper/control")
-        .map_err(|e| format!("open /dev/mapper/control (is dm-mod loaded?): {e}"))?;
-    let (maj, min) = dm::create_readonly(&control, "usr", "", &[table])
-        .map_err(|e| format!("set up dm-verity: {e}"))?;
-    std::fs::create_dir_all("/dev/mapper").map_err(|e| e.to_string())?;
+        .map_err(os("open /dev/mapper/control (is dm-mod loaded?)"))?;
+    let (maj, min) =
+        dm::create_readonly(&control, "usr", "", &[table]).map_err(os("set up dm-verity"))?;
+    std::fs::create_dir_all("/dev/mapper").map_err(os("mkdir /dev/mapper"))?;
     if !Path::new("/dev/mapper/usr").exists() {
         nix::sys::stat::mknod(
             "/dev/mapper/usr",
@@ -311,7 +358,7 @@ fn boot() -> Result<(), String> {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
             nix::sys::stat::makedev(maj.into(), min.into()),
         )
-        .map_err(|e| format!("mknod /dev/mapper/usr: {e}"))?;
+        .map_err(os("mknod /dev/mapper/usr"))?;
     }
     say(&format!(
         "sdk-init: dm-verity USR ready ({} blocks, {}, {})",
@@ -320,6 +367,12 @@ fn boot() -> Result<(), String> {
         plan.on_corruption.verity_arg()
     ));
 
+    Ok(())
+}
+
+/// ROOT on /sysroot, the verity device read-only on /sysroot/usr.
+fn mount_root_and_usr(plan: &Plan) -> InitResult<()> {
+    use nix::mount::MsFlags;
     let root_dev = wait_for(&plan.root, plan.timeout)?;
     mount(
         &format!("/dev/{}", root_dev.name),
@@ -331,9 +384,9 @@ fn boot() -> Result<(), String> {
     let mut head = vec![0u8; 4096];
     File::open("/dev/mapper/usr")
         .and_then(|mut u| u.read_exact(&mut head))
-        .map_err(|e| {
-            format!("read /dev/mapper/usr (a verity failure shows in the kernel log above): {e}")
-        })?;
+        .map_err(os(
+            "read /dev/mapper/usr (a verity failure shows in the kernel log above)",
+        ))?;
     let usrfs = if head.get(..4) == Some(b"hsqs") {
         "squashfs"
     } else if head.get(1024..1028) == Some(&0xE0F5_E1E2u32.to_le_bytes()) {
@@ -348,11 +401,16 @@ fn boot() -> Result<(), String> {
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None,
     )?;
-    first_boot(Path::new("/sysroot"))?;
 
+    Ok(())
+}
+
+/// Move the API filesystems into /sysroot, make it / and exec the OS init.
+fn switch_root(plan: &Plan) -> InitResult<()> {
+    use nix::mount::MsFlags;
     for m in ["/dev", "/proc", "/sys", "/run"] {
         let target = format!("/sysroot{m}");
-        std::fs::create_dir_all(&target).map_err(|e| format!("mkdir {target}: {e}"))?;
+        std::fs::create_dir_all(&target).map_err(os(format!("mkdir {target}")))?;
         nix::mount::mount(
             Some(m),
             target.as_str(),
@@ -360,32 +418,33 @@ fn boot() -> Result<(), String> {
             MsFlags::MS_MOVE,
             None::<&str>,
         )
-        .map_err(|e| format!("move {m}: {e}"))?;
+        .map_err(os(format!("move {m}")))?;
     }
-    let init = pick_init(&plan)?;
+    let init = pick_init(plan)?;
     say(&format!("sdk-init: switching root to {init}"));
     free_initramfs();
-    std::env::set_current_dir("/sysroot").map_err(|e| format!("chdir /sysroot: {e}"))?;
+    std::env::set_current_dir("/sysroot").map_err(os("chdir /sysroot"))?;
     nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| format!("move /sysroot to /: {e}"))?;
-    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    let prog = std::ffi::CString::new(init.clone()).map_err(|e| e.to_string())?;
-    let err = nix::unistd::execv(&prog, std::slice::from_ref(&prog));
-    Err(format!("exec {init}: {err:?}"))
+        .map_err(os("move /sysroot to /"))?;
+    nix::unistd::chroot(".").map_err(os("chroot"))?;
+    std::env::set_current_dir("/").map_err(os("chdir /"))?;
+    let prog = std::ffi::CString::new(init.clone())
+        .map_err(|_| InitError::Cmdline(format!("init `{init}` holds a NUL byte")))?;
+    let Err(err) = nix::unistd::execv(&prog, std::slice::from_ref(&prog));
+    Err(os(format!("exec {init}"))(err))
 }
 
-fn load_modules() -> Result<(), String> {
+fn load_modules() -> InitResult<()> {
     let ver = std::fs::read_to_string(format!("/{KERNEL_VERSION_FILE}"))
-        .map_err(|e| format!("read {KERNEL_VERSION_FILE}: {e}"))?;
+        .map_err(os(format!("read {KERNEL_VERSION_FILE}")))?;
     let list = std::fs::read_to_string(format!("/{MODULES_LIST}"))
-        .map_err(|e| format!("read {MODULES_LIST}: {e}"))?;
+        .map_err(os(format!("read {MODULES_LIST}")))?;
     for m in list.lines().filter(|l| !l.is_empty()) {
         let path = format!("/lib/modules/{}/{m}", ver.trim());
-        let f = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        let f = File::open(&path).map_err(os(format!("open {path}")))?;
         match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(format!("load module {m}: {e}")),
+            Err(e) => return Err(os(format!("load module {m}"))(e)),
         }
     }
     Ok(())
@@ -444,7 +503,7 @@ fn find_part(spec: &PartSpec) -> Option<BlockDev> {
     None
 }
 
-fn wait_for(spec: &PartSpec, timeout: Duration) -> Result<BlockDev, String> {
+fn wait_for(spec: &PartSpec, timeout: Duration) -> InitResult<BlockDev> {
     let start = Instant::now();
     loop {
         if let Some(d) = find_part(spec)
@@ -455,10 +514,10 @@ fn wait_for(spec: &PartSpec, timeout: Duration) -> Result<BlockDev, String> {
             return Ok(d);
         }
         if start.elapsed() > timeout {
-            return Err(format!(
+            return Err(InitError::Disk(format!(
                 "partition {spec:?} did not appear within {}s",
                 timeout.as_secs()
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -467,14 +526,13 @@ fn wait_for(spec: &PartSpec, timeout: Duration) -> Result<BlockDev, String> {
 /// ROOT starts empty: make the top-level directories and the /usr-merge
 /// links, and on the first boot copy /usr/share/factory/etc (the image's
 /// /etc defaults, systemd's convention) into /etc.
-fn first_boot(sysroot: &Path) -> Result<(), String> {
+fn first_boot(sysroot: &Path) -> InitResult<()> {
     let first = !sysroot.join("etc").exists();
     for d in [
         "etc", "var", "home", "root", "tmp", "run", "proc", "sys", "dev", "mnt", "opt", "media",
         "srv",
     ] {
-        std::fs::create_dir_all(sysroot.join(d))
-            .map_err(|e| format!("create /{d} on ROOT: {e}"))?;
+        std::fs::create_dir_all(sysroot.join(d)).map_err(os(format!("create /{d} on ROOT")))?;
     }
     let _ = nix::sys::stat::fchmodat(
         nix::fcntl::AT_FDCWD,
@@ -490,13 +548,13 @@ fn first_boot(sysroot: &Path) -> Result<(), String> {
     ] {
         let l = sysroot.join(link);
         if sysroot.join(target).exists() && std::fs::symlink_metadata(&l).is_err() {
-            std::os::unix::fs::symlink(target, &l).map_err(|e| format!("link /{link}: {e}"))?;
+            std::os::unix::fs::symlink(target, &l).map_err(os(format!("link /{link}")))?;
         }
     }
     let factory = sysroot.join("usr/share/factory/etc");
     if first && factory.is_dir() {
         copy_tree(&factory, &sysroot.join("etc"))
-            .map_err(|e| format!("copy /usr/share/factory/etc to /etc: {e}"))?;
+            .map_err(os("copy /usr/share/factory/etc to /etc"))?;
         say("sdk-init: first boot: /etc populated from /usr/share/factory/etc");
     }
     Ok(())
@@ -526,7 +584,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn pick_init(plan: &Plan) -> Result<String, String> {
+fn pick_init(plan: &Plan) -> InitResult<String> {
     if let Some(i) = &plan.init {
         return Ok(i.clone());
     }
@@ -539,7 +597,7 @@ fn pick_init(plan: &Plan) -> Result<String, String> {
             return Ok(c.to_string());
         }
     }
-    Err("no init in the OS (/usr/lib/systemd/systemd, /usr/sbin/init, /usr/bin/init); set init= on the kernel command line".into())
+    Err(InitError::Disk("no init in the OS (/usr/lib/systemd/systemd, /usr/sbin/init, /usr/bin/init); set init= on the kernel command line".into()))
 }
 
 /// Delete the initramfs contents (they stay in RAM otherwise). Only files
@@ -608,6 +666,7 @@ mod tests {
         assert!(
             Plan::from_cmdline(&c)
                 .unwrap_err()
+                .to_string()
                 .contains("without dm-verity")
         );
         let c = parse_cmdline(&format!("usrhash={HASH}"));
