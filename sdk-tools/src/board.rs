@@ -72,6 +72,7 @@ struct RawProfile {
     target: toml::Spanned<String>,
     os_package: toml::Spanned<String>,
     disk_layout: toml::Spanned<String>,
+    kernel_cmdline: Option<toml::Spanned<Vec<String>>>,
     toolchain: RawToolchain,
 }
 
@@ -126,9 +127,47 @@ pub struct Board {
     pub os_package: String,
     /// File name of the disk layout, next to the profile.
     pub disk_layout: String,
+    /// Extra kernel command line words for every boot entry (`console=`,
+    /// `systemd.log_level=`, ...).
+    pub kernel_cmdline: Vec<String>,
     pub source: ProfileSource,
     /// sha256 of the profile file's bytes (part of every input hash).
     pub profile_sha256: String,
+}
+
+/// Keys the image sets itself: a profile that set them could boot USR
+/// without its verity device or from another ROOT.
+const OWN_CMDLINE_KEYS: &[&str] = &[
+    "root",
+    "rootfstype",
+    "mount.usr",
+    "usrhash",
+    "init",
+    "verity.usr",
+    "verity.usrhash",
+    "verity.usrhashoffset",
+];
+
+/// Extra kernel command line words: one word each (no blanks or quotes),
+/// none of the keys the image sets itself.
+fn check_kernel_cmdline(words: &[String]) -> Result<(), String> {
+    for w in words {
+        if w.is_empty()
+            || w.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c.is_control())
+        {
+            return Err(format!(
+                "`{w}` is not one word; give each word as its own string, e.g. [\"console=ttyS0\", \"quiet\"]"
+            ));
+        }
+        let key = w.split('=').next().unwrap_or(w);
+        if OWN_CMDLINE_KEYS.contains(&key) {
+            return Err(format!(
+                "`{w}`: build_image sets {key}= itself (USR under dm-verity, ROOT by PARTUUID); leave it out"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The Debian architecture for a kernel architecture name.
@@ -274,6 +313,11 @@ impl Board {
             )
             .into());
         }
+        if let Some(k) = &raw.kernel_cmdline
+            && let Err(m) = check_kernel_cmdline(k.get_ref())
+        {
+            return Err(bad(k.span(), format!("kernel-cmdline: {m}")).into());
+        }
         let t = raw.toolchain;
         Ok(Board {
             name: name.to_string(),
@@ -291,6 +335,10 @@ impl Board {
             },
             os_package: raw.os_package.into_inner(),
             disk_layout: raw.disk_layout.into_inner(),
+            kernel_cmdline: raw
+                .kernel_cmdline
+                .map(toml::Spanned::into_inner)
+                .unwrap_or_default(),
             source,
             profile_sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
@@ -383,6 +431,19 @@ mod tests {
     }
 
     #[test]
+    fn kernel_cmdline_words_are_read() {
+        let base = embedded_file("amd64-usr", PROFILE_FILE).unwrap();
+        let text = base.replace(
+            "[toolchain]",
+            "kernel-cmdline = [\"systemd.log_level=debug\", \"quiet\"]\n[toolchain]",
+        );
+        let b = Board::parse("b", Path::new("p.toml"), &text, ProfileSource::Embedded).unwrap();
+        assert_eq!(b.kernel_cmdline, ["systemd.log_level=debug", "quiet"]);
+        let b = Board::parse("b", Path::new("p.toml"), &base, ProfileSource::Embedded).unwrap();
+        assert!(b.kernel_cmdline.is_empty());
+    }
+
+    #[test]
     fn bad_profiles_name_line_and_key() {
         let base = embedded_file("amd64-usr", PROFILE_FILE).unwrap();
         let p = Path::new("p.toml");
@@ -394,6 +455,17 @@ mod tests {
             (base.replace("\"amd64\"", "\"arm64\""), "debian-arch"),
             (base.replace("\"meta/os\"", "\"os\""), "os-package"),
             (base.replace("arch = \"x86_64\"", "arch = \"vax\""), "arch"),
+            (
+                base.replace("[toolchain]", "kernel-cmdline = [\"a b\"]\n[toolchain]"),
+                "not one word",
+            ),
+            (
+                base.replace(
+                    "[toolchain]",
+                    "kernel-cmdline = [\"usrhash=00\"]\n[toolchain]",
+                ),
+                "sets usrhash= itself",
+            ),
         ];
         for (text, key) in cases {
             let err = Board::parse("b", p, &text, ProfileSource::Embedded)

@@ -557,6 +557,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         root_uuid: part(Role::Root).map(|p| p.uuid),
         title: format!("{} {} ({})", ins.id, plan.repo.os_version, plan.group),
         epoch: ins.epoch,
+        extra_cmdline: &plan.board.kernel_cmdline,
     });
     stages.mark(
         "verity",

@@ -26,6 +26,8 @@ pub struct EspInputs<'a> {
     pub title: String,
     /// SOURCE_DATE_EPOCH for anything the hook generates.
     pub epoch: u64,
+    /// The board's extra kernel command line words.
+    pub extra_cmdline: &'a [String],
 }
 
 /// What the hook put on the ESP.
@@ -77,7 +79,7 @@ pub fn start(inputs: &EspInputs<'_>) -> EspJob {
             uuid: inputs.root_uuid.map(|u| u.to_string()),
         },
         title: inputs.title.clone(),
-        extra_cmdline: Vec::new(),
+        extra_cmdline: inputs.extra_cmdline.to_vec(),
         kernel_version: None,
         mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
     };

@@ -77,6 +77,7 @@ debian-arch = "amd64"
 target = "x86_64-linux-gnu"
 os-package = "meta/os"
 disk-layout = "disk-layout.toml"
+kernel-cmdline = ["systemd.log_level=info", "sdk.test=1"]
 
 [toolchain]
 cc = "x86_64-linux-gnu-gcc"
@@ -454,6 +455,45 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
     let hash = &v["VERITY_ROOT_HASH"];
     assert!(text.contains(&format!(" usrhash={hash}")), "{text}");
     assert!(text.contains(&format!("verity.usrhash={hash}")), "{text}");
+    // The board's kernel-cmdline words, in this entry and in the USR-B one
+    // a slot switch writes.
+    assert!(
+        text.contains(" systemd.log_level=info sdk.test=1"),
+        "{text}"
+    );
+    let copy = work.join("switched.bin");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&image)
+            .arg(&copy),
+    );
+    let update = one(&dir, "_image_update.bin");
+    run_ok(
+        Command::new(sdk_e2e::bin_dir().join("sdk-tools"))
+            .args(["boot", "set-slot"])
+            .arg(&copy)
+            .args(["--slot", "B", "--payload"])
+            .arg(&update)
+            .args(["--usrhash", hash.as_str()]),
+    );
+    let esp_b = work.join("esp-b");
+    extract(&copy, by("EFI-SYSTEM"), &esp_b);
+    let b_entry = run_ok(
+        Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&esp_b)
+            .arg("::/loader/entries/usr-b+1.conf"),
+    );
+    assert!(
+        b_entry.contains("PARTLABEL=USR-B") || b_entry.contains("verity.usr=PARTUUID="),
+        "{b_entry}"
+    );
+    assert!(
+        b_entry.contains(" systemd.log_level=info sdk.test=1"),
+        "{b_entry}"
+    );
 
     // _contents.txt says what debugfs finds in USR-A: paths, modes,
     // owners (root:root although an unprivileged user built it), sizes,
