@@ -439,7 +439,7 @@ mod tests {
         );
         let b = Board::parse("b", Path::new("p.toml"), &text, ProfileSource::Embedded).unwrap();
         assert_eq!(b.kernel_cmdline, ["systemd.log_level=debug", "quiet"]);
-        let b = Board::parse("b", Path::new("p.toml"), &base, ProfileSource::Embedded).unwrap();
+        let b = Board::parse("b", Path::new("p.toml"), base, ProfileSource::Embedded).unwrap();
         assert!(b.kernel_cmdline.is_empty());
     }
 
