@@ -7,6 +7,6 @@ test:
 bench:
 	./bench/run-all.sh
 install:
-	PREFIX=$(or $(PREFIX),/usr/local) DESTDIR=$(DESTDIR) ./dist/install.sh
+	PREFIX=$(or $(PREFIX),/usr/local) DESTDIR=$(DESTDIR) ./.ci/install.sh
 dist:
-	./dist/release.sh
+	./.ci/release.sh

@@ -1,5 +1,5 @@
-//! Getting the tools on PATH without `make demo`: `dist/install.sh` (what
-//! `make install` runs) and the release tarball of `dist/release.sh`, from
+//! Getting the tools on PATH without `make demo`: `.ci/install.sh` (what
+//! `make install` runs) and the release tarball of `.ci/release.sh`, from
 //! the binaries under test, checked the way a person would use them.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn script(name: &str) -> Command {
-    let mut c = Command::new(repo_root().join("dist").join(name));
+    let mut c = Command::new(repo_root().join(".ci").join(name));
     c.env("BIN_DIR", bin_dir());
     c
 }

@@ -3,8 +3,8 @@
 # (man pages, completions) and install.sh, built from a clean release
 # build. Unpack it anywhere and run its install.sh, or put its bin/ on PATH.
 #
-#   dist/release.sh            # writes target/dist/sdk-run-VERSION-ARCH-linux.tar.gz
-#   BIN_DIR=DIR OUT_DIR=DIR dist/release.sh   # from binaries built elsewhere
+#   .ci/release.sh            # writes target/dist/sdk-run-VERSION-ARCH-linux.tar.gz
+#   BIN_DIR=DIR OUT_DIR=DIR .ci/release.sh   # from binaries built elsewhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_dir=${BIN_DIR:-target/release}
@@ -15,7 +15,7 @@ arch=$(uname -m)
 name=sdk-run-$version-$arch-linux
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-BIN_DIR=$bin_dir DESTDIR=$stage/$name PREFIX= dist/install.sh >/dev/null
+BIN_DIR=$bin_dir DESTDIR=$stage/$name PREFIX= .ci/install.sh >/dev/null
 cat >"$stage/$name/install.sh" <<'INNER'
 #!/bin/sh
 # Copy this release into PREFIX (default /usr/local): sh install.sh [PREFIX]
