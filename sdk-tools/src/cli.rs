@@ -11,6 +11,7 @@ pub mod disk;
 pub mod fs;
 pub mod image;
 pub mod packages;
+pub mod update;
 pub mod verity;
 
 /// Verbs reachable through a link of the same name (multi-call).
@@ -66,6 +67,9 @@ pub enum Command {
     TestImage(boot::TestImageArgs),
     #[command(subcommand)]
     Boot(boot::BootCmd),
+    /// Signed update payloads: check metadata, its signature and the payload.
+    #[command(subcommand)]
+    Update(update::UpdateCmd),
     /// Print a shell completion script for sdk-tools or one of its multi-call names.
     ///
     /// Examples:
@@ -139,6 +143,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::ImageToVm(a) => boot::image_to_vm(a),
         Command::TestImage(a) => boot::test_image(a),
         Command::Boot(c) => boot::boot(c),
+        Command::Update(c) => update::run(c),
         Command::Completions { shell, name } => sdk_common::clidoc::print_completions(
             Cli::command(),
             shell,

@@ -65,6 +65,11 @@ pub struct BuildImageArgs {
     /// Where the cross-roots live [default: /build].
     #[arg(long, value_name = "DIR", env = "SDK_BUILD_ROOT")]
     pub build_root: Option<PathBuf>,
+    /// ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`)
+    /// that signs the update metadata [default: the repo's development key,
+    /// made once in __build__/keys].
+    #[arg(long, value_name = "FILE", env = "SDK_UPDATE_SIGN_KEY")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// Build a systemd-sysext image from packages.
@@ -122,6 +127,7 @@ pub fn run_build_image(a: BuildImageArgs) -> Result<()> {
         check_reproducible: a.check_reproducible,
         build_root: a.build_root,
         layout_variant: a.disk_layout,
+        sign_key: a.sign_key,
     })
     .map(|_| ())
 }

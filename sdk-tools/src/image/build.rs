@@ -32,6 +32,7 @@ use crate::exit::UsageError;
 use crate::formats::disk::{self, Layout, Role};
 use crate::formats::fs::ext4;
 use crate::formats::fs::{self as fsb, FsOptions, FsType, Ownership};
+use crate::formats::update;
 use crate::formats::verity;
 
 /// Spare room in an ext4 USR beyond its content (percent).
@@ -57,6 +58,9 @@ pub struct ImageRequest {
     pub build_root: Option<PathBuf>,
     /// Disk layout variant (`[variant.NAME]` of the layout).
     pub layout_variant: Option<String>,
+    /// The ed25519 key (PKCS#8 PEM) that signs the update metadata; else
+    /// the repo's development key.
+    pub sign_key: Option<PathBuf>,
 }
 
 /// The stages of a disk image build, in order.
@@ -242,6 +246,33 @@ struct Plan {
     group: String,
     usr_fs: FsType,
     source: Source,
+    /// Signs the update metadata (disk builds only).
+    signing: Option<update::SignKey>,
+    /// Public keys USR carries for updates: (file name, PEM text).
+    trusted_keys: Vec<(String, String)>,
+}
+
+/// The key that signs updates: `--sign-key` (or SDK_UPDATE_SIGN_KEY),
+/// else the repo's development key (made once in `__build__/keys`); and
+/// the public keys the OS will trust: the signing key's and every
+/// `update-keys/*.pem` of the repo (how a key is rotated).
+fn update_keys(
+    req: &ImageRequest,
+    repo: &Repo,
+    cwd: &Path,
+) -> Result<(update::SignKey, Vec<(String, String)>)> {
+    let key = match &req.sign_key {
+        Some(p) => update::load_signing_key(&absolute(cwd, p), false).map_err(classify)?,
+        None => update::development_key(&repo.root.join("__build__/keys")).map_err(classify)?,
+    };
+    let mut trusted = vec![(format!("{}.pem", key.id()), key.public_pem())];
+    for (_, k) in update::load_public_keys(&repo.root.join("update-keys")).map_err(classify)? {
+        let name = format!("{}.pem", update::key_id(&k));
+        if !trusted.iter().any(|(n, _)| *n == name) {
+            trusted.push((name, update::public_pem(&k)));
+        }
+    }
+    Ok((key, trusted))
 }
 
 /// The result of one build in a work directory.
@@ -311,6 +342,13 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
     };
     // Before any output directory is made.
     source.check(&board)?;
+    let (signing, trusted_keys) = match req.oci {
+        Some(_) => (None, Vec::new()),
+        None => {
+            let (k, t) = update_keys(req, &repo, cwd)?;
+            (Some(k), t)
+        }
+    };
     Ok(Plan {
         repo,
         board,
@@ -319,6 +357,8 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
         group: req.group.clone(),
         usr_fs,
         source,
+        signing,
+        trusted_keys,
     })
 }
 
@@ -614,6 +654,9 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     };
     write_outputs(plan, &ins, &name, &out, texts)?;
     let known = [usr_done.wait()?, disk_done.wait()?];
+    if let Some(key) = &plan.signing {
+        write_update_metadata(plan, &ins, key, &known[0], &formatted, fs_size, &out, &name)?;
+    }
     let arts = artifacts(&out, &["manifest.json"], &known)?;
     let manifest = serde_json::json!({
         "name": name,
@@ -661,6 +704,18 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
     let packages = install(&mut tree, &plan.source, &plan.board)?;
     let id = os_id(&tree);
     make_usr_only(&mut tree).map_err(bad_input)?;
+    // The update keys the OS trusts, under dm-verity with the rest of USR.
+    for (name, pem) in &plan.trusted_keys {
+        tree.add_file(
+            &format!("{}/{name}", update::TRUSTED_KEYS_DIR),
+            pem.as_bytes(),
+            0o644,
+            0,
+            0,
+            "update keys",
+            true,
+        )?;
+    }
     let epoch = env_epoch()
         .map_err(usage)?
         .unwrap_or_else(|| tree.newest_mtime());
@@ -918,7 +973,18 @@ fn version_txt(plan: &Plan, id: &str, attempt: u32, epoch: u64, root_hash: &str)
         plan.group,
         plan.repo.os_version,
         plan.usr_fs.name(),
-    )
+    ) + &match &plan.signing {
+        Some(k) => format!(
+            "UPDATE_KEY_ID={}\nUPDATE_KEY={}\n",
+            k.id(),
+            if k.development {
+                "development"
+            } else {
+                "release"
+            }
+        ),
+        None => String::new(),
+    }
 }
 
 /// `<name>_verity.txt`: what `veritysetup` and an updater need.
@@ -939,6 +1005,57 @@ fn verity_txt(formatted: &verity::Formatted, fs_size: u64, usr_a: &disk::Partiti
 
 /// outputs: the text files beside the images (version, verity, package
 /// and contents lists, SBOM).
+/// `<name>_update.json` and its signature `<name>_update.json.sig`: what
+/// an updater checks before writing a byte of the payload.
+#[allow(clippy::too_many_arguments)]
+fn write_update_metadata(
+    plan: &Plan,
+    ins: &Installed,
+    key: &update::SignKey,
+    payload: &Artifact,
+    formatted: &verity::Formatted,
+    fs_size: u64,
+    out: &Path,
+    name: &str,
+) -> Result<()> {
+    let meta = update::Metadata {
+        format: 1,
+        os_id: ins.id.clone(),
+        version: plan.repo.os_version.clone(),
+        board: plan.board.name.clone(),
+        arch: plan.board.arch.clone(),
+        payload: update::Payload {
+            name: payload.name.clone(),
+            size: payload.size,
+            sha256: payload.sha256.clone().context("the payload's sha256")?,
+        },
+        usr: update::Usr {
+            root_hash: formatted.root_hash_hex(),
+            salt: formatted.salt_hex(),
+            hash_offset: fs_size,
+            data_blocks: formatted.data_blocks,
+            data_block_size: formatted.data_block_size,
+            hash_block_size: formatted.hash_block_size,
+            hash_algorithm: formatted.algorithm.name().to_string(),
+        },
+        key_id: key.id(),
+        development_key: key.development,
+    };
+    let bytes = meta.to_bytes();
+    let path = out.join(format!("{name}_update.json"));
+    fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+    let sig = update::sig_path(&path);
+    fs::write(&sig, key.sign(&bytes)).with_context(|| format!("write {}", sig.display()))?;
+    if key.development {
+        eprintln!(
+            "build_image: the update is signed with this repo's DEVELOPMENT key {} ({}); sign images you ship with --sign-key FILE",
+            key.id(),
+            key.path.display()
+        );
+    }
+    Ok(())
+}
+
 fn write_outputs(
     plan: &Plan,
     ins: &Installed,

@@ -1199,3 +1199,169 @@ fn on_a_terminal_the_stages_show_as_they_go_without_timestamps() {
     }
     assert!(!screen.lines().any(sdk_e2e::is_progress_line), "{screen}");
 }
+
+#[test]
+fn update_metadata_is_signed_and_checks_out_with_openssl() {
+    let f = Fixture::new();
+    let out = images_dir(&f, "signed");
+    let run = f.build_cmd(&out, &[]).output().unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("DEVELOPMENT key"),
+        "every build says so: {err}"
+    );
+    let dir = out.join(fs::read_link(out.join("latest")).unwrap());
+    let meta_path = dir.join("testos_developer_image_update.json");
+    let sig = dir.join("testos_developer_image_update.json.sig");
+    let dev_pub = f.repo().join("__build__/keys/update-dev.pem");
+    let openssl_verify = |key: &Path| {
+        Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+            .arg(key)
+            .args(["-rawin", "-in"])
+            .arg(&meta_path)
+            .arg("-sigfile")
+            .arg(&sig)
+            .output()
+            .unwrap()
+    };
+    // openssl, as the outside oracle, checks the signature.
+    let v = openssl_verify(&dev_pub);
+    assert!(v.status.success(), "{v:?}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&meta_path).unwrap()).unwrap();
+    let verity = kv(&fs::read_to_string(dir.join("testos_developer_image_verity.txt")).unwrap());
+    let payload = dir.join("testos_developer_image_update.bin");
+    assert_eq!(
+        meta["payload"]["sha256"].as_str().unwrap(),
+        sha256(&payload)
+    );
+    assert_eq!(
+        meta["payload"]["size"].as_u64().unwrap(),
+        fs::metadata(&payload).unwrap().len()
+    );
+    assert_eq!(
+        meta["usr"]["root-hash"].as_str().unwrap(),
+        verity["VERITY_ROOT_HASH"]
+    );
+    assert_eq!(meta["usr"]["salt"].as_str().unwrap(), verity["VERITY_SALT"]);
+    assert_eq!(
+        meta["usr"]["hash-offset"].as_u64().unwrap().to_string(),
+        verity["VERITY_HASH_OFFSET"]
+    );
+    assert_eq!(
+        (meta["board"].as_str(), meta["development-key"].as_bool()),
+        (Some("testboard"), Some(true))
+    );
+    let key_id = meta["key-id"].as_str().unwrap().to_string();
+    let version = kv(&fs::read_to_string(dir.join("version.txt")).unwrap());
+    assert_eq!(version["UPDATE_KEY"], "development");
+    // The OS trusts the key: its public half is in USR (under verity).
+    let contents = fs::read_to_string(dir.join("testos_developer_image_contents.txt")).unwrap();
+    assert!(
+        contents.contains(&format!("/usr/share/sdk-update/keys/{key_id}.pem\t")),
+        "{contents}"
+    );
+    // Our own check agrees; a changed payload or metadata is refused.
+    let verify = |meta: &Path, payload: Option<&Path>| {
+        let mut c = f.tool("update");
+        c.arg("verify")
+            .arg(meta)
+            .arg("--keys")
+            .arg(f.repo().join("__build__/keys"));
+        if let Some(p) = payload {
+            c.arg("--payload").arg(p);
+        }
+        c
+    };
+    let ok = run_ok(&mut verify(&meta_path, None));
+    assert!(
+        ok.contains(&format!("signed by {key_id} (a development key)")),
+        "{ok}"
+    );
+    let bad_payload = f.scratch.path().join("tampered.bin");
+    fs::copy(&payload, &bad_payload).unwrap();
+    sdk_e2e::flip_bit(&bad_payload, 4096 * 3 + 17, 2);
+    let out2 = run_expect(&mut verify(&meta_path, Some(&bad_payload)), 2);
+    assert!(
+        String::from_utf8_lossy(&out2.stderr).contains("the signed metadata says"),
+        "{out2:?}"
+    );
+    let bad_meta = f.scratch.path().join("tampered.json");
+    fs::write(
+        &bad_meta,
+        fs::read_to_string(&meta_path)
+            .unwrap()
+            .replace("\"1.2.3\"", "\"9.9.9\""),
+    )
+    .unwrap();
+    fs::copy(&sig, f.scratch.path().join("tampered.json.sig")).unwrap();
+    chown_r(&f.user, f.scratch.path());
+    let out3 = run_expect(&mut verify(&bad_meta, Some(&payload)), 2);
+    assert!(
+        String::from_utf8_lossy(&out3.stderr).contains("does not match any trusted key"),
+        "{out3:?}"
+    );
+
+    // A release key made by openssl, and a second key to rotate to: the
+    // metadata names the release key, USR trusts both.
+    let keys = f.scratch.path().join("release");
+    fs::create_dir(&keys).unwrap();
+    for name in ["release", "next"] {
+        run_ok(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "ed25519", "-out"])
+                .arg(keys.join(format!("{name}.key"))),
+        );
+        run_ok(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(keys.join(format!("{name}.key")))
+                .arg("-out")
+                .arg(keys.join(format!("{name}.pem"))),
+        );
+    }
+    fs::create_dir(f.repo().join("update-keys")).unwrap();
+    fs::copy(keys.join("next.pem"), f.repo().join("update-keys/next.pem")).unwrap();
+    chown_r(&f.user, f.scratch.path());
+    let mut c = f.build_cmd(&out, &["--replace", "--sign-key"]);
+    c.arg(keys.join("release.key"));
+    let run = c.output().unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        !String::from_utf8_lossy(&run.stderr).contains("DEVELOPMENT"),
+        "{run:?}"
+    );
+    let dir = out.join(fs::read_link(out.join("latest")).unwrap());
+    let meta: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.join("testos_developer_image_update.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["development-key"], false);
+    assert_ne!(meta["key-id"].as_str().unwrap(), key_id);
+    let v = Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+        .arg(keys.join("release.pem"))
+        .args(["-rawin", "-in"])
+        .arg(dir.join("testos_developer_image_update.json"))
+        .arg("-sigfile")
+        .arg(dir.join("testos_developer_image_update.json.sig"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{v:?}");
+    let contents = fs::read_to_string(dir.join("testos_developer_image_contents.txt")).unwrap();
+    let trusted = contents
+        .lines()
+        .filter(|l| l.starts_with("/usr/share/sdk-update/keys/") && l.contains(".pem\t"))
+        .count();
+    assert_eq!(trusted, 2, "the release key and the next one: {contents}");
+
+    // A key file that is no key: one line, exit 2, nothing published.
+    let before = fs::read_link(out.join("latest")).unwrap();
+    let mut c = f.build_cmd(&out, &["--replace", "--sign-key"]);
+    c.arg(keys.join("release.pem"));
+    let bad = run_expect(&mut c, 2);
+    assert_one_line_exit_2(&bad, "not an ed25519 private key");
+    assert_eq!(fs::read_link(out.join("latest")).unwrap(), before);
+}
