@@ -37,6 +37,7 @@ PACKAGES=(
   gcc binutils file pkgconf curl  # build_packages: host board compiler, pkg-config wrappers, tarball downloads; tests: file, readelf
   man-db            # tests: installed man pages render
   xxd               # tests: the documented check of a disk image's blocks-sha256
+  ignition          # ignition-validate: Ignition configs checked before a VM starts
   systemd           # systemd-repart: benchmark peer of build_image
 )
 

@@ -312,19 +312,24 @@ SSH_PORT=2222
 CONFIG_FILE=""
 NOGRAPHIC=""
 SAFE=""
+RESTRICT=""
 
 usage() {{
   cat <<'EOF'
 Usage: launcher [options] [-- extra qemu args]
   -M MB         memory (default 1024)
   -p PORT       forward host port PORT to the guest's ssh port 22 (default 2222; "none" for no forward)
-  -i FILE       pass FILE to the guest via fw_cfg as opt/org.sdk-run/config
+  -i FILE       an Ignition config for the first boot, passed by fw_cfg as
+                opt/com.coreos/config and opt/org.flatcar-linux/config (checked
+                with ignition-validate first when it is installed)
+  -r            restricted network: the guest reaches nothing but the
+                forwarded ssh port (user-mode networking with restrict=on)
   -nographic    no window; the serial console is this terminal
   -s            safe mode: never use KVM (TCG emulation)
-KVM is used when /dev/kvm works and this is not itself a virtual machine;
-SDK_VM_ACCEL=kvm or SDK_VM_ACCEL=tcg decides instead.
   -h            this help
 Anything after -- goes to qemu-system-x86_64 unchanged.
+KVM is used when /dev/kvm works and this is not itself a virtual machine;
+SDK_VM_ACCEL=kvm or SDK_VM_ACCEL=tcg decides instead.
 EOF
 }}
 
@@ -334,6 +339,7 @@ while [ $# -gt 0 ]; do
     -p) SSH_PORT=${{2:?-p needs a port}}; shift 2 ;;
     -i) CONFIG_FILE=${{2:?-i needs a file}}; shift 2 ;;
     -nographic) NOGRAPHIC=1; shift ;;
+    -r) RESTRICT=1; shift ;;
     -s) SAFE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -343,6 +349,11 @@ done
 
 if [ -n "$CONFIG_FILE" ] && [ ! -f "$CONFIG_FILE" ]; then
   echo "error: config file $CONFIG_FILE does not exist; pass an existing file to -i" >&2
+  exit 2
+fi
+if [ -n "$CONFIG_FILE" ] && command -v ignition-validate >/dev/null &&
+   ! why=$(ignition-validate "$CONFIG_FILE" 2>&1); then
+  echo "error: $CONFIG_FILE is not a valid Ignition config: $(printf '%s' "$why" | head -1)" >&2
   exit 2
 fi
 if [ ! -f "$DIR/{disk}" ]; then
@@ -374,12 +385,13 @@ args=(-name sdk-run-vm -machine q35,accel=$ACCEL -m "$VM_MEMORY" -smp 1)
 if [ "$ACCEL" = kvm ]; then args+=(-cpu host); fi
 args+=(-drive if=virtio,format=qcow2,file="$DIR/{disk}")
 if [ "$SSH_PORT" != none ]; then
-  args+=(-netdev user,id=eth0,hostfwd=tcp:127.0.0.1:"$SSH_PORT"-:22 -device virtio-net-pci,netdev=eth0)
+  args+=(-netdev user,id=eth0${{RESTRICT:+,restrict=on}},hostfwd=tcp:127.0.0.1:"$SSH_PORT"-:22 -device virtio-net-pci,netdev=eth0)
 else
   args+=(-nic none)
 fi
 if [ -n "$CONFIG_FILE" ]; then
-  args+=(-fw_cfg name=opt/org.sdk-run/config,file="$CONFIG_FILE")
+  args+=(-fw_cfg name=opt/com.coreos/config,file="$CONFIG_FILE")
+  args+=(-fw_cfg name=opt/org.flatcar-linux/config,file="$CONFIG_FILE")
 fi
 if [ -n "$NOGRAPHIC" ]; then args+=(-nographic); fi
 exec qemu-system-x86_64 "${{args[@]}}" {boot_args} "$@"
@@ -407,6 +419,7 @@ pub fn boot_and_wait(
     console_log: &Path,
     marker: &str,
     timeout: Duration,
+    ignition: Option<&Path>,
     extra: &[String],
 ) -> Result<TestOutcome, BootError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -414,8 +427,13 @@ pub fn boot_and_wait(
         .map(|a| a.port().to_string())
         .unwrap_or_else(|_| "none".into());
     let mut cmd = Command::new("bash");
-    cmd.arg(launcher)
-        .args(["-nographic", "-p", &port, "--", "-snapshot", "-no-reboot"])
+    // Restricted user networking: the guest reaches nothing but the
+    // forwarded ssh port on the host's loopback.
+    cmd.arg(launcher).args(["-nographic", "-r", "-p", &port]);
+    if let Some(i) = ignition {
+        cmd.arg("-i").arg(i);
+    }
+    cmd.args(["--", "-snapshot", "-no-reboot"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

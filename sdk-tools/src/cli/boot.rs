@@ -141,10 +141,16 @@ pub struct TestImageArgs {
     /// Extra QEMU arguments (after the launcher's `--`).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
     pub qemu_args: Vec<String>,
+    /// An Ignition v3 config for the first boot (checked before QEMU starts).
+    #[arg(long, value_name = "FILE")]
+    pub ignition: Option<PathBuf>,
 }
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     let image = a.sel.resolve()?;
+    if let Some(i) = &a.ignition {
+        crate::boot::ignition::check(i).map_err(classify)?;
+    }
     let spec = VmSpec {
         image: image.clone(),
         format: a.format.into(),
@@ -171,6 +177,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         &out.console_log,
         &a.marker,
         Duration::from_secs(a.timeout),
+        a.ignition.as_deref(),
         &a.qemu_args,
     )
     .map_err(classify)?;

@@ -365,6 +365,68 @@ fn bad_input_is_refused_before_qemu_starts() {
             .contains("config file /nonexistent/config.json does not exist")
     );
 
+    // Ignition configs that are not there, not JSON, of another spec, with
+    // a key Ignition does not know, or invalid in Ignition's own eyes: one
+    // line each from test_image, exit 2, before QEMU starts; the launcher
+    // refuses the invalid ones too (through ignition-validate).
+    let configs = [
+        ("nothing.ign", None, "no such file"),
+        ("broken.ign", Some("{\"ignition\": "), "not JSON"),
+        (
+            "v2.ign",
+            Some("{\"ignition\": {\"version\": \"2.2.0\"}}"),
+            "spec version 2.2.0",
+        ),
+        (
+            "typo.ign",
+            Some("{\"ignition\": {\"version\": \"3.3.0\"}, \"storage\": {\"filez\": []}}"),
+            "Unused key filez",
+        ),
+        (
+            "relative.ign",
+            Some(
+                "{\"ignition\": {\"version\": \"3.3.0\"}, \"storage\": {\"files\": [{\"path\": \"etc/x\"}]}}",
+            ),
+            "path not absolute",
+        ),
+    ];
+    for (name, text, needle) in configs {
+        let p = scratch.path().join(name);
+        if let Some(t) = text {
+            std::fs::write(&p, t).unwrap();
+            chown_r(&user, &p);
+        }
+        let out = run_expect(
+            user.command(&scratch, "sdk-tools")
+                .args(["test_image", "--image"])
+                .arg(&image)
+                .arg("--ignition")
+                .arg(&p),
+            2,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{name}: {err}");
+        assert_eq!(sdk_e2e::error_lines(&err).len(), 1, "{name}: {err}");
+        // QEMU never started: test_image makes the console log when it does.
+        assert!(
+            !scratch.path().join("test_qemu_console.log").exists(),
+            "{name}"
+        );
+        if name == "relative.ign" {
+            let out = run_expect(
+                user.command(&scratch, "bash")
+                    .arg(&launcher)
+                    .args(["-nographic", "-i"])
+                    .arg(&p),
+                2,
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not a valid Ignition config"),
+                "{out:?}"
+            );
+        }
+    }
+
     // An image whose boot entry carries no USR root hash.
     let esp_at = format!(
         "{}@@{}",
@@ -496,7 +558,18 @@ fn image_to_vm_overlays_the_raw_image_and_compresses_on_request() {
     ] {
         std::fs::rename(scratch.path().join(f), moved.join(f)).unwrap();
     }
-    let out = test_image(&user, &scratch, &moved.join("test_image.bin"), "qemu", 0);
+    // (With an Ignition config: QEMU takes it by fw_cfg under both names.)
+    let ign = scratch.path().join("ok.ign");
+    std::fs::write(&ign, "{\"ignition\": {\"version\": \"3.3.0\"}}").unwrap();
+    chown_r(&user, &ign);
+    let out = run_ok(
+        user.command(&scratch, "sdk-tools")
+            .arg("test_image")
+            .arg("--image")
+            .arg(moved.join("test_image.bin"))
+            .args(["--timeout", BOOT_TIMEOUT, "--ignition"])
+            .arg(&ign),
+    );
     assert!(out.contains("first boot OK"), "{out}");
     for f in [
         "test_image.bin",
