@@ -245,6 +245,9 @@ pub fn base_cmdline(root: &PartRef, extra: &[String]) -> Vec<String> {
         "console=tty0".to_string(),
         "console=ttyS0,115200n8".to_string(),
         "panic=10".to_string(),
+        // Our initramfs sets up USR's verity device; systemd's generator
+        // would read usrhash= and wait for partitions named after it.
+        "systemd.verity=no".to_string(),
     ];
     v.extend(extra.iter().cloned());
     v
@@ -431,5 +434,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("root=PARTLABEL=ROOT"), "{text}");
+        // systemd must not set up USR's verity a second time.
+        assert!(text.contains(" systemd.verity=no"), "{text}");
     }
 }

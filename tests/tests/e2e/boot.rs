@@ -591,3 +591,44 @@ fn image_to_vm_overlays_the_raw_image_and_compresses_on_request() {
             .arg(&qcow),
     );
 }
+
+/// The systemd example OS (`examples/systemd-os`), built and booted the
+/// way a user would: systemd as PID 1 over the dm-verity /usr our
+/// initramfs sets up, and `systemctl is-system-running` saying `running`
+/// with no failed unit (its marker service prints both on the console).
+#[test]
+fn the_systemd_example_boots_to_running_with_no_failed_units() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let repo = scratch.path().join("systemd-os");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd-os");
+    run_ok(Command::new("cp").arg("-a").arg(&examples).arg(&repo));
+    let _ = std::fs::remove_dir_all(repo.join("__build__"));
+    let cache = PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
+        .join(format!("sdk-e2e-boot-cache-{}", user.uid));
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_r(&user, &cache);
+    chown_r(&user, scratch.path());
+    let tool = |verb: &str| {
+        let mut c = user.command(&scratch, "sdk-tools");
+        c.arg(verb)
+            .args(["--board", BOARD])
+            .current_dir(&repo)
+            .env("SDK_BUILD_ROOT", scratch.path().join("build"))
+            .env("SDK_CACHE_DIR", &cache);
+        c
+    };
+    run_ok(&mut tool("setup_board"));
+    run_ok(&mut tool("build_packages"));
+    run_ok(&mut tool("build_image"));
+    let out = run_ok(tool("test_image").args([
+        "--timeout",
+        BOOT_TIMEOUT,
+        "--marker",
+        "systemd-os: boot finished:",
+    ]));
+    assert!(
+        out.contains("systemd-os: boot finished: running: failed: none: usr=/dev/mapper/usr"),
+        "{out}"
+    );
+}

@@ -1,0 +1,18 @@
+# What Debian's maintainer scripts would have done, declared instead of run:
+# sshd's privilege-separation user (sysusers.d at boot), host keys on the
+# first boot, units enabled by preset (systemd applies presets on a first
+# boot), DHCP for the NIC, and sshd's configuration (which the package
+# installs through ucf in its postinst).
+d="$DESTDIR$PREFIX"
+install -Dm0644 sshd.sysusers "$d/lib/sysusers.d/sshd.conf"
+install -Dm0644 sshd-keygen.service "$d/lib/systemd/system/sshd-keygen.service"
+install -Dm0644 demo-marker.service "$d/lib/systemd/system/demo-marker.service"
+install -Dm0755 demo-marker "$d/lib/demo/demo-marker"
+install -Dm0644 demo.preset "$d/lib/systemd/system-preset/50-demo.preset"
+install -Dm0644 dhcp.network "$d/lib/systemd/network/80-dhcp.network"
+install -Dm0644 sshd_config "$DESTDIR/etc/ssh/sshd_config"
+# An image is configured by its build and Ignition, not by a person at
+# the console: no interactive first-boot wizard.
+mkdir -p "$DESTDIR/etc/systemd/system"
+ln -s /dev/null "$DESTDIR/etc/systemd/system/systemd-firstboot.service"
+printf 'LANG=C.UTF-8\n' > "$DESTDIR/etc/locale.conf"
