@@ -168,8 +168,28 @@ pub fn assemble(sys: &dyn Sys, plan: &RootPlan) -> Result<(), MountError> {
         "",
     )?;
 
-    // /dev: a fresh tmpfs with host nodes bound in (mknod is not allowed
-    // in a user namespace), its own devpts instance, and /dev/shm.
+    populate_dev(&s, plan)?;
+
+    // /sys from the host, read-only (a fresh sysfs needs our own netns).
+    let sysdir = m.join("sys");
+    s.bind(Path::new("/sys"), &sysdir)?;
+    s.readonly(&sysdir)?;
+
+    s.fs("tmpfs", &m.join("tmp"), nosuid_nodev, "mode=1777")?;
+    s.fs("tmpfs", &m.join("run"), nosuid_nodev, "mode=0755")?;
+
+    bind_in(&s, plan)?;
+    let host: String = plan.hostname.chars().take(64).collect();
+    s.at("set hostname", Path::new(&host), sys.sethostname(&host))?;
+    s.at("pivot_root into", m, sys.pivot_root(m))
+}
+
+/// /dev: a fresh tmpfs with host nodes bound in (mknod is not allowed in
+/// a user namespace), its own devpts instance, /dev/shm and the fd links.
+fn populate_dev(s: &Step<'_>, plan: &RootPlan) -> Result<(), MountError> {
+    let sys = s.sys;
+    let m = &plan.mnt;
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let dev = m.join("dev");
     s.fs(
         "tmpfs",
@@ -220,14 +240,14 @@ pub fn assemble(sys: &dyn Sys, plan: &RootPlan) -> Result<(), MountError> {
         )?;
     }
 
-    // /sys from the host, read-only (a fresh sysfs needs our own netns).
-    let sysdir = m.join("sys");
-    s.bind(Path::new("/sys"), &sysdir)?;
-    s.readonly(&sysdir)?;
+    Ok(())
+}
 
-    s.fs("tmpfs", &m.join("tmp"), nosuid_nodev, "mode=1777")?;
-    s.fs("tmpfs", &m.join("run"), nosuid_nodev, "mode=0755")?;
-
+/// What is bound in from the host: the repo (and its `__build__`), the
+/// persistent `/build`, `-v` volumes, agent sockets and the tools.
+fn bind_in(s: &Step<'_>, plan: &RootPlan) -> Result<(), MountError> {
+    let sys = s.sys;
+    let m = &plan.mnt;
     if let Some(src) = &plan.source {
         let dst = inside(m, SOURCE_DIR);
         s.mkdir(&dst)?;
@@ -270,9 +290,7 @@ pub fn assemble(sys: &dyn Sys, plan: &RootPlan) -> Result<(), MountError> {
             s.at("link", &dir.join(n), sys.symlink("sdk-tools", &dir.join(n)))?;
         }
     }
-    let host: String = plan.hostname.chars().take(64).collect();
-    s.at("set hostname", Path::new(&host), sys.sethostname(&host))?;
-    s.at("pivot_root into", m, sys.pivot_root(m))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -181,63 +181,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     // Off the hot path: logging for the work below (the fast argument
     // path skipped it).
     sdk_common::log::init(0);
-    // Validate everything before any change.
-    let volumes = create::resolve_volumes(&cwd, &opts.volumes)?;
-    let devices = create::resolve_devices(&opts.devices)?;
-    let rootfs = opts
-        .rootfs
-        .as_deref()
-        .map(|p| create::resolve_rootfs(&cwd, p))
-        .transpose()?;
-    let exists = sb.config().is_file();
-    // A store image: asked for, or the repo's for a sandbox made now.
-    let image = match (&opts.image, &repo_image) {
-        (Some(i), _) => Some(resolve_image(&state_dir, i)?),
-        (None, Some(i)) if !exists && rootfs.is_none() => Some(
-            resolve_image(&state_dir, i)
-                .with_context(|| format!("sdk-image in {}", version::FILE_NAME))?,
-        ),
-        _ => None,
-    };
-    if exists && opts.rm {
-        return Err(usage(format!(
-            "sandbox {name} already exists; --rm makes a throwaway sandbox, so pick an unused name with -n"
-        )));
-    }
-    if exists {
-        let cfg: Config = read_json(&sb.config())?;
-        check_matches(
-            &cfg,
-            &volumes,
-            &devices,
-            rootfs
-                .as_ref()
-                .map(|r| r.1.as_path())
-                .or(image.as_deref().filter(|_| opts.image.is_some())),
-            opts.net,
-        )?;
-    }
-    let spec = match &rootfs {
-        Some((_, dir)) if opts.overlay => {
-            if !dir.is_dir() {
-                return Err(usage(format!(
-                    "--overlay needs --rootfs to be a directory, not {}; unpack it first",
-                    dir.display()
-                )));
-            }
-            Some(crate::sandbox::RootfsSpec::overlay_for(&sb, dir.clone()))
-        }
-        Some((spec, _)) => Some(spec.clone()),
-        None if exists => None,
-        None if image.is_some() => image
-            .clone()
-            .map(|lower| crate::sandbox::RootfsSpec::overlay_for(&sb, lower)),
-        None => Some(create::default_rootfs(&state_dir, &sb)?.ok_or_else(|| {
-            usage(format!(
-                "sandbox {name} does not exist and there is no default SDK rootfs yet; create it with --rootfs DIR|TARBALL"
-            ))
-        })?),
-    };
+    let Checked {
+        volumes,
+        devices,
+        rootfs,
+        image,
+        spec,
+    } = check_request(&opts, &cwd, &state_dir, &sb, &name, repo_image.as_deref())?;
     check_userns()?;
 
     let st = {
@@ -268,6 +218,93 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let status = enter_in_child(&st, &eo)?;
     remove::remove(&state_dir, &sb)?;
     Ok(enter::pass_through(status))
+}
+
+/// What a run asks for, checked before anything changes.
+struct Checked {
+    volumes: Vec<Volume>,
+    devices: Vec<PathBuf>,
+    /// `--rootfs`: the spec it makes and the path as resolved.
+    rootfs: Option<(crate::sandbox::RootfsSpec, PathBuf)>,
+    /// The store image's tree (`--image`, or the repo's for a new sandbox).
+    image: Option<PathBuf>,
+    /// The rootfs of a sandbox made now (None: it exists).
+    spec: Option<crate::sandbox::RootfsSpec>,
+}
+
+/// Validate everything a run asks for before any change: binds, devices,
+/// the rootfs or image, and that an existing sandbox was made with them.
+fn check_request(
+    opts: &RunOptions,
+    cwd: &Path,
+    state_dir: &StateDir,
+    sb: &crate::state::SandboxPaths,
+    name: &SandboxName,
+    repo_image: Option<&str>,
+) -> anyhow::Result<Checked> {
+    let volumes = create::resolve_volumes(cwd, &opts.volumes)?;
+    let devices = create::resolve_devices(&opts.devices)?;
+    let rootfs = opts
+        .rootfs
+        .as_deref()
+        .map(|p| create::resolve_rootfs(cwd, p))
+        .transpose()?;
+    let exists = sb.config().is_file();
+    // A store image: asked for, or the repo's for a sandbox made now.
+    let image = match (&opts.image, repo_image) {
+        (Some(i), _) => Some(resolve_image(state_dir, i)?),
+        (None, Some(i)) if !exists && rootfs.is_none() => Some(
+            resolve_image(state_dir, i)
+                .with_context(|| format!("sdk-image in {}", version::FILE_NAME))?,
+        ),
+        _ => None,
+    };
+    if exists && opts.rm {
+        return Err(usage(format!(
+            "sandbox {name} already exists; --rm makes a throwaway sandbox, so pick an unused name with -n"
+        )));
+    }
+    if exists {
+        let cfg: Config = read_json(&sb.config())?;
+        check_matches(
+            &cfg,
+            &volumes,
+            &devices,
+            rootfs
+                .as_ref()
+                .map(|r| r.1.as_path())
+                .or(image.as_deref().filter(|_| opts.image.is_some())),
+            opts.net,
+        )?;
+    }
+    let spec = match &rootfs {
+        Some((_, dir)) if opts.overlay => {
+            if !dir.is_dir() {
+                return Err(usage(format!(
+                    "--overlay needs --rootfs to be a directory, not {}; unpack it first",
+                    dir.display()
+                )));
+            }
+            Some(crate::sandbox::RootfsSpec::overlay_for(sb, dir.clone()))
+        }
+        Some((spec, _)) => Some(spec.clone()),
+        None if exists => None,
+        None if image.is_some() => image
+            .clone()
+            .map(|lower| crate::sandbox::RootfsSpec::overlay_for(sb, lower)),
+        None => Some(create::default_rootfs(state_dir, sb)?.ok_or_else(|| {
+            usage(format!(
+                "sandbox {name} does not exist and there is no default SDK rootfs yet; create it with --rootfs DIR|TARBALL"
+            ))
+        })?),
+    };
+    Ok(Checked {
+        volumes,
+        devices,
+        rootfs,
+        image,
+        spec,
+    })
 }
 
 /// What a sandbox that does not exist yet is created with.
