@@ -38,6 +38,7 @@ PACKAGES=(
   man-db            # tests: installed man pages render
   xxd               # tests: the documented check of a disk image's blocks-sha256
   ignition          # ignition-validate: Ignition configs checked before a VM starts
+  kmod              # depmod: build_image indexes the kernel modules, as the kernel's postinst would
   systemd           # systemd-repart: benchmark peer of build_image
 )
 

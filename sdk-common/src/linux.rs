@@ -409,3 +409,24 @@ pub fn dies_with_us(cmd: &mut std::process::Command, sig: i32) {
         });
     }
 }
+
+/// Run `cmd` with `root` as its root directory (chroot(2), then chdir to
+/// `/`), set up between fork and exec: the caller keeps its own root.
+pub fn chroot_before_exec(cmd: &mut std::process::Command, root: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let Ok(root) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: the closure runs between fork and exec and calls only
+    // chroot(2) and chdir(2), both async-signal-safe, on a string made
+    // before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -313,8 +313,8 @@ fn boot() -> InitResult<()> {
 
     setup_verity_usr(&plan)?;
     mount_root_and_usr(&plan)?;
-    first_boot(Path::new("/sysroot"))?;
-    switch_root(&plan)
+    let first = first_boot(Path::new("/sysroot"))?;
+    switch_root(&plan, first)
 }
 
 /// Find USR, read its verity superblock and create `/dev/mapper/usr`
@@ -406,7 +406,7 @@ fn mount_root_and_usr(plan: &Plan) -> InitResult<()> {
 }
 
 /// Move the API filesystems into /sysroot, make it / and exec the OS init.
-fn switch_root(plan: &Plan) -> InitResult<()> {
+fn switch_root(plan: &Plan, first: bool) -> InitResult<()> {
     use nix::mount::MsFlags;
     for m in ["/dev", "/proc", "/sys", "/run"] {
         let target = format!("/sysroot{m}");
@@ -419,6 +419,9 @@ fn switch_root(plan: &Plan) -> InitResult<()> {
             None::<&str>,
         )
         .map_err(os(format!("move {m}")))?;
+    }
+    if first {
+        ignition()?;
     }
     let init = pick_init(plan)?;
     say(&format!("sdk-init: switching root to {init}"));
@@ -526,7 +529,7 @@ fn wait_for(spec: &PartSpec, timeout: Duration) -> InitResult<BlockDev> {
 /// ROOT starts empty: make the top-level directories and the /usr-merge
 /// links, and on the first boot copy /usr/share/factory/etc (the image's
 /// /etc defaults, systemd's convention) into /etc.
-fn first_boot(sysroot: &Path) -> InitResult<()> {
+fn first_boot(sysroot: &Path) -> InitResult<bool> {
     let first = !sysroot.join("etc").exists();
     for d in [
         "etc", "var", "home", "root", "tmp", "run", "proc", "sys", "dev", "mnt", "opt", "media",
@@ -557,6 +560,75 @@ fn first_boot(sysroot: &Path) -> InitResult<()> {
             .map_err(os("copy /usr/share/factory/etc to /etc"))?;
         say("sdk-init: first boot: /etc populated from /usr/share/factory/etc");
     }
+    Ok(first)
+}
+
+/// Debian's Ignition binary, as the OS image carries it (package ignition).
+const IGNITION: &str = "/usr/lib/dracut/modules.d/30ignition/ignition";
+/// Where QEMU's fw_cfg shows the configs (Ignition's QEMU platform name and
+/// Flatcar's), with the API filesystems already moved into /sysroot.
+const FW_CFG_CONFIGS: &[&str] = &[
+    "/sysroot/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config",
+    "/sysroot/sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config",
+];
+
+/// First boot only: apply the Ignition config QEMU passed, with the OS's
+/// own Ignition run inside the new root (so `useradd` and the rest are the
+/// OS's), stages fetch-offline then files. A config Ignition refuses stops
+/// the boot; a config for an OS without Ignition is said on the console.
+fn ignition() -> InitResult<()> {
+    if !FW_CFG_CONFIGS.iter().any(|p| Path::new(p).exists()) {
+        return Ok(());
+    }
+    if !Path::new(&format!("/sysroot{IGNITION}")).exists() {
+        say(
+            "sdk-init: warning: an Ignition config was passed, but this OS carries no Ignition (Debian package ignition); booting without it",
+        );
+        return Ok(());
+    }
+    // Debian's Ignition relabels what it wrote with setfiles whatever the
+    // OS says; an OS with SELinux disabled has nothing to label, and gets a
+    // setfiles that says so, on Ignition's PATH only.
+    let mut path = "/usr/sbin:/usr/bin".to_string();
+    let selinux = std::fs::read_to_string("/sysroot/etc/selinux/config").unwrap_or_default();
+    if selinux.lines().any(|l| l.trim() == "SELINUX=disabled") {
+        let dir = "/sysroot/run/sdk-init/bin";
+        std::fs::create_dir_all(dir).map_err(os(format!("mkdir {dir}")))?;
+        let shim = format!("{dir}/setfiles");
+        std::fs::write(
+            &shim,
+            "#!/bin/sh\n# SELinux is disabled in this OS (/etc/selinux/config): nothing to label.\nexit 0\n",
+        )
+        .map_err(os(format!("write {shim}")))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))
+            .map_err(os(format!("chmod {shim}")))?;
+        path = format!("/run/sdk-init/bin:{path}");
+    }
+    for stage in ["fetch-offline", "files"] {
+        say(&format!("sdk-init: Ignition stage {stage}"));
+        let mut cmd = std::process::Command::new(IGNITION);
+        cmd.args([
+            "-platform",
+            "qemu",
+            "-root",
+            "/",
+            "-stage",
+            stage,
+            "-log-to-stdout",
+        ])
+        .env("PATH", &path);
+        sdk_common::linux::chroot_before_exec(&mut cmd, Path::new("/sysroot"));
+        let status = cmd
+            .status()
+            .map_err(os(format!("run Ignition ({stage})")))?;
+        if !status.success() {
+            return Err(InitError::Disk(format!(
+                "Ignition stage {stage} failed ({status}); its messages are above: fix the config and boot a fresh image"
+            )));
+        }
+    }
+    let _ = std::fs::remove_dir_all("/sysroot/run/sdk-init");
     Ok(())
 }
 

@@ -31,7 +31,15 @@ pub const KERNEL_VERSION_FILE: &str = "etc/sdk-initrd/kernel-version";
 /// may use (built-in ones are fine too).
 pub const REQUIRED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm-verity", "ext4"];
 /// Taken when the kernel has them: other disk buses and USR filesystems.
-pub const OPTIONAL_MODULES: &[&str] = &["virtio_scsi", "sd_mod", "erofs", "squashfs", "nvme"];
+/// `qemu_fw_cfg` brings the Ignition config QEMU passes.
+pub const OPTIONAL_MODULES: &[&str] = &[
+    "virtio_scsi",
+    "sd_mod",
+    "erofs",
+    "squashfs",
+    "nvme",
+    "qemu_fw_cfg",
+];
 
 /// What went into an initramfs.
 #[derive(Debug, Clone)]

@@ -704,6 +704,9 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
     let packages = install(&mut tree, &plan.source, &plan.board)?;
     let id = os_id(&tree);
     make_usr_only(&mut tree).map_err(bad_input)?;
+    // What the kernel's and base-passwd's postinst would have made.
+    super::postinst::index(&mut tree, work)?;
+    super::postinst::base_passwd(&mut tree)?;
     // The update keys the OS trusts, under dm-verity with the rest of USR.
     for (name, pem) in &plan.trusted_keys {
         tree.add_file(

@@ -621,14 +621,48 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     run_ok(&mut tool("setup_board"));
     run_ok(&mut tool("build_packages"));
     run_ok(&mut tool("build_image"));
-    let out = run_ok(tool("test_image").args([
-        "--timeout",
-        BOOT_TIMEOUT,
-        "--marker",
-        "systemd-os: boot finished:",
-    ]));
+    // An Ignition v3 config, applied on the first boot by the OS's own
+    // Ignition (Debian's) that sdk-init runs in the new root: a user in a
+    // group base-passwd brings, a file, and a unit it enables, which
+    // prints what the other two made.
+    let ign = scratch.path().join("config.ign");
+    std::fs::write(
+        &ign,
+        r#"{
+  "ignition": {"version": "3.3.0"},
+  "passwd": {"users": [{"name": "core", "groups": ["sudo"],
+    "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest core@test"]}]},
+  "storage": {"files": [{"path": "/etc/ign-hello", "mode": 420,
+    "contents": {"source": "data:,hello%20from%20ignition"}}]},
+  "systemd": {"units": [{"name": "ign-proof.service", "enabled": true,
+    "contents": "[Unit]\nDescription=Ignition proof\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo ign-proof: $(cat /etc/ign-hello): $(id -Gn core): $(cat /home/core/.ssh/authorized_keys.d/ignition 2>/dev/null || cat /home/core/.ssh/authorized_keys) >/dev/console'\n[Install]\nWantedBy=multi-user.target\n"}]}
+}"#,
+    )
+    .unwrap();
+    chown_r(&user, &ign);
+    let out = run_ok(
+        tool("test_image")
+            .args([
+                "--timeout",
+                BOOT_TIMEOUT,
+                "--marker",
+                "systemd-os: boot finished:",
+                "--ignition",
+            ])
+            .arg(&ign),
+    );
     assert!(
         out.contains("systemd-os: boot finished: running: failed: none: usr=/dev/mapper/usr"),
         "{out}"
+    );
+    let latest = repo.join("__build__/images").join(BOARD).join("latest");
+    let log = std::fs::read_to_string(artifact(&latest, "_qemu_console.log")).unwrap();
+    let proof = log
+        .lines()
+        .find(|l| l.starts_with("ign-proof: "))
+        .unwrap_or_else(|| panic!("the Ignition unit did not run: {log}"));
+    assert!(
+        proof.starts_with("ign-proof: hello from ignition: core sudo: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest"),
+        "{proof}"
     );
 }

@@ -16,3 +16,6 @@ install -Dm0644 sshd_config "$DESTDIR/etc/ssh/sshd_config"
 mkdir -p "$DESTDIR/etc/systemd/system"
 ln -s /dev/null "$DESTDIR/etc/systemd/system/systemd-firstboot.service"
 printf 'LANG=C.UTF-8\n' > "$DESTDIR/etc/locale.conf"
+# No SELinux policy in this OS; Ignition reads this to know not to relabel.
+install -d "$DESTDIR/etc/selinux"
+printf 'SELINUX=disabled\nSELINUXTYPE=default\n' > "$DESTDIR/etc/selinux/config"
