@@ -39,6 +39,7 @@ PACKAGES=(
   xxd               # tests: the documented check of a disk image's blocks-sha256
   ignition          # ignition-validate: Ignition configs checked before a VM starts
   kmod              # depmod: build_image indexes the kernel modules, as the kernel's postinst would
+  openssh-client    # test_image --tests: ssh into the guest
   systemd           # systemd-repart: benchmark peer of build_image
 )
 

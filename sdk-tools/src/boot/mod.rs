@@ -10,6 +10,7 @@ pub mod cpio;
 pub mod disk;
 pub mod dm;
 pub mod esp;
+pub mod guest;
 pub mod ignition;
 pub mod init;
 pub mod initramfs;

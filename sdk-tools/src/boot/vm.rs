@@ -421,6 +421,7 @@ pub fn boot_and_wait(
     timeout: Duration,
     ignition: Option<&Path>,
     extra: &[String],
+    then: Option<&mut dyn FnMut(u16) -> Result<(), String>>,
 ) -> Result<TestOutcome, BootError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -471,8 +472,24 @@ pub fn boot_and_wait(
         if passed { "marker seen" } else { "no marker" },
     );
     drop(progress);
+    // With the marker seen and the VM still up: what the caller runs in
+    // it (tests over ssh); its failure fails the boot.
+    if let (true, Some(then)) = (passed, then) {
+        let result = match port.parse::<u16>() {
+            Ok(p) => then(p),
+            Err(_) => Err("no free port on the host's loopback for ssh".into()),
+        };
+        if let Err(why) = result {
+            watch.verdict = Some(Err(why));
+            watch.booted = true;
+        }
+    }
     let _ = child.kill();
     let status = child.wait().ok();
+    // What the console said meanwhile still goes to the log.
+    while let Ok(Some(line)) = rx.try_recv() {
+        let _ = watch.log.write_all(&line);
+    }
     Ok(watch.outcome(status, start.elapsed(), console_log))
 }
 
@@ -523,6 +540,8 @@ struct Watch<'a> {
     last: std::collections::VecDeque<String>,
     corruption: Option<String>,
     verdict: Option<Result<String, String>>,
+    /// The boot itself went well (what failed came after the marker).
+    booted: bool,
 }
 
 impl<'a> Watch<'a> {
@@ -533,6 +552,7 @@ impl<'a> Watch<'a> {
             last: std::collections::VecDeque::new(),
             corruption: None,
             verdict: None,
+            booted: false,
         }
     }
 
@@ -582,7 +602,7 @@ impl<'a> Watch<'a> {
                 )),
             ),
         };
-        if let Some(r) = &mut reason {
+        if let Some(r) = reason.as_mut().filter(|_| !self.booted) {
             match &self.corruption {
                 Some(c) => r.push_str(&format!("; dm-verity reported corruption: {c}")),
                 None => {

@@ -144,6 +144,14 @@ pub struct TestImageArgs {
     /// An Ignition v3 config for the first boot (checked before QEMU starts).
     #[arg(long, value_name = "FILE")]
     pub ignition: Option<PathBuf>,
+    /// After the marker, run each script of DIR in the guest over ssh (as the
+    /// user `sdk-test`, provisioned through Ignition with a key made for the
+    /// run) and print TAP; exit 1 naming the tests that failed.
+    #[arg(long, value_name = "DIR")]
+    pub tests: Option<PathBuf>,
+    /// Seconds each test may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub test_timeout: u64,
 }
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
@@ -151,6 +159,36 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     if let Some(i) = &a.ignition {
         crate::boot::ignition::check(i).map_err(classify)?;
     }
+    // Tests in the guest: a key for this run, and a user with it added to
+    // the Ignition config (the user's own merged in).
+    let scripts = a
+        .tests
+        .as_deref()
+        .map(crate::boot::guest::test_scripts)
+        .transpose()
+        .map_err(classify)?;
+    let key = scripts
+        .as_ref()
+        .map(|_| crate::boot::guest::make_key())
+        .transpose()
+        .map_err(classify)?;
+    let provisioned = match &key {
+        Some(k) => {
+            let text = crate::boot::guest::ignition_config(a.ignition.as_deref(), &k.public)
+                .map_err(classify)?;
+            let f = tempfile::Builder::new()
+                .suffix(".ign")
+                .tempfile()
+                .context("a temporary Ignition config")?;
+            std::fs::write(f.path(), text).context("write the Ignition config")?;
+            Some(f)
+        }
+        None => None,
+    };
+    let ignition = provisioned
+        .as_ref()
+        .map(|f| f.path().to_path_buf())
+        .or(a.ignition.clone());
     let spec = VmSpec {
         image: image.clone(),
         format: a.format.into(),
@@ -172,13 +210,23 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         a.timeout,
         a.marker
     );
+    let timeout = Duration::from_secs(a.timeout);
+    let test_limit = Duration::from_secs(a.test_timeout);
+    let mut in_guest = |port: u16| -> Result<(), String> {
+        let (Some(scripts), Some(key)) = (&scripts, &key) else {
+            return Ok(());
+        };
+        crate::boot::guest::wait_for_ssh(&key.private, port, timeout)?;
+        crate::boot::guest::run_tests(scripts, &key.private, port, test_limit)
+    };
     let r = crate::boot::vm::boot_and_wait(
         &out.launcher,
         &out.console_log,
         &a.marker,
-        Duration::from_secs(a.timeout),
-        a.ignition.as_deref(),
+        timeout,
+        ignition.as_deref(),
         &a.qemu_args,
+        Some(&mut in_guest),
     )
     .map_err(classify)?;
     if r.passed {

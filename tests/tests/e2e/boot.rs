@@ -639,8 +639,22 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
 }"#,
     )
     .unwrap();
-    chown_r(&user, &ign);
-    let out = run_ok(
+    // The example's tests in the guest over ssh, and one that fails on
+    // purpose: TAP, the failure named, exit 1.
+    let tests = scratch.path().join("tests");
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(examples.join("tests"))
+            .arg(&tests),
+    );
+    std::fs::write(
+        tests.join("90-fails"),
+        "#!/bin/sh\necho failing on purpose\nexit 3\n",
+    )
+    .unwrap();
+    chown_r(&user, scratch.path());
+    let run = run_expect(
         tool("test_image")
             .args([
                 "--timeout",
@@ -649,12 +663,23 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
                 "systemd-os: boot finished:",
                 "--ignition",
             ])
-            .arg(&ign),
+            .arg(&ign)
+            .arg("--tests")
+            .arg(&tests),
+        1,
     );
-    assert!(
-        out.contains("systemd-os: boot finished: running: failed: none: usr=/dev/mapper/usr"),
-        "{out}"
-    );
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    for want in [
+        "1..4\n",
+        "ok 1 - 10-systemd-running\n",
+        "ok 2 - 20-usr-on-verity\n",
+        "ok 3 - 30-network-up\n",
+        "not ok 4 - 90-fails # exit 3\n# failing on purpose\n",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}\n{err}");
+    }
+    assert!(err.contains("1 of 4 tests failed: 90-fails"), "{err}");
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
     let log = std::fs::read_to_string(artifact(&latest, "_qemu_console.log")).unwrap();
     let proof = log

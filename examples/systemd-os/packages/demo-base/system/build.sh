@@ -19,3 +19,8 @@ printf 'LANG=C.UTF-8\n' > "$DESTDIR/etc/locale.conf"
 # No SELinux policy in this OS; Ignition reads this to know not to relabel.
 install -d "$DESTDIR/etc/selinux"
 printf 'SELINUX=disabled\nSELINUXTYPE=default\n' > "$DESTDIR/etc/selinux/config"
+# PAM's common-* files, which libpam-runtime's postinst makes with
+# pam-auth-update: pam_unix only (sshd, login and sudo read them).
+for f in pam.d/common-*; do
+  install -Dm0644 "$f" "$DESTDIR/etc/$f"
+done

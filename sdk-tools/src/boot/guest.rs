@@ -1,0 +1,294 @@
+//! Tests in a booted guest over ssh, the way kola runs them: `test_image`
+//! makes a key pair, provisions a user with it through Ignition (merged
+//! with the user's own config, if any), waits for ssh on the forwarded
+//! loopback port once the boot marker is seen, then runs each test script
+//! of a folder in the guest and prints TAP.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::BootError;
+
+/// The user the tests log in as (in group `sudo`).
+pub const TEST_USER: &str = "sdk-test";
+
+/// A key pair in a private temporary folder.
+pub struct GuestKey {
+    _dir: tempfile::TempDir,
+    pub private: PathBuf,
+    pub public: String,
+}
+
+fn tool(what: &str, e: impl std::fmt::Display) -> BootError {
+    BootError::Usage(format!("{what}: {e}"))
+}
+
+/// `ssh-keygen -t ed25519` without a passphrase.
+pub fn make_key() -> Result<GuestKey, BootError> {
+    let dir = tempfile::tempdir().map_err(|e| tool("a temporary folder for the key", e))?;
+    let private = dir.path().join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "sdk-tools test_image",
+            "-f",
+        ])
+        .arg(&private)
+        .output()
+        .map_err(|e| tool("ssh-keygen (Debian package openssh-client)", e))?;
+    if !out.status.success() {
+        return Err(tool("ssh-keygen", String::from_utf8_lossy(&out.stderr)));
+    }
+    let public = std::fs::read_to_string(private.with_extension("pub"))
+        .map_err(|e| tool("read the public key", e))?
+        .trim()
+        .to_string();
+    Ok(GuestKey {
+        _dir: dir,
+        private,
+        public,
+    })
+}
+
+/// Percent-encode for a `data:` URL.
+fn data_url(bytes: &[u8]) -> String {
+    let mut s = String::from("data:,");
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// An Ignition config that creates [`TEST_USER`] with `public` as its ssh
+/// key and merges `user_config` (already checked) into it.
+pub fn ignition_config(user_config: Option<&Path>, public: &str) -> Result<String, BootError> {
+    let mut cfg = serde_json::json!({
+        "ignition": {"version": "3.3.0"},
+        "passwd": {"users": [{
+            "name": TEST_USER,
+            "groups": ["sudo"],
+            "sshAuthorizedKeys": [public],
+        }]},
+    });
+    if let Some(p) = user_config {
+        let bytes = std::fs::read(p).map_err(|e| tool(&p.display().to_string(), e))?;
+        cfg["ignition"]["config"] = serde_json::json!({"merge": [{"source": data_url(&bytes)}]});
+    }
+    Ok(serde_json::to_string_pretty(&cfg).expect("plain data"))
+}
+
+fn ssh(key: &Path, port: u16) -> Command {
+    let mut c = Command::new("ssh");
+    c.arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("{TEST_USER}@127.0.0.1"));
+    c
+}
+
+/// Run `cmd` to its end or until `limit`, then kill it. Returns the exit
+/// code (None when killed or killed by a signal) and what it printed.
+fn run_for(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> (Option<i32>, String) {
+    let mut child = match cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return (None, format!("cannot run ssh: {e}")),
+    };
+    if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
+        let _ = w.write_all(data);
+    }
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut r| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    })
+    .collect();
+    let start = Instant::now();
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if start.elapsed() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => break None,
+        }
+    };
+    let mut out = Vec::new();
+    for r in readers {
+        out.extend(r.join().unwrap_or_default());
+    }
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Wait until ssh answers as [`TEST_USER`].
+pub fn wait_for_ssh(key: &Path, port: u16, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        let (code, out) = run_for(ssh(key, port).arg("true"), None, Duration::from_secs(15));
+        if code == Some(0) {
+            return Ok(());
+        }
+        last = out.trim().to_string();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(format!(
+        "ssh as {TEST_USER} did not answer within {}s ({last})",
+        timeout.as_secs()
+    ))
+}
+
+/// The test scripts of `dir`: its regular files, by name.
+pub fn test_scripts(dir: &Path) -> Result<Vec<PathBuf>, BootError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        BootError::Usage(format!(
+            "--tests {}: {e}; give a folder of test scripts",
+            dir.display()
+        ))
+    })?;
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(BootError::Usage(format!(
+            "--tests {}: no test scripts in it",
+            dir.display()
+        )));
+    }
+    Ok(v)
+}
+
+/// Run each script in the guest (copied in and run with its own `#!`, as
+/// [`TEST_USER`]), each within `limit`; print TAP on stdout. Err names the
+/// tests that failed.
+pub fn run_tests(
+    scripts: &[PathBuf],
+    key: &Path,
+    port: u16,
+    limit: Duration,
+) -> Result<(), String> {
+    println!("1..{}", scripts.len());
+    let mut failed = Vec::new();
+    for (i, script) in scripts.iter().enumerate() {
+        let name = script
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let body = match std::fs::read(script) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("not ok {} - {name} # cannot read it: {e}", i + 1);
+                failed.push(name);
+                continue;
+            }
+        };
+        let (code, out) = run_for(
+            ssh(key, port).arg(
+                "f=$(mktemp) && cat >\"$f\" && chmod +x \"$f\" && \"$f\"; rc=$?; rm -f \"$f\"; exit $rc",
+            ),
+            Some(&body),
+            limit,
+        );
+        match code {
+            Some(0) => println!("ok {} - {name}", i + 1),
+            Some(c) => println!("not ok {} - {name} # exit {c}", i + 1),
+            None => println!(
+                "not ok {} - {name} # no result within {}s",
+                i + 1,
+                limit.as_secs()
+            ),
+        }
+        if code != Some(0) {
+            for l in out.lines() {
+                println!("# {l}");
+            }
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} tests failed: {}",
+            failed.len(),
+            scripts.len(),
+            failed.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_user_is_added_and_the_users_config_merged() {
+        let d = tempfile::tempdir().unwrap();
+        let mine = d.path().join("mine.ign");
+        std::fs::write(&mine, "{\"ignition\": {\"version\": \"3.3.0\"}}").unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&ignition_config(Some(&mine), "ssh-ed25519 AAAA k").unwrap())
+                .unwrap();
+        assert_eq!(cfg["passwd"]["users"][0]["name"], TEST_USER);
+        assert_eq!(
+            cfg["ignition"]["config"]["merge"][0]["source"],
+            "data:,%7B%22ignition%22%3A%20%7B%22version%22%3A%20%223.3.0%22%7D%7D"
+        );
+    }
+}
