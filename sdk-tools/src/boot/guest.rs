@@ -214,17 +214,75 @@ pub fn test_scripts(dir: &Path) -> Result<Vec<PathBuf>, BootError> {
     Ok(v)
 }
 
+/// One test's result.
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub name: String,
+    /// Exit code; None when it did not finish in time (or could not run).
+    pub code: Option<i32>,
+    pub output: String,
+    pub seconds: f64,
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            c if c.is_control() && c != '\n' && c != '\t' => {
+                o.push_str(&format!("&#{};", c as u32))
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The results as JUnit XML (one suite), what CI systems read.
+pub fn junit(suite: &str, results: &[TestResult]) -> String {
+    let failures = results.iter().filter(|r| r.code != Some(0)).count();
+    let total: f64 = results.iter().map(|r| r.seconds).sum();
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">\n",
+        xml_escape(suite),
+        results.len()
+    );
+    for r in results {
+        x.push_str(&format!(
+            "<testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">",
+            xml_escape(suite),
+            xml_escape(&r.name),
+            r.seconds
+        ));
+        if r.code != Some(0) {
+            let msg = match r.code {
+                Some(c) => format!("exit {c}"),
+                None => "no result in time".to_string(),
+            };
+            x.push_str(&format!(
+                "<failure message=\"{}\">{}</failure>",
+                xml_escape(&msg),
+                xml_escape(&r.output)
+            ));
+        }
+        x.push_str(&format!(
+            "<system-out>{}</system-out></testcase>\n",
+            xml_escape(&r.output)
+        ));
+    }
+    x.push_str("</testsuite>\n</testsuites>\n");
+    x
+}
+
 /// Run each script in the guest (copied in and run with its own `#!`, as
-/// [`TEST_USER`]), each within `limit`; print TAP on stdout. Err names the
-/// tests that failed.
-pub fn run_tests(
-    scripts: &[PathBuf],
-    key: &Path,
-    port: u16,
-    limit: Duration,
-) -> Result<(), String> {
+/// [`TEST_USER`]), each within `limit`; print TAP on stdout and return
+/// every result.
+pub fn run_tests(scripts: &[PathBuf], key: &Path, port: u16, limit: Duration) -> Vec<TestResult> {
     println!("1..{}", scripts.len());
-    let mut failed = Vec::new();
+    let mut results = Vec::new();
     for (i, script) in scripts.iter().enumerate() {
         let name = script
             .file_name()
@@ -234,10 +292,16 @@ pub fn run_tests(
             Ok(b) => b,
             Err(e) => {
                 println!("not ok {} - {name} # cannot read it: {e}", i + 1);
-                failed.push(name);
+                results.push(TestResult {
+                    name,
+                    code: None,
+                    output: format!("cannot read it: {e}"),
+                    seconds: 0.0,
+                });
                 continue;
             }
         };
+        let started = Instant::now();
         let (code, out) = run_for(
             ssh(key, port).arg(
                 "f=$(mktemp) && cat >\"$f\" && chmod +x \"$f\" && \"$f\"; rc=$?; rm -f \"$f\"; exit $rc",
@@ -258,16 +322,31 @@ pub fn run_tests(
             for l in out.lines() {
                 println!("# {l}");
             }
-            failed.push(name);
         }
+        results.push(TestResult {
+            name,
+            code,
+            output: out,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
+    results
+}
+
+/// Err naming the tests that failed.
+pub fn verdict(results: &[TestResult]) -> Result<(), String> {
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| r.code != Some(0))
+        .map(|r| r.name.as_str())
+        .collect();
     if failed.is_empty() {
         Ok(())
     } else {
         Err(format!(
             "{} of {} tests failed: {}",
             failed.len(),
-            scripts.len(),
+            results.len(),
             failed.join(", ")
         ))
     }
@@ -276,6 +355,32 @@ pub fn run_tests(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn junit_names_failures_and_escapes_output() {
+        let r = vec![
+            TestResult {
+                name: "a".into(),
+                code: Some(0),
+                output: "fine".into(),
+                seconds: 1.0,
+            },
+            TestResult {
+                name: "b<".into(),
+                code: Some(3),
+                output: "x & y".into(),
+                seconds: 0.5,
+            },
+        ];
+        let x = junit("suite", &r);
+        assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
+        assert!(x.contains("name=\"b&lt;\""), "{x}");
+        assert!(
+            x.contains("<failure message=\"exit 3\">x &amp; y</failure>"),
+            "{x}"
+        );
+        assert!(verdict(&r).unwrap_err().contains("1 of 2 tests failed: b<"));
+    }
 
     #[test]
     fn the_test_user_is_added_and_the_users_config_merged() {

@@ -152,12 +152,28 @@ pub struct TestImageArgs {
     /// Seconds each test may take.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub test_timeout: u64,
+    /// Also write the test results as JUnit XML to FILE.
+    #[arg(long, value_name = "FILE", requires = "tests")]
+    pub junit: Option<PathBuf>,
 }
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     let image = a.sel.resolve()?;
     if let Some(i) = &a.ignition {
         crate::boot::ignition::check(i).map_err(classify)?;
+    }
+    if let Some(j) = &a.junit {
+        let dir = j
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(anyhow::Error::new(crate::exit::UsageError(format!(
+                "--junit {}: the folder {} does not exist",
+                j.display(),
+                dir.display()
+            ))));
+        }
     }
     // Tests in the guest: a key for this run, and a user with it added to
     // the Ignition config (the user's own merged in).
@@ -217,7 +233,12 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
             return Ok(());
         };
         crate::boot::guest::wait_for_ssh(&key.private, port, timeout)?;
-        crate::boot::guest::run_tests(scripts, &key.private, port, test_limit)
+        let results = crate::boot::guest::run_tests(scripts, &key.private, port, test_limit);
+        if let Some(path) = &a.junit {
+            std::fs::write(path, crate::boot::guest::junit("test_image", &results))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        crate::boot::guest::verdict(&results)
     };
     let r = crate::boot::vm::boot_and_wait(
         &out.launcher,

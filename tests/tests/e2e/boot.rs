@@ -665,7 +665,9 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
             ])
             .arg(&ign)
             .arg("--tests")
-            .arg(&tests),
+            .arg(&tests)
+            .arg("--junit")
+            .arg(scratch.path().join("junit.xml")),
         1,
     );
     let out = String::from_utf8_lossy(&run.stdout);
@@ -680,6 +682,18 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
         assert!(out.contains(want), "{want:?} not in:\n{out}\n{err}");
     }
     assert!(err.contains("1 of 4 tests failed: 90-fails"), "{err}");
+    // The JUnit file, as an XML parser reads it.
+    let parsed = run_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sys, xml.etree.ElementTree as E\n\
+                 s = E.parse(sys.argv[1]).getroot().find('testsuite')\n\
+                 print(s.get('tests'), s.get('failures'), ' '.join(c.get('name') for c in s.iter('testcase') if c.find('failure') is not None))",
+            )
+            .arg(scratch.path().join("junit.xml")),
+    );
+    assert_eq!(parsed.trim(), "4 1 90-fails");
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
     let log = std::fs::read_to_string(artifact(&latest, "_qemu_console.log")).unwrap();
     let proof = log
