@@ -148,10 +148,22 @@ impl Drop for Settle {
 }
 
 impl Settle {
+    /// A finished file: its sha256 and its sync, on other threads.
     fn start(path: &Path) -> Settle {
-        let mut s = Settle::start_composed(path, Vec::new());
+        let mut s = Settle::hashing(path, |p| {
+            let (size, sum) = sdk_common::fsutil::hash_file(p)?;
+            Ok((size, Some(hex::encode(sum)), None))
+        });
         s.start_sync();
         s
+    }
+
+    /// A finished sparse disk image: its blocks digest, holes unread.
+    fn start_blocks(path: &Path) -> Settle {
+        Settle::hashing(path, |p| {
+            let (size, sum) = sdk_common::fsutil::blocks_sha256(p)?;
+            Ok((size, None, Some(hex::encode(sum))))
+        })
     }
 
     /// Push the file's data to the disk (once it is all written).
@@ -160,57 +172,22 @@ impl Settle {
         self.sync = Some(std::thread::spawn(move || fs::File::open(&p)?.sync_data()));
     }
 
-    /// A finished sparse disk image: its blocks digest, holes unread.
-    fn start_blocks(path: &Path) -> Settle {
+    /// `digest` (size, sha256, blocks-sha256) of `path` on a thread of its own.
+    fn hashing(
+        path: &Path,
+        digest: fn(&Path) -> std::io::Result<(u64, Option<String>, Option<String>)>,
+    ) -> Settle {
         let p = path.to_path_buf();
         let hash = std::thread::spawn(move || {
-            let (size, sum) = sdk_common::fsutil::blocks_sha256(&p)?;
+            let (size, sha256, blocks_sha256) = digest(&p)?;
             Ok(Artifact {
                 name: p
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 size,
-                sha256: None,
-                blocks_sha256: Some(hex::encode(sum)),
-            })
-        });
-        Settle {
-            hash: Some(hash),
-            sync: None,
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// `path` as it will be once each `(offset, file)` of `pieces` is
-    /// copied in at its offset (the rest as it is now): hashing starts
-    /// while the copies are still being made.
-    fn start_composed(path: &Path, mut pieces: Vec<(u64, PathBuf)>) -> Settle {
-        use sdk_common::fsutil::hash_range;
-        use sha2::{Digest, Sha256};
-        pieces.sort();
-        let p = path.to_path_buf();
-        let hash = std::thread::spawn(move || {
-            let f = fs::File::open(&p)?;
-            let size = f.metadata()?.len();
-            let mut h = Sha256::new();
-            let mut pos = 0u64;
-            for (at, piece) in &pieces {
-                hash_range(&f, pos, at - pos, &mut h)?;
-                let src = fs::File::open(piece)?;
-                let len = src.metadata()?.len();
-                hash_range(&src, 0, len, &mut h)?;
-                pos = at + len;
-            }
-            hash_range(&f, pos, size - pos, &mut h)?;
-            Ok(Artifact {
-                name: p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                size,
-                sha256: Some(hex::encode(h.finalize())),
-                blocks_sha256: None,
+                sha256,
+                blocks_sha256,
             })
         });
         Settle {
