@@ -126,6 +126,9 @@ impl Stages {
     }
 }
 
+/// How an artifact is hashed: its size, sha256 and blocks-sha256.
+type Digest = fn(&Path) -> std::io::Result<(u64, Option<String>, Option<String>)>;
+
 /// A finished artifact's sha256, and its data reaching the disk (before
 /// the build is published), worked out on other threads while the build
 /// goes on: hashing takes a core, the sync waits on the device.
@@ -173,10 +176,7 @@ impl Settle {
     }
 
     /// `digest` (size, sha256, blocks-sha256) of `path` on a thread of its own.
-    fn hashing(
-        path: &Path,
-        digest: fn(&Path) -> std::io::Result<(u64, Option<String>, Option<String>)>,
-    ) -> Settle {
+    fn hashing(path: &Path, digest: Digest) -> Settle {
         let p = path.to_path_buf();
         let hash = std::thread::spawn(move || {
             let (size, sha256, blocks_sha256) = digest(&p)?;
