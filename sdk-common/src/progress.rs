@@ -114,6 +114,7 @@ impl Progress {
     /// During a long stage: on a terminal the spinner shows `msg` at once;
     /// otherwise a line at most every `every`.
     pub fn beat(&mut self, msg: &str, every: Duration) {
+        let msg = &printable(msg);
         if let Some(s) = &self.spinner {
             let stage = self.stage.as_ref().map(|(n, _)| n.as_str()).unwrap_or("");
             s.set_message(format!("{stage}: {msg}"));
@@ -145,6 +146,36 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish_spinner();
+    }
+}
+
+/// `text` fit for one status line: escape sequences (a guest's colours,
+/// cursor moves) and control characters (`\r`) out, at most 100 characters.
+/// Raw, they move the cursor under the spinner and leave its lines behind.
+pub fn printable(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then a final byte in @..~.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if !c.is_control() {
+            out.push(c);
+        }
+    }
+    let out = out.trim();
+    match out.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &out[..i]),
+        None => out.to_string(),
     }
 }
 
@@ -201,6 +232,15 @@ pub fn bytes(tool: &'static str, what: &str, total: u64) -> Box<dyn Fn(u64) + Sy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_text_is_made_printable() {
+        assert_eq!(
+            printable("\u{1b}[0;32m  OK  \u{1b}[0m] Started x\r"),
+            "OK  ] Started x"
+        );
+        assert_eq!(printable(&"y".repeat(150)).chars().count(), 101);
+    }
 
     #[test]
     fn timestamps_are_utc_seconds() {

@@ -564,7 +564,9 @@ impl<'a> Watch<'a> {
             if self.last.len() == 4 {
                 self.last.pop_front();
             }
-            self.last.push_back(t.to_string());
+            // Without the guest's colours and cursor moves: they go into
+            // a one-line failure reason.
+            self.last.push_back(sdk_common::progress::printable(t));
         }
         if text.contains("verity")
             && (text.contains("corrupted") || text.contains("mismatch"))
