@@ -1095,6 +1095,7 @@ fn usr_nodes(tree: &Tree) -> Vec<ext4::Node> {
             },
             Kind::Symlink { target } => ext4::Content::Symlink(target.clone()),
         },
+        xattrs: e.xattrs.clone(),
     };
     let mut nodes = Vec::with_capacity(tree.entries().len());
     match tree.get("usr") {
@@ -1105,6 +1106,7 @@ fn usr_nodes(tree: &Tree) -> Vec<ext4::Node> {
             uid: 0,
             gid: 0,
             content: ext4::Content::Dir,
+            xattrs: Default::default(),
         }),
     }
     for (k, e) in tree.below("usr") {

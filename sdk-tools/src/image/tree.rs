@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{IoError, io_err};
+use crate::formats::fs::xattr::{self, Xattrs};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct Entry {
     pub gid: u32,
     /// The package (or layer) that put it there, for errors and the SBOM.
     pub origin: String,
+    /// Extended attributes (`security.capability`, ...).
+    pub xattrs: Xattrs,
 }
 
 impl Entry {
@@ -313,6 +316,7 @@ impl Tree {
                 uid: 0,
                 gid: 0,
                 origin: origin.to_string(),
+                xattrs: Xattrs::new(),
             },
         );
         Ok(())
@@ -392,6 +396,7 @@ impl Tree {
                 uid,
                 gid,
                 origin,
+                xattrs: Xattrs::new(),
             },
         );
     }
@@ -569,6 +574,7 @@ impl Tree {
                         uid: ids.uid(md.uid()),
                         gid: ids.gid(md.gid()),
                         origin: origin.to_string(),
+                        xattrs: Xattrs::new(),
                     },
                 ))
             })
@@ -608,6 +614,13 @@ impl Tree {
                 self.apply_whiteout(&path, w, origin, &added)?;
                 continue;
             }
+            let xattrs = match entry.pax_extensions() {
+                Ok(Some(pax)) => xattr::from_pax(
+                    pax.flatten()
+                        .filter_map(|e| e.key().ok().map(|k| (k, e.value_bytes()))),
+                ),
+                _ => Xattrs::new(),
+            };
             let h = entry.header();
             let mode = h.mode().unwrap_or(0o644);
             let uid = h.uid().unwrap_or(0) as u32;
@@ -681,7 +694,13 @@ impl Tree {
                     });
                 }
             }
-            added.insert(self.resolve(&path, origin)?);
+            let resolved = self.resolve(&path, origin)?;
+            if !xattrs.is_empty()
+                && let Some(e) = self.entries.get_mut(&resolved)
+            {
+                e.xattrs = xattrs;
+            }
+            added.insert(resolved);
         }
         Ok(())
     }
@@ -821,6 +840,12 @@ impl Tree {
                 }
                 Kind::Symlink { target } => h.update(target.as_bytes()),
             }
+            for (name, value) in &e.xattrs {
+                h.update([1]);
+                h.update(name.as_bytes());
+                h.update([0]);
+                h.update(value);
+            }
             h.update([0]);
         }
         h.finalize().into()
@@ -838,6 +863,15 @@ impl Tree {
             h.set_uid(u64::from(e.uid));
             h.set_gid(u64::from(e.gid));
             h.set_mtime(epoch);
+            if !e.xattrs.is_empty() {
+                let records: Vec<(String, &[u8])> = e
+                    .xattrs
+                    .iter()
+                    .map(|(n, v)| (format!("{}{n}", xattr::PAX_PREFIX), v.as_slice()))
+                    .collect();
+                b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .map_err(werr(k))?;
+            }
             match &e.kind {
                 Kind::Dir => {
                     h.set_entry_type(tar::EntryType::Directory);

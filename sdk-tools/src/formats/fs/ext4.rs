@@ -65,6 +65,9 @@ const RO_COMPAT_LARGE_FILE: u32 = 0x2;
 const RO_COMPAT_DIR_NLINK: u32 = 0x20;
 const RO_COMPAT_EXTRA_ISIZE: u32 = 0x40;
 const RO_COMPAT_READONLY: u32 = 0x1000;
+const COMPAT_EXT_ATTR: u32 = 0x8;
+/// Bytes for extended attributes after the inode's extra fields.
+const IBODY_XATTR: usize = INODE_SIZE as usize - 128 - EXTRA_ISIZE as usize;
 
 /// What one path holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +90,9 @@ pub struct Node {
     pub uid: u32,
     pub gid: u32,
     pub content: Content,
+    /// Extended attributes (`security.capability`, ...), kept in the
+    /// inode's spare bytes.
+    pub xattrs: super::xattr::Xattrs,
 }
 
 /// How to write it.
@@ -111,6 +117,9 @@ pub struct Options {
     /// Longest extent in blocks (32768); smaller in tests to exercise
     /// extent index blocks.
     pub max_extent: u64,
+    /// Set by [`write`] when a node has extended attributes (the
+    /// `ext_attr` feature).
+    pub xattrs: bool,
 }
 
 impl Default for Options {
@@ -125,6 +134,7 @@ impl Default for Options {
             slack_percent: 0,
             blocks_per_group: 32768,
             max_extent: 32768,
+            xattrs: false,
         }
     }
 }
@@ -324,7 +334,7 @@ impl Alloc {
 
 /// An inode to write.
 #[derive(Debug, Clone, Default)]
-struct Ino {
+struct Ino<'a> {
     st_mode: u16,
     uid: u32,
     gid: u32,
@@ -333,9 +343,10 @@ struct Ino {
     data: Vec<Run>,
     /// Extent leaf blocks, when the runs do not fit in the inode.
     leaves: Vec<u64>,
+    xattrs: Option<&'a super::xattr::Xattrs>,
 }
 
-impl Ino {
+impl Ino<'_> {
     fn blocks(&self) -> u64 {
         self.data.iter().map(|r| r.1).sum::<u64>() + self.leaves.len() as u64
     }
@@ -417,6 +428,18 @@ fn plan(nodes: &[Node]) -> Result<Plan<'_>, Ext4Error> {
     for (i, n) in nodes.iter().enumerate() {
         if index.insert(n.path.as_str(), i).is_some() {
             return Err(bad(&n.path, "listed twice"));
+        }
+        if !n.xattrs.is_empty() && super::xattr::ext4_ibody(&n.xattrs, IBODY_XATTR).is_none() {
+            return Err(bad(
+                &n.path,
+                format!(
+                    "its extended attributes ({} bytes of names and values) do not fit the {IBODY_XATTR} bytes an inode holds; keep them short",
+                    n.xattrs
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+                ),
+            ));
         }
     }
     let root = *index
@@ -705,7 +728,7 @@ fn encode(
     epoch: u64,
     leaves: &mut Vec<(u64, Vec<u8>)>,
 ) -> [u8; INODE_SIZE as usize] {
-    match inline {
+    let mut b = match inline {
         Some(target) => {
             let mut root = [0u8; 60];
             root[..target.len()].copy_from_slice(target);
@@ -716,7 +739,13 @@ fn encode(
             leaves.extend(blocks);
             inode_bytes(ino, &root, EXTENTS_FL, epoch)
         }
+    };
+    if let Some(attrs) = ino.xattrs.filter(|a| !a.is_empty()) {
+        // `plan` refused attributes that do not fit.
+        let area = super::xattr::ext4_ibody(attrs, IBODY_XATTR).unwrap_or_default();
+        b[INODE_SIZE as usize - area.len()..].copy_from_slice(&area);
     }
+    b
 }
 
 fn inode_bytes(ino: &Ino, i_block: &[u8; 60], flags: u32, epoch: u64) -> [u8; INODE_SIZE as usize] {
@@ -782,6 +811,11 @@ pub fn write(
         return Err(Ext4Error::Label(opts.label.clone()));
     }
     let plan = plan(nodes)?;
+    let with_xattrs = Options {
+        xattrs: nodes.iter().any(|n| !n.xattrs.is_empty()),
+        ..opts.clone()
+    };
+    let opts = &with_xattrs;
     let lay = sized_layout(&plan, opts)?;
     let geo = &lay.geo;
     // Block numbers are 32-bit without the `64bit` feature: 16 TiB.
@@ -922,6 +956,7 @@ fn write_inodes(
             links: 1,
             data: lay.data[i].clone(),
             leaves: lay.leaves[i].clone(),
+            xattrs: Some(&n.xattrs),
             ..Ino::default()
         };
         let mut inline = None;
@@ -1073,6 +1108,9 @@ fn superblock(
     put32(&mut s, 0x54, LPF_INO);
     put16(&mut s, 0x58, INODE_SIZE as u16);
     put16(&mut s, 0x5A, group as u16);
+    if opts.xattrs {
+        put32(&mut s, 0x5C, COMPAT_EXT_ATTR);
+    }
     put32(
         &mut s,
         0x60,
@@ -1214,6 +1252,7 @@ mod tests {
             uid: 0,
             gid: 0,
             content: Content::Dir,
+            xattrs: Default::default(),
         };
         let err = plan(&[dir("a")]).err().unwrap().to_string();
         assert!(err.contains("no root directory"), "{err}");
@@ -1235,6 +1274,7 @@ mod tests {
             uid: 0,
             gid: 0,
             content: Content::Dir,
+            xattrs: Default::default(),
         }];
         let add_dir = |nodes: &mut Vec<Node>, p: &str, mode: u32, uid: u32| {
             nodes.push(Node {
@@ -1243,6 +1283,7 @@ mod tests {
                 uid,
                 gid: uid,
                 content: Content::Dir,
+                xattrs: Default::default(),
             });
         };
         add_dir(&mut nodes, "bin", 0o755, 0);
@@ -1263,8 +1304,16 @@ mod tests {
                     source: src,
                     size: *size as u64,
                 },
+                xattrs: Default::default(),
             });
         }
+        // Attributes: a file capability, and a user attribute on a
+        // directory.
+        nodes[6].xattrs.insert(
+            crate::formats::fs::xattr::CAPABILITY.into(),
+            crate::formats::fs::xattr::capability_from_text("cap_net_raw+ep").unwrap(),
+        );
+        nodes[4].xattrs.insert("user.note".into(), b"kept".to_vec());
         let src = dir.join("small");
         std::fs::write(&src, b"x").unwrap();
         for k in 0..300 {
@@ -1277,6 +1326,7 @@ mod tests {
                     source: src.clone(),
                     size: 1,
                 },
+                xattrs: Default::default(),
             });
         }
         nodes.push(Node {
@@ -1285,6 +1335,7 @@ mod tests {
             uid: 0,
             gid: 0,
             content: Content::Symlink("../bin/file-1".into()),
+            xattrs: Default::default(),
         });
         nodes.push(Node {
             path: "lib/long".into(),
@@ -1292,6 +1343,7 @@ mod tests {
             uid: 0,
             gid: 0,
             content: Content::Symlink(format!("../{}/x", "d".repeat(120))),
+            xattrs: Default::default(),
         });
         nodes.sort_by(|a, b| a.path.cmp(&b.path));
         nodes
@@ -1375,6 +1427,10 @@ mod tests {
                 "{}: {text}",
                 n.path
             );
+            for (name, value) in &n.xattrs {
+                let want = format!("{name} ({})", value.len());
+                assert!(text.contains(&want), "{}: {want} not in {text}", n.path);
+            }
         }
         let sb = tool(&["dumpe2fs", "-h", img.to_str().unwrap()]);
         let text = String::from_utf8_lossy(&sb.stdout);

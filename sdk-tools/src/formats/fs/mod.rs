@@ -36,6 +36,7 @@
 //! writer that takes owners, modes and times from the staging table.
 
 pub mod ext4;
+pub mod xattr;
 
 use sdk_common::error::BadInput;
 use std::fmt::Write as _;
