@@ -57,6 +57,15 @@ pub enum AttrError {
         path: String,
         mode: u32,
     },
+    #[error(
+        "a {fs} image built unprivileged cannot carry extended attributes, but /{path} has {name} (from {origin}); use ext4 (the `fs` of USR-A in the disk layout)"
+    )]
+    Xattrs {
+        fs: &'static str,
+        path: String,
+        name: String,
+        origin: String,
+    },
 }
 
 /// The attributes of `prefix` (as `/`) and everything below it.
@@ -157,6 +166,18 @@ pub fn read_only_owners(
 ) -> anyhow::Result<()> {
     use crate::formats::fs::{FsType, Ownership};
     use anyhow::Context;
+    let below = tree.get(prefix).map(|e| (prefix, e)).into_iter();
+    let below = below.chain(tree.below(prefix).map(|(k, e)| (k.as_str(), e)));
+    for (path, e) in below {
+        if let Some(name) = e.xattrs.keys().next() {
+            return Err(sdk_common::error::bad_input(AttrError::Xattrs {
+                fs: fs.name(),
+                path: path.to_string(),
+                name: name.clone(),
+                origin: e.origin.clone(),
+            }));
+        }
+    }
     let attrs = attrs_of(tree, prefix);
     if fs == FsType::Squashfs {
         std::fs::write(

@@ -1059,7 +1059,20 @@ fn write_outputs(
         },
         &ins.packages,
     );
-    let files: [(String, Vec<u8>); 5] = [
+    let scripts = super::postinst::script_listing(&ins.tree, &ins.packages);
+    if scripts.lines > 0 {
+        eprintln!(
+            "build_image: {} maintainer-script lines of {} Debian packages were not reproduced at build time: see {}",
+            scripts.lines,
+            scripts.packages,
+            out.join(format!("{name}_maintscripts.txt")).display()
+        );
+    }
+    let files: [(String, Vec<u8>); 6] = [
+        (
+            format!("{name}_maintscripts.txt"),
+            scripts.text.into_bytes(),
+        ),
         ("version.txt".into(), texts.version.into_bytes()),
         (format!("{name}_verity.txt"), texts.verity.into_bytes()),
         (format!("{name}_packages.txt"), packages_txt.into_bytes()),

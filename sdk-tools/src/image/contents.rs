@@ -5,14 +5,18 @@
 //! /usr/bin/busybox  -rwxr-xr-x  0:0  2201616  <sha256>
 //! /usr/bin/sh  lrwxrwxrwx  0:0  7  -> busybox
 //! /usr/lib  drwxr-xr-x  0:0  -  -
+//! /usr/bin/ping  -rwxr-xr-x  0:0  90568  <sha256>  security.capability=cap_net_raw=ep
 //! ```
 //!
 //! Columns: path, `ls -l` mode, numeric uid:gid, size (bytes; a symlink's
-//! target length; `-` for directories), sha256 (`-> target` for symlinks).
+//! target length; `-` for directories), sha256 (`-> target` for symlinks),
+//! and for paths that have extended attributes, a sixth: `name=value`
+//! each, space-separated (capabilities as `getcap` prints them).
 
 use std::fmt::Write;
 
 use super::tree::{Kind, Tree, mode_string};
+use crate::formats::fs::xattr;
 
 /// The contents list of everything under `prefix` (and `prefix` itself).
 pub fn contents_txt(tree: &Tree, prefix: &str) -> String {
@@ -25,13 +29,19 @@ pub fn contents_txt(tree: &Tree, prefix: &str) -> String {
             Kind::File { size, sha256 } => (size.to_string(), hex::encode(sha256)),
             Kind::Symlink { target } => (target.len().to_string(), format!("-> {target}")),
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "/{path}\t{}\t{}:{}\t{size}\t{sum}",
             mode_string(&e),
             e.uid,
             e.gid
         );
+        // Extended attributes, when there are any, as a sixth column.
+        for (i, (name, value)) in e.xattrs.iter().enumerate() {
+            let sep = if i == 0 { '\t' } else { ' ' };
+            let _ = write!(out, "{sep}{}", xattr::display(name, value));
+        }
+        out.push('\n');
     }
     out
 }

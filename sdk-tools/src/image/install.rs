@@ -73,6 +73,7 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<Pa
                 sha256: None,
                 depends: vec![],
                 debs: vec![],
+                maintainer_scripts: Default::default(),
             }])
         }
         Source::Oci(archive) => {
@@ -100,6 +101,7 @@ pub fn install(tree: &mut Tree, source: &Source, board: &Board) -> Result<Vec<Pa
                 sha256: got.manifest.strip_prefix("sha256:").map(str::to_string),
                 depends: vec![],
                 debs: vec![],
+                maintainer_scripts: Default::default(),
             }])
         }
         Source::Packages {
@@ -144,6 +146,7 @@ fn info_of(m: &PackageMeta) -> PackageInfo {
         sha256: Some(m.archive_sha256.clone()),
         depends: m.depends.clone(),
         debs: m.debs.clone(),
+        maintainer_scripts: m.maintainer_scripts.clone(),
     }
 }
 

@@ -36,4 +36,7 @@ pub struct PackageInfo {
     pub depends: Vec<String>,
     /// The Debian binary packages whose files it holds (binary imports).
     pub debs: Vec<crate::packages::binpkg::DebInfo>,
+    /// What the .debs' maintainer scripts do that the package build did
+    /// not.
+    pub maintainer_scripts: crate::packages::maintscripts::Report,
 }

@@ -9,6 +9,7 @@
 //!   among them), so first-boot provisioning (Ignition's `useradd`) finds
 //!   them before systemd-sysusers runs.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -91,4 +92,97 @@ pub fn index(tree: &mut Tree, work: &Path) -> Result<Vec<String>> {
         let _ = std::fs::remove_dir_all(&base);
     }
     Ok(versions)
+}
+
+/// What the packages' maintainer scripts would have done that the build
+/// did not, for `<image>_maintscripts.txt`: each account a script creates
+/// that no `sysusers.d` entry or base-passwd master file declares, then
+/// every script line not reproduced, as `package script:line: text`.
+pub struct ScriptListing {
+    pub text: String,
+    /// Lines listed.
+    pub lines: usize,
+    /// Debian packages with a listed line.
+    pub packages: usize,
+}
+
+/// The accounts the image declares: names of `u`/`g` lines in
+/// `sysusers.d` (`u` makes a group of its name too) and of base-passwd's
+/// master files.
+fn declared_accounts(tree: &Tree) -> BTreeSet<(char, String)> {
+    let mut out = BTreeSet::new();
+    let sysusers = tree
+        .entries()
+        .keys()
+        .filter(|k| k.contains("/sysusers.d/") && k.ends_with(".conf"))
+        .cloned()
+        .collect::<Vec<_>>();
+    for k in sysusers {
+        let Ok(text) = std::fs::read_to_string(tree.disk_path(&k)) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut w = line.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("u"), Some(name)) => {
+                    out.insert(('u', name.to_string()));
+                    out.insert(('g', name.to_string()));
+                }
+                (Some("g"), Some(name)) => {
+                    out.insert(('g', name.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    for (file, kind) in [("passwd.master", 'u'), ("group.master", 'g')] {
+        let k = format!("usr/share/base-passwd/{file}");
+        if let Ok(text) = std::fs::read_to_string(tree.disk_path(&k)) {
+            for line in text.lines() {
+                if let Some(name) = line.split(':').next().filter(|n| !n.is_empty()) {
+                    out.insert((kind, name.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn script_listing(tree: &Tree, packages: &[super::PackageInfo]) -> ScriptListing {
+    let declared = declared_accounts(tree);
+    let mut lines: Vec<String> = Vec::new();
+    let mut with_lines: BTreeSet<&str> = BTreeSet::new();
+    for p in packages {
+        for a in &p.maintainer_scripts.accounts {
+            let kind = if a.kind == "group" { 'g' } else { 'u' };
+            if !declared.contains(&(kind, a.name.clone())) {
+                with_lines.insert(&a.at.package);
+                lines.push(format!(
+                    "{} {}:{}: {} {} is created by the script; no sysusers.d entry declares it (add `{kind} {} -` to a sysusers.d file of a recipe)",
+                    a.at.package, a.at.script, a.at.line, a.kind, a.name, a.name
+                ));
+            }
+        }
+    }
+    for p in packages {
+        for n in &p.maintainer_scripts.unreproduced {
+            with_lines.insert(&n.package);
+            lines.push(format!("{} {}:{}: {}", n.package, n.script, n.line, n.text));
+        }
+    }
+    let mut text = String::from(
+        "# What the Debian packages' maintainer scripts do that this image's build did not\n\
+         # reproduce (build_image: setcap, update-alternatives and sysusers.d accounts are\n\
+         # reproduced; services, ldconfig, tmpfiles and host keys are the booted OS's work).\n\
+         # package script:line: what the script does\n",
+    );
+    for l in &lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    ScriptListing {
+        text,
+        lines: lines.len(),
+        packages: with_lines.len(),
+    }
 }

@@ -200,6 +200,7 @@ mod tests {
                 sha256: Some("00".repeat(32)),
                 depends: vec![],
                 debs: vec![],
+                maintainer_scripts: Default::default(),
             },
             PackageInfo {
                 name: "demo/hello".into(),
@@ -213,6 +214,7 @@ mod tests {
                     version: "2.36-9+deb12u10".into(),
                     architecture: "amd64".into(),
                 }],
+                maintainer_scripts: Default::default(),
             },
         ];
         let doc = spdx(

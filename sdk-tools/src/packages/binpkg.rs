@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::maintscripts::Report;
 use super::recipe::Kind;
 
 /// Version of the metadata format.
@@ -66,6 +67,10 @@ pub struct FileEntry {
     /// Symlink target, or the path a hard link points to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Extended attributes as `name=value` (`getcap`'s text for
+    /// capabilities), as the contents list shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<String>,
 }
 
 /// A Debian package folded into an imported binary package.
@@ -100,6 +105,10 @@ pub struct PackageMeta {
     /// For binary imports: the .debs whose files this package holds.
     #[serde(default)]
     pub debs: Vec<DebInfo>,
+    /// For binary imports: what their maintainer scripts do that the
+    /// build did not (see `maintscripts`).
+    #[serde(default, skip_serializing_if = "Report::is_empty")]
+    pub maintainer_scripts: Report,
     /// File name of the archive, in the same directory as this metadata.
     pub archive: String,
     pub archive_sha256: String,
@@ -142,6 +151,8 @@ pub struct Item {
     pub user: String,
     pub group: String,
     pub data: Data,
+    /// Extended attributes (`security.capability`).
+    pub xattrs: crate::formats::fs::xattr::Xattrs,
 }
 
 impl Item {
@@ -155,6 +166,7 @@ impl Item {
             user: "root".into(),
             group: "root".into(),
             data: Data::None,
+            xattrs: Default::default(),
         }
     }
 }
@@ -283,7 +295,27 @@ pub fn write_archive(
             size: 0,
             sha256: None,
             target: None,
+            xattrs: item
+                .xattrs
+                .iter()
+                .map(|(n, v)| crate::formats::fs::xattr::display(n, v))
+                .collect(),
         };
+        if !item.xattrs.is_empty() {
+            let records: Vec<(String, &[u8])> = item
+                .xattrs
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        format!("{}{n}", crate::formats::fs::xattr::PAX_PREFIX),
+                        v.as_slice(),
+                    )
+                })
+                .collect();
+            builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .map_err(io(out))?;
+        }
         match (&item.kind, &item.data) {
             (FileKind::Dir, _) => {
                 header.set_entry_type(tar::EntryType::Directory);

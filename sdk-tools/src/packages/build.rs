@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::binpkg::{self, Content, PackageMeta};
 use super::crossroot::{CrossRoot, Installer, write_atomic};
 use super::recipe::{Recipe, RecipeKind, RecipeSet};
-use super::{builder, debimport, graph, hash};
+use super::{builder, debimport, graph, hash, maintscripts};
 use crate::board::Board;
 use crate::exit::UsageError;
 
@@ -338,7 +338,8 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
     )?;
     drop(header);
     let mut debs = Vec::new();
-    let content: Content = match &recipe.kind {
+    let mut scripts = maintscripts::Report::default();
+    let mut content: Content = match &recipe.kind {
         RecipeKind::Build(spec) => builder::build(recipe, spec, board, cross, job.jobs, log)?,
         RecipeKind::Binary(spec) => {
             let have = {
@@ -354,7 +355,7 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
                 let metas: Vec<&PackageMeta> = closure.iter().filter_map(|n| inst.get(n)).collect();
                 debimport::debs_of(&metas)
             };
-            let (content, infos) = debimport::import(
+            let (content, infos, report) = debimport::import(
                 &cross.cache_dir(),
                 &board.debian_arch,
                 &spec.for_arch(&board.debian_arch),
@@ -362,6 +363,7 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
             )
             .with_context(|| format!("{}: import Debian packages", recipe.name))?;
             debs = infos;
+            scripts = report;
             let mut log_file = std::fs::OpenOptions::new().append(true).open(log)?;
             for d in &debs {
                 writeln!(
@@ -374,7 +376,23 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
         }
         RecipeKind::Meta => Content::new(),
     };
-    let meta = pack(job, content, debs)?;
+    for (path, text) in &recipe.capabilities {
+        let value = crate::formats::fs::xattr::capability_from_text(text)?;
+        match content.get_mut(path) {
+            Some(item) if item.kind == binpkg::FileKind::File => {
+                item.xattrs
+                    .insert(crate::formats::fs::xattr::CAPABILITY.into(), value);
+            }
+            _ => {
+                return Err(UsageError(format!(
+                    "{}: capabilities: the package holds no file /{path}; fix the path or remove the line",
+                    recipe.file().display()
+                ))
+                .into());
+            }
+        }
+    }
+    let meta = pack(job, content, debs, scripts)?;
     job.installer.lock().unwrap().install(&meta)?;
     if matches!(recipe.kind, RecipeKind::Build(_)) {
         builder::clean(cross, recipe);
@@ -384,7 +402,12 @@ fn run_job(job: &Job, log: &Path) -> Result<Outcome> {
 
 /// Write the binary package (archive, then metadata: the metadata file
 /// appearing is what makes the package exist).
-fn pack(job: &Job, content: Content, debs: Vec<binpkg::DebInfo>) -> Result<PackageMeta> {
+fn pack(
+    job: &Job,
+    content: Content,
+    debs: Vec<binpkg::DebInfo>,
+    maintainer_scripts: maintscripts::Report,
+) -> Result<PackageMeta> {
     let Job {
         recipe,
         planned,
@@ -428,6 +451,7 @@ fn pack(job: &Job, content: Content, debs: Vec<binpkg::DebInfo>) -> Result<Packa
         depends: recipe.depends.clone(),
         build_depends: recipe.build_depends.clone(),
         debs,
+        maintainer_scripts,
         archive,
         archive_sha256: sha,
         files,

@@ -706,6 +706,7 @@ mod tests {
             depends: vec![],
             build_depends: vec![],
             debs: vec![],
+            maintainer_scripts: Default::default(),
             archive,
             archive_sha256: sha,
             files,

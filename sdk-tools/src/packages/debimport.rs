@@ -10,7 +10,7 @@
 //! `/usr/...`) because the OS is /usr-merged. Maintainer scripts are not
 //! run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{Context, Result, bail};
 
 use super::binpkg::{Content, Data, DebInfo, FileKind, Item, PackageMeta};
+use super::maintscripts::{self, Analysis, Note, Report};
 use crate::cmd::CommandExt;
 
 /// A private apt state for one Debian architecture, locked against other
@@ -298,6 +299,7 @@ pub fn unpack_deb(deb: &Path, content: &mut Content) -> Result<()> {
             user: h.username().ok().flatten().unwrap_or("root").to_string(),
             group: h.groupname().ok().flatten().unwrap_or("root").to_string(),
             data: Data::None,
+            xattrs: Default::default(),
         };
         match h.entry_type() {
             tar::EntryType::Directory => {
@@ -343,14 +345,104 @@ pub fn unpack_deb(deb: &Path, content: &mut Content) -> Result<()> {
     Ok(())
 }
 
+/// A .deb's `preinst` and `postinst` (those it has), as text.
+fn maintainer_scripts(deb: &Path) -> Result<Vec<(String, String)>> {
+    let ctrl = Command::new("dpkg-deb")
+        .arg("--ctrl-tarfile")
+        .arg(deb)
+        .run_capture()
+        .with_context(|| format!("read the control part of {}", deb.display()))?;
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(ctrl.as_slice());
+    for entry in archive.entries().context("read .deb control")? {
+        let mut entry = entry.context("read .deb control")?;
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name == "preinst" || name == "postinst" {
+            let mut text = Vec::new();
+            entry.read_to_end(&mut text)?;
+            out.push((name, String::from_utf8_lossy(&text).into_owned()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Do at build time what the scripts' analysis can: file capabilities
+/// on the files, the links of each alternative's highest priority. The
+/// rest goes into the returned report.
+fn apply_scripts(content: &mut Content, found: Vec<(String, Analysis)>) -> Report {
+    use crate::formats::fs::xattr;
+    let mut report = Report::default();
+    let mut best: BTreeMap<String, maintscripts::Alternative> = BTreeMap::new();
+    for (package, a) in found {
+        for (path, text) in a.capabilities {
+            let rel = merge_usr(path.trim_start_matches('/'));
+            let value = xattr::capability_from_text(&text);
+            match (content.get_mut(&rel), value) {
+                (Some(item), Ok(v)) if item.kind == FileKind::File => {
+                    item.xattrs.insert(xattr::CAPABILITY.into(), v);
+                }
+                _ => report.unreproduced.push(Note {
+                    package: package.clone(),
+                    script: "postinst".into(),
+                    line: 0,
+                    text: format!(
+                        "setcap {text} {path} (no such file in the package, or bad capability text)"
+                    ),
+                }),
+            }
+        }
+        for alt in a.alternatives {
+            match best.get(&alt.name) {
+                Some(b) if b.priority >= alt.priority => {}
+                _ => {
+                    best.insert(alt.name.clone(), alt);
+                }
+            }
+        }
+        report.accounts.extend(a.accounts);
+        report.unreproduced.extend(a.unreproduced);
+    }
+    for alt in best.values() {
+        let link = merge_usr(alt.link.trim_start_matches('/'));
+        let target = merge_usr(alt.path.trim_start_matches('/'));
+        if !content.contains_key(&target) {
+            continue; // the alternative's file is not in this package set
+        }
+        let chosen = format!("etc/alternatives/{}", alt.name);
+        for (path, to) in [
+            (link, format!("/{chosen}")),
+            (chosen.clone(), format!("/{target}")),
+        ] {
+            if content
+                .get(&path)
+                .is_some_and(|i| i.kind != FileKind::Symlink)
+            {
+                continue; // a real file wins over an alternative's link
+            }
+            let mut item = Item::root_dir(0o777);
+            item.kind = FileKind::Symlink;
+            item.data = Data::Link(to);
+            content.insert(path, item);
+        }
+    }
+    report
+}
+
 /// Import a binary recipe: resolve, download, unpack. `installed` are the
 /// .debs the recipe's dependencies already hold (not imported again).
+/// What the packages' maintainer scripts would have done is done where
+/// it can be (see `maintscripts`) and reported where it cannot.
 pub fn import(
     cache: &Path,
     debian_arch: &str,
     alternatives: &[Vec<String>],
     installed: &[DebInfo],
-) -> Result<(Content, Vec<DebInfo>)> {
+) -> Result<(Content, Vec<DebInfo>, Report)> {
     let apt = Apt::open(cache, debian_arch)?;
     apt.update()?;
     let mut names = Vec::new();
@@ -360,8 +452,15 @@ pub fn import(
     let debs = apt.fetch(&names, installed)?;
     let mut content = Content::new();
     let mut infos = Vec::new();
+    let mut found = Vec::new();
     for (info, path) in debs {
         unpack_deb(&path, &mut content)?;
+        for (script, text) in maintainer_scripts(&path)? {
+            found.push((
+                info.package.clone(),
+                maintscripts::analyse(&info.package, &script, &text),
+            ));
+        }
         infos.push(info);
     }
     if content.is_empty() {
@@ -377,9 +476,10 @@ pub fn import(
             tracing::warn!(path, "hard link to a later entry; stored as an empty file");
         }
     }
+    let report = apply_scripts(&mut content, found);
     super::binpkg::add_parents(&mut content);
     infos.sort();
-    Ok((content, infos))
+    Ok((content, infos, report))
 }
 
 /// The .debs the given installed packages hold.

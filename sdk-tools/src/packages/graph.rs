@@ -110,6 +110,7 @@ mod tests {
                     depends: deps.iter().map(|s| s.to_string()).collect(),
                     build_depends: bdeps.iter().map(|s| s.to_string()).collect(),
                     kind: RecipeKind::Meta,
+                    capabilities: Default::default(),
                 },
             );
         }

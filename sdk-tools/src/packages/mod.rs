@@ -52,4 +52,5 @@ pub mod debimport;
 pub mod graph;
 pub mod hash;
 pub mod isolate;
+pub mod maintscripts;
 pub mod recipe;

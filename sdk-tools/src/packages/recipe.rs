@@ -64,6 +64,9 @@ struct RawRecipe {
     build_depends: Vec<toml::Spanned<String>>,
     build: Option<toml::Spanned<RawBuild>>,
     binary: Option<toml::Spanned<RawBinary>>,
+    /// File capabilities: `"usr/bin/tool" = "cap_net_raw+ep"`.
+    #[serde(default)]
+    capabilities: BTreeMap<String, toml::Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +168,9 @@ pub struct Recipe {
     /// Build-time dependencies.
     pub build_depends: Vec<String>,
     pub kind: RecipeKind,
+    /// File capabilities the package's files get (path without the
+    /// leading `/` -> `setcap` text), whatever its scripts say.
+    pub capabilities: BTreeMap<String, String>,
 }
 
 impl Recipe {
@@ -272,6 +278,24 @@ pub fn parse(name: &str, dir: &Path, text: &str) -> Result<Recipe, ParseError> {
             RecipeKind::Meta
         }
     };
+    let mut capabilities = BTreeMap::new();
+    for (path, text) in raw.capabilities {
+        let rel = path.trim_start_matches('/').to_string();
+        if rel.is_empty()
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(src.at(
+                text.span(),
+                format!("capabilities: {path:?} is not a path inside the package; write it like \"usr/bin/ping\""),
+            ));
+        }
+        if let Err(e) = crate::formats::fs::xattr::capability_from_text(text.get_ref()) {
+            return Err(src.at(text.span(), format!("capabilities: {path}: {e}")));
+        }
+        capabilities.insert(rel, text.into_inner());
+    }
     Ok(Recipe {
         name: name.to_string(),
         dir: dir.to_path_buf(),
@@ -280,6 +304,7 @@ pub fn parse(name: &str, dir: &Path, text: &str) -> Result<Recipe, ParseError> {
         depends,
         build_depends,
         kind,
+        capabilities,
     })
 }
 

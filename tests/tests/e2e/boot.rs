@@ -673,15 +673,16 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     let out = String::from_utf8_lossy(&run.stdout);
     let err = String::from_utf8_lossy(&run.stderr);
     for want in [
-        "1..4\n",
+        "1..5\n",
         "ok 1 - 10-systemd-running\n",
         "ok 2 - 20-usr-on-verity\n",
         "ok 3 - 30-network-up\n",
-        "not ok 4 - 90-fails # exit 3\n# failing on purpose\n",
+        "ok 4 - 40-ping-as-user\n",
+        "not ok 5 - 90-fails # exit 3\n# failing on purpose\n",
     ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}\n{err}");
     }
-    assert!(err.contains("1 of 4 tests failed: 90-fails"), "{err}");
+    assert!(err.contains("1 of 5 tests failed: 90-fails"), "{err}");
     // The JUnit file, as an XML parser reads it.
     let parsed = run_ok(
         Command::new("python3")
@@ -693,8 +694,46 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
             )
             .arg(scratch.path().join("junit.xml")),
     );
-    assert_eq!(parsed.trim(), "4 1 90-fails");
+    assert_eq!(parsed.trim(), "5 1 90-fails");
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
+    // What the maintainer scripts did, done at build time: ping's
+    // capability in the contents list (and in the guest, test 40), `which`
+    // through its alternative; what was not reproduced is listed with
+    // package, script and line.
+    let contents = std::fs::read_to_string(artifact(&latest, "_contents.txt")).unwrap();
+    let ping = contents
+        .lines()
+        .find(|l| l.starts_with("/usr/bin/ping\t"))
+        .unwrap_or_else(|| panic!("no /usr/bin/ping in the contents list"));
+    assert!(
+        ping.ends_with("\tsecurity.capability=cap_net_raw=ep"),
+        "{ping}"
+    );
+    for (path, target) in [
+        ("/usr/bin/which", "/etc/alternatives/which"),
+        (
+            "/usr/share/factory/etc/alternatives/which",
+            "/usr/bin/which.debianutils",
+        ),
+    ] {
+        assert!(
+            contents.lines().any(
+                |l| l.starts_with(&format!("{path}\t")) && l.ends_with(&format!("-> {target}"))
+            ),
+            "{path} -> {target} not in the contents list"
+        );
+    }
+    let listing = std::fs::read_to_string(artifact(&latest, "_maintscripts.txt")).unwrap();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("openssh-server postinst:") && l.contains("ucf ")),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("user sshd is created"),
+        "sshd is declared by the recipe's sysusers.d: {listing}"
+    );
     let log = std::fs::read_to_string(artifact(&latest, "_qemu_console.log")).unwrap();
     let proof = log
         .lines()
