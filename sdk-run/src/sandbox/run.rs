@@ -85,6 +85,34 @@ fn name_and_repo(opts: &RunOptions, cwd: &Path) -> anyhow::Result<Place> {
     })
 }
 
+/// A sandbox named after a repo's versions belongs to the repo it was
+/// made in. Another repo with the same `sdk-version` and `os-version`
+/// derives the same name: refuse rather than enter the first repo's
+/// sandbox with the wrong source bound. A name given with `-n` is the
+/// caller's choice and is entered from anywhere.
+fn check_source(
+    name: &str,
+    named: bool,
+    repo: &Path,
+    recorded: Option<&Path>,
+) -> anyhow::Result<()> {
+    let Some(recorded) = recorded.filter(|_| !named) else {
+        return Ok(());
+    };
+    if recorded == repo {
+        return Ok(());
+    }
+    let here = std::fs::canonicalize(repo).unwrap_or_else(|_| repo.to_path_buf());
+    if recorded == here {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "sandbox {name} belongs to the repo at {} and this is {}: both have the same sdk-version and os-version; work in that one from there, or give this repo its own sandbox with -n NAME",
+        recorded.display(),
+        here.display()
+    )))
+}
+
 /// `--image` (or the repo's `sdk-image` for a sandbox made here): the store
 /// image's unpacked tree, checked before anything changes.
 fn resolve_image(state_dir: &StateDir, name: &str) -> anyhow::Result<PathBuf> {
@@ -170,11 +198,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         || opts.image.is_some()
         || opts.net.is_some();
 
-    // Hot path: running, nothing to check.
+    // Hot path: running, nothing to check but whose repo it is.
     if !opts.rm
         && !asks
         && let Some(st) = read_state(&sb).filter(is_running)
     {
+        check_source(
+            name.as_str(),
+            opts.name.is_some(),
+            &repo,
+            st.source.as_deref(),
+        )?;
         return enter::enter(&st, &eo);
     }
 
@@ -266,6 +300,14 @@ fn check_request(
     }
     if exists {
         let cfg: Config = read_json(&sb.config())?;
+        if let Some(repo) = version::find_repo(cwd) {
+            check_source(
+                name.as_str(),
+                opts.name.is_some(),
+                &repo,
+                cfg.source.as_deref(),
+            )?;
+        }
         check_matches(
             &cfg,
             &volumes,

@@ -224,6 +224,20 @@ pub struct TestResult {
     pub seconds: f64,
 }
 
+/// The exit code a test script uses to say it had nothing to check here
+/// (the automake convention): TAP `# SKIP`, not a failure.
+pub const SKIP_CODE: i32 = 77;
+
+impl TestResult {
+    pub fn skipped(&self) -> bool {
+        self.code == Some(SKIP_CODE)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.code == Some(0) || self.skipped()
+    }
+}
+
 fn xml_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -243,10 +257,11 @@ fn xml_escape(s: &str) -> String {
 
 /// The results as JUnit XML (one suite), what CI systems read.
 pub fn junit(suite: &str, results: &[TestResult]) -> String {
-    let failures = results.iter().filter(|r| r.code != Some(0)).count();
+    let failures = results.iter().filter(|r| !r.passed()).count();
+    let skipped = results.iter().filter(|r| r.skipped()).count();
     let total: f64 = results.iter().map(|r| r.seconds).sum();
     let mut x = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n",
         xml_escape(suite),
         results.len()
     );
@@ -257,7 +272,12 @@ pub fn junit(suite: &str, results: &[TestResult]) -> String {
             xml_escape(&r.name),
             r.seconds
         ));
-        if r.code != Some(0) {
+        if r.skipped() {
+            x.push_str(&format!(
+                "<skipped message=\"{}\"/>",
+                xml_escape(r.output.lines().next().unwrap_or(""))
+            ));
+        } else if !r.passed() {
             let msg = match r.code {
                 Some(c) => format!("exit {c}"),
                 None => "no result in time".to_string(),
@@ -311,6 +331,11 @@ pub fn run_tests(scripts: &[PathBuf], key: &Path, port: u16, limit: Duration) ->
         );
         match code {
             Some(0) => println!("ok {} - {name}", i + 1),
+            Some(SKIP_CODE) => println!(
+                "ok {} - {name} # SKIP {}",
+                i + 1,
+                out.lines().next().unwrap_or("nothing to check here")
+            ),
             Some(c) => println!("not ok {} - {name} # exit {c}", i + 1),
             None => println!(
                 "not ok {} - {name} # no result within {}s",
@@ -318,7 +343,7 @@ pub fn run_tests(scripts: &[PathBuf], key: &Path, port: u16, limit: Duration) ->
                 limit.as_secs()
             ),
         }
-        if code != Some(0) {
+        if code != Some(0) && code != Some(SKIP_CODE) {
             for l in out.lines() {
                 println!("# {l}");
             }
@@ -337,7 +362,7 @@ pub fn run_tests(scripts: &[PathBuf], key: &Path, port: u16, limit: Duration) ->
 pub fn verdict(results: &[TestResult]) -> Result<(), String> {
     let failed: Vec<&str> = results
         .iter()
-        .filter(|r| r.code != Some(0))
+        .filter(|r| !r.passed())
         .map(|r| r.name.as_str())
         .collect();
     if failed.is_empty() {
@@ -371,15 +396,25 @@ mod tests {
                 output: "x & y".into(),
                 seconds: 0.5,
             },
+            TestResult {
+                name: "c".into(),
+                code: Some(SKIP_CODE),
+                output: "nothing here\n".into(),
+                seconds: 0.1,
+            },
         ];
         let x = junit("suite", &r);
-        assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
+        assert!(
+            x.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
+            "{x}"
+        );
+        assert!(x.contains("<skipped message=\"nothing here\"/>"), "{x}");
         assert!(x.contains("name=\"b&lt;\""), "{x}");
         assert!(
             x.contains("<failure message=\"exit 3\">x &amp; y</failure>"),
             "{x}"
         );
-        assert!(verdict(&r).unwrap_err().contains("1 of 2 tests failed: b<"));
+        assert!(verdict(&r).unwrap_err().contains("1 of 3 tests failed: b<"));
     }
 
     #[test]

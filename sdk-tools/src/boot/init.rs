@@ -422,6 +422,7 @@ fn switch_root(plan: &Plan, first: bool) -> InitResult<()> {
     }
     if first {
         ignition()?;
+        first_boot_done(Path::new("/sysroot"))?;
     }
     let init = pick_init(plan)?;
     say(&format!("sdk-init: switching root to {init}"));
@@ -526,11 +527,69 @@ fn wait_for(spec: &PartSpec, timeout: Duration) -> InitResult<BlockDev> {
     }
 }
 
+/// On ROOT while a first boot is under way: made before the first boot
+/// writes anything, removed once /etc and Ignition are done. A first
+/// boot cut short (power lost, a config Ignition refused) leaves it, and
+/// the next boot starts the first boot over from an empty ROOT rather
+/// than booting a half-provisioned machine without its config.
+const FIRST_BOOT_MARK: &str = ".sdk-init-first-boot";
+
+/// An unfinished first boot's leftovers: everything on ROOT but
+/// `lost+found`, the mark and the mount points of this boot.
+fn start_over(sysroot: &Path) -> InitResult<()> {
+    say("sdk-init: the first boot did not finish last time: ROOT starts over");
+    for e in std::fs::read_dir(sysroot)
+        .map_err(os("read ROOT"))?
+        .flatten()
+    {
+        let name = e.file_name();
+        if [
+            "lost+found",
+            FIRST_BOOT_MARK,
+            "usr",
+            "dev",
+            "proc",
+            "sys",
+            "run",
+        ]
+        .iter()
+        .any(|k| name == *k)
+        {
+            continue;
+        }
+        let p = e.path();
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        r.map_err(os(format!("remove {} from ROOT", p.display())))?;
+    }
+    Ok(())
+}
+
+/// The first boot finished: drop the mark, durably.
+fn first_boot_done(sysroot: &Path) -> InitResult<()> {
+    let mark = sysroot.join(FIRST_BOOT_MARK);
+    nix::unistd::sync();
+    std::fs::remove_file(&mark).map_err(os(format!("remove {}", mark.display())))?;
+    nix::unistd::sync();
+    Ok(())
+}
+
 /// ROOT starts empty: make the top-level directories and the /usr-merge
 /// links, and on the first boot copy /usr/share/factory/etc (the image's
 /// /etc defaults, systemd's convention) into /etc.
 fn first_boot(sysroot: &Path) -> InitResult<bool> {
-    let first = !sysroot.join("etc").exists();
+    let mark = sysroot.join(FIRST_BOOT_MARK);
+    let unfinished = mark.exists();
+    let first = unfinished || !sysroot.join("etc").exists();
+    if unfinished {
+        start_over(sysroot)?;
+    }
+    if first {
+        std::fs::write(&mark, b"").map_err(os(format!("write {}", mark.display())))?;
+        nix::unistd::sync();
+    }
     for d in [
         "etc", "var", "home", "root", "tmp", "run", "proc", "sys", "dev", "mnt", "opt", "media",
         "srv",

@@ -672,6 +672,8 @@ struct Installed {
     id: String,
     epoch: u64,
     seed: Seed,
+    /// What the maintainer scripts do that the build did not.
+    scripts: super::postinst::ScriptListing,
 }
 
 /// install: the source's packages (or tree) into a /usr-only staging
@@ -684,6 +686,8 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
     // What the kernel's and base-passwd's postinst would have made.
     super::postinst::index(&mut tree, work)?;
     super::postinst::base_passwd(&mut tree)?;
+    // Read while the staged files are all in place.
+    let scripts = super::postinst::script_listing(&tree, &packages);
     // The update keys the OS trusts, under dm-verity with the rest of USR.
     for (name, pem) in &plan.trusted_keys {
         tree.add_file(
@@ -726,6 +730,7 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
         id,
         epoch,
         seed,
+        scripts,
     })
 }
 
@@ -1059,7 +1064,7 @@ fn write_outputs(
         },
         &ins.packages,
     );
-    let scripts = super::postinst::script_listing(&ins.tree, &ins.packages);
+    let scripts = &ins.scripts;
     if scripts.lines > 0 {
         eprintln!(
             "build_image: {} maintainer-script lines of {} Debian packages were not reproduced at build time: see {}",
@@ -1071,7 +1076,7 @@ fn write_outputs(
     let files: [(String, Vec<u8>); 6] = [
         (
             format!("{name}_maintscripts.txt"),
-            scripts.text.into_bytes(),
+            scripts.text.clone().into_bytes(),
         ),
         ("version.txt".into(), texts.version.into_bytes()),
         (format!("{name}_verity.txt"), texts.verity.into_bytes()),

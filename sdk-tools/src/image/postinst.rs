@@ -186,3 +186,77 @@ pub fn script_listing(tree: &Tree, packages: &[super::PackageInfo]) -> ScriptLis
         packages: with_lines.len(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packages::maintscripts::{Account, Note, Report};
+
+    #[test]
+    fn accounts_no_sysusers_entry_declares_are_listed_with_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(&dir.path().join("t")).unwrap();
+        tree.add_file(
+            "usr/lib/sysusers.d/sshd.conf",
+            &b"u sshd - \"sshd\" /run/sshd\n"[..],
+            0o644,
+            0,
+            0,
+            "t",
+            false,
+        )
+        .unwrap();
+        tree.add_file(
+            "usr/share/base-passwd/group.master",
+            &b"root:*:0:\nshadow:*:42:\n"[..],
+            0o644,
+            0,
+            0,
+            "t",
+            false,
+        )
+        .unwrap();
+        let at = |line| Note {
+            package: "p".into(),
+            script: "postinst".into(),
+            line,
+            text: String::new(),
+        };
+        let account = |kind: &str, name: &str, line| Account {
+            kind: kind.into(),
+            name: name.into(),
+            at: at(line),
+        };
+        let packages = vec![super::super::PackageInfo {
+            name: "x/y".into(),
+            version: "1".into(),
+            arch: "amd64".into(),
+            license: None,
+            sha256: None,
+            depends: vec![],
+            debs: vec![],
+            maintainer_scripts: Report {
+                accounts: vec![
+                    account("user", "sshd", 1),
+                    account("group", "sshd", 2),
+                    account("group", "shadow", 3),
+                    account("group", "_ssh", 4),
+                ],
+                unreproduced: vec![Note {
+                    text: "mkdir /var/x".into(),
+                    ..at(9)
+                }],
+            },
+        }];
+        let l = script_listing(&tree, &packages);
+        let body: Vec<&str> = l.text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(body.len(), 2, "{}", l.text);
+        assert!(
+            body[0].starts_with("p postinst:4: group _ssh is created"),
+            "{}",
+            l.text
+        );
+        assert_eq!(body[1], "p postinst:9: mkdir /var/x");
+        assert_eq!((l.lines, l.packages), (2, 1));
+    }
+}

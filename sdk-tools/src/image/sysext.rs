@@ -68,11 +68,16 @@ fn os_release_value(text: &str, key: &str) -> Option<String> {
 }
 
 /// The extension-release file for an OS with os-release text `os` (if
-/// known).
+/// known). systemd-sysext compares `SYSEXT_LEVEL` when both sides have
+/// one and `VERSION_ID` otherwise, so the OS's own `VERSION_ID` is used
+/// when it has one (a Debian-based OS says `12`), else `version_id`.
 pub fn release_file(os: Option<&str>, version_id: &str, arch: &str) -> String {
     let id = os
         .and_then(|t| os_release_value(t, "ID"))
         .unwrap_or_else(|| "_any".into());
+    let version_id = os
+        .and_then(|t| os_release_value(t, "VERSION_ID"))
+        .unwrap_or_else(|| version_id.to_string());
     let level = os
         .and_then(|t| os_release_value(t, "SYSEXT_LEVEL"))
         .unwrap_or_else(|| "1.0".into());
@@ -293,6 +298,11 @@ mod tests {
         assert_eq!(
             r,
             "ID=demo\nVERSION_ID=1.2.3\nSYSEXT_LEVEL=2.1\nARCHITECTURE=arm64\n"
+        );
+        let r = release_file(Some("ID=debian\nVERSION_ID=\"12\"\n"), "1.0.0", "x86_64");
+        assert_eq!(
+            r,
+            "ID=debian\nVERSION_ID=12\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n"
         );
         let r = release_file(None, "1", "x86_64");
         assert_eq!(

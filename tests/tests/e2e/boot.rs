@@ -133,6 +133,46 @@ fn test_image(
     )
 }
 
+/// Boot `launcher` (image_to_vm's script: its disk keeps what the guest
+/// writes) headless with `args`, until a console line contains `until`
+/// or the boot timeout passes; then QEMU is killed (a power cut) and the
+/// console so far returned.
+fn boot_until(
+    user: &TestUser,
+    scratch: &Scratch,
+    launcher: &Path,
+    args: &[&str],
+    until: &str,
+) -> String {
+    let log = scratch.path().join("launcher-console.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = user
+        .command(scratch, launcher.to_str().unwrap())
+        .args(["-r", "-p", "none", "-nographic"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(BOOT_TIMEOUT.parse().unwrap());
+    let text = loop {
+        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+        let done = text.contains(until)
+            || std::time::Instant::now() > deadline
+            || child.try_wait().unwrap().is_some();
+        if done {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains(until), "{until:?} never came:\n{text}");
+    text
+}
+
 /// Byte offset of the partition named `name`, as sfdisk reads the GPT.
 fn part_offset(user: &TestUser, scratch: &Scratch, image: &Path, name: &str) -> u64 {
     let parts = run_ok(user.command(scratch, "sfdisk").arg("--json").arg(image));
@@ -621,6 +661,18 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     run_ok(&mut tool("setup_board"));
     run_ok(&mut tool("build_packages"));
     run_ok(&mut tool("build_image"));
+    // A system extension of a package the OS does not hold, placed in
+    // /etc/extensions by Ignition: systemd-sysext merges it (test 50).
+    run_ok(tool("build_packages").arg("demo-ext/hello"));
+    run_ok(tool("build_sysext").args(["hello", "demo-ext/hello"]));
+    let sysext = repo
+        .join("__build__/images")
+        .join(BOARD)
+        .join("sysext/hello.raw");
+    let sysext_url = format!(
+        "data:;base64,{}",
+        run_ok(Command::new("base64").arg("-w0").arg(&sysext)).trim()
+    );
     // An Ignition v3 config, applied on the first boot by the OS's own
     // Ignition (Debian's) that sdk-init runs in the new root: a user in a
     // group base-passwd brings, a file, and a unit it enables, which
@@ -633,10 +685,13 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
   "passwd": {"users": [{"name": "core", "groups": ["sudo"],
     "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest core@test"]}]},
   "storage": {"files": [{"path": "/etc/ign-hello", "mode": 420,
-    "contents": {"source": "data:,hello%20from%20ignition"}}]},
+    "contents": {"source": "data:,hello%20from%20ignition"}},
+    {"path": "/etc/extensions/hello.raw", "mode": 420,
+    "contents": {"source": "SYSEXT_URL"}}]},
   "systemd": {"units": [{"name": "ign-proof.service", "enabled": true,
-    "contents": "[Unit]\nDescription=Ignition proof\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo ign-proof: $(cat /etc/ign-hello): $(id -Gn core): $(cat /home/core/.ssh/authorized_keys.d/ignition 2>/dev/null || cat /home/core/.ssh/authorized_keys) >/dev/console'\n[Install]\nWantedBy=multi-user.target\n"}]}
-}"#,
+    "contents": "[Unit]\nDescription=Ignition proof\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo ign-proof: $(cat /etc/ign-hello): $(id -Gn core): $(cat /home/core/.ssh/authorized_keys.d/ignition 2>/dev/null || cat /home/core/.ssh/authorized_keys) >/dev/console; printf \" changed\" >>/etc/ign-hello; sync'\n[Install]\nWantedBy=multi-user.target\n"}]}
+}"#
+        .replace("SYSEXT_URL", &sysext_url),
     )
     .unwrap();
     // The example's tests in the guest over ssh, and one that fails on
@@ -673,16 +728,17 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     let out = String::from_utf8_lossy(&run.stdout);
     let err = String::from_utf8_lossy(&run.stderr);
     for want in [
-        "1..5\n",
+        "1..6\n",
         "ok 1 - 10-systemd-running\n",
         "ok 2 - 20-usr-on-verity\n",
         "ok 3 - 30-network-up\n",
         "ok 4 - 40-ping-as-user\n",
-        "not ok 5 - 90-fails # exit 3\n# failing on purpose\n",
+        "ok 5 - 50-sysext-merged\n",
+        "not ok 6 - 90-fails # exit 3\n# failing on purpose\n",
     ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}\n{err}");
     }
-    assert!(err.contains("1 of 5 tests failed: 90-fails"), "{err}");
+    assert!(err.contains("1 of 6 tests failed: 90-fails"), "{err}");
     // The JUnit file, as an XML parser reads it.
     let parsed = run_ok(
         Command::new("python3")
@@ -694,7 +750,7 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
             )
             .arg(scratch.path().join("junit.xml")),
     );
-    assert_eq!(parsed.trim(), "5 1 90-fails");
+    assert_eq!(parsed.trim(), "6 1 90-fails");
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
     // What the maintainer scripts did, done at build time: ping's
     // capability in the contents list (and in the guest, test 40), `which`
@@ -742,5 +798,62 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     assert!(
         proof.starts_with("ign-proof: hello from ignition: core sudo: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest"),
         "{proof}"
+    );
+
+    // Boots that keep their disk (test_image's are snapshots), through the
+    // launcher. A config Ignition refuses (given to QEMU directly, past the
+    // launcher's own check) stops the first boot with its line; the next
+    // boot, with a good config, starts the first boot over and applies it;
+    // the one after does not apply it again: the file the unit changed
+    // keeps its change, the unit still runs.
+    let launcher = artifact(&latest, "_qemu.sh");
+    let bad = scratch.path().join("bad.ign");
+    std::fs::write(&bad, r#"{"ignition": {"version": "9.9.0"}}"#).unwrap();
+    chown_r(&user, scratch.path());
+    let fw_cfg = format!("name=opt/com.coreos/config,file={}", bad.display());
+    let log = boot_until(
+        &user,
+        &scratch,
+        &launcher,
+        &["--", "-fw_cfg", &fw_cfg],
+        "sdk-init: cannot continue the boot",
+    );
+    assert!(
+        log.contains("sdk-init: error: Ignition stage fetch-offline failed"),
+        "{log}"
+    );
+    assert!(!log.contains("systemd-os: boot finished:"), "{log}");
+    let proof_of = |log: &str| {
+        log.lines()
+            .find(|l| l.starts_with("ign-proof: "))
+            .unwrap_or_else(|| panic!("the Ignition unit did not run: {log}"))
+            .to_string()
+    };
+    let log = boot_until(
+        &user,
+        &scratch,
+        &launcher,
+        &["-i", ign.to_str().unwrap()],
+        "systemd-os: boot finished:",
+    );
+    assert!(
+        log.contains("sdk-init: the first boot did not finish last time: ROOT starts over"),
+        "{log}"
+    );
+    assert!(
+        proof_of(&log).starts_with("ign-proof: hello from ignition: core sudo: "),
+        "{log}"
+    );
+    let log = boot_until(
+        &user,
+        &scratch,
+        &launcher,
+        &[],
+        "systemd-os: boot finished:",
+    );
+    assert!(!log.contains("Ignition stage"), "{log}");
+    assert!(
+        proof_of(&log).starts_with("ign-proof: hello from ignition changed: core sudo: "),
+        "{log}"
     );
 }

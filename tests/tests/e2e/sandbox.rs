@@ -1121,3 +1121,47 @@ fn a_subordinate_range_taken_back_is_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn two_repos_with_the_same_versions_do_not_share_a_sandbox() {
+    // Both repos derive `sdk-2025.05.0_os-1.0.0`: the second is refused
+    // (one line, exit 2, nothing entered) rather than entering the first
+    // repo's sandbox, running or stopped; `-n` gives it its own.
+    let env = Env::new();
+    let versions = "sdk-version = \"2025.05.0\"\nos-version = \"1.0.0\"\n";
+    let (a, b) = (env.scratch.path().join("a"), env.scratch.path().join("b"));
+    for repo in [&a, &b] {
+        std::fs::create_dir(repo).unwrap();
+        std::fs::write(repo.join("sdk-version.toml"), versions).unwrap();
+    }
+    chown_r(&env.user, env.scratch.path());
+    let r = env.rootfs();
+    let r = r.to_str().unwrap();
+    let mut c = env.sdk(&["--rootfs", r, "--", "pwd"]);
+    c.current_dir(&a);
+    assert_eq!(stdout_of(&mut c), "/mnt/host/source");
+    for state in ["running", "stopped"] {
+        let mut c = env.sdk(&["--", "pwd"]);
+        c.current_dir(&b);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{state}: {err}");
+        assert!(out.stdout.is_empty(), "{state}: entered: {out:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{state}: {err}");
+        assert!(
+            err.contains("sandbox sdk-2025.05.0_os-1.0.0 belongs to the repo at")
+                && err.contains("-n NAME"),
+            "{state}: {err}"
+        );
+        if state == "running" {
+            run_ok(&mut env.sdk(&["stop", "sdk-2025.05.0_os-1.0.0"]));
+        }
+    }
+    let mut c = env.sdk(&["-n", "b-own", "--rootfs", r, "--", "pwd"]);
+    c.current_dir(&b);
+    assert_eq!(stdout_of(&mut c), "/mnt/host/source");
+    // The first repo still enters its own.
+    let mut c = env.sdk(&["--", "pwd"]);
+    c.current_dir(&a);
+    assert_eq!(stdout_of(&mut c), "/mnt/host/source");
+}
