@@ -2,12 +2,16 @@
 # The README main job in one command (`make demo`), from a fresh clone:
 # install what is needed, build the tools, then, as an unprivileged user
 # (the product needs no root), create the default SDK sandbox for the
-# example distro repo and run inside it setup_board, build_packages,
-# build_image, image_to_vm and test_image for the board. Prints where
-# everything is and how long each step took.
+# example distro repo (the systemd OS, `examples/systemd-os`) and run
+# inside it setup_board, build_packages, build_image, image_to_vm and
+# test_image for the board: the image boots with an Ignition config that
+# provisions a login with a key made for you, and the example's tests run
+# in it over ssh. Prints where everything is, how long each step took, and
+# how to boot it again and ssh in.
 #
 #   make demo                       # as root on a fresh Debian 12 machine
 #   DEMO_BOARD=amd64-usr DEMO_DIR=/var/tmp/sdk-run-demo .ci/demo.sh
+#   DEMO_REPO=demo-os .ci/demo.sh   # the busybox example instead
 #
 # Run as root, it uses the unprivileged user `make test` uses (created with
 # subordinate id ranges if missing); run as a normal user, it runs as you.
@@ -18,6 +22,11 @@ cd "$(dirname "$0")/.."
 top=$PWD
 board=${DEMO_BOARD:-amd64-usr}
 demo_dir=${DEMO_DIR:-/var/tmp/sdk-run-demo}
+example=${DEMO_REPO:-systemd-os}
+if [ ! -f "examples/$example/sdk-version.toml" ]; then
+  echo "error: DEMO_REPO=$example: no examples/$example/sdk-version.toml; use systemd-os or demo-os" >&2
+  exit 2
+fi
 
 declare -a timings=()
 timed() {
@@ -54,10 +63,28 @@ fi
 
 # A fresh copy of the example repo the user owns (outputs stay between runs).
 mkdir -p "$demo_dir"
-repo=$demo_dir/demo-os
+repo=$demo_dir/$example
 mkdir -p "$repo"
-tar -C examples/demo-os --exclude=__build__ -cf - . | tar -C "$repo" -xf -
+tar -C "examples/$example" --exclude=__build__ -cf - . | tar -C "$repo" -xf -
 [ "$(id -u)" = 0 ] && chown -R "$user:" "$demo_dir"
+
+# The systemd OS: a key for logging in, and the Ignition config that
+# provisions the user `core` (group sudo) with it on the first boot.
+key=$demo_dir/id_ed25519
+ign=$demo_dir/login.ign
+test_args=(--timeout 600)
+if [ "$example" = systemd-os ]; then
+  [ -f "$key" ] || as_user ssh-keygen -q -t ed25519 -N '' -C "sdk-run demo" -f "$key"
+  cat >"$ign" <<EOF
+{"ignition": {"version": "3.3.0"},
+ "passwd": {"users": [{"name": "core", "groups": ["sudo"],
+   "sshAuthorizedKeys": ["$(cat "$key.pub")"]}]},
+ "storage": {"files": [{"path": "/etc/sudoers.d/core", "mode": 288,
+   "contents": {"source": "data:,core%20ALL%3D(ALL)%20NOPASSWD%3A%20ALL%0A"}}]}}
+EOF
+  [ "$(id -u)" = 0 ] && chown "$user:" "$ign"
+  test_args+=(--marker "systemd-os: boot finished:" --ignition "$ign" --tests tests)
+fi
 
 sdk() { (cd "$repo" && as_user sdk-run "$@"); }
 in_sdk() { sdk -- "$@"; }
@@ -66,7 +93,7 @@ timed "setup_board" in_sdk setup_board --board "$board"
 timed "build_packages" in_sdk build_packages --board "$board"
 timed "build_image" in_sdk build_image --board "$board" --replace
 timed "image_to_vm" in_sdk image_to_vm --board "$board"
-timed "test_image" in_sdk test_image --board "$board" --timeout 600
+timed "test_image" in_sdk test_image --board "$board" "${test_args[@]}"
 
 out=$repo/__build__/images/$board/latest
 image=$(readlink -f "$out")
@@ -77,8 +104,13 @@ printf '  %-16s %8s s\n' "total" "$(secs "$all_start")"
 # Commands that work pasted as they are, by whoever ran the demo: as
 # root they switch to the user who owns the sandbox and its store.
 enter="cd $repo && $bin/sdk-run -t"
+boot="$qemu_sh -nographic"
+[ "$example" = systemd-os ] && boot="$qemu_sh -nographic -i $ign -p 2222"
+login="ssh -i $key -p 2222 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null core@127.0.0.1"
 if [ "$(id -u)" = 0 ]; then
   enter="runuser -u $user -- sh -c '$enter'"
+  boot="runuser -u $user -- $boot"
+  login="runuser -u $user -- $login"
 fi
 cat <<EOF
 
@@ -91,8 +123,16 @@ Paste to go on:
       # the SDK shell (as $user; \`sdk-run list\` shows the sandbox); inside:
       #   build_packages --board $board && build_image --board $board --replace
       #   image_to_vm --board $board && test_image --board $board
-  $qemu_sh -nographic
+  $boot
       # boot the image on this terminal (Ctrl-a x quits QEMU)
+EOF
+if [ "$example" = systemd-os ]; then
+  cat <<EOF
+  $login
+      # from a second terminal once it has booted: a shell as core (sudo works)
+EOF
+fi
+cat <<EOF
   make -C $top install PREFIX=\$HOME/.local
       # sdk-run and sdk-tools on your own PATH, with man pages and completions
 EOF

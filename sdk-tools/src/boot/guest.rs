@@ -297,65 +297,174 @@ pub fn junit(suite: &str, results: &[TestResult]) -> String {
     x
 }
 
-/// Run each script in the guest (copied in and run with its own `#!`, as
-/// [`TEST_USER`]), each within `limit`; print TAP on stdout and return
-/// every result.
-pub fn run_tests(scripts: &[PathBuf], key: &Path, port: u16, limit: Duration) -> Vec<TestResult> {
-    println!("1..{}", scripts.len());
-    let mut results = Vec::new();
-    for (i, script) in scripts.iter().enumerate() {
-        let name = script
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+/// The tests of one `test_image` run, shared by its VMs: each VM takes
+/// the next test, runs it (copied in and run with its own `#!`, as
+/// [`TEST_USER`], within the time limit) with the console going to the
+/// test's own log, and the results print as TAP in order.
+pub struct TestQueue {
+    scripts: Vec<PathBuf>,
+    limit: Duration,
+    /// Where each test's console log goes (`<dir>/<test>.console.log`).
+    logs: PathBuf,
+    state: std::sync::Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    next: usize,
+    results: Vec<Option<TestResult>>,
+    printed: usize,
+}
+
+fn script_name(script: &Path) -> String {
+    script
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl TestQueue {
+    /// Prints the TAP plan. `logs` is emptied of earlier runs' logs.
+    pub fn new(scripts: Vec<PathBuf>, limit: Duration, logs: PathBuf) -> TestQueue {
+        println!("1..{}", scripts.len());
+        let _ = std::fs::remove_dir_all(&logs);
+        let _ = std::fs::create_dir_all(&logs);
+        let results = vec![None; scripts.len()];
+        TestQueue {
+            scripts,
+            limit,
+            logs,
+            state: std::sync::Mutex::new(QueueState {
+                results,
+                ..QueueState::default()
+            }),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.scripts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty()
+    }
+
+    /// The folder of the per-test console logs.
+    pub fn logs(&self) -> &Path {
+        &self.logs
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One VM's share: tests until none is left.
+    pub fn run(&self, key: &Path, port: u16, tap: &super::vm::ConsoleTap) {
+        loop {
+            let i = {
+                let mut st = self.lock();
+                if st.next >= self.scripts.len() {
+                    return;
+                }
+                st.next += 1;
+                st.next - 1
+            };
+            let name = script_name(&self.scripts[i]);
+            tap.to(std::fs::File::create(self.logs.join(format!("{name}.console.log"))).ok());
+            let r = self.run_one(&self.scripts[i], key, port);
+            tap.to(None);
+            self.record(i, r);
+        }
+    }
+
+    fn run_one(&self, script: &Path, key: &Path, port: u16) -> TestResult {
+        let name = script_name(script);
         let body = match std::fs::read(script) {
             Ok(b) => b,
             Err(e) => {
-                println!("not ok {} - {name} # cannot read it: {e}", i + 1);
-                results.push(TestResult {
+                return TestResult {
                     name,
                     code: None,
                     output: format!("cannot read it: {e}"),
                     seconds: 0.0,
-                });
-                continue;
+                };
             }
         };
         let started = Instant::now();
-        let (code, out) = run_for(
+        let (code, output) = run_for(
             ssh(key, port).arg(
                 "f=$(mktemp) && cat >\"$f\" && chmod +x \"$f\" && \"$f\"; rc=$?; rm -f \"$f\"; exit $rc",
             ),
             Some(&body),
-            limit,
+            self.limit,
         );
-        match code {
-            Some(0) => println!("ok {} - {name}", i + 1),
-            Some(SKIP_CODE) => println!(
-                "ok {} - {name} # SKIP {}",
-                i + 1,
-                out.lines().next().unwrap_or("nothing to check here")
-            ),
-            Some(c) => println!("not ok {} - {name} # exit {c}", i + 1),
-            None => println!(
-                "not ok {} - {name} # no result within {}s",
-                i + 1,
-                limit.as_secs()
-            ),
-        }
-        if code != Some(0) && code != Some(SKIP_CODE) {
-            for l in out.lines() {
-                println!("# {l}");
-            }
-        }
-        results.push(TestResult {
+        TestResult {
             name,
             code,
-            output: out,
+            output,
             seconds: started.elapsed().as_secs_f64(),
-        });
+        }
     }
-    results
+
+    /// Keep result `i`; print every result whose turn has come.
+    fn record(&self, i: usize, r: TestResult) {
+        let mut st = self.lock();
+        st.results[i] = Some(r);
+        while st.printed < st.results.len() {
+            let n = st.printed;
+            let Some(r) = &st.results[n] else { break };
+            print_tap(n + 1, r, self.limit);
+            st.printed += 1;
+        }
+    }
+
+    /// Every result; tests no VM ran (it did not boot) fail with `why`.
+    pub fn finish(self, why: &str) -> Vec<TestResult> {
+        let taken = self.lock().next;
+        for i in taken..self.scripts.len() {
+            let name = script_name(&self.scripts[i]);
+            self.record(
+                i,
+                TestResult {
+                    name,
+                    code: None,
+                    output: format!("not run: {why}"),
+                    seconds: 0.0,
+                },
+            );
+        }
+        let st = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        st.results.into_iter().flatten().collect()
+    }
+}
+
+fn print_tap(n: usize, r: &TestResult, limit: Duration) {
+    let name = &r.name;
+    match r.code {
+        Some(0) => println!("ok {n} - {name}"),
+        Some(SKIP_CODE) => println!(
+            "ok {n} - {name} # SKIP {}",
+            r.output.lines().next().unwrap_or("nothing to check here")
+        ),
+        Some(c) => println!("not ok {n} - {name} # exit {c}"),
+        None if r.output.starts_with("not run: ") || r.output.starts_with("cannot read it: ") => {
+            println!(
+                "not ok {n} - {name} # {}",
+                r.output.lines().next().unwrap_or("")
+            )
+        }
+        None => println!(
+            "not ok {n} - {name} # no result within {}s",
+            limit.as_secs()
+        ),
+    }
+    if !r.passed() {
+        for l in r.output.lines() {
+            println!("# {l}");
+        }
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
 }
 
 /// Err naming the tests that failed.

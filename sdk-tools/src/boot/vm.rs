@@ -412,17 +412,56 @@ pub struct TestOutcome {
     pub reason: Option<String>,
 }
 
-/// Boot `launcher` headless (a snapshot: the image is not modified), copy
-/// the console to `console_log`, and wait up to `timeout` for `marker`.
-pub fn boot_and_wait(
-    launcher: &Path,
-    console_log: &Path,
-    marker: &str,
-    timeout: Duration,
-    ignition: Option<&Path>,
-    extra: &[String],
-    then: Option<&mut dyn FnMut(u16) -> Result<(), String>>,
-) -> Result<TestOutcome, BootError> {
+/// One headless boot of a launcher.
+pub struct Boot<'a> {
+    pub launcher: &'a Path,
+    /// Where the whole console goes.
+    pub console_log: &'a Path,
+    /// The console line that means the OS is up.
+    pub marker: &'a str,
+    pub timeout: Duration,
+    pub ignition: Option<&'a Path>,
+    /// Extra QEMU arguments.
+    pub extra: &'a [String],
+    /// Plain progress lines even on a terminal (several boots at once).
+    pub plain: bool,
+}
+
+/// Where the console also goes while the caller works in the booted guest
+/// (a log per test); the caller switches it.
+#[derive(Clone, Default)]
+pub struct ConsoleTap(std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>);
+
+impl ConsoleTap {
+    /// Send what the console says from now on to `file` (None: nowhere).
+    pub fn to(&self, file: Option<std::fs::File>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = file;
+    }
+
+    fn write(&self, line: &[u8]) {
+        if let Some(f) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = f.write_all(line);
+        }
+    }
+}
+
+/// What the caller runs in the guest once the marker is seen: given the
+/// host port forwarded to the guest's ssh and the console tap.
+pub type InGuest<'a> = &'a (dyn Fn(u16, &ConsoleTap) -> Result<(), String> + Sync);
+
+/// Boot `b.launcher` headless (a snapshot: the image is not modified),
+/// copy the console to `b.console_log`, and wait up to `b.timeout` for
+/// the marker; then run `then` in the guest, the console still flowing.
+pub fn boot_and_wait(b: &Boot<'_>, then: Option<InGuest<'_>>) -> Result<TestOutcome, BootError> {
+    let Boot {
+        launcher,
+        console_log,
+        marker,
+        timeout,
+        ignition,
+        extra,
+        plain,
+    } = *b;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port().to_string())
@@ -446,7 +485,11 @@ pub fn boot_and_wait(
     let mut watch = Watch::new(marker, log);
     // A heartbeat while waiting: the last console line, on a spinner on a
     // terminal, every 10 s as a timestamped line otherwise.
-    let mut progress = sdk_common::progress::Progress::new("test_image");
+    let mut progress = if plain {
+        sdk_common::progress::Progress::with_terminal("test_image", false)
+    } else {
+        sdk_common::progress::Progress::new("test_image")
+    };
     progress.begin("booting");
     let mut closed = 0;
     while closed < 2 && watch.verdict.is_none() {
@@ -475,8 +518,24 @@ pub fn boot_and_wait(
     // With the marker seen and the VM still up: what the caller runs in
     // it (tests over ssh); its failure fails the boot.
     if let (true, Some(then)) = (passed, then) {
+        let tap = ConsoleTap::default();
         let result = match port.parse::<u16>() {
-            Ok(p) => then(p),
+            Ok(p) => std::thread::scope(|s| {
+                let work = s.spawn(|| then(p, &tap));
+                // The console keeps flowing to the log (and the tap).
+                while !work.is_finished() {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Some(line)) => {
+                            watch.line(&line);
+                            tap.write(&line);
+                        }
+                        Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                work.join()
+                    .unwrap_or_else(|_| Err("the work in the guest panicked".into()))
+            }),
             Err(_) => Err("no free port on the host's loopback for ssh".into()),
         };
         if let Err(why) = result {

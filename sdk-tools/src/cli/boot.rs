@@ -155,6 +155,11 @@ pub struct TestImageArgs {
     /// Also write the test results as JUnit XML to FILE.
     #[arg(long, value_name = "FILE", requires = "tests")]
     pub junit: Option<PathBuf>,
+    /// Boot N VMs and share the tests among them (each VM a fresh first
+    /// boot; about 1 GiB of memory each).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=16), requires = "tests")]
+    pub jobs: u16,
 }
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
@@ -228,28 +233,95 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
     );
     let timeout = Duration::from_secs(a.timeout);
     let test_limit = Duration::from_secs(a.test_timeout);
-    let mut in_guest = |port: u16| -> Result<(), String> {
-        let (Some(scripts), Some(key)) = (&scripts, &key) else {
+    // The tests, shared by the VMs; each test's console in its own log.
+    let stem = out
+        .console_log
+        .file_name()
+        .map(|n| n.to_string_lossy().replace("_console.log", ""))
+        .unwrap_or_default();
+    let queue = scripts.map(|s| {
+        crate::boot::guest::TestQueue::new(
+            s,
+            test_limit,
+            out.console_log.with_file_name(format!("{stem}_tests")),
+        )
+    });
+    let vms = match &queue {
+        Some(q) => usize::from(a.jobs).min(q.len()),
+        None => 1,
+    };
+    let in_guest = |port: u16, tap: &crate::boot::vm::ConsoleTap| -> Result<(), String> {
+        let (Some(queue), Some(key)) = (&queue, &key) else {
             return Ok(());
         };
         crate::boot::guest::wait_for_ssh(&key.private, port, timeout)?;
-        let results = crate::boot::guest::run_tests(scripts, &key.private, port, test_limit);
+        queue.run(&key.private, port, tap);
+        Ok(())
+    };
+    let logs: Vec<PathBuf> = (0..vms)
+        .map(|k| match k {
+            0 => out.console_log.clone(),
+            k => out
+                .console_log
+                .with_file_name(format!("{stem}_console.{}.log", k + 1)),
+        })
+        .collect();
+    let outcomes: Vec<Result<crate::boot::vm::TestOutcome, crate::boot::BootError>> =
+        std::thread::scope(|s| {
+            let workers: Vec<_> = logs
+                .iter()
+                .map(|log| {
+                    let boot = crate::boot::vm::Boot {
+                        launcher: &out.launcher,
+                        console_log: log,
+                        marker: &a.marker,
+                        timeout,
+                        ignition: ignition.as_deref(),
+                        extra: &a.qemu_args,
+                        plain: vms > 1,
+                    };
+                    let in_guest = &in_guest;
+                    s.spawn(move || crate::boot::vm::boot_and_wait(&boot, Some(in_guest)))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a boot thread panicked"))
+                .collect()
+        });
+    let mut outcomes = outcomes
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(classify)?;
+    // The run passes when every VM booted and every test passed.
+    let boot_failure = outcomes
+        .iter()
+        .find(|o| !o.passed)
+        .and_then(|o| o.reason.clone());
+    let mut r = outcomes.remove(0);
+    if let Some(q) = queue {
+        let logs_dir = q.logs().to_path_buf();
+        let results = q.finish(boot_failure.as_deref().unwrap_or("its VM stopped"));
         if let Some(path) = &a.junit {
             std::fs::write(path, crate::boot::guest::junit("test_image", &results))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .with_context(|| format!("write {}", path.display()))?;
         }
-        crate::boot::guest::verdict(&results)
-    };
-    let r = crate::boot::vm::boot_and_wait(
-        &out.launcher,
-        &out.console_log,
-        &a.marker,
-        timeout,
-        ignition.as_deref(),
-        &a.qemu_args,
-        Some(&mut in_guest),
-    )
-    .map_err(classify)?;
+        eprintln!("console logs of the tests: {}", logs_dir.display());
+        match crate::boot::guest::verdict(&results) {
+            Err(why) => {
+                r.passed = false;
+                r.reason = Some(why);
+            }
+            Ok(()) if boot_failure.is_some() => {
+                r.passed = false;
+                r.reason = boot_failure;
+            }
+            Ok(()) => {}
+        }
+    } else if let Some(why) = boot_failure {
+        r.passed = false;
+        r.reason = Some(why);
+    }
     if r.passed {
         println!(
             "PASS in {:.1}s: {}",

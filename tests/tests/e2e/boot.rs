@@ -722,7 +722,8 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
             .arg("--tests")
             .arg(&tests)
             .arg("--junit")
-            .arg(scratch.path().join("junit.xml")),
+            .arg(scratch.path().join("junit.xml"))
+            .args(["-j", "2"]),
         1,
     );
     let out = String::from_utf8_lossy(&run.stdout);
@@ -752,6 +753,29 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     );
     assert_eq!(parsed.trim(), "6 1 90-fails");
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
+    // Two VMs shared the tests (-j 2), each a fresh first boot with its
+    // own console log; each test has its console log too.
+    for log in ["_qemu_console.log", "_qemu_console.2.log"] {
+        let text = std::fs::read_to_string(artifact(&latest, log)).unwrap();
+        assert!(text.contains("systemd-os: boot finished:"), "{log}");
+        assert!(text.contains("sdk-init: Ignition stage files"), "{log}");
+    }
+    let per_test = artifact(&latest, "_qemu_tests");
+    for t in [
+        "10-systemd-running",
+        "20-usr-on-verity",
+        "30-network-up",
+        "40-ping-as-user",
+        "50-sysext-merged",
+        "90-fails",
+    ] {
+        assert!(
+            per_test.join(format!("{t}.console.log")).is_file(),
+            "no console log for {t} in {}",
+            per_test.display()
+        );
+    }
+    assert!(err.contains("console logs of the tests: "), "{err}");
     // What the maintainer scripts did, done at build time: ping's
     // capability in the contents list (and in the guest, test 40), `which`
     // through its alternative; what was not reproduced is listed with
