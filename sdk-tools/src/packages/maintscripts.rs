@@ -301,14 +301,13 @@ pub fn analyse(package: &str, script: &str, text: &str) -> Analysis {
             // Keywords before a command, `configure)` of a case,
             // `NAME=value` prefixes, assignments.
             while let Some(first) = w.first() {
-                if [
+                let keyword = [
                     "if", "then", "else", "elif", "while", "until", "do", "!", "{", "(", "time",
                 ]
                 .contains(&first.as_str())
-                    && w.len() > 1
-                {
-                    w = &w[1..];
-                } else if first.ends_with(')') && !first.contains('(') {
+                    && w.len() > 1;
+                let case_pattern = first.ends_with(')') && !first.contains('(');
+                if keyword || case_pattern {
                     w = &w[1..];
                 } else if let Some((name, value)) = assignment(first) {
                     if w.len() == 1 {
