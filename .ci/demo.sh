@@ -70,8 +70,12 @@ tar -C "examples/$example" --exclude=__build__ -cf - . | tar -C "$repo" -xf -
 
 # The systemd OS: a key for logging in, and the Ignition config that
 # provisions the user `core` (group sudo) with it on the first boot.
-key=$demo_dir/id_ed25519
-ign=$demo_dir/login.ign
+# Both live in the repo copy, which the sandbox sees (test_image runs
+# there and reads the config by its relative path).
+mkdir -p "$repo/.demo"
+[ "$(id -u)" = 0 ] && chown "$user:" "$repo/.demo"
+key=$repo/.demo/id_ed25519
+ign=$repo/.demo/login.ign
 test_args=(--timeout 600)
 if [ "$example" = systemd-os ]; then
   [ -f "$key" ] || as_user ssh-keygen -q -t ed25519 -N '' -C "sdk-run demo" -f "$key"
@@ -83,7 +87,7 @@ if [ "$example" = systemd-os ]; then
    "contents": {"source": "data:,core%20ALL%3D(ALL)%20NOPASSWD%3A%20ALL%0A"}}]}}
 EOF
   [ "$(id -u)" = 0 ] && chown "$user:" "$ign"
-  test_args+=(--marker "systemd-os: boot finished:" --ignition "$ign" --tests tests)
+  test_args+=(--marker "systemd-os: boot finished:" --ignition .demo/login.ign --tests tests)
 fi
 
 sdk() { (cd "$repo" && as_user sdk-run "$@"); }

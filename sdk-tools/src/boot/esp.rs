@@ -308,7 +308,12 @@ pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
     let kdir = format!("sdk/{}", kernel.version);
     let dest = spec.esp_dir.join(&kdir);
     std::fs::create_dir_all(&dest).map_err(io("create", &dest))?;
-    let initrd = initramfs::build(&kernel, &dest.join("initrd"), spec.mtime)?;
+    let initrd = initramfs::build(
+        &kernel,
+        &dest.join("initrd"),
+        spec.mtime,
+        &spec.staging_root,
+    )?;
     std::fs::copy(&kernel.image, dest.join("linux"))
         .map_err(io("copy the kernel", &kernel.image))?;
 

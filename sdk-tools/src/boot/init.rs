@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -320,7 +320,14 @@ fn boot() -> InitResult<()> {
 /// Find USR, read its verity superblock and create `/dev/mapper/usr`
 /// with the root hash from the command line.
 fn setup_verity_usr(plan: &Plan) -> InitResult<()> {
-    let usr_dev = wait_for(&plan.usr, plan.timeout)?;
+    let named = wait_for(&plan.usr, plan.timeout)?;
+    let (usr_dev, usrhash, hash_offset) = pick_slot(plan, named);
+    let plan = &Plan {
+        usrhash,
+        hash_offset,
+        ..plan.clone()
+    };
+    let usr_dev = usr_dev;
     say(&format!(
         "sdk-init: USR is {} ({}, {}:{})",
         usr_dev.name, usr_dev.label, usr_dev.major, usr_dev.minor
@@ -454,7 +461,7 @@ fn load_modules() -> InitResult<()> {
     Ok(())
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BlockDev {
     name: String,
     label: String,
@@ -469,6 +476,130 @@ fn uevent(dir: &Path) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// The disk a partition (`vda3`) is on (`vda`).
+fn parent_disk(part: &str) -> Option<String> {
+    Some(
+        std::fs::canonicalize(format!("/sys/class/block/{part}"))
+            .ok()?
+            .parent()?
+            .file_name()?
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// The slot to boot, by the GPT (see `gptprio`), among the USR partitions
+/// of the disk that holds the one the command line names (`named`); with
+/// its root hash and hash offset: the command line's for that slot, else
+/// those of the slot's signed record (checked with the keys the initramfs
+/// carries). Whatever stands in the way (one USR partition, no slot
+/// bootable by the GPT, a record missing or not signed by a trusted key)
+/// is said on the console and the command line's slot boots. The choice
+/// is left in `/run/sdk-init/usr-slot` for the update agent.
+fn pick_slot(plan: &Plan, named: BlockDev) -> (BlockDev, String, Option<u64>) {
+    let fallback = |named: BlockDev| (named, plan.usrhash.clone(), plan.hash_offset);
+    let Some(disk) = parent_disk(&named.name) else {
+        return fallback(named);
+    };
+    let disk_path = PathBuf::from(format!("/dev/{disk}"));
+    let table = match File::open(&disk_path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| gpt::Table::decode(|off, buf| f.read_exact_at(buf, off)))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            say(&format!("sdk-init: cannot read the GPT of {disk} ({e}); booting {} from the command line", named.label));
+            return fallback(named);
+        }
+    };
+    let Some(named_type) = table
+        .entries
+        .iter()
+        .find(|e| e.label == named.label)
+        .map(|e| e.type_guid)
+    else {
+        return fallback(named);
+    };
+    let slots: Vec<gpt::Entry> = table
+        .entries
+        .iter()
+        .filter(|e| e.type_guid == named_type)
+        .cloned()
+        .collect();
+    if slots.len() < 2 {
+        return fallback(named);
+    }
+    let Some(choice) = super::gptprio::choose(&slots) else {
+        say(&format!(
+            "sdk-init: no USR slot may boot by the GPT (priority 0, or tries spent and not successful); booting {} from the command line",
+            named.label
+        ));
+        return fallback(named);
+    };
+    let record = |choice: &super::gptprio::Choice| -> Result<(BlockDev, String, Option<u64>), String> {
+        let dev = find_part(&PartSpec::Label(choice.label.clone()))
+            .ok_or_else(|| format!("no device for {}", choice.label))?;
+        let path = format!("/dev/{}", dev.name);
+        let mut f = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        let size = f.seek(SeekFrom::End(0)).map_err(|e| format!("size of {path}: {e}"))?;
+        let mut b = vec![0u8; crate::formats::update::RECORD_BYTES as usize];
+        f.read_exact_at(&mut b, crate::formats::update::record_offset(size))
+            .map_err(|e| format!("read its record: {e}"))?;
+        let (bytes, sig) = crate::formats::update::decode_record(&b)
+            .ok_or_else(|| "it holds no slot record (never installed, or cut short)".to_string())?;
+        let keys = crate::formats::update::load_public_keys(Path::new(&format!(
+            "/{}",
+            super::initramfs::KEYS_DIR
+        )))
+        .map_err(|e| e.to_string())?;
+        let (meta, _) =
+            crate::formats::update::verify_bytes(Path::new(&path), &bytes, &sig, &keys)
+                .map_err(|e| e.to_string())?;
+        Ok((dev, meta.usr.root_hash, Some(meta.usr.hash_offset)))
+    };
+    let picked = if choice.label == named.label {
+        Ok(fallback(named.clone()))
+    } else {
+        record(&choice)
+    };
+    let picked = match picked {
+        Ok(p) => p,
+        Err(why) => {
+            // The GPT stays as it is: a record that cannot be read here
+            // says nothing about the slot's health.
+            say(&format!(
+                "sdk-init: {} cannot boot: {why}; {} boots, from the command line",
+                choice.label, named.label
+            ));
+            return fallback(named);
+        }
+    };
+    if let Some(attrs) = choice.write_back
+        && let Err(e) = crate::formats::disk::set_attributes(&disk_path, choice.number, attrs)
+    {
+        say(&format!("sdk-init: warning: cannot count this try in the GPT: {e}"));
+    }
+    say(&format!(
+        "sdk-init: slot {} by the GPT ({}, {} tries left)",
+        choice.label,
+        if choice.successful { "successful" } else { "not yet successful" },
+        choice.tries_left
+    ));
+    let _ = std::fs::create_dir_all("/run/sdk-init");
+    let _ = std::fs::write(
+        "/run/sdk-init/usr-slot",
+        format!(
+            "label={}\nnumber={}\ndisk={}\nsuccessful={}\ntries-left={}\n",
+            choice.label,
+            choice.number,
+            disk_path.display(),
+            u8::from(choice.successful),
+            choice.tries_left
+        ),
+    );
+    picked
 }
 
 fn find_part(spec: &PartSpec) -> Option<BlockDev> {

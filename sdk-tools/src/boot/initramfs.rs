@@ -52,9 +52,21 @@ pub struct Initramfs {
     pub bytes: u64,
 }
 
+/// Where the initramfs carries the update keys the OS trusts (the init
+/// checks a slot's signed record with them before booting a slot the
+/// kernel command line does not name).
+pub const KEYS_DIR: &str = "etc/sdk-update/keys";
+
 /// Build the initramfs for `kernel` into `out` (written to a temporary name
 /// and renamed). `mtime` stamps every member (SOURCE_DATE_EPOCH).
-pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootError> {
+/// `os_root` is the OS tree: its trusted update keys
+/// (`usr/share/sdk-update/keys/*.pem`) go in too.
+pub fn build(
+    kernel: &Kernel,
+    out: &Path,
+    mtime: u32,
+    os_root: &Path,
+) -> Result<Initramfs, BootError> {
     let idx = ModuleIndex::load(&kernel.modules_dir)?;
     let modules = idx.closure(&kernel.version, REQUIRED_MODULES, OPTIONAL_MODULES)?;
 
@@ -86,6 +98,19 @@ pub fn build(kernel: &Kernel, out: &Path, mtime: u32) -> Result<Initramfs, BootE
         }
         let data = read(&src, "read a kernel module")?;
         tree.file(&format!("lib/modules/{}/{m}", kernel.version), 0o644, data);
+    }
+    let keys = os_root.join(crate::formats::update::TRUSTED_KEYS_DIR);
+    if let Ok(rd) = std::fs::read_dir(&keys) {
+        let mut names: Vec<_> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pem"))
+            .collect();
+        names.sort();
+        for n in names {
+            let data = read(&keys.join(&n), "read an update key for the initramfs")?;
+            tree.file(&format!("{KEYS_DIR}/{n}"), 0o644, data);
+        }
     }
     let list: String = modules.iter().map(|m| format!("{m}\n")).collect();
     tree.file(MODULES_LIST, 0o644, list.into_bytes());

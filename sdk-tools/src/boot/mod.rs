@@ -10,6 +10,7 @@ pub mod cpio;
 pub mod disk;
 pub mod dm;
 pub mod esp;
+pub mod gptprio;
 pub mod guest;
 pub mod ignition;
 pub mod init;

@@ -250,11 +250,16 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         Some(q) => usize::from(a.jobs).min(q.len()),
         None => 1,
     };
+    let started = std::time::Instant::now();
     let in_guest = |port: u16, tap: &crate::boot::vm::ConsoleTap| -> Result<(), String> {
         let (Some(queue), Some(key)) = (&queue, &key) else {
             return Ok(());
         };
         crate::boot::guest::wait_for_ssh(&key.private, port, timeout)?;
+        eprintln!(
+            "test_image: ssh answered {:.1}s after QEMU started",
+            started.elapsed().as_secs_f64()
+        );
         queue.run(&key.private, port, tap);
         Ok(())
     };
@@ -436,7 +441,7 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
         } => {
             let k = crate::boot::kmod::find_kernel(&root, kernel_version.as_deref())
                 .map_err(classify)?;
-            let r = crate::boot::initramfs::build(&k, &output, mtime()).map_err(classify)?;
+            let r = crate::boot::initramfs::build(&k, &output, mtime(), &root).map_err(classify)?;
             println!(
                 "{}: kernel {}, {} modules, {} bytes",
                 output.display(),

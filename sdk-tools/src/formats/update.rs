@@ -244,7 +244,40 @@ pub fn verify(
             format!("{} is not a 64-byte ed25519 signature", sig_path.display()),
         )
     })?;
-    let sig = Signature::from_bytes(&sig);
+    let (meta, signer) = verify_bytes(meta_path, &bytes, &sig, keys)?;
+    if let Some(p) = payload {
+        check_payload(&meta, p)?;
+    }
+    Ok((meta, signer))
+}
+
+/// The payload at `p` is the one `meta` describes (size and sha256).
+pub fn check_payload(meta: &Metadata, p: &Path) -> Result<(), UpdateError> {
+    let (size, sum) = sdk_common::fsutil::hash_file(p).map_err(io("read", p))?;
+    if size != meta.payload.size || hex::encode(sum) != meta.payload.sha256 {
+        return Err(UpdateError::PayloadMismatch {
+            path: p.to_path_buf(),
+            why: format!(
+                "is {size} bytes with sha256 {}, the signed metadata says {} bytes with sha256 {}; it was changed or is another payload",
+                hex::encode(sum),
+                meta.payload.size,
+                meta.payload.sha256
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Metadata `bytes` signed with `sig` by one of `keys` (`origin` names
+/// where they came from in errors).
+pub fn verify_bytes(
+    origin: &Path,
+    bytes: &[u8],
+    sig: &[u8; 64],
+    keys: &[(String, VerifyingKey)],
+) -> Result<(Metadata, String), UpdateError> {
+    let meta_path = origin;
+    let sig = Signature::from_bytes(sig);
     let signer = keys
         .iter()
         .find(|(_, k)| k.verify(&bytes, &sig).is_ok())
@@ -260,23 +293,58 @@ pub fn verify(
                 },
             )
         })?;
-    let meta: Metadata = serde_json::from_slice(&bytes)
+    let meta: Metadata = serde_json::from_slice(bytes)
         .map_err(|e| UpdateError::BadMetadata(meta_path.to_path_buf(), e.to_string()))?;
-    if let Some(p) = payload {
-        let (size, sum) = sdk_common::fsutil::hash_file(p).map_err(io("read", p))?;
-        if size != meta.payload.size || hex::encode(sum) != meta.payload.sha256 {
-            return Err(UpdateError::PayloadMismatch {
-                path: p.to_path_buf(),
-                why: format!(
-                    "is {size} bytes with sha256 {}, the signed metadata says {} bytes with sha256 {}; it was changed or is another payload",
-                    hex::encode(sum),
-                    meta.payload.size,
-                    meta.payload.sha256
-                ),
-            });
-        }
-    }
     Ok((meta, signer))
+}
+
+/// A slot's record: the signed metadata of what the USR partition holds,
+/// in the partition's last [`RECORD_BYTES`] (past the filesystem and its
+/// hash tree). The init reads it to boot a slot the kernel command line
+/// does not name, checking the signature with the keys the initramfs
+/// carries; the update agent writes it last, after the payload verified.
+///
+/// Layout: `SDKSLOT1`, the metadata's length and the signature's (u32
+/// little-endian each), the metadata's exact bytes, the 64 signature bytes,
+/// zeros.
+pub const RECORD_BYTES: u64 = 64 * 1024;
+const RECORD_MAGIC: &[u8; 8] = b"SDKSLOT1";
+
+/// Where a partition of `size` bytes keeps its record.
+pub fn record_offset(size: u64) -> u64 {
+    size - RECORD_BYTES
+}
+
+/// The record block for metadata `bytes` and its signature.
+pub fn encode_record(bytes: &[u8], sig: &[u8; 64]) -> Result<Vec<u8>, String> {
+    if 16 + bytes.len() + 64 > RECORD_BYTES as usize {
+        return Err(format!(
+            "the update metadata is {} bytes, more than a slot record holds",
+            bytes.len()
+        ));
+    }
+    let mut b = vec![0u8; RECORD_BYTES as usize];
+    b[..8].copy_from_slice(RECORD_MAGIC);
+    b[8..12].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    b[12..16].copy_from_slice(&64u32.to_le_bytes());
+    b[16..16 + bytes.len()].copy_from_slice(bytes);
+    b[16 + bytes.len()..16 + bytes.len() + 64].copy_from_slice(sig);
+    Ok(b)
+}
+
+/// The metadata bytes and signature of a record block; None when the
+/// block holds no record (an empty slot, or one being written).
+pub fn decode_record(b: &[u8]) -> Option<(Vec<u8>, [u8; 64])> {
+    if b.len() < 16 || &b[..8] != RECORD_MAGIC {
+        return None;
+    }
+    let n = u32::from_le_bytes(b[8..12].try_into().ok()?) as usize;
+    let m = u32::from_le_bytes(b[12..16].try_into().ok()?) as usize;
+    if m != 64 || 16 + n + m > b.len() {
+        return None;
+    }
+    let sig: [u8; 64] = b[16 + n..16 + n + 64].try_into().ok()?;
+    Some((b[16..16 + n].to_vec(), sig))
 }
 
 /// `<metadata>.sig`.

@@ -880,4 +880,60 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
         proof_of(&log).starts_with("ign-proof: hello from ignition changed: core sudo: "),
         "{log}"
     );
+    // UEFI: OVMF, systemd-boot and the EFI stub, to `running` too.
+    let copies = scratch.path().join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    chown_r(&user, &copies);
+    let copy = |name: &str| {
+        let image = copies.join(name);
+        run_ok(
+            user.command(&scratch, "cp")
+                .arg("--sparse=always")
+                .arg(artifact(&latest, "_image.bin"))
+                .arg(&image),
+        );
+        image
+    };
+    let boot = |image: &Path, format: &str, expect: i32| {
+        let out = run_expect(
+            user.command(&scratch, "sdk-tools")
+                .arg("test_image")
+                .arg("--image")
+                .arg(image)
+                .args(["--format", format, "--timeout", BOOT_TIMEOUT])
+                .args([
+                    "--marker",
+                    "systemd-os: boot finished: running: failed: none",
+                ]),
+            expect,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = boot(&copy("uefi.bin"), "qemu_uefi", 0);
+    assert!(out.contains("PASS"), "{out}");
+    let log = std::fs::read_to_string(copies.join("uefi_qemu_uefi_console.log")).unwrap();
+    assert!(log.contains("EFI stub"), "{log}");
+    // dm-verity still guards USR under systemd: one flipped byte in
+    // USR-A's ext4 superblock stops the boot.
+    let image = copy("flipped.bin");
+    let at = part_offset(&user, &scratch, &image, "USR-A") + 1024 + 100;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    }
+    let out = boot(&image, "qemu", 1);
+    assert!(out.contains("FAIL"), "{out}");
+    let log = std::fs::read_to_string(copies.join("flipped_qemu_console.log")).unwrap();
+    assert!(
+        log.contains("device-mapper: verity") && log.contains("is corrupted"),
+        "{log}"
+    );
+    assert!(!log.contains("systemd-os: boot finished"), "{log}");
 }
