@@ -108,6 +108,8 @@ printf '  %-16s %8s s\n' "total" "$(secs "$all_start")"
 # Commands that work pasted as they are, by whoever ran the demo: as
 # root they switch to the user who owns the sandbox and its store.
 enter="cd $repo && $bin/sdk-run -t"
+inner_test=""
+[ "$example" = systemd-os ] && inner_test=" --marker 'systemd-os: boot finished:' --tests tests"
 boot="$qemu_sh -nographic"
 [ "$example" = systemd-os ] && boot="$qemu_sh -nographic -i $ign -p 2222"
 login="ssh -i $key -p 2222 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null core@127.0.0.1"
@@ -126,7 +128,7 @@ Paste to go on:
   $enter
       # the SDK shell (as $user; \`sdk-run list\` shows the sandbox); inside:
       #   build_packages --board $board && build_image --board $board --replace
-      #   image_to_vm --board $board && test_image --board $board
+      #   image_to_vm --board $board && test_image --board $board$inner_test
   $boot
       # boot the image on this terminal (Ctrl-a x quits QEMU)
 EOF

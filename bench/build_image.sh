@@ -31,7 +31,7 @@ systemd-repart --version | head -1
 # packages plus large ones (python3, perl, containerd, golang, gcc): over
 # 1 GiB in /usr and 40,000 files.
 small_pkgs=linux-image-cloud-amd64,busybox
-big_pkgs=linux-image-cloud-amd64,busybox,systemd,systemd-sysv,systemd-resolved,dbus,openssh-server,sudo,iproute2,iputils-ping,ignition,python3,python3-numpy,perl,containerd,golang-go,gcc,g++,git
+big_pkgs=linux-image-cloud-amd64,busybox,systemd,systemd-sysv,systemd-resolved,dbus,openssh-server,sudo,iproute2,iputils-ping,ignition,python3,python3-numpy,perl,containerd,golang-go,gcc,g++,git,linux-headers-cloud-amd64
 bootstrap() { # NAME PACKAGES
   local root=$work/$1
   [ -d "$root/usr" ] && return
