@@ -119,8 +119,9 @@ SizeMinBytes=$usr_bytes
 SizeMaxBytes=$usr_bytes
 EOF
   # repart 252 does not size the hash partition itself (it fails with EIO
-  # when the default is too small): 1/64 of the data and then some.
-  local hash_mib=$((usr_bytes / 1048576 / 60 + 16))
+  # when it is too small; 64 MiB was enough for the small root, 22 not).
+  local hash_mib=$((usr_bytes / 1048576 / 16 + 16))
+  [ "$hash_mib" -ge 64 ] || hash_mib=64
   cat >"$defs/21-usr-verity.conf" <<EOF
 [Partition]
 Type=usr-verity

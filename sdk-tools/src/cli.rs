@@ -108,6 +108,13 @@ pub fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if name == "sdk-update" {
+        // The update agent in the OS: `sdk-update status` is
+        // `sdk-tools update status`.
+        args[0] = OsString::from("update");
+        args.insert(0, OsString::from("sdk-tools"));
+        return args;
+    }
     if MULTICALL_NAMES.contains(&name.as_str()) {
         // `/usr/bin/build_image` and `build_image` both mean the verb.
         args[0] = OsString::from(&name);

@@ -327,7 +327,6 @@ fn setup_verity_usr(plan: &Plan) -> InitResult<()> {
         hash_offset,
         ..plan.clone()
     };
-    let usr_dev = usr_dev;
     say(&format!(
         "sdk-init: USR is {} ({}, {}:{})",
         usr_dev.name, usr_dev.label, usr_dev.major, usr_dev.minor
@@ -492,9 +491,9 @@ fn parent_disk(part: &str) -> Option<String> {
 
 /// The slot to boot, by the GPT (see `gptprio`), among the USR partitions
 /// of the disk that holds the one the command line names (`named`); with
-/// its root hash and hash offset: the command line's for that slot, else
-/// those of the slot's signed record (checked with the keys the initramfs
-/// carries). Whatever stands in the way (one USR partition, no slot
+/// its root hash and hash offset: those of the slot's signed record
+/// (checked with the keys the initramfs carries), else the command line's
+/// when it names that slot. Whatever stands in the way (one USR partition, no slot
 /// bootable by the GPT, a record missing or not signed by a trusted key)
 /// is said on the console and the command line's slot boots. The choice
 /// is left in `/run/sdk-init/usr-slot` for the update agent.
@@ -510,7 +509,10 @@ fn pick_slot(plan: &Plan, named: BlockDev) -> (BlockDev, String, Option<u64>) {
     {
         Ok(t) => t,
         Err(e) => {
-            say(&format!("sdk-init: cannot read the GPT of {disk} ({e}); booting {} from the command line", named.label));
+            say(&format!(
+                "sdk-init: cannot read the GPT of {disk} ({e}); booting {} from the command line",
+                named.label
+            ));
             return fallback(named);
         }
     };
@@ -538,31 +540,38 @@ fn pick_slot(plan: &Plan, named: BlockDev) -> (BlockDev, String, Option<u64>) {
         ));
         return fallback(named);
     };
-    let record = |choice: &super::gptprio::Choice| -> Result<(BlockDev, String, Option<u64>), String> {
-        let dev = find_part(&PartSpec::Label(choice.label.clone()))
-            .ok_or_else(|| format!("no device for {}", choice.label))?;
-        let path = format!("/dev/{}", dev.name);
-        let mut f = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
-        let size = f.seek(SeekFrom::End(0)).map_err(|e| format!("size of {path}: {e}"))?;
-        let mut b = vec![0u8; crate::formats::update::RECORD_BYTES as usize];
-        f.read_exact_at(&mut b, crate::formats::update::record_offset(size))
-            .map_err(|e| format!("read its record: {e}"))?;
-        let (bytes, sig) = crate::formats::update::decode_record(&b)
-            .ok_or_else(|| "it holds no slot record (never installed, or cut short)".to_string())?;
-        let keys = crate::formats::update::load_public_keys(Path::new(&format!(
-            "/{}",
-            super::initramfs::KEYS_DIR
-        )))
-        .map_err(|e| e.to_string())?;
-        let (meta, _) =
-            crate::formats::update::verify_bytes(Path::new(&path), &bytes, &sig, &keys)
-                .map_err(|e| e.to_string())?;
-        Ok((dev, meta.usr.root_hash, Some(meta.usr.hash_offset)))
-    };
-    let picked = if choice.label == named.label {
-        Ok(fallback(named.clone()))
-    } else {
-        record(&choice)
+    let record =
+        |choice: &super::gptprio::Choice| -> Result<(BlockDev, String, Option<u64>), String> {
+            let dev = find_part(&PartSpec::Label(choice.label.clone()))
+                .ok_or_else(|| format!("no device for {}", choice.label))?;
+            let path = format!("/dev/{}", dev.name);
+            let mut f = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            let size = f
+                .seek(SeekFrom::End(0))
+                .map_err(|e| format!("size of {path}: {e}"))?;
+            let mut b = vec![0u8; crate::formats::update::RECORD_BYTES as usize];
+            f.read_exact_at(&mut b, crate::formats::update::record_offset(size))
+                .map_err(|e| format!("read its record: {e}"))?;
+            let (bytes, sig) = crate::formats::update::decode_record(&b).ok_or_else(|| {
+                "it holds no slot record (never installed, or cut short)".to_string()
+            })?;
+            let keys = crate::formats::update::load_public_keys(Path::new(&format!(
+                "/{}",
+                super::initramfs::KEYS_DIR
+            )))
+            .map_err(|e| e.to_string())?;
+            let (meta, _) =
+                crate::formats::update::verify_bytes(Path::new(&path), &bytes, &sig, &keys)
+                    .map_err(|e| e.to_string())?;
+            Ok((dev, meta.usr.root_hash, Some(meta.usr.hash_offset)))
+        };
+    // The slot's record says what it holds now (an update may have
+    // rewritten the slot the command line names); without one, the
+    // command line's hash is the named slot's.
+    let picked = match record(&choice) {
+        Ok(p) => Ok(p),
+        Err(_) if choice.label == named.label => Ok(fallback(named.clone())),
+        Err(why) => Err(why),
     };
     let picked = match picked {
         Ok(p) => p,
@@ -579,12 +588,18 @@ fn pick_slot(plan: &Plan, named: BlockDev) -> (BlockDev, String, Option<u64>) {
     if let Some(attrs) = choice.write_back
         && let Err(e) = crate::formats::disk::set_attributes(&disk_path, choice.number, attrs)
     {
-        say(&format!("sdk-init: warning: cannot count this try in the GPT: {e}"));
+        say(&format!(
+            "sdk-init: warning: cannot count this try in the GPT: {e}"
+        ));
     }
     say(&format!(
         "sdk-init: slot {} by the GPT ({}, {} tries left)",
         choice.label,
-        if choice.successful { "successful" } else { "not yet successful" },
+        if choice.successful {
+            "successful"
+        } else {
+            "not yet successful"
+        },
         choice.tries_left
     ));
     let _ = std::fs::create_dir_all("/run/sdk-init");

@@ -6,6 +6,7 @@
 //! Not here: building filesystems, verity trees and the GPT (image core),
 //! assembling the image (build_image, which calls `esp::populate_esp`).
 
+pub mod agent;
 pub mod cpio;
 pub mod disk;
 pub mod dm;

@@ -253,7 +253,19 @@ pub fn verify(
 
 /// The payload at `p` is the one `meta` describes (size and sha256).
 pub fn check_payload(meta: &Metadata, p: &Path) -> Result<(), UpdateError> {
-    let (size, sum) = sdk_common::fsutil::hash_file(p).map_err(io("read", p))?;
+    let (size, sum) = sdk_common::fsutil::hash_file(p).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            UpdateError::PayloadMismatch {
+                path: p.to_path_buf(),
+                why: format!(
+                    "does not exist; give the payload {} with --payload, or put it beside the metadata",
+                    meta.payload.name
+                ),
+            }
+        } else {
+            io("read", p)(e)
+        }
+    })?;
     if size != meta.payload.size || hex::encode(sum) != meta.payload.sha256 {
         return Err(UpdateError::PayloadMismatch {
             path: p.to_path_buf(),
@@ -280,7 +292,7 @@ pub fn verify_bytes(
     let sig = Signature::from_bytes(sig);
     let signer = keys
         .iter()
-        .find(|(_, k)| k.verify(&bytes, &sig).is_ok())
+        .find(|(_, k)| k.verify(bytes, &sig).is_ok())
         .map(|(_, k)| key_id(k))
         .ok_or_else(|| {
             let ids: Vec<String> = keys.iter().map(|(_, k)| key_id(k)).collect();

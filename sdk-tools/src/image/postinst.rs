@@ -187,6 +187,97 @@ pub fn script_listing(tree: &Tree, packages: &[super::PackageInfo]) -> ScriptLis
     }
 }
 
+/// The mark-good unit: runs once `boot-complete.target` is reached, which
+/// health checks order themselves before (`Before=` and `RequiredBy=`
+/// boot-complete.target), as systemd's own boot counting does; a failed
+/// check keeps the target, and so the mark, from happening.
+const MARK_GOOD_UNIT: &str = "[Unit]
+Description=Mark the running USR slot good once the boot is healthy
+Requires=boot-complete.target
+After=boot-complete.target
+ConditionPathExists=/run/sdk-init/usr-slot
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/sdk-update mark-good
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The update agent for an OS with systemd: this binary as
+/// `/usr/bin/sdk-update` (stripped of debug info where `strip` is at
+/// hand), the release file it reads, and the mark-good unit enabled by
+/// preset. An OS without systemd gets the release file only.
+pub fn update_agent(
+    tree: &mut Tree,
+    os_id: &str,
+    version: &str,
+    board: &str,
+    work: &Path,
+) -> Result<()> {
+    let release = crate::boot::agent::Release {
+        os_id: os_id.to_string(),
+        version: version.to_string(),
+        board: board.to_string(),
+    };
+    let origin = "update agent";
+    tree.add_file(
+        crate::boot::agent::RELEASE_FILE,
+        release.text().as_bytes(),
+        0o644,
+        0,
+        0,
+        origin,
+        true,
+    )?;
+    if tree.get("usr/lib/systemd/systemd").is_none() {
+        return Ok(());
+    }
+    let exe = std::fs::read_link("/proc/self/exe").context("find this executable")?;
+    let stripped = work.join("sdk-update");
+    let agent = match Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&exe)
+        .run_capture()
+    {
+        Ok(_) => stripped,
+        Err(_) => exe,
+    };
+    let f = std::fs::File::open(&agent).with_context(|| format!("read {}", agent.display()))?;
+    tree.add_file("usr/lib/sdk-update/sdk-tools", f, 0o755, 0, 0, origin, true)?;
+    tree.add_symlink(
+        "usr/bin/sdk-update",
+        "../lib/sdk-update/sdk-tools",
+        0,
+        0,
+        origin,
+        true,
+    )?;
+    tree.add_file(
+        "usr/lib/systemd/system/sdk-update-mark-good.service",
+        MARK_GOOD_UNIT.as_bytes(),
+        0o644,
+        0,
+        0,
+        origin,
+        true,
+    )?;
+    tree.add_file(
+        "usr/lib/systemd/system-preset/80-sdk-update.preset",
+        &b"enable sdk-update-mark-good.service\n"[..],
+        0o644,
+        0,
+        0,
+        origin,
+        true,
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

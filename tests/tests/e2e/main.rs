@@ -16,4 +16,5 @@ mod oci;
 mod packages;
 mod rootfs;
 mod sandbox;
+mod update;
 mod verity;

@@ -1,0 +1,274 @@
+//! A/B updates installed by the running systemd example OS (QEMU, TCG):
+//! v1 boots from USR-A; v2, built and copied in, is applied from inside
+//! v1 by `sdk-update`, boots from USR-B after a reboot and marks itself
+//! good; a v3 whose health check fails boots once, is not marked, and the
+//! next boot comes back to v2 with nobody choosing a slot. A tampered
+//! payload and metadata signed by another key are refused before a byte
+//! of the inactive slot is written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sdk_e2e::vm::{Login, Vm};
+use sdk_e2e::{Scratch, TestUser, chown_r, run_ok};
+
+const BOARD: &str = "amd64-usr";
+
+fn artifact(dir: &Path, suffix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} in {}", dir.display()))
+}
+
+fn set_version(repo: &Path, version: &str) {
+    let f = repo.join("sdk-version.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("os-version") {
+                format!("os-version = \"{version}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(f, text).unwrap();
+}
+
+fn out_of(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let repo = scratch.path().join("systemd-os");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd-os");
+    run_ok(Command::new("cp").arg("-a").arg(&examples).arg(&repo));
+    let _ = std::fs::remove_dir_all(repo.join("__build__"));
+    let cache = PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
+        .join(format!("sdk-e2e-boot-cache-{}", user.uid));
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_r(&user, &cache);
+    chown_r(&user, scratch.path());
+    let tool = |verb: &str| {
+        let mut c = user.command(&scratch, "sdk-tools");
+        c.arg(verb)
+            .args(["--board", BOARD])
+            .current_dir(&repo)
+            .env("SDK_BUILD_ROOT", scratch.path().join("build"))
+            .env("SDK_CACHE_DIR", &cache);
+        c
+    };
+    let latest = repo.join("__build__/images").join(BOARD).join("latest");
+    // An update of `version`: its metadata, signature and payload, copied
+    // out of `latest` (the next build replaces it).
+    let build = |version: &str| -> PathBuf {
+        set_version(&repo, version);
+        chown_r(&user, &repo);
+        run_ok(&mut tool("build_packages"));
+        run_ok(&mut tool("build_image"));
+        let dir = scratch.path().join(format!("update-{version}"));
+        std::fs::create_dir(&dir).unwrap();
+        let meta = artifact(&latest, "_update.json");
+        let sig = artifact(&latest, "_update.json.sig");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let payload = latest.join(v["payload"]["name"].as_str().unwrap());
+        for f in [&meta, &sig, &payload] {
+            run_ok(
+                Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(f)
+                    .arg(dir.join(f.file_name().unwrap())),
+            );
+        }
+        chown_r(&user, &dir);
+        dir
+    };
+
+    run_ok(&mut tool("setup_board"));
+    let payload_of = |dir: &Path| -> (PathBuf, PathBuf, PathBuf) {
+        let meta = artifact(dir, "_update.json");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let payload = dir.join(v["payload"]["name"].as_str().unwrap());
+        (meta.clone(), update_sig(&meta), payload)
+    };
+    // v1, and its VM (image_to_vm's output stays in v1's image folder).
+    build("2.0.0");
+    run_ok(&mut tool("image_to_vm"));
+    let launcher = artifact(&std::fs::canonicalize(&latest).unwrap(), "_qemu.sh");
+    // v2 (another version: another release file in USR) and v3, whose
+    // health check fails (a regression, as a developer would make it).
+    let (meta2, sig2, payload2) = payload_of(&build("2.0.1"));
+    let script = repo.join("packages/demo-base/system/demo-health");
+    let text = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(
+        &script,
+        text.replacen(
+            "for unit in",
+            "echo 'demo-health: broken on purpose' >/dev/console; exit 1\nfor unit in",
+            1,
+        ),
+    )
+    .unwrap();
+    let (meta3, sig3, payload3) = payload_of(&build("2.0.2"));
+    let name = meta2.file_name().unwrap().to_string_lossy().into_owned();
+    // v2's payload with one bit flipped, and v2's metadata signed by a key
+    // the OS does not trust.
+    let tampered = scratch.path().join("tampered.bin");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&payload2)
+            .arg(&tampered),
+    );
+    sdk_e2e::flip_bit(&tampered, 4096 * 3 + 17, 2);
+    let wrong = scratch.path().join("wrongkey");
+    std::fs::create_dir(&wrong).unwrap();
+    std::fs::copy(&meta2, wrong.join(&name)).unwrap();
+    let other_key = scratch.path().join("other.pem");
+    run_ok(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&other_key),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+            .arg(&other_key)
+            .arg("-in")
+            .arg(wrong.join(&name))
+            .arg("-out")
+            .arg(wrong.join(format!("{name}.sig"))),
+    );
+    chown_r(&user, scratch.path());
+
+    // The payloads reach the guest as disks (vdb: v2, vdc: tampered, vdd:
+    // v3), the small metadata files by scp.
+    let login = Login::new(&user, &scratch);
+    let mut vm = Vm::start(
+        &user,
+        &scratch,
+        &launcher,
+        &login,
+        &[&payload2, &tampered, &payload3],
+    );
+    let (line, at) = vm.wait_for("systemd-os: boot finished:", 0);
+    assert!(line.contains("version 2.0.0 from USR-A"), "{line}");
+    vm.wait_for_ssh(&user, &scratch);
+    let ssh = |vm: &Vm, script: &str| vm.ssh(&user, &scratch, script);
+    let status = |vm: &Vm| out_of(&ssh(vm, "sudo sdk-update status"));
+    let s = status(&vm);
+    assert!(s.contains("running from USR-A"), "{s}");
+    assert!(
+        ssh(&vm, "mkdir -p /var/tmp/v2 /var/tmp/v3 /var/tmp/wrong")
+            .status
+            .success()
+    );
+    vm.copy_in(&user, &scratch, &[&meta2, &sig2], "/var/tmp/v2");
+    vm.copy_in(&user, &scratch, &[&meta3, &sig3], "/var/tmp/v3");
+    vm.copy_in(
+        &user,
+        &scratch,
+        &[&wrong.join(&name), &wrong.join(format!("{name}.sig"))],
+        "/var/tmp/wrong",
+    );
+    // What a write would change first: the start of USR-B, its record
+    // block, and the GPT attributes (status).
+    let fingerprint = |vm: &Vm| {
+        out_of(&ssh(
+            vm,
+            "sudo dd if=/dev/vda4 bs=1M count=8 status=none | sha256sum; sudo tail -c 65536 /dev/vda4 | sha256sum; sudo sdk-update status",
+        ))
+    };
+    let before = fingerprint(&vm);
+    for (cmd, why) in [
+        (
+            format!("sudo sdk-update apply /var/tmp/v2/{name} --payload /dev/vdc"),
+            "it was changed or is another payload",
+        ),
+        (
+            format!("sudo sdk-update apply /var/tmp/wrong/{name} --payload /dev/vdb"),
+            "does not match any trusted key",
+        ),
+        (
+            format!("sudo sdk-update apply /var/tmp/v2/{name}"),
+            "does not exist",
+        ),
+    ] {
+        let o = ssh(&vm, &cmd);
+        let text = out_of(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {text}");
+        assert!(text.contains(why), "{cmd}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+    }
+    assert_eq!(fingerprint(&vm), before, "a refused update wrote something");
+
+    // v2 applied from inside v1; after the reboot it runs from USR-B and
+    // its boot marks it good.
+    let o = ssh(
+        &vm,
+        &format!("sudo sdk-update apply /var/tmp/v2/{name} --payload /dev/vdb"),
+    );
+    let text = out_of(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("USR-B holds the update"), "{text}");
+    let _ = ssh(&vm, "sudo systemctl reboot");
+    let (line, at) = vm.wait_for("systemd-os: boot finished:", at);
+    assert!(line.contains("version 2.0.1 from USR-B"), "{line}");
+    assert!(line.contains("running: failed: none"), "{line}");
+    vm.wait_for_ssh(&user, &scratch);
+    let s = status(&vm);
+    assert!(s.contains("2.0.1 (amd64-usr), running from USR-B"), "{s}");
+    assert!(
+        s.contains("USR-B *: 2.0.1; priority 2, tries 0, successful"),
+        "{s}"
+    );
+
+    // v3 boots once from USR-A, is not marked, and the next boot is v2's
+    // again without anyone choosing.
+    let o = ssh(
+        &vm,
+        &format!("sudo sdk-update apply /var/tmp/v3/{name} --payload /dev/vdd"),
+    );
+    assert!(o.status.success(), "{}", out_of(&o));
+    let _ = ssh(&vm, "sudo systemctl reboot");
+    let (line, at) = vm.wait_for("systemd-os: boot finished:", at);
+    assert!(line.contains("version 2.0.2 from USR-A"), "{line}");
+    assert!(line.contains("demo-health.service"), "{line}");
+    vm.wait_for_ssh(&user, &scratch);
+    let s = status(&vm);
+    assert!(
+        s.contains("USR-A *: 2.0.2; priority 3, tries 0, not successful"),
+        "{s}"
+    );
+    let _ = ssh(&vm, "sudo systemctl reboot");
+    let (line, _) = vm.wait_for("systemd-os: boot finished:", at);
+    assert!(line.contains("version 2.0.1 from USR-B"), "{line}");
+    vm.wait_for_ssh(&user, &scratch);
+    let s = status(&vm);
+    assert!(s.contains("running from USR-B"), "{s}");
+    assert!(
+        s.contains(
+            "USR-A: 2.0.2; priority 3, tries 0, not successful: tried and did not become healthy"
+        ),
+        "{s}"
+    );
+}
+
+fn update_sig(meta: &Path) -> PathBuf {
+    let mut s = meta.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
