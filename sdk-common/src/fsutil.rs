@@ -78,10 +78,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// image) are hashed as the zeros they read as, without reading them.
 pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
     let f = File::open(path)?;
-    let len = f.metadata()?.len();
+    let len = byte_size(&f)?;
     let mut hasher = Sha256::new();
     hash_range(&f, 0, len, &mut hasher)?;
     Ok((len, hasher.finalize().into()))
+}
+
+/// Bytes in `f`: a regular file's length, a block device's size (a
+/// payload handed over as a disk).
+pub fn byte_size(f: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let md = f.metadata()?;
+    if md.file_type().is_block_device() {
+        use std::io::Seek;
+        let mut f = f;
+        return f.seek(io::SeekFrom::End(0));
+    }
+    Ok(md.len())
 }
 
 /// Feed `len` bytes of `f` from `start` to `hasher`, holes as zeros
@@ -99,7 +112,7 @@ pub fn hash_range(f: &File, start: u64, len: u64, hasher: &mut Sha256) -> io::Re
         }
     };
     let end = start + len;
-    let file_end = f.metadata()?.len().min(end);
+    let file_end = byte_size(f)?.min(end);
     let mut buf = vec![0u8; HASH_BUF];
     let mut pos = start;
     while pos < file_end {

@@ -833,7 +833,7 @@ fn ignition() -> InitResult<()> {
             )));
         }
     }
-    let _ = std::fs::remove_dir_all("/sysroot/run/sdk-init");
+    let _ = std::fs::remove_dir_all("/sysroot/run/sdk-init/bin");
     Ok(())
 }
 

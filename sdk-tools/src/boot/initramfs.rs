@@ -209,7 +209,9 @@ fn write_gz(out: &Path, entries: &[Entry], mtime: u32) -> Result<u64, BootError>
 /// release build with line tables; the initramfs is unpacked on every
 /// boot). `strip` is binutils', which every SDK with a C compiler has;
 /// without it the binary goes in as it is, with a warning.
-fn init_binary() -> Result<Vec<u8>, BootError> {
+/// This executable, stripped (as it is when `strip` is not at hand): the
+/// initramfs's init, and the update agent build_image puts in USR.
+pub fn init_binary() -> Result<Vec<u8>, BootError> {
     use crate::cmd::CommandExt;
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();

@@ -538,9 +538,10 @@ pub fn boot_and_wait(b: &Boot<'_>, then: Option<InGuest<'_>>) -> Result<TestOutc
             }),
             Err(_) => Err("no free port on the host's loopback for ssh".into()),
         };
+        // The work in the guest fails only when ssh never answered: the
+        // reason names the last console lines, as for a boot that failed.
         if let Err(why) = result {
             watch.verdict = Some(Err(why));
-            watch.booted = true;
         }
     }
     let _ = child.kill();
@@ -599,8 +600,6 @@ struct Watch<'a> {
     last: std::collections::VecDeque<String>,
     corruption: Option<String>,
     verdict: Option<Result<String, String>>,
-    /// The boot itself went well (what failed came after the marker).
-    booted: bool,
 }
 
 impl<'a> Watch<'a> {
@@ -611,7 +610,6 @@ impl<'a> Watch<'a> {
             last: std::collections::VecDeque::new(),
             corruption: None,
             verdict: None,
-            booted: false,
         }
     }
 
@@ -663,7 +661,7 @@ impl<'a> Watch<'a> {
                 )),
             ),
         };
-        if let Some(r) = reason.as_mut().filter(|_| !self.booted) {
+        if let Some(r) = reason.as_mut() {
             match &self.corruption {
                 Some(c) => r.push_str(&format!("; dm-verity reported corruption: {c}")),
                 None => {

@@ -700,13 +700,7 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
             true,
         )?;
     }
-    super::postinst::update_agent(
-        &mut tree,
-        &id,
-        &plan.repo.os_version,
-        &plan.board.name,
-        work,
-    )?;
+    super::postinst::update_agent(&mut tree, &id, &plan.repo.os_version, &plan.board.name)?;
     let epoch = env_epoch()
         .map_err(usage)?
         .unwrap_or_else(|| tree.newest_mtime());

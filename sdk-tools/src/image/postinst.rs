@@ -207,16 +207,10 @@ WantedBy=multi-user.target
 ";
 
 /// The update agent for an OS with systemd: this binary as
-/// `/usr/bin/sdk-update` (stripped of debug info where `strip` is at
-/// hand), the release file it reads, and the mark-good unit enabled by
+/// `/usr/bin/sdk-update` (stripped, as the initramfs's init is), the
+/// release file it reads, and the mark-good unit enabled by
 /// preset. An OS without systemd gets the release file only.
-pub fn update_agent(
-    tree: &mut Tree,
-    os_id: &str,
-    version: &str,
-    board: &str,
-    work: &Path,
-) -> Result<()> {
+pub fn update_agent(tree: &mut Tree, os_id: &str, version: &str, board: &str) -> Result<()> {
     let release = crate::boot::agent::Release {
         os_id: os_id.to_string(),
         version: version.to_string(),
@@ -235,20 +229,16 @@ pub fn update_agent(
     if tree.get("usr/lib/systemd/systemd").is_none() {
         return Ok(());
     }
-    let exe = std::fs::read_link("/proc/self/exe").context("find this executable")?;
-    let stripped = work.join("sdk-update");
-    let agent = match Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&exe)
-        .run_capture()
-    {
-        Ok(_) => stripped,
-        Err(_) => exe,
-    };
-    let f = std::fs::File::open(&agent).with_context(|| format!("read {}", agent.display()))?;
-    tree.add_file("usr/lib/sdk-update/sdk-tools", f, 0o755, 0, 0, origin, true)?;
+    let agent = crate::boot::initramfs::init_binary().map_err(sdk_common::error::classify)?;
+    tree.add_file(
+        "usr/lib/sdk-update/sdk-tools",
+        agent.as_slice(),
+        0o755,
+        0,
+        0,
+        origin,
+        true,
+    )?;
     tree.add_symlink(
         "usr/bin/sdk-update",
         "../lib/sdk-update/sdk-tools",

@@ -937,3 +937,43 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     );
     assert!(!log.contains("systemd-os: boot finished"), "{log}");
 }
+
+#[test]
+fn a_guest_that_never_answers_ssh_fails_naming_its_console_and_is_stopped() {
+    // The busybox OS reaches its marker but has no sshd: test_image waits
+    // its timeout for ssh, fails naming the last console lines, and leaves
+    // no QEMU behind.
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (image, _) = image_copy(&user, &scratch);
+    let tests = scratch.path().join("tests");
+    std::fs::create_dir(&tests).unwrap();
+    std::fs::write(tests.join("00-true"), "#!/bin/sh\ntrue\n").unwrap();
+    chown_r(&user, scratch.path());
+    let out = run_expect(
+        user.command(&scratch, "sdk-tools")
+            .arg("test_image")
+            .arg("--image")
+            .arg(&image)
+            .args(["--timeout", "20", "--tests"])
+            .arg(&tests),
+        1,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ssh as sdk-test did not answer within 20s"),
+        "{text}"
+    );
+    assert!(text.contains("; last console lines: "), "{text}");
+    assert!(text.contains("not ok 1 - 00-true # not run: "), "{text}");
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("qemu-system.*{}", scratch.path().display()))
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "QEMU left running: {left:?}");
+}

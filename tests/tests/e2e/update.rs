@@ -165,7 +165,18 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         &[&payload2, &tampered, &payload3],
     );
     let (line, at) = vm.wait_for("systemd-os: boot finished:", 0);
-    assert!(line.contains("version 2.0.0 from USR-A"), "{line}");
+    let init_lines = |vm: &Vm| -> String {
+        vm.console_text()
+            .lines()
+            .filter(|l| l.contains("sdk-init"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        line.contains("version 2.0.0 from USR-A"),
+        "{line}\n{}",
+        init_lines(&vm)
+    );
     vm.wait_for_ssh(&user, &scratch);
     let ssh = |vm: &Vm, script: &str| vm.ssh(&user, &scratch, script);
     let status = |vm: &Vm| out_of(&ssh(vm, "sudo sdk-update status"));
