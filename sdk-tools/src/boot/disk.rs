@@ -51,15 +51,40 @@ fn disk_err(e: DiskError) -> BootError {
     }
 }
 
-pub fn by_label<'a>(
-    parts: &'a [Partition],
-    label: &str,
-    image: &Path,
-) -> Result<&'a Partition, BootError> {
-    parts.iter().find(|p| p.label == label).ok_or_else(|| {
+/// Partition type GUIDs a USR slot may have: Flatcar's, and the
+/// Discoverable Partitions Specification's per-architecture `usr`.
+const USR_TYPES: &[&str] = &["flatcar-usr", "usr-x86-64", "usr-arm64"];
+
+/// The USR slots of an image in partition order, found by type (as the
+/// init and the update agent find them), never by label: slot A is the
+/// first, slot B the second.
+pub fn usr_slots(parts: &[Partition]) -> Vec<Partition> {
+    let types: Vec<uuid::Uuid> = crate::formats::disk::TYPE_ALIASES
+        .iter()
+        .filter(|(alias, _)| USR_TYPES.contains(alias))
+        .filter_map(|(_, guid)| uuid::Uuid::parse_str(guid).ok())
+        .collect();
+    let mut v: Vec<Partition> = parts
+        .iter()
+        .filter(|p| types.contains(&p.type_guid))
+        .cloned()
+        .collect();
+    v.sort_by_key(|p| p.number);
+    v
+}
+
+/// USR slot `slot` (`a` or `b`) of an image.
+pub fn usr_slot(parts: &[Partition], slot: char, image: &Path) -> Result<Partition, BootError> {
+    let i = match slot.to_ascii_lowercase() {
+        'a' => 0,
+        'b' => 1,
+        _ => return Err(BootError::Usage(format!("slot `{slot}`: use A or B"))),
+    };
+    usr_slots(parts).into_iter().nth(i).ok_or_else(|| {
         BootError::Usage(format!(
-            "{}: no partition labelled {label}",
-            image.display()
+            "{}: no USR slot {} (partitions of a USR type: Flatcar's or the Discoverable Partitions' usr)",
+            image.display(),
+            slot.to_ascii_uppercase()
         ))
     })
 }

@@ -49,8 +49,8 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
     }
     let parts = disk::partitions(image)?;
     let esp = disk::esp(&parts, image)?;
-    let label = format!("USR-{}", slot.to_ascii_uppercase());
-    let target = disk::by_label(&parts, &label, image)?.clone();
+    let target = disk::usr_slot(&parts, slot, image)?;
+    let label = target.label.clone();
 
     // Current entries: the template for kernel/initrd/command line, and the
     // hash each slot boots with.
@@ -58,11 +58,7 @@ pub fn set_slot(c: &SlotChange) -> Result<Vec<String>, BootError> {
     let template = super::esp::default_entry(&entries)
         .cloned()
         .ok_or_else(|| no_entries(image))?;
-    let usr_slots: Vec<Partition> = parts
-        .iter()
-        .filter(|p| p.label.starts_with("USR-"))
-        .cloned()
-        .collect();
+    let usr_slots: Vec<Partition> = disk::usr_slots(&parts);
     let mut hashes = slot_hashes(&entries, &usr_slots);
     if let Some(payload) = &c.payload {
         // Checked before anything is written: bad input changes nothing.
@@ -163,17 +159,10 @@ fn write_slot_entries(
         None => template.title.clone(),
     };
     let mut written = Vec::new();
-    for p in parts.iter().filter(|p| p.label.starts_with("USR-")) {
+    for (p, s) in disk::usr_slots(parts).iter().zip(['a', 'b']) {
         let Some((hash, off)) = hashes.get(&p.label) else {
             continue;
         };
-        let s = p
-            .label
-            .trim_start_matches("USR-")
-            .to_ascii_lowercase()
-            .chars()
-            .next()
-            .unwrap_or('a');
         let entry = SlotEntry {
             slot: s,
             part: PartRef {

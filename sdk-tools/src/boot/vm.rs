@@ -183,7 +183,7 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
     }
     let parts = disk::partitions(image)?;
     let esp = disk::esp(&parts, image)?;
-    disk::by_label(&parts, "USR-A", image)?;
+    disk::usr_slot(&parts, 'a', image)?;
     let entry = super::slot::boot_entry(image)?;
     let c = parse_cmdline(&entry.options);
     if !c.contains_key("usrhash") && !c.contains_key("verity.usrhash") {
