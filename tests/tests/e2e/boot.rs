@@ -811,8 +811,8 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
         "{listing}"
     );
     assert!(
-        !listing.contains("user sshd is created"),
-        "sshd is declared by the recipe's sysusers.d: {listing}"
+        !listing.contains(" is created by the script"),
+        "every account the scripts make is declared in a sysusers.d file: {listing}"
     );
     let log = std::fs::read_to_string(artifact(&latest, "_qemu_console.log")).unwrap();
     let proof = log

@@ -5,6 +5,7 @@
 # installs through ucf in its postinst).
 d="$DESTDIR$PREFIX"
 install -Dm0644 sshd.sysusers "$d/lib/sysusers.d/sshd.conf"
+install -Dm0644 groups.sysusers "$d/lib/sysusers.d/demo-groups.conf"
 install -Dm0644 sshd-keygen.service "$d/lib/systemd/system/sshd-keygen.service"
 install -Dm0644 demo-marker.service "$d/lib/systemd/system/demo-marker.service"
 install -Dm0755 demo-marker "$d/lib/demo/demo-marker"
