@@ -132,12 +132,23 @@ impl Vm {
         ]);
     }
 
-    /// Run `script` in the guest as `core`.
-    pub fn ssh(&self, user: &TestUser, scratch: &Scratch, script: &str) -> Output {
+    /// `ssh` running `script` in the guest as `core`, to spawn.
+    pub fn ssh_command(&self, user: &TestUser, scratch: &Scratch, script: &str) -> Command {
         let mut c = user.command(scratch, "ssh");
         self.ssh_args(&mut c);
         c.args(["-p", &self.port.to_string(), "core@127.0.0.1", script]);
-        c.output().unwrap()
+        c
+    }
+
+    /// Run `script` in the guest as `core`.
+    pub fn ssh(&self, user: &TestUser, scratch: &Scratch, script: &str) -> Output {
+        self.ssh_command(user, scratch, script).output().unwrap()
+    }
+
+    /// Pull the plug: QEMU is killed, the disk keeps what reached it.
+    pub fn power_cut(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Wait until ssh answers.

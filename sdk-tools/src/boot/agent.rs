@@ -292,6 +292,8 @@ pub struct ApplyRequest<'a> {
     pub allow_downgrade: bool,
     /// Tries the new slot gets.
     pub tries: u8,
+    /// Told each step as it starts (`checked`, `writing USR-B`, ...).
+    pub progress: &'a dyn Fn(&str),
 }
 
 /// Install the update into the slot not running; returns its label.
@@ -357,6 +359,10 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     // The record is built now so a metadata too big for it stops here.
     let record = update::encode_record(&bytes, &sig).map_err(AgentError::Refused)?;
 
+    (r.progress)(&format!(
+        "checked: {} {} for {}, signed; installing into {}",
+        meta.os_id, meta.version, meta.board, target.label
+    ));
     // 2. The target may not boot while it is being written.
     crate::formats::disk::set_attributes(
         &r.booted.disk,
@@ -377,6 +383,10 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     .map_err(io(format!("wipe the record of {}", dev.display())))?;
 
     // 3. The payload, synced and read back through its hash tree.
+    (r.progress)(&format!(
+        "writing {} ({} bytes)",
+        target.label, meta.payload.size
+    ));
     let mut src = File::open(&payload).map_err(io(format!("open {}", payload.display())))?;
     out.seek(SeekFrom::Start(0))
         .map_err(io(format!("seek {}", dev.display())))?;
@@ -403,6 +413,10 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     }
     out.sync_all()
         .map_err(io(format!("sync {}", dev.display())))?;
+    (r.progress)(&format!(
+        "verifying {} against the signed root hash",
+        target.label
+    ));
     let root = crate::formats::verity::parse_root_hash(&meta.usr.root_hash)
         .map_err(|e| AgentError::Refused(e.to_string()))?;
     let opts = crate::formats::verity::Options {
@@ -419,10 +433,12 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     })?;
 
     // 4. The record, then 5. the attributes that make it boot next.
+    (r.progress)(&format!("recording {}", target.label));
     out.write_all_at(&record, update::record_offset(size))
         .and_then(|_| out.sync_all())
         .map_err(io(format!("write the record of {}", dev.display())))?;
     drop(out);
+    (r.progress)(&format!("making {} boot next", target.label));
     let priority = (running.priority().max(1) + 1).min(15);
     if priority <= running.priority() {
         // The running slot already has the top priority: lower it by one.

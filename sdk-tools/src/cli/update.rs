@@ -129,6 +129,12 @@ pub fn run(cmd: UpdateCmd) -> Result<()> {
                 booted: &booted,
                 allow_downgrade,
                 tries,
+                progress: &|step| {
+                    use std::io::Write as _;
+                    let mut e = std::io::stderr();
+                    let _ = writeln!(e, "sdk-update: {step}");
+                    let _ = e.flush();
+                },
             })
             .map_err(classify)?;
             println!(

@@ -4,7 +4,8 @@
 //! good; a v3 whose health check fails boots once, is not marked, and the
 //! next boot comes back to v2 with nobody choosing a slot. A tampered
 //! payload and metadata signed by another key are refused before a byte
-//! of the inactive slot is written.
+//! of the inactive slot is written; QEMU killed at five moments of an
+//! apply leaves v1 booting each time, and the apply after succeeds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,7 +165,7 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         &login,
         &[&payload2, &tampered, &payload3],
     );
-    let (line, at) = vm.wait_for("systemd-os: boot finished:", 0);
+    let (line, _) = vm.wait_for("systemd-os: boot finished:", 0);
     let init_lines = |vm: &Vm| -> String {
         vm.console_text()
             .lines()
@@ -225,6 +226,58 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
     }
     assert_eq!(fingerprint(&vm), before, "a refused update wrote something");
+
+    // Power cuts in the middle of applying v2 (QEMU killed as each step
+    // starts, and once a moment into the write): every time the machine
+    // boots v1 from USR-A again, and the apply after them succeeds.
+    let disks: [&Path; 3] = [&payload2, &tampered, &payload3];
+    let apply_v2 = format!("sudo sdk-update apply /var/tmp/v2/{name} --payload /dev/vdb");
+    for (trial, (step, extra_ms)) in [
+        ("sdk-update: checked", 0),
+        ("sdk-update: writing", 0),
+        // A moment into the write: the kill lands among its blocks.
+        ("sdk-update: writing", 1500),
+        ("sdk-update: verifying", 0),
+        ("sdk-update: recording", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let log = scratch.path().join(format!("apply-{trial}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut apply = vm
+            .ssh_command(&user, &scratch, &apply_v2)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + sdk_e2e::vm::BOOT_LIMIT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(step) {
+                break;
+            }
+            let done = apply.try_wait().unwrap().is_some();
+            assert!(
+                !done && std::time::Instant::now() < deadline,
+                "trial {trial}: {step:?} never came: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(extra_ms));
+        vm.power_cut();
+        let _ = apply.kill();
+        let _ = apply.wait();
+        vm = Vm::start(&user, &scratch, &launcher, &login, &disks);
+        let (line, _) = vm.wait_for("systemd-os: boot finished:", 0);
+        assert!(
+            line.contains("version 2.0.0 from USR-A"),
+            "trial {trial}, power cut at {step:?} + {extra_ms} ms: {line}\n{}",
+            init_lines(&vm)
+        );
+        vm.wait_for_ssh(&user, &scratch);
+    }
+    let at = vm.console_text().len();
 
     // v2 applied from inside v1; after the reboot it runs from USR-B and
     // its boot marks it good.
