@@ -513,3 +513,44 @@ fn unique() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A copy of one of the repo's example distro repos (`examples/NAME`) in a
+/// scratch folder, owned by the test user, with the boot tests' shared
+/// Debian package cache and its own build root.
+pub struct ExampleRepo {
+    pub path: PathBuf,
+    cache: PathBuf,
+    build_root: PathBuf,
+}
+
+impl ExampleRepo {
+    pub fn new(user: &TestUser, scratch: &Scratch, name: &str) -> ExampleRepo {
+        let path = scratch.path().join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        run_ok(Command::new("cp").arg("-a").arg(&src).arg(&path));
+        let _ = std::fs::remove_dir_all(path.join("__build__"));
+        let cache = PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
+            .join(format!("sdk-e2e-boot-cache-{}", user.uid));
+        std::fs::create_dir_all(&cache).unwrap();
+        chown_r(user, &cache);
+        chown_r(user, scratch.path());
+        ExampleRepo {
+            path,
+            cache,
+            build_root: scratch.path().join("build"),
+        }
+    }
+
+    /// `sdk-tools VERB --board BOARD` as the test user, in the repo.
+    pub fn tool(&self, user: &TestUser, scratch: &Scratch, verb: &str, board: &str) -> Command {
+        let mut c = user.command(scratch, "sdk-tools");
+        c.arg(verb)
+            .args(["--board", board])
+            .current_dir(&self.path)
+            .env("SDK_BUILD_ROOT", &self.build_root)
+            .env("SDK_CACHE_DIR", &self.cache);
+        c
+    }
+}

@@ -100,17 +100,11 @@ pub fn build(
         tree.file(&format!("lib/modules/{}/{m}", kernel.version), 0o644, data);
     }
     let keys = os_root.join(crate::formats::update::TRUSTED_KEYS_DIR);
-    if let Ok(rd) = std::fs::read_dir(&keys) {
-        let mut names: Vec<_> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".pem"))
-            .collect();
-        names.sort();
-        for n in names {
-            let data = read(&keys.join(&n), "read an update key for the initramfs")?;
-            tree.file(&format!("{KEYS_DIR}/{n}"), 0o644, data);
-        }
+    for n in
+        crate::formats::update::key_files(&keys).map_err(|e| BootError::Usage(e.to_string()))?
+    {
+        let data = read(&keys.join(&n), "read an update key for the initramfs")?;
+        tree.file(&format!("{KEYS_DIR}/{n}"), 0o644, data);
     }
     let list: String = modules.iter().map(|m| format!("{m}\n")).collect();
     tree.file(MODULES_LIST, 0o644, list.into_bytes());

@@ -199,12 +199,12 @@ pub fn development_key(dir: &Path) -> Result<SignKey, UpdateError> {
     Ok(k)
 }
 
-/// Public keys in PEM files: every `*.pem` of `dir`, as (file name, key).
-pub fn load_public_keys(dir: &Path) -> Result<Vec<(String, VerifyingKey)>, UpdateError> {
-    let mut out = Vec::new();
+/// The `*.pem` file names of a key folder, sorted (none when it does not
+/// exist).
+pub fn key_files(dir: &Path) -> Result<Vec<String>, UpdateError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io("read", dir)(e)),
     };
     let mut names: Vec<String> = rd
@@ -213,7 +213,13 @@ pub fn load_public_keys(dir: &Path) -> Result<Vec<(String, VerifyingKey)>, Updat
         .filter(|n| n.ends_with(".pem"))
         .collect();
     names.sort();
-    for n in names {
+    Ok(names)
+}
+
+/// Public keys in PEM files: every `*.pem` of `dir`, as (file name, key).
+pub fn load_public_keys(dir: &Path) -> Result<Vec<(String, VerifyingKey)>, UpdateError> {
+    let mut out = Vec::new();
+    for n in key_files(dir)? {
         let p = dir.join(&n);
         let text = std::fs::read_to_string(&p).map_err(io("read", &p))?;
         let key = VerifyingKey::from_public_key_pem(&text).map_err(|e| UpdateError::BadKey {

@@ -39,32 +39,16 @@ fn fixture(user: &TestUser) -> &'static Path {
         .get_or_init(|| {
             let scratch = Scratch::new(user);
             let top = scratch.path().to_path_buf();
+            let example = sdk_e2e::ExampleRepo::new(user, &scratch, "demo-os");
             std::mem::forget(scratch);
             // SAFETY: registers a plain extern "C" function with no
             // arguments; it only removes the fixture directory at exit.
             unsafe {
                 libc::atexit(remove_fixture);
             }
-            let repo = top.join("demo-os");
-            let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo-os");
-            run_ok(Command::new("cp").arg("-a").arg(&examples).arg(&repo));
-            let _ = std::fs::remove_dir_all(repo.join("__build__"));
-            chown_r(user, &top);
-            let cache =
-                PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
-                    .join(format!("sdk-e2e-boot-cache-{}", user.uid));
-            std::fs::create_dir_all(&cache).unwrap();
-            chown_r(user, &cache);
+            let repo = example.path.clone();
             let helper = Scratch::new(user);
-            let tool = |verb: &str| {
-                let mut c = user.command(&helper, "sdk-tools");
-                c.arg(verb)
-                    .args(["--board", BOARD])
-                    .current_dir(&repo)
-                    .env("SDK_BUILD_ROOT", top.join("build"))
-                    .env("SDK_CACHE_DIR", &cache);
-                c
-            };
+            let tool = |verb: &str| example.tool(user, &helper, verb, BOARD);
             run_ok(&mut tool("setup_board"));
             run_ok(&mut tool("build_packages"));
             run_ok(&mut tool("build_image"));
@@ -640,24 +624,9 @@ fn image_to_vm_overlays_the_raw_image_and_compresses_on_request() {
 fn the_systemd_example_boots_to_running_with_no_failed_units() {
     let user = TestUser::get();
     let scratch = Scratch::new(&user);
-    let repo = scratch.path().join("systemd-os");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd-os");
-    run_ok(Command::new("cp").arg("-a").arg(&examples).arg(&repo));
-    let _ = std::fs::remove_dir_all(repo.join("__build__"));
-    let cache = PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
-        .join(format!("sdk-e2e-boot-cache-{}", user.uid));
-    std::fs::create_dir_all(&cache).unwrap();
-    chown_r(&user, &cache);
-    chown_r(&user, scratch.path());
-    let tool = |verb: &str| {
-        let mut c = user.command(&scratch, "sdk-tools");
-        c.arg(verb)
-            .args(["--board", BOARD])
-            .current_dir(&repo)
-            .env("SDK_BUILD_ROOT", scratch.path().join("build"))
-            .env("SDK_CACHE_DIR", &cache);
-        c
-    };
+    let example = sdk_e2e::ExampleRepo::new(&user, &scratch, "systemd-os");
+    let repo = example.path.clone();
+    let tool = |verb: &str| example.tool(&user, &scratch, verb, BOARD);
     run_ok(&mut tool("setup_board"));
     run_ok(&mut tool("build_packages"));
     run_ok(&mut tool("build_image"));
@@ -700,7 +669,7 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     run_ok(
         Command::new("cp")
             .arg("-a")
-            .arg(examples.join("tests"))
+            .arg(repo.join("tests"))
             .arg(&tests),
     );
     std::fs::write(

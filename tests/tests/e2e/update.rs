@@ -52,24 +52,9 @@ fn out_of(o: &std::process::Output) -> String {
 fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
     let user = TestUser::get();
     let scratch = Scratch::new(&user);
-    let repo = scratch.path().join("systemd-os");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd-os");
-    run_ok(Command::new("cp").arg("-a").arg(&examples).arg(&repo));
-    let _ = std::fs::remove_dir_all(repo.join("__build__"));
-    let cache = PathBuf::from(std::env::var("SDK_E2E_TMP").unwrap_or_else(|_| "/tmp".into()))
-        .join(format!("sdk-e2e-boot-cache-{}", user.uid));
-    std::fs::create_dir_all(&cache).unwrap();
-    chown_r(&user, &cache);
-    chown_r(&user, scratch.path());
-    let tool = |verb: &str| {
-        let mut c = user.command(&scratch, "sdk-tools");
-        c.arg(verb)
-            .args(["--board", BOARD])
-            .current_dir(&repo)
-            .env("SDK_BUILD_ROOT", scratch.path().join("build"))
-            .env("SDK_CACHE_DIR", &cache);
-        c
-    };
+    let example = sdk_e2e::ExampleRepo::new(&user, &scratch, "systemd-os");
+    let repo = example.path.clone();
+    let tool = |verb: &str| example.tool(&user, &scratch, verb, BOARD);
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
     // An update of `version`: its metadata, signature and payload, copied
     // out of `latest` (the next build replaces it).
