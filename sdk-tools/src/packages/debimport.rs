@@ -377,7 +377,10 @@ fn maintainer_scripts(deb: &Path) -> Result<Vec<(String, String)>> {
 fn apply_scripts(content: &mut Content, found: Vec<(String, Analysis)>) -> Report {
     use crate::formats::fs::xattr;
     let mut report = Report::default();
-    let mut best: BTreeMap<String, maintscripts::Alternative> = BTreeMap::new();
+    // (package, alternative) by name: the highest priority whose target
+    // this package set holds.
+    let mut best: BTreeMap<String, (String, maintscripts::Alternative)> = BTreeMap::new();
+    let mut unplaced: Vec<(String, maintscripts::Alternative)> = Vec::new();
     for (package, a) in found {
         for (path, text) in a.capabilities {
             let rel = merge_usr(path.trim_start_matches('/'));
@@ -397,22 +400,39 @@ fn apply_scripts(content: &mut Content, found: Vec<(String, Analysis)>) -> Repor
             }
         }
         for alt in a.alternatives {
+            let target = merge_usr(alt.path.trim_start_matches('/'));
+            if !content.contains_key(&target) {
+                unplaced.push((package.clone(), alt));
+                continue;
+            }
             match best.get(&alt.name) {
-                Some(b) if b.priority >= alt.priority => {}
+                Some((_, b)) if b.priority >= alt.priority => {}
                 _ => {
-                    best.insert(alt.name.clone(), alt);
+                    best.insert(alt.name.clone(), (package.clone(), alt));
                 }
             }
         }
         report.accounts.extend(a.accounts);
         report.unreproduced.extend(a.unreproduced);
     }
-    for alt in best.values() {
+    // An alternative whose file another package set holds cannot be
+    // chosen here: said, unless another of its name was.
+    for (package, alt) in unplaced {
+        if !best.contains_key(&alt.name) {
+            report.unreproduced.push(Note {
+                package,
+                script: "postinst".into(),
+                line: 0,
+                text: format!(
+                    "update-alternatives --install {} {} {} {} (its file is not in this package set)",
+                    alt.link, alt.name, alt.path, alt.priority
+                ),
+            });
+        }
+    }
+    for (_, alt) in best.values() {
         let link = merge_usr(alt.link.trim_start_matches('/'));
         let target = merge_usr(alt.path.trim_start_matches('/'));
-        if !content.contains_key(&target) {
-            continue; // the alternative's file is not in this package set
-        }
         let chosen = format!("etc/alternatives/{}", alt.name);
         for (path, to) in [
             (link, format!("/{chosen}")),
@@ -509,6 +529,82 @@ mod tests {
         );
         assert_eq!(d[1].version, "1:2.5.1-4");
         assert_eq!(d[2].version, "12.4+deb12u1");
+    }
+
+    #[test]
+    fn scripts_give_capabilities_and_the_best_alternative_and_say_the_rest() {
+        let file = |data: &[u8]| Item {
+            kind: FileKind::File,
+            data: Data::Bytes(data.to_vec()),
+            ..Item::root_dir(0o755)
+        };
+        let mut content = Content::new();
+        content.insert("usr/bin/ping".into(), file(b"ping"));
+        content.insert("usr/bin/mawk".into(), file(b"mawk"));
+        let alt = |path: &str, priority| maintscripts::Alternative {
+            link: "/usr/bin/awk".into(),
+            name: "awk".into(),
+            path: path.into(),
+            priority,
+        };
+        let found = vec![
+            (
+                "iputils-ping".to_string(),
+                Analysis {
+                    capabilities: vec![
+                        ("/bin/ping".into(), "cap_net_raw+ep".into()),
+                        ("/bin/nothere".into(), "cap_net_raw+ep".into()),
+                    ],
+                    ..Analysis::default()
+                },
+            ),
+            (
+                "mawk".to_string(),
+                Analysis {
+                    alternatives: vec![alt("/usr/bin/mawk", 5), alt("/usr/bin/gawk", 10)],
+                    ..Analysis::default()
+                },
+            ),
+            (
+                "x".to_string(),
+                Analysis {
+                    alternatives: vec![maintscripts::Alternative {
+                        link: "/usr/bin/pager".into(),
+                        name: "pager".into(),
+                        path: "/usr/bin/less".into(),
+                        priority: 77,
+                    }],
+                    ..Analysis::default()
+                },
+            ),
+        ];
+        let report = apply_scripts(&mut content, found);
+        assert_eq!(
+            content["usr/bin/ping"].xattrs[crate::formats::fs::xattr::CAPABILITY].len(),
+            20
+        );
+        // gawk is not in this package set: mawk's lower priority wins.
+        let link = |p: &str| match &content[p].data {
+            Data::Link(t) => t.clone(),
+            _ => panic!("{p} is no link"),
+        };
+        assert_eq!(link("usr/bin/awk"), "/etc/alternatives/awk");
+        assert_eq!(link("etc/alternatives/awk"), "/usr/bin/mawk");
+        let said: Vec<&str> = report
+            .unreproduced
+            .iter()
+            .map(|n| n.text.as_str())
+            .collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("setcap cap_net_raw+ep /bin/nothere"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].contains("/usr/bin/pager pager /usr/bin/less 77"),
+            "{said:?}"
+        );
+        assert!(!content.contains_key("usr/bin/pager"));
     }
 
     #[test]
