@@ -554,3 +554,14 @@ impl ExampleRepo {
         c
     }
 }
+
+/// The file of `dir` whose name ends with `suffix` (an image artifact:
+/// `_image.bin`, `_update.json`, `_qemu.sh`, ...).
+pub fn artifact(dir: &Path, suffix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} in {}", dir.display()))
+}

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
+use sdk_e2e::{Scratch, TestUser, artifact, chown_r, run_expect, run_ok};
 
 /// Generous for TCG on two shared cores; a good boot takes 5-30 s.
 const BOOT_TIMEOUT: &str = "400";
@@ -58,16 +58,6 @@ fn fixture(user: &TestUser) -> &'static Path {
             }
         })
         .dir
-}
-
-/// The fixture file ending in `suffix` (e.g. `_image.bin`).
-fn artifact(dir: &Path, suffix: &str) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(suffix))
-        .unwrap_or_else(|| panic!("no *{suffix} in {}", dir.display()))
 }
 
 /// A private copy of the example image (and its update payload) in

@@ -11,18 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sdk_e2e::vm::{Login, Vm};
-use sdk_e2e::{Scratch, TestUser, chown_r, run_ok};
+use sdk_e2e::{Scratch, TestUser, artifact, chown_r, run_ok};
 
 const BOARD: &str = "amd64-usr";
-
-fn artifact(dir: &Path, suffix: &str) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(suffix))
-        .unwrap_or_else(|| panic!("no *{suffix} in {}", dir.display()))
-}
 
 fn set_version(repo: &Path, version: &str) {
     let f = repo.join("sdk-version.toml");
