@@ -69,6 +69,14 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
+/// The value of `key=value` line `key` in `text` (the init's slot file,
+/// the release file).
+fn value_of(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .map(str::to_string)
+}
+
 /// The booted slot, as the init recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Booted {
@@ -85,11 +93,7 @@ impl Booted {
                 path.display()
             ))
         })?;
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-                .map(str::to_string)
-        };
+        let get = |k: &str| value_of(&text, k);
         match (get("label"), get("number"), get("disk")) {
             (Some(label), Some(n), Some(disk)) => Ok(Booted {
                 label,
@@ -123,12 +127,7 @@ impl Release {
     }
 
     pub fn parse(text: &str) -> Release {
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-                .unwrap_or_default()
-                .to_string()
-        };
+        let get = |k: &str| value_of(text, k).unwrap_or_default();
         Release {
             os_id: get("os-id"),
             version: get("version"),

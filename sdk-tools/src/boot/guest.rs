@@ -128,26 +128,16 @@ fn run_for(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> (Option<
     if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
         let _ = w.write_all(data);
     }
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut r| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
+    let readers: Vec<_> = super::vm::output_streams(&mut child)
+        .into_iter()
+        .map(|mut r| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
         })
-    })
-    .collect();
+        .collect();
     let start = Instant::now();
     let code = loop {
         match child.try_wait() {

@@ -553,22 +553,23 @@ pub fn boot_and_wait(b: &Boot<'_>, then: Option<InGuest<'_>>) -> Result<TestOutc
     Ok(watch.outcome(status, start.elapsed(), console_log))
 }
 
+/// A child's piped stdout and stderr, taken, to read on threads of their own.
+pub fn output_streams(child: &mut std::process::Child) -> Vec<Box<dyn std::io::Read + Send>> {
+    let out = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    out.into_iter().chain(err).collect()
+}
+
 /// The guest's stdout and stderr, line by line (None when one closes).
 fn console_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<Option<Vec<u8>>> {
     let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for stream in output_streams(child) {
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stream);
