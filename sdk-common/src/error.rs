@@ -111,3 +111,36 @@ mod tests {
         assert_eq!(format!("{marked:#}"), "cannot read f.toml: no such file");
     }
 }
+
+/// The one line an error prints as: its messages joined with `: `, as
+/// `{:#}` does, but without a cause whose text the message before it
+/// already ends with (error types that name their source in their own
+/// message and also give it as the source would otherwise say it twice).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read x: {0}")]
+    struct Named(#[source] std::io::Error);
+
+    #[test]
+    fn a_source_already_in_the_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Named(io)).context("apply");
+        assert_eq!(super::one_line(&e), "apply: cannot read x: no such file");
+    }
+}

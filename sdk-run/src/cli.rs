@@ -272,7 +272,7 @@ fn finish(r: anyhow::Result<i32>) -> i32 {
     match r {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("sdk-run: error: {err:#}");
+            eprintln!("sdk-run: error: {}", sdk_common::error::one_line(&err));
             crate::exit::code_for(&err)
         }
     }

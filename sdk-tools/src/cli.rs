@@ -175,7 +175,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", sdk_common::error::one_line(&err));
             crate::exit::code_for(&err)
         }
     }

@@ -191,7 +191,16 @@ fn usr_slots(table: &gpt::Table, booted: &Booted) -> Result<Vec<Entry>, AgentErr
 }
 
 fn read_table(disk: &Path) -> Result<gpt::Table, AgentError> {
-    let f = File::open(disk).map_err(io(format!("open {}", disk.display())))?;
+    let f = File::open(disk).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            AgentError::Refused(format!(
+                "cannot read the partition table of {}: run sdk-update as root (sudo sdk-update ...)",
+                disk.display()
+            ))
+        } else {
+            io(format!("open {}", disk.display()))(e)
+        }
+    })?;
     gpt::Table::decode(|off, buf| f.read_exact_at(buf, off))
         .map_err(|e| AgentError::NotHere(format!("{}: {e}", disk.display())))
 }
@@ -298,6 +307,12 @@ pub struct ApplyRequest<'a> {
 /// Install the update into the slot not running; returns its label.
 pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     // 1. Everything checked before a byte is written.
+    if !r.metadata.is_file() {
+        return Err(AgentError::Refused(format!(
+            "{}: no such file; give the update metadata (`<name>_update.json`, its `.sig` beside it)",
+            r.metadata.display()
+        )));
+    }
     let keys = update::load_public_keys(r.keys_dir)?;
     let (meta, _) = update::verify(r.metadata, &keys, None)?;
     let payload = r.payload.map(Path::to_path_buf).unwrap_or_else(|| {
