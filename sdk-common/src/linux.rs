@@ -240,6 +240,32 @@ pub fn write_once(path: &CStr, data: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// `kexec_file_load(2)`: stage `kernel` and `initrd` with `cmdline` as
+/// the kernel to start on the next `reboot(RB_KEXEC)`. The kernel reads
+/// both files itself (and checks the kernel's signature where its policy
+/// asks for one).
+pub fn kexec_file_load(
+    kernel: BorrowedFd<'_>,
+    initrd: BorrowedFd<'_>,
+    cmdline: &CStr,
+) -> Result<(), Errno> {
+    let bytes = cmdline.to_bytes_with_nul();
+    // SAFETY: two open fds, and a NUL-terminated string of `bytes.len()`
+    // bytes (the length counts the NUL, as the call wants) that outlives
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            initrd.as_raw_fd(),
+            bytes.len(),
+            bytes.as_ptr(),
+            0usize,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// `fork(2)`.
 ///
 /// Only call it while the process is single-threaded, or from code that

@@ -30,6 +30,8 @@ use serde::Serialize;
 use crate::formats::disk::gpt::{self, Entry};
 use crate::formats::update::{self, Metadata};
 
+use super::value_of;
+
 /// What the init left about the slot it booted.
 pub const SLOT_FILE: &str = "/run/sdk-init/usr-slot";
 /// What build_image says about the OS in USR (`key=value` lines:
@@ -67,14 +69,6 @@ impl sdk_common::error::BadInput for AgentError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     let what = what.into();
     move |source| AgentError::Io { what, source }
-}
-
-/// The value of `key=value` line `key` in `text` (the init's slot file,
-/// the release file).
-fn value_of(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .map(str::to_string)
 }
 
 /// The booted slot, as the init recorded it.

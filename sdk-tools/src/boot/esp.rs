@@ -16,11 +16,13 @@
 //!   no counter, and decrements the counter by renaming the file before
 //!   booting (`usr-b+0-1.conf`), so a slot that never gets marked good
 //!   falls behind the other one: the same rollback as gptprio.
-//! - Not implemented: systemd-boot does not write the GPT, so the tries
-//!   field in the GPT is not decremented at boot (the ESP counter is); the
-//!   running OS does not mark a slot successful yet (that would be
-//!   systemd-bless-boot renaming the entry plus setting GPT bit 56); slots
-//!   share one kernel and initramfs (Flatcar keeps a kernel per slot).
+//! - The GPT stays the truth: sdk-init applies gptprio on every boot
+//!   (`boot::gptprio`, tries written back) and boots the slot it picks,
+//!   whichever entry systemd-boot started; the update agent marks a slot
+//!   successful in the GPT. The ESP holds the kernel and initramfs USR-A
+//!   was built with; a slot whose USR carries another pair is started
+//!   from it by kexec (`boot::slotboot`), and every entry says which pair
+//!   it boots (`sdk.boot=`).
 
 use std::path::{Path, PathBuf};
 
@@ -289,6 +291,28 @@ pub struct StagedEsp {
     modules: Vec<String>,
     kdir: String,
     efi: String,
+    /// The kernel inside the staging root.
+    kernel_image: PathBuf,
+    /// `slotboot::boot_id` of the kernel and the initramfs.
+    boot_id: String,
+}
+
+impl StagedEsp {
+    /// What USR carries of these boot files (see `boot::slotboot`): the
+    /// conf, and where the initramfs to add as its `initrd` is.
+    pub fn slot_boot(&self, spec: &EspSpec) -> (super::slotboot::SlotBoot, PathBuf) {
+        let kernel = self
+            .kernel_image
+            .strip_prefix(&spec.staging_root)
+            .unwrap_or(&self.kernel_image);
+        let conf = super::slotboot::SlotBoot {
+            kernel: format!("/{}", kernel.display()),
+            initrd: format!("/{}", super::slotboot::INITRD),
+            version: self.kernel_version.clone(),
+            id: self.boot_id.clone(),
+        };
+        (conf, spec.esp_dir.join(&self.kdir).join("initrd"))
+    }
 }
 
 /// First half of [`populate_esp`]: systemd-boot, the kernel, the
@@ -316,6 +340,8 @@ pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
     )?;
     std::fs::copy(&kernel.image, dest.join("linux"))
         .map_err(io("copy the kernel", &kernel.image))?;
+    let boot_id = super::slotboot::boot_id(&dest.join("linux"), &dest.join("initrd"))
+        .map_err(io("read", &dest))?;
 
     let boot_dir = spec.esp_dir.join("EFI/BOOT");
     std::fs::create_dir_all(&boot_dir).map_err(io("create", &boot_dir))?;
@@ -334,6 +360,8 @@ pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
         modules: initrd.modules,
         kdir,
         efi,
+        kernel_image: kernel.image,
+        boot_id,
     })
 }
 
@@ -344,7 +372,11 @@ pub fn finish_esp(spec: &EspSpec, staged: StagedEsp) -> Result<EspReport, BootEr
         modules,
         kdir,
         efi,
+        boot_id,
+        ..
     } = staged;
+    let mut words = base_cmdline(&spec.root, &spec.extra_cmdline);
+    words.push(format!("{}={boot_id}", super::slotboot::CMDLINE_ID));
     let entry = SlotEntry {
         slot: 'a',
         part: spec.usr_a.clone(),
@@ -356,7 +388,7 @@ pub fn finish_esp(spec: &EspSpec, staged: StagedEsp) -> Result<EspReport, BootEr
         title: spec.title.clone(),
         linux: format!("/{kdir}/linux"),
         initrd: format!("/{kdir}/initrd"),
-        base_cmdline: base_cmdline(&spec.root, &spec.extra_cmdline),
+        base_cmdline: words,
     };
     let name = entry.file_name().unwrap_or_else(|| "usr-a.conf".into());
     let path = spec.esp_dir.join("loader/entries").join(&name);

@@ -49,6 +49,19 @@ pub fn choose(slots: &[Entry]) -> Option<Choice> {
     })
 }
 
+/// The slot named `label`, as a kexec'd boot takes it (see
+/// `boot::slotboot`): chosen, and its try counted, by the boot before.
+pub fn pinned(slots: &[Entry], label: &str) -> Option<Choice> {
+    let e = slots.iter().find(|e| e.label == label)?;
+    Some(Choice {
+        number: e.number,
+        label: e.label.clone(),
+        write_back: None,
+        tries_left: e.tries(),
+        successful: e.successful(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +105,14 @@ mod tests {
     fn ties_go_to_the_lower_number() {
         let c = choose(&[slot(4, 1, 0, true), slot(3, 1, 0, true)]).unwrap();
         assert_eq!(c.number, 3);
+    }
+
+    #[test]
+    fn a_pinned_slot_is_taken_as_it_is() {
+        // The boot before counted B's last try and kexec'd its kernel.
+        let slots = [slot(3, 1, 0, true), slot(4, 2, 0, false)];
+        let c = pinned(&slots, "USR-B").unwrap();
+        assert_eq!((c.number, c.write_back, c.tries_left), (4, None, 0));
+        assert_eq!(pinned(&slots, "USR-C"), None);
     }
 }

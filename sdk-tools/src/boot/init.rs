@@ -128,6 +128,11 @@ pub struct Plan {
     pub rootfstype: String,
     pub init: Option<String>,
     pub timeout: Duration,
+    /// The kernel + initramfs running now (`sdk.boot=`, see `slotboot`).
+    pub boot_id: Option<String>,
+    /// The slot a kexec'd boot was started for (`sdk.usr-slot=`): booted
+    /// without choosing again.
+    pub pinned_slot: Option<String>,
 }
 
 impl Plan {
@@ -191,6 +196,8 @@ impl Plan {
                 .unwrap_or_else(|| "ext4".into()),
             init: c.get("init").cloned(),
             timeout,
+            boot_id: c.get(super::slotboot::CMDLINE_ID).cloned(),
+            pinned_slot: c.get(super::slotboot::CMDLINE_SLOT).cloned(),
         })
     }
 }
@@ -311,15 +318,16 @@ fn boot() -> InitResult<()> {
     let plan = Plan::from_cmdline(&parse_cmdline(&cmdline))?;
     load_modules()?;
 
-    setup_verity_usr(&plan)?;
+    let slot = setup_verity_usr(&plan)?;
     mount_root_and_usr(&plan)?;
+    start_slot_kernel(&plan, &cmdline, &slot)?;
     let first = first_boot(Path::new("/sysroot"))?;
     switch_root(&plan, first)
 }
 
 /// Find USR, read its verity superblock and create `/dev/mapper/usr`
-/// with the root hash from the command line.
-fn setup_verity_usr(plan: &Plan) -> InitResult<()> {
+/// with the root hash from the command line. Returns the slot's label.
+fn setup_verity_usr(plan: &Plan) -> InitResult<String> {
     let named = wait_for(&plan.usr, plan.timeout)?;
     let (usr_dev, usrhash, hash_offset) = pick_slot(plan, named);
     let plan = &Plan {
@@ -373,7 +381,58 @@ fn setup_verity_usr(plan: &Plan) -> InitResult<()> {
         plan.on_corruption.verity_arg()
     ));
 
-    Ok(())
+    Ok(usr_dev.label)
+}
+
+/// When the slot's USR carries another kernel + initramfs than the ones
+/// running (its `boot.conf` id against `sdk.boot=`), start those with
+/// kexec: see `boot::slotboot`. A boot that was itself kexec'd for a slot
+/// (`sdk.usr-slot=`), or whose command line does not say what runs, goes
+/// on with what it has.
+fn start_slot_kernel(plan: &Plan, cmdline: &str, slot: &str) -> InitResult<()> {
+    use super::slotboot::{CONF, SlotBoot};
+    use nix::mount::{MntFlags, umount2};
+    let Some(running) = &plan.boot_id else {
+        return Ok(());
+    };
+    let Some(conf) = std::fs::read_to_string(format!("/sysroot/{CONF}"))
+        .ok()
+        .and_then(|t| SlotBoot::parse(&t))
+    else {
+        return Ok(());
+    };
+    if conf.id == *running {
+        return Ok(());
+    }
+    if plan.pinned_slot.is_some() {
+        say(&format!(
+            "sdk-init: warning: {slot} holds kernel {} (boot {}), this is boot {running}; booting on with this one",
+            conf.version, conf.id
+        ));
+        return Ok(());
+    }
+    say(&format!(
+        "sdk-init: {slot} boots with its own kernel {} (boot {}, this is {running}): starting it",
+        conf.version, conf.id
+    ));
+    let open = |p: &str| {
+        let path = format!("/sysroot{p}");
+        File::open(&path).map_err(os(format!("open {path}")))
+    };
+    let (kernel, initrd) = (open(&conf.kernel)?, open(&conf.initrd)?);
+    let next = super::slotboot::kexec_cmdline(cmdline, &conf.id, slot);
+    let next = std::ffi::CString::new(next)
+        .map_err(|_| InitError::Cmdline("the command line holds a NUL byte".into()))?;
+    use std::os::fd::AsFd;
+    sdk_common::linux::kexec_file_load(kernel.as_fd(), initrd.as_fd(), &next)
+        .map_err(os("load the slot's kernel (kexec_file_load)"))?;
+    drop((kernel, initrd));
+    for m in ["/sysroot/usr", "/sysroot"] {
+        umount2(m, MntFlags::empty()).map_err(os(format!("unmount {m}")))?;
+    }
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_KEXEC);
+    Err(os("start the slot's kernel (reboot RB_KEXEC)")(e))
 }
 
 /// ROOT on /sysroot, the verity device read-only on /sysroot/usr.
@@ -533,7 +592,11 @@ fn pick_slot(plan: &Plan, named: BlockDev) -> (BlockDev, String, Option<u64>) {
     if slots.len() < 2 {
         return fallback(named);
     }
-    let Some(choice) = super::gptprio::choose(&slots) else {
+    let chosen = match &plan.pinned_slot {
+        Some(label) => super::gptprio::pinned(&slots, label),
+        None => super::gptprio::choose(&slots),
+    };
+    let Some(choice) = chosen else {
         say(&format!(
             "sdk-init: no USR slot may boot by the GPT (priority 0, or tries spent and not successful); booting {} from the command line",
             named.label

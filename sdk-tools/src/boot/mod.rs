@@ -18,9 +18,18 @@ pub mod init;
 pub mod initramfs;
 pub mod kmod;
 pub mod slot;
+pub mod slotboot;
 pub mod vm;
 
 use std::path::PathBuf;
+
+/// The value of `key=value` line `key` in `text` (the init's slot file,
+/// the release file, a slot's `boot.conf`).
+pub(crate) fn value_of(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .map(str::to_string)
+}
 
 /// What the example OS's first-boot script prints on the console once the
 /// OS is up (`demo-os: first boot OK: x86_64: usr=/dev/mapper/usr: ...`);

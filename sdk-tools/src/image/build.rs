@@ -541,7 +541,7 @@ fn export_oci(plan: &Plan, out: &Path, stages: &mut Stages) -> Result<PathBuf> {
 /// `work/out`.
 fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Result<Built> {
     fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
-    let ins = install_stage(plan, work, stages)?;
+    let mut ins = install_stage(plan, work, stages)?;
     let mut layout = plan.layout.clone();
     layout.derive_uuids(&ins.seed.hex());
     let part = |role: Role| layout.by_role(role).cloned();
@@ -550,21 +550,13 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     let out = work.join("out");
     fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
 
-    let usr_img = out.join(format!("{name}_update.bin"));
-    let fs_size = usr_stage(plan, &ins, &usr_a.label, &usr_img, work, stages)?;
-    let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
-    check_usr_fits(&usr_a, fs_size, formatted.hash_size, &layout.source)?;
-    let root_hash = formatted.root_hash_hex();
-    // The update payload is final: hash it and push it to the disk while
-    // the next stages run.
-    let usr_done = Settle::start(&usr_img);
-    // The ESP's boot files need the tree only: they are staged on another
-    // thread while the update payload is hashed and synced; the boot
-    // entry follows the root hash. (Not before the usr and verity stages:
-    // their errors must be the one line a failed build prints.)
+    // The ESP's boot files (systemd-boot, the kernel, our initramfs) need
+    // the tree only; the boot entry follows the root hash. The kernel and
+    // initramfs go into USR as well, so that every slot boots its own
+    // (see `boot::slotboot`).
     let esp_dir = work.join("esp");
     fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
-    let esp_job = super::esp::start(&EspInputs {
+    let mut esp_job = super::esp::start(&EspInputs {
         staging_root: ins.tree.root(),
         esp_dir: &esp_dir,
         usr_hash: "",
@@ -576,6 +568,17 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         epoch: ins.epoch,
         extra_cmdline: &plan.board.kernel_cmdline,
     });
+    let (slot_boot, initrd) = esp_job.slot_boot()?;
+    add_slot_boot(&mut ins.tree, &slot_boot, &initrd)?;
+
+    let usr_img = out.join(format!("{name}_update.bin"));
+    let fs_size = usr_stage(plan, &ins, &usr_a.label, &usr_img, work, stages)?;
+    let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
+    check_usr_fits(&usr_a, fs_size, formatted.hash_size, &layout.source)?;
+    let root_hash = formatted.root_hash_hex();
+    // The update payload is final: hash it and push it to the disk while
+    // the next stages run.
+    let usr_done = Settle::start(&usr_img);
     stages.mark(
         "verity",
         &format!(
@@ -661,6 +664,20 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         root_hash,
         artifacts: arts,
     })
+}
+
+/// The slot's own kernel and initramfs, in USR: the initramfs copied
+/// from the ESP's, `boot.conf` naming them (the kernel is in USR already).
+fn add_slot_boot(
+    tree: &mut Tree,
+    conf: &crate::boot::slotboot::SlotBoot,
+    initrd: &Path,
+) -> Result<()> {
+    use crate::boot::slotboot::{CONF, INITRD};
+    let f = fs::File::open(initrd).with_context(|| format!("open {}", initrd.display()))?;
+    tree.add_file(INITRD, f, 0o644, 0, 0, "boot files", true)?;
+    tree.add_file(CONF, conf.render().as_bytes(), 0o644, 0, 0, "boot files", true)?;
+    Ok(())
 }
 
 /// What the install stage leaves for the others: the staged tree and

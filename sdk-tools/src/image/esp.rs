@@ -51,6 +51,7 @@ pub struct EspJob {
     staged: Option<
         std::thread::JoinHandle<Result<crate::boot::esp::StagedEsp, crate::boot::BootError>>,
     >,
+    done: Option<crate::boot::esp::StagedEsp>,
 }
 
 impl Drop for EspJob {
@@ -87,20 +88,34 @@ pub fn start(inputs: &EspInputs<'_>) -> EspJob {
     EspJob {
         spec,
         staged: Some(std::thread::spawn(move || stage_esp_files(&s))),
+        done: None,
     }
 }
 
 impl EspJob {
+    fn wait(&mut self) -> Result<&crate::boot::esp::StagedEsp> {
+        if let Some(h) = self.staged.take() {
+            let staged = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("filling the ESP failed"))?
+                .map_err(sdk_common::error::classify)?;
+            self.done = Some(staged);
+        }
+        Ok(self.done.as_ref().expect("staged once"))
+    }
+
+    /// Wait for the kernel and initramfs; what USR carries of them (see
+    /// `boot::slotboot`): its `boot.conf`, and the initramfs file to add.
+    pub fn slot_boot(&mut self) -> Result<(crate::boot::slotboot::SlotBoot, PathBuf)> {
+        let spec = self.spec.clone();
+        Ok(self.wait()?.slot_boot(&spec))
+    }
+
     /// Add USR-A's boot entry for `usr_hash` (hash area at
     /// `usr_hash_offset`) and say what the ESP holds.
     pub fn finish(mut self, usr_hash: &str, usr_hash_offset: u64) -> Result<EspOutcome> {
-        let staged = self
-            .staged
-            .take()
-            .expect("finished once")
-            .join()
-            .map_err(|_| anyhow::anyhow!("filling the ESP failed"))?
-            .map_err(sdk_common::error::classify)?;
+        self.wait()?;
+        let staged = self.done.take().expect("staged once");
         let spec = crate::boot::esp::EspSpec {
             usr_hash: usr_hash.to_string(),
             usr_hash_offset: Some(usr_hash_offset),

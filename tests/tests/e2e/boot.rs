@@ -688,17 +688,18 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     let out = String::from_utf8_lossy(&run.stdout);
     let err = String::from_utf8_lossy(&run.stderr);
     for want in [
-        "1..6\n",
+        "1..7\n",
         "ok 1 - 10-systemd-running\n",
         "ok 2 - 20-usr-on-verity\n",
         "ok 3 - 30-network-up\n",
-        "ok 4 - 40-ping-as-user\n",
-        "ok 5 - 50-sysext-merged\n",
-        "not ok 6 - 90-fails # exit 3\n# failing on purpose\n",
+        "ok 4 - 35-names-resolve\n",
+        "ok 5 - 40-ping-as-user\n",
+        "ok 6 - 50-sysext-merged\n",
+        "not ok 7 - 90-fails # exit 3\n# failing on purpose\n",
     ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}\n{err}");
     }
-    assert!(err.contains("1 of 6 tests failed: 90-fails"), "{err}");
+    assert!(err.contains("1 of 7 tests failed: 90-fails"), "{err}");
     // The JUnit file, as an XML parser reads it.
     let parsed = run_ok(
         Command::new("python3")
@@ -710,7 +711,7 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
             )
             .arg(scratch.path().join("junit.xml")),
     );
-    assert_eq!(parsed.trim(), "6 1 90-fails");
+    assert_eq!(parsed.trim(), "7 1 90-fails");
     let latest = repo.join("__build__/images").join(BOARD).join("latest");
     // Two VMs shared the tests (-j 2), each a fresh first boot with its
     // own console log; each test has its console log too.
@@ -724,6 +725,7 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
         "10-systemd-running",
         "20-usr-on-verity",
         "30-network-up",
+        "35-names-resolve",
         "40-ping-as-user",
         "50-sysext-merged",
         "90-fails",

@@ -85,8 +85,21 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
     build("2.0.0");
     run_ok(&mut tool("image_to_vm"));
     let launcher = artifact(&std::fs::canonicalize(&latest).unwrap(), "_qemu.sh");
-    // v2 (another version: another release file in USR) and v3, whose
-    // health check fails (a regression, as a developer would make it).
+    // v2: another version, and another kernel (another ABI of the same
+    // flavour from the archive), which the slot carries and sdk-init
+    // starts. v3 (same kernel as v2): its health check fails (a
+    // regression, as a developer would make it).
+    let kernel1 = kernel_in(&latest);
+    let kernel2 = another_kernel(&kernel1);
+    let recipe = repo.join("packages/sys-apps/systemd/package.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let pinned = text.replacen(
+        "\"linux-image-cloud-{debian-arch} | linux-image-{debian-arch}\"",
+        &format!("\"linux-image-{kernel2}\""),
+        1,
+    );
+    assert_ne!(pinned, text, "the example's kernel line changed");
+    std::fs::write(&recipe, pinned).unwrap();
     let (meta2, sig2, payload2) = payload_of(&build("2.0.1"));
     let script = repo.join("packages/demo-base/system/demo-health");
     let text = std::fs::read_to_string(&script).unwrap();
@@ -172,6 +185,8 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         &[&wrong.join(&name), &wrong.join(format!("{name}.sig"))],
         "/var/tmp/wrong",
     );
+    // On the disk before the first power cut (ext4 commits every 5 s).
+    assert!(ssh(&vm, "sync").status.success());
     // What a write would change first: the start of USR-B, its record
     // block, and the GPT attributes (status).
     let fingerprint = |vm: &Vm| {
@@ -268,7 +283,16 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
     let (line, at) = vm.wait_for("systemd-os: boot finished:", at);
     assert!(line.contains("version 2.0.1 from USR-B"), "{line}");
     assert!(line.contains("running: failed: none"), "{line}");
+    assert!(
+        vm.console_text()[..at].contains(&format!(
+            "sdk-init: USR-B boots with its own kernel {kernel2}"
+        )),
+        "{}",
+        init_lines(&vm)
+    );
     vm.wait_for_ssh(&user, &scratch);
+    let uname = out_of(&ssh(&vm, "uname -r"));
+    assert_eq!(uname.trim(), kernel2, "v2 runs its own kernel");
     let s = status(&vm);
     assert!(s.contains("2.0.1 (amd64-usr), running from USR-B"), "{s}");
     assert!(
@@ -305,6 +329,46 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         ),
         "{s}"
     );
+}
+
+/// The kernel (`uname -r`) of the image in `dir`, from its contents list.
+fn kernel_in(dir: &Path) -> String {
+    let list = std::fs::read_to_string(artifact(dir, "_contents.txt")).unwrap();
+    list.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("/usr/lib/modules/")?;
+            let (v, _) = rest.split_once('/')?;
+            Some(v.to_string())
+        })
+        .expect("a kernel in the image")
+}
+
+/// Another kernel ABI of `kernel`'s flavour that the archive holds (the
+/// newest below it, else the oldest above it): `6.1.0-54-cloud-amd64`
+/// for `6.1.0-57-cloud-amd64`.
+fn another_kernel(kernel: &str) -> String {
+    let abi = |v: &str| -> Option<(String, u32, String)> {
+        let mut parts = v.splitn(3, '-');
+        let base = parts.next()?.to_string();
+        let n = parts.next()?.parse().ok()?;
+        Some((base, n, parts.next()?.to_string()))
+    };
+    let (base, n, flavour) = abi(kernel).expect("a Debian kernel version");
+    let names = run_ok(Command::new("apt-cache").args(["pkgnames", "linux-image-"]));
+    let mut others: Vec<u32> = names
+        .lines()
+        .filter_map(|p| abi(p.strip_prefix("linux-image-")?))
+        .filter(|(b, m, f)| *b == base && *f == flavour && *m != n)
+        .map(|(_, m, _)| m)
+        .collect();
+    others.sort_unstable();
+    let m = others
+        .iter()
+        .rev()
+        .find(|m| **m < n)
+        .or(others.first())
+        .unwrap_or_else(|| panic!("the archive holds no other {flavour} kernel than {kernel}"));
+    format!("{base}-{m}-{flavour}")
 }
 
 fn update_sig(meta: &Path) -> PathBuf {

@@ -14,6 +14,10 @@ install -Dm0644 demo-health.service "$d/lib/systemd/system/demo-health.service"
 install -Dm0644 demo.preset "$d/lib/systemd/system-preset/50-demo.preset"
 install -Dm0644 dhcp.network "$d/lib/systemd/network/80-dhcp.network"
 install -Dm0644 sshd_config "$DESTDIR/etc/ssh/sshd_config"
+# What base-files' postinst and the installer would write into /etc: the
+# loopback names and where lookups go (nss-myhostname, nss-resolve).
+install -Dm0644 hosts "$DESTDIR/etc/hosts"
+install -Dm0644 nsswitch.conf "$DESTDIR/etc/nsswitch.conf"
 # An image is configured by its build and Ignition, not by a person at
 # the console: no interactive first-boot wizard.
 mkdir -p "$DESTDIR/etc/systemd/system"
