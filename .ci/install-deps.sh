@@ -40,6 +40,7 @@ PACKAGES=(
   ignition          # ignition-validate: Ignition configs checked before a VM starts
   kmod              # depmod: build_image indexes the kernel modules, as the kernel's postinst would
   openssh-client    # test_image --tests: ssh into the guest
+  netcat-openbsd    # launcher -u: QEMU's guestfwd reaches an update server on the loopback through nc
   systemd           # systemd-repart: benchmark peer of build_image
 )
 

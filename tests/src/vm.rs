@@ -54,13 +54,15 @@ pub const BOOT_LIMIT: Duration = Duration::from_secs(400);
 impl Vm {
     /// Start `launcher` headless with ssh forwarded from a free port on the
     /// host's loopback, restricted networking, and `login`'s config;
-    /// `disks` are attached read-only after the boot disk (`/dev/vdb`, ...).
+    /// `disks` are attached read-only after the boot disk (`/dev/vdb`, ...);
+    /// `options` go to the launcher (`-u PORT`).
     pub fn start(
         user: &TestUser,
         scratch: &Scratch,
         launcher: &Path,
         login: &Login,
         disks: &[&Path],
+        options: &[&str],
     ) -> Vm {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -72,6 +74,7 @@ impl Vm {
             .command(scratch, launcher.to_str().unwrap())
             .args(["-r", "-nographic", "-p", &port.to_string(), "-i"])
             .arg(&login.ignition)
+            .args(options)
             .arg("--")
             .args(disks.iter().flat_map(|d| {
                 [

@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::formats::disk::gpt::{self, Entry};
 use crate::formats::update::{self, Metadata};
 
+use super::fetch::{self, Origin};
 use super::value_of;
 
 /// What the init left about the slot it booted.
@@ -284,10 +285,12 @@ pub fn mark_good(booted: &Booted) -> Result<(), AgentError> {
 
 /// What `apply` needs.
 pub struct ApplyRequest<'a> {
-    /// `<name>_update.json` (its `.sig` beside it).
-    pub metadata: &'a Path,
+    /// `<name>_update.json` (its `.sig` beside it): a file or a URL.
+    pub source: &'a Origin,
     /// The payload [default: the one the metadata names, beside it].
-    pub payload: Option<&'a Path>,
+    pub payload: Option<&'a Origin>,
+    /// Where fetched metadata is kept (`/run/sdk-update`).
+    pub work_dir: &'a Path,
     pub keys_dir: &'a Path,
     pub release: &'a Release,
     pub booted: &'a Booted,
@@ -298,41 +301,128 @@ pub struct ApplyRequest<'a> {
     pub progress: &'a dyn Fn(&str),
 }
 
+/// The metadata at `source` (fetched into `work_dir` when it is a URL),
+/// its signature checked against the keys in `keys_dir`.
+fn fetch_metadata(
+    source: &Origin,
+    work_dir: &Path,
+    keys_dir: &Path,
+) -> Result<(PathBuf, Metadata), AgentError> {
+    let missing = |what: &dyn std::fmt::Display| {
+        AgentError::Refused(format!(
+            "{what}: no such file; give the update metadata (`<name>_update.json`, its `.sig` beside it)"
+        ))
+    };
+    if let Origin::File(p) = source
+        && !p.is_file()
+    {
+        return Err(missing(&p.display()));
+    }
+    let metadata = fetch::local_metadata(source, work_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => missing(&e),
+        std::io::ErrorKind::InvalidInput => AgentError::Refused(e.to_string()),
+        _ => io(format!("fetch {source}"))(e),
+    })?;
+    let keys = update::load_public_keys(keys_dir)?;
+    let (meta, _) = update::verify(&metadata, &keys, None)?;
+    Ok((metadata, meta))
+}
+
+/// The payload against the signed size and sha256, read whole.
+fn check_payload(meta: &Metadata, payload: &Origin) -> Result<(), AgentError> {
+    match payload {
+        Origin::File(p) => Ok(update::check_payload(meta, p)?),
+        Origin::Url(_) => {
+            let r = payload.open().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => AgentError::Refused(format!(
+                    "{e}; give the payload {} with --payload, or put it beside the metadata",
+                    meta.payload.name
+                )),
+                _ => io(format!("fetch {payload}"))(e),
+            })?;
+            Ok(update::check_payload_stream(
+                meta,
+                Path::new(&payload.to_string()),
+                r,
+            )?)
+        }
+    }
+}
+
+/// What `check` found at the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// Nothing newer than the running version.
+    UpToDate { offered: String },
+    /// A newer version, not installed yet.
+    Available { version: String },
+    /// Already in the other slot, which boots next.
+    Installed { version: String, label: String },
+    /// Already in the other slot, which was tried and did not become
+    /// healthy: not installed again by `check --apply`.
+    Failed { version: String, label: String },
+}
+
+/// What the update at `source` is to this machine (its signature checked).
+pub fn check(
+    source: &Origin,
+    work_dir: &Path,
+    keys_dir: &Path,
+    release: &Release,
+    booted: &Booted,
+) -> Result<Offer, AgentError> {
+    let (_, meta) = fetch_metadata(source, work_dir, keys_dir)?;
+    if meta.board != release.board || !newer(&meta.version, &release.version) {
+        return Ok(Offer::UpToDate {
+            offered: format!("{} for {}", meta.version, meta.board),
+        });
+    }
+    let slots = status(booted, release)?;
+    let running_prio = slots.iter().find(|x| x.booted).map_or(0, |x| x.priority);
+    for s in slots {
+        if s.booted || s.version.as_deref() != Some(meta.version.as_str()) {
+            continue;
+        }
+        if s.priority > running_prio && !s.successful && s.tries == 0 {
+            return Ok(Offer::Failed {
+                version: meta.version,
+                label: s.label,
+            });
+        }
+        if s.priority > running_prio {
+            return Ok(Offer::Installed {
+                version: meta.version,
+                label: s.label,
+            });
+        }
+    }
+    Ok(Offer::Available {
+        version: meta.version,
+    })
+}
+
 /// Install the update into the slot not running; returns its label.
 pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     // 1. Everything checked before a byte is written.
-    if !r.metadata.is_file() {
-        return Err(AgentError::Refused(format!(
-            "{}: no such file; give the update metadata (`<name>_update.json`, its `.sig` beside it)",
-            r.metadata.display()
-        )));
-    }
-    let keys = update::load_public_keys(r.keys_dir)?;
-    let (meta, _) = update::verify(r.metadata, &keys, None)?;
-    let payload = r.payload.map(Path::to_path_buf).unwrap_or_else(|| {
-        r.metadata
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(&meta.payload.name)
-    });
+    let (metadata, meta) = fetch_metadata(r.source, r.work_dir, r.keys_dir)?;
+    let metadata = metadata.as_path();
+    let payload = r
+        .payload
+        .cloned()
+        .unwrap_or_else(|| r.source.sibling(&meta.payload.name));
     if meta.board != r.release.board {
         return Err(AgentError::Refused(format!(
             "{}: the update is for board {}, this machine runs {}; use the update built for {}",
-            r.metadata.display(),
-            meta.board,
-            r.release.board,
-            r.release.board
+            r.source, meta.board, r.release.board, r.release.board
         )));
     }
     if !r.allow_downgrade && !newer(&meta.version, &r.release.version) {
         return Err(AgentError::Refused(format!(
             "{}: version {} is not newer than the running {}; pass --allow-downgrade to install it anyway",
-            r.metadata.display(),
-            meta.version,
-            r.release.version
+            r.source, meta.version, r.release.version
         )));
     }
-    update::check_payload(&meta, &payload)?;
+    check_payload(&meta, &payload)?;
     let table = read_table(&r.booted.disk)?;
     let slots = usr_slots(&table, r.booted)?;
     let running = slots
@@ -358,8 +448,8 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
             meta.payload.size, target.label, size
         )));
     }
-    let bytes = std::fs::read(r.metadata).map_err(io(format!("read {}", r.metadata.display())))?;
-    let sig_path = update::sig_path(r.metadata);
+    let bytes = std::fs::read(metadata).map_err(io(format!("read {}", metadata.display())))?;
+    let sig_path = update::sig_path(metadata);
     let sig: [u8; 64] = std::fs::read(&sig_path)
         .map_err(io(format!("read {}", sig_path.display())))?
         .try_into()
@@ -395,15 +485,16 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
         "writing {} ({} bytes)",
         target.label, meta.payload.size
     ));
-    let mut src = File::open(&payload).map_err(io(format!("open {}", payload.display())))?;
+    let mut src = payload.open().map_err(io(format!("open {payload}")))?;
     out.seek(SeekFrom::Start(0))
         .map_err(io(format!("seek {}", dev.display())))?;
     let mut buf = vec![0u8; 4 << 20];
     let mut copied = 0u64;
     loop {
-        let n = src
-            .read(&mut buf)
-            .map_err(io(format!("read {}", payload.display())))?;
+        let n = src.read(&mut buf).map_err(io(format!(
+            "read {payload} ({copied} of {} bytes written; {} stays unbootable)",
+            meta.payload.size, target.label
+        )))?;
         if n == 0 {
             break;
         }
@@ -414,9 +505,7 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     if copied != meta.payload.size {
         return Err(AgentError::Refused(format!(
             "{} changed while it was read ({copied} of {} bytes); {} stays unbootable, apply again",
-            payload.display(),
-            meta.payload.size,
-            target.label
+            payload, meta.payload.size, target.label
         )));
     }
     out.sync_all()

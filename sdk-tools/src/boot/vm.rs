@@ -313,6 +313,7 @@ CONFIG_FILE=""
 NOGRAPHIC=""
 SAFE=""
 RESTRICT=""
+UPDATE_PORT=""
 
 usage() {{
   cat <<'EOF'
@@ -324,6 +325,9 @@ Usage: launcher [options] [-- extra qemu args]
                 with ignition-validate first when it is installed)
   -r            restricted network: the guest reaches nothing but the
                 forwarded ssh port (user-mode networking with restrict=on)
+  -u PORT       the guest's http://10.0.2.100/ is this machine's
+                127.0.0.1:PORT (an update server: sdk-tools update serve),
+                through nc; works with -r
   -nographic    no window; the serial console is this terminal
   -s            safe mode: never use KVM (TCG emulation)
   -h            this help
@@ -340,6 +344,7 @@ while [ $# -gt 0 ]; do
     -i) CONFIG_FILE=${{2:?-i needs a file}}; shift 2 ;;
     -nographic) NOGRAPHIC=1; shift ;;
     -r) RESTRICT=1; shift ;;
+    -u) UPDATE_PORT=${{2:?-u needs a port}}; shift 2 ;;
     -s) SAFE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -347,6 +352,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+case "$UPDATE_PORT" in
+  "") ;;
+  *[!0-9]*) echo "error: -u $UPDATE_PORT: give the port of the update server on 127.0.0.1" >&2; exit 2 ;;
+  *) command -v nc >/dev/null ||
+       {{ echo "error: -u needs nc (netcat) on this machine: apt install netcat-openbsd" >&2; exit 2; }} ;;
+esac
 if [ -n "$CONFIG_FILE" ] && [ ! -f "$CONFIG_FILE" ]; then
   echo "error: config file $CONFIG_FILE does not exist; pass an existing file to -i" >&2
   exit 2
@@ -385,7 +396,8 @@ args=(-name sdk-run-vm -machine q35,accel=$ACCEL -m "$VM_MEMORY" -smp 1)
 if [ "$ACCEL" = kvm ]; then args+=(-cpu host); fi
 args+=(-drive if=virtio,format=qcow2,file="$DIR/{disk}")
 if [ "$SSH_PORT" != none ]; then
-  args+=(-netdev user,id=eth0${{RESTRICT:+,restrict=on}},hostfwd=tcp:127.0.0.1:"$SSH_PORT"-:22 -device virtio-net-pci,netdev=eth0)
+  # guestfwd runs the command once a connection, its stdio the stream.
+  args+=(-netdev "user,id=eth0${{RESTRICT:+,restrict=on}},hostfwd=tcp:127.0.0.1:$SSH_PORT-:22${{UPDATE_PORT:+,guestfwd=tcp:10.0.2.100:80-cmd:nc -N 127.0.0.1 $UPDATE_PORT}}" -device virtio-net-pci,netdev=eth0)
 else
   args+=(-nic none)
 fi

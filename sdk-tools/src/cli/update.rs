@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use sdk_common::error::classify;
 
+use crate::boot::fetch::Origin;
 use crate::formats::update;
 
 #[derive(Debug, Subcommand)]
@@ -46,14 +47,18 @@ pub enum UpdateCmd {
     ///
     /// Examples:
     ///   sdk-update apply /var/tmp/os_developer_image_update.json
+    ///   sdk-update apply http://10.0.2.100/os_developer_image_update.json
     ///   sdk-update apply update.json --payload /mnt/usb/update.bin --tries 2
     #[command(verbatim_doc_comment)]
     Apply {
-        /// The update metadata (`<name>_update.json`, its `.sig` beside it).
-        metadata: PathBuf,
-        /// The payload [default: the one the metadata names, beside it].
-        #[arg(long, value_name = "FILE")]
-        payload: Option<PathBuf>,
+        /// The update metadata (`<name>_update.json`, its `.sig` beside
+        /// it): a file, or an http:// or https:// URL.
+        #[arg(value_name = "SOURCE")]
+        metadata: String,
+        /// The payload, a file, block device or URL [default: the one the
+        /// metadata names, beside it].
+        #[arg(long, value_name = "FILE|URL")]
+        payload: Option<String>,
         /// Install a version that is not newer than the running one.
         #[arg(long)]
         allow_downgrade: bool,
@@ -61,10 +66,104 @@ pub enum UpdateCmd {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=15))]
         tries: u8,
     },
+    /// In the running OS (as root): is there a newer update at the
+    /// source? With --apply, install it (once: an update already in the
+    /// other slot, or one that was tried there and did not become
+    /// healthy, is not installed again). `sdk-update.timer` runs
+    /// `check --apply` when /etc/sdk-update/source names a source.
+    ///
+    /// Examples:
+    ///   sdk-update check http://10.0.2.100/os_developer_image_update.json
+    ///   echo http://updates.example/os_developer_image_update.json > /etc/sdk-update/source
+    ///   sdk-update check --apply
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// The update metadata's file or URL [default: the first line of
+        /// /etc/sdk-update/source].
+        #[arg(value_name = "SOURCE")]
+        source: Option<String>,
+        /// Install a newer update that is found.
+        #[arg(long)]
+        apply: bool,
+        /// Boots the new slot gets to prove healthy.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=15))]
+        tries: u8,
+    },
+    /// On the build host: serve a folder of updates over HTTP (the
+    /// metadata, its signature and the payload build_image wrote), the
+    /// newest build each time when the folder is a `latest` link.
+    ///
+    /// Examples:
+    ///   sdk-tools update serve __build__/images/amd64-usr/latest
+    ///   sdk-tools update serve __build__/images/amd64-usr/latest --listen 127.0.0.1:8080
+    ///   # a VM reaches it as http://10.0.2.100/ with its launcher's -u 8080
+    #[command(verbatim_doc_comment)]
+    Serve {
+        /// The folder to serve.
+        dir: PathBuf,
+        /// Address and port to listen on (port 0: any free one).
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+        listen: String,
+    },
     /// In the running OS (as root): mark the running slot good (GPT
     /// `successful`), as the boot's health check does once
     /// `boot-complete.target` is reached.
     MarkGood,
+}
+
+/// Where fetched metadata is kept while it is checked and applied.
+const WORK_DIR: &str = "/run/sdk-update";
+/// The configured update source: its first line that is not a comment.
+const SOURCE_FILE: &str = "/etc/sdk-update/source";
+
+fn configured_source() -> Result<Origin> {
+    let text = std::fs::read_to_string(SOURCE_FILE).map_err(|e| {
+        anyhow::Error::new(crate::exit::UsageError(format!(
+            "{SOURCE_FILE}: {e}; give a SOURCE, or write the update metadata's URL into {SOURCE_FILE}"
+        )))
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(Origin::parse)
+        .ok_or_else(|| {
+            anyhow::Error::new(crate::exit::UsageError(format!(
+                "{SOURCE_FILE} names no source; write the update metadata's URL into it"
+            )))
+        })
+}
+
+fn apply(
+    booted: &crate::boot::agent::Booted,
+    release: &crate::boot::agent::Release,
+    source: &Origin,
+    payload: Option<&Origin>,
+    allow_downgrade: bool,
+    tries: u8,
+) -> Result<()> {
+    let keys = PathBuf::from("/").join(update::TRUSTED_KEYS_DIR);
+    let label = crate::boot::agent::apply(&crate::boot::agent::ApplyRequest {
+        source,
+        payload,
+        work_dir: std::path::Path::new(WORK_DIR),
+        keys_dir: &keys,
+        release,
+        booted,
+        allow_downgrade,
+        tries,
+        progress: &|step| {
+            use std::io::Write as _;
+            let mut e = std::io::stderr();
+            let _ = writeln!(e, "sdk-update: {step}");
+            let _ = e.flush();
+        },
+    })
+    .map_err(classify)?;
+    println!(
+        "{label} holds the update and boots next ({tries} tries to become healthy, else {} comes back); reboot to finish",
+        booted.label
+    );
+    Ok(())
 }
 
 fn in_os() -> Result<(crate::boot::agent::Booted, crate::boot::agent::Release)> {
@@ -120,29 +219,63 @@ pub fn run(cmd: UpdateCmd) -> Result<()> {
             tries,
         } => {
             let (booted, release) = in_os()?;
-            let keys = PathBuf::from("/").join(update::TRUSTED_KEYS_DIR);
-            let label = crate::boot::agent::apply(&crate::boot::agent::ApplyRequest {
-                metadata: &metadata,
-                payload: payload.as_deref(),
-                keys_dir: &keys,
-                release: &release,
-                booted: &booted,
+            let source = Origin::parse(&metadata);
+            let payload = payload.as_deref().map(Origin::parse);
+            apply(
+                &booted,
+                &release,
+                &source,
+                payload.as_ref(),
                 allow_downgrade,
                 tries,
-                progress: &|step| {
-                    use std::io::Write as _;
-                    let mut e = std::io::stderr();
-                    let _ = writeln!(e, "sdk-update: {step}");
-                    let _ = e.flush();
-                },
-            })
+            )
+        }
+        UpdateCmd::Check {
+            source,
+            apply: and_apply,
+            tries,
+        } => {
+            use crate::boot::agent::Offer;
+            let (booted, release) = in_os()?;
+            let source = match source {
+                Some(s) => Origin::parse(&s),
+                None => configured_source()?,
+            };
+            let keys = PathBuf::from("/").join(update::TRUSTED_KEYS_DIR);
+            let offer = crate::boot::agent::check(
+                &source,
+                std::path::Path::new(WORK_DIR),
+                &keys,
+                &release,
+                &booted,
+            )
             .map_err(classify)?;
-            println!(
-                "{label} holds the update and boots next ({tries} tries to become healthy, else {} comes back); reboot to finish",
-                booted.label
-            );
+            match offer {
+                Offer::UpToDate { offered } => println!(
+                    "up to date: running {}, {source} offers {offered}",
+                    release.version
+                ),
+                Offer::Installed { version, label } => {
+                    println!("{version} is installed in {label} and boots next: reboot to finish")
+                }
+                Offer::Failed { version, label } => println!(
+                    "{version} was installed in {label}, tried, and did not become healthy: not installing it again (`sdk-update apply {source}` retries it)"
+                ),
+                Offer::Available { version } if and_apply => {
+                    println!(
+                        "{version} is available (running {}): installing",
+                        release.version
+                    );
+                    apply(&booted, &release, &source, None, false, tries)?;
+                }
+                Offer::Available { version } => println!(
+                    "{version} is available (running {}): `sdk-update apply {source}` installs it",
+                    release.version
+                ),
+            }
             Ok(())
         }
+        UpdateCmd::Serve { dir, listen } => crate::boot::serve::serve(&dir, &listen),
         UpdateCmd::MarkGood => {
             let (booted, _) = in_os()?;
             crate::boot::agent::mark_good(&booted).map_err(classify)?;

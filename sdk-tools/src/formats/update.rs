@@ -258,6 +258,43 @@ pub fn verify(
 }
 
 /// The payload at `p` is the one `meta` describes (size and sha256).
+/// The payload read from `r` (named `p` in errors) against the signed
+/// size and sha256.
+pub fn check_payload_stream(
+    meta: &Metadata,
+    p: &Path,
+    mut r: impl std::io::Read,
+) -> Result<(), UpdateError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(io("read", p))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    compare_payload(meta, p, size, h.finalize().into())
+}
+
+fn compare_payload(meta: &Metadata, p: &Path, size: u64, sum: [u8; 32]) -> Result<(), UpdateError> {
+    if size != meta.payload.size || hex::encode(sum) != meta.payload.sha256 {
+        return Err(UpdateError::PayloadMismatch {
+            path: p.to_path_buf(),
+            why: format!(
+                "is {size} bytes with sha256 {}, the signed metadata says {} bytes with sha256 {}; it was changed or is another payload",
+                hex::encode(sum),
+                meta.payload.size,
+                meta.payload.sha256
+            ),
+        });
+    }
+    Ok(())
+}
+
 pub fn check_payload(meta: &Metadata, p: &Path) -> Result<(), UpdateError> {
     let (size, sum) = sdk_common::fsutil::hash_file(p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -272,18 +309,7 @@ pub fn check_payload(meta: &Metadata, p: &Path) -> Result<(), UpdateError> {
             io("read", p)(e)
         }
     })?;
-    if size != meta.payload.size || hex::encode(sum) != meta.payload.sha256 {
-        return Err(UpdateError::PayloadMismatch {
-            path: p.to_path_buf(),
-            why: format!(
-                "is {size} bytes with sha256 {}, the signed metadata says {} bytes with sha256 {}; it was changed or is another payload",
-                hex::encode(sum),
-                meta.payload.size,
-                meta.payload.sha256
-            ),
-        });
-    }
-    Ok(())
+    compare_payload(meta, p, size, sum)
 }
 
 /// Metadata `bytes` signed with `sig` by one of `keys` (`origin` names

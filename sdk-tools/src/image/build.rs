@@ -676,7 +676,15 @@ fn add_slot_boot(
     use crate::boot::slotboot::{CONF, INITRD};
     let f = fs::File::open(initrd).with_context(|| format!("open {}", initrd.display()))?;
     tree.add_file(INITRD, f, 0o644, 0, 0, "boot files", true)?;
-    tree.add_file(CONF, conf.render().as_bytes(), 0o644, 0, 0, "boot files", true)?;
+    tree.add_file(
+        CONF,
+        conf.render().as_bytes(),
+        0o644,
+        0,
+        0,
+        "boot files",
+        true,
+    )?;
     Ok(())
 }
 

@@ -206,10 +206,38 @@ ExecStart=/usr/bin/sdk-update mark-good
 WantedBy=multi-user.target
 ";
 
+/// `sdk-update check --apply` from the configured source.
+const UPDATE_UNIT: &str = "[Unit]
+Description=Install a newer OS update from the configured source
+ConditionPathExists=/etc/sdk-update/source
+ConditionPathExists=/run/sdk-init/usr-slot
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/sdk-update check --apply
+";
+
+/// When the update check runs: a while after boot, then hourly.
+const UPDATE_TIMER: &str = "[Unit]
+Description=Look for a newer OS update now and then
+ConditionPathExists=/etc/sdk-update/source
+
+[Timer]
+OnBootSec=5min
+OnUnitInactiveSec=1h
+RandomizedDelaySec=10min
+
+[Install]
+WantedBy=timers.target
+";
+
 /// The update agent for an OS with systemd: this binary as
 /// `/usr/bin/sdk-update` (stripped, as the initramfs's init is), the
-/// release file it reads, and the mark-good unit enabled by
-/// preset. An OS without systemd gets the release file only.
+/// release file it reads, the mark-good unit and the update timer
+/// (which does nothing until /etc/sdk-update/source names a source),
+/// enabled by preset. An OS without systemd gets the release file only.
 pub fn update_agent(tree: &mut Tree, os_id: &str, version: &str, board: &str) -> Result<()> {
     let release = crate::boot::agent::Release {
         os_id: os_id.to_string(),
@@ -247,24 +275,20 @@ pub fn update_agent(tree: &mut Tree, os_id: &str, version: &str, board: &str) ->
         origin,
         true,
     )?;
-    tree.add_file(
-        "usr/lib/systemd/system/sdk-update-mark-good.service",
-        MARK_GOOD_UNIT.as_bytes(),
-        0o644,
-        0,
-        0,
-        origin,
-        true,
-    )?;
-    tree.add_file(
-        "usr/lib/systemd/system-preset/80-sdk-update.preset",
-        &b"enable sdk-update-mark-good.service\n"[..],
-        0o644,
-        0,
-        0,
-        origin,
-        true,
-    )?;
+    for (path, text) in [
+        (
+            "usr/lib/systemd/system/sdk-update-mark-good.service",
+            MARK_GOOD_UNIT,
+        ),
+        ("usr/lib/systemd/system/sdk-update.service", UPDATE_UNIT),
+        ("usr/lib/systemd/system/sdk-update.timer", UPDATE_TIMER),
+        (
+            "usr/lib/systemd/system-preset/80-sdk-update.preset",
+            "enable sdk-update-mark-good.service\nenable sdk-update.timer\n",
+        ),
+    ] {
+        tree.add_file(path, text.as_bytes(), 0o644, 0, 0, origin, true)?;
+    }
     Ok(())
 }
 

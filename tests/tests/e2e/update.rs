@@ -145,7 +145,12 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
     chown_r(&user, scratch.path());
 
     // The payloads reach the guest as disks (vdb: v2, vdc: tampered, vdd:
-    // v3), the small metadata files by scp.
+    // v3), the small metadata files by scp; v2 is also served over HTTP
+    // from the host's loopback (`update serve`), which the guest reaches
+    // as http://10.0.2.100/ (the launcher's -u).
+    let server = Server::start(meta2.parent().unwrap());
+    let port = server.port.to_string();
+    let options = ["-u", port.as_str()];
     let login = Login::new(&user, &scratch);
     let mut vm = Vm::start(
         &user,
@@ -153,6 +158,7 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         &launcher,
         &login,
         &[&payload2, &tampered, &payload3],
+        &options,
     );
     let (line, _) = vm.wait_for("systemd-os: boot finished:", 0);
     let init_lines = |vm: &Vm| -> String {
@@ -259,7 +265,7 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         vm.power_cut();
         let _ = apply.kill();
         let _ = apply.wait();
-        vm = Vm::start(&user, &scratch, &launcher, &login, &disks);
+        vm = Vm::start(&user, &scratch, &launcher, &login, &disks, &options);
         let (line, _) = vm.wait_for("systemd-os: boot finished:", 0);
         assert!(
             line.contains("version 2.0.0 from USR-A"),
@@ -270,15 +276,38 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
     }
     let at = vm.console_text().len();
 
-    // v2 applied from inside v1; after the reboot it runs from USR-B and
-    // its boot marks it good.
+    // v2 found and applied from inside v1 by the update service, from the
+    // source the machine is configured with (the host's server); after
+    // the reboot it runs from USR-B and its boot marks it good.
+    let url = format!("http://10.0.2.100/{name}");
+    let o = ssh(&vm, &format!("sudo sdk-update check {url}"));
+    let text = out_of(&o);
+    assert!(
+        text.contains("2.0.1 is available (running 2.0.0)"),
+        "{text}"
+    );
     let o = ssh(
         &vm,
-        &format!("sudo sdk-update apply /var/tmp/v2/{name} --payload /dev/vdb"),
+        &format!(
+            "sudo mkdir -p /etc/sdk-update && echo {url} | sudo tee /etc/sdk-update/source >/dev/null && sudo systemctl start sdk-update.service; sudo journalctl -b -o cat -u sdk-update.service"
+        ),
     );
     let text = out_of(&o);
-    assert!(o.status.success(), "{text}");
     assert!(text.contains("USR-B holds the update"), "{text}");
+    assert!(
+        server.log().contains(&format!(
+            "GET /{} 200",
+            payload2.file_name().unwrap().to_string_lossy()
+        )),
+        "the payload came over HTTP:\n{}",
+        server.log()
+    );
+    let o = ssh(&vm, "sudo sdk-update check");
+    let text = out_of(&o);
+    assert!(
+        text.contains("2.0.1 is installed in USR-B and boots next"),
+        "{text}"
+    );
     let _ = ssh(&vm, "sudo systemctl reboot");
     let (line, at) = vm.wait_for("systemd-os: boot finished:", at);
     assert!(line.contains("version 2.0.1 from USR-B"), "{line}");
@@ -329,6 +358,75 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
         ),
         "{s}"
     );
+    // The update check does not install the failed v3 again.
+    let o = ssh(
+        &vm,
+        &format!("sudo sdk-update check --apply /var/tmp/v3/{name}"),
+    );
+    let text = out_of(&o);
+    assert!(
+        text.contains("2.0.2 was installed in USR-A, tried, and did not become healthy"),
+        "{text}"
+    );
+}
+
+/// `sdk-tools update serve DIR` on a free port of the loopback, stopped
+/// when dropped; what it logged is in `log()`.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let log = dir.with_extension("serve.log");
+        let out = dir.with_extension("serve.out");
+        let child = Command::new(sdk_e2e::bin_dir().join("sdk-tools"))
+            .args(["update", "serve", "--listen", "127.0.0.1:0"])
+            .arg(dir)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            port: 0,
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while server.port == 0 {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(p) = text
+                .split("http://127.0.0.1:")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .and_then(|p| p.parse().ok())
+            {
+                server.port = p;
+            } else {
+                let gone = server.child.try_wait().unwrap().is_some();
+                assert!(
+                    !gone && std::time::Instant::now() < deadline,
+                    "update serve said no address: {text}{}",
+                    server.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The kernel (`uname -r`) of the image in `dir`, from its contents list.
