@@ -668,6 +668,7 @@ mod tests {
             env: vec![],
             working_dir: Some("/srv/work".into()),
             user: image_user.map(String::from),
+            tools: None,
         }
     }
 
@@ -803,6 +804,7 @@ mod tests {
             env: vec![],
             working_dir: None,
             user: None,
+            tools: None,
         };
         let fds = NsFds::open(&state).unwrap();
         let r = Recorder::default();

@@ -209,6 +209,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             &repo,
             st.source.as_deref(),
         )?;
+        warn_if_tools_replaced(name.as_str(), &st);
         return enter::enter(&st, &eo);
     }
 
@@ -245,6 +246,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     };
 
     if !opts.rm {
+        warn_if_tools_replaced(name.as_str(), &st);
         return enter::enter(&st, &eo);
     }
     // --rm: enter from a child (entering moves us into the sandbox's mount
@@ -457,6 +459,19 @@ fn enter_in_child(
             unsafe { libc::_exit(code) }
         }
         nix::unistd::ForkResult::Parent { child } => enter::wait_relaying(&sfd, child),
+    }
+}
+
+/// A running sandbox keeps the sdk-tools it started with (the file is
+/// bind-mounted: a replaced file's old inode stays): say so in one line
+/// when the host's has been replaced since. One stat.
+fn warn_if_tools_replaced(name: &str, st: &State) {
+    if let Some(then) = &st.tools
+        && super::start::current_tools_key().as_ref() != Some(then)
+    {
+        eprintln!(
+            "sdk-run: warning: sdk-tools was replaced since sandbox {name} started; it still runs the old one until `sdk-run stop {name}`"
+        );
     }
 }
 

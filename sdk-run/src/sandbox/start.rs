@@ -189,21 +189,13 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
 fn tools(cache: &Path) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
     let exe = std::env::current_exe().context("cannot find the sdk-run executable")?;
     let bin = exe.with_file_name("sdk-tools");
-    let Some(meta) = std::fs::metadata(&bin).ok().filter(|m| m.is_file()) else {
+    let Some(key) = tools_key(&bin) else {
         eprintln!(
             "warning: no sdk-tools next to {}; the sandbox has no SDK tools on PATH (install both binaries together)",
             exe.display()
         );
         return Ok(None);
     };
-    let key = format!(
-        "{}:{}:{}:{}.{}",
-        bin.display(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec()
-    );
     if let Ok(c) = crate::state::read_json::<ToolsCache>(cache)
         && c.key == key
     {
@@ -229,6 +221,25 @@ fn tools(cache: &Path) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
         },
     );
     Ok(Some((bin, names)))
+}
+
+/// The sdk-tools next to this executable, as one string that changes when
+/// the file is replaced (path, inode, size, mtime); None without one.
+pub fn tools_key(bin: &Path) -> Option<String> {
+    let meta = std::fs::metadata(bin).ok().filter(|m| m.is_file())?;
+    Some(format!(
+        "{}:{}:{}:{}.{}",
+        bin.display(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ))
+}
+
+/// The sdk-tools a sandbox started now gets.
+pub fn current_tools_key() -> Option<String> {
+    tools_key(&std::env::current_exe().ok()?.with_file_name("sdk-tools"))
 }
 
 /// `tools.json` in the state directory.
@@ -382,6 +393,7 @@ fn finish(cfg: &Config, report: &str, image: ForEnter) -> anyhow::Result<State> 
             env: image.env,
             working_dir: image.working_dir,
             user: image.user,
+            tools: current_tools_key(),
         })
     })();
     if state.is_err() {

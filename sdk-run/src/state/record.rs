@@ -51,6 +51,11 @@ pub struct State {
     /// config: whom a command runs as when the caller gives no `-u`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The sdk-tools binary the sandbox started with (path, inode, size,
+    /// mtime): the sandbox keeps running that one after the host's is
+    /// replaced, which `enter` tells the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<String>,
 }
 
 /// Read and strictly parse a JSON file.

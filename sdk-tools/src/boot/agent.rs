@@ -329,7 +329,7 @@ fn fetch_metadata(
 }
 
 /// The payload against the signed size and sha256, read whole.
-fn check_payload(meta: &Metadata, payload: &Origin) -> Result<(), AgentError> {
+pub fn check_payload(meta: &Metadata, payload: &Origin) -> Result<(), AgentError> {
     match payload {
         Origin::File(p) => Ok(update::check_payload(meta, p)?),
         Origin::Url(_) => {
@@ -399,6 +399,61 @@ pub fn check(
     Ok(Offer::Available {
         version: meta.version,
     })
+}
+
+/// Write `payload` into the slot open as `out` (device `dev`, GPT name
+/// `label`) from its start, sync it, and read it back through its hash
+/// tree against the signed root hash. `apply`'s third step, on its own
+/// for the benchmark (`bench/apply.sh`).
+pub fn write_slot(
+    meta: &Metadata,
+    payload: &Origin,
+    out: &mut File,
+    dev: &Path,
+    label: &str,
+    progress: &dyn Fn(&str),
+) -> Result<(), AgentError> {
+    progress(&format!("writing {label} ({} bytes)", meta.payload.size));
+    let mut src = payload.open().map_err(io(format!("open {payload}")))?;
+    out.seek(SeekFrom::Start(0))
+        .map_err(io(format!("seek {}", dev.display())))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut copied = 0u64;
+    loop {
+        let n = src.read(&mut buf).map_err(io(format!(
+            "read {payload} ({copied} of {} bytes written; {label} stays unbootable)",
+            meta.payload.size
+        )))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(io(format!("write {}", dev.display())))?;
+        copied += n as u64;
+    }
+    if copied != meta.payload.size {
+        return Err(AgentError::Refused(format!(
+            "{payload} changed while it was read ({copied} of {} bytes); {label} stays unbootable, apply again",
+            meta.payload.size
+        )));
+    }
+    out.sync_all()
+        .map_err(io(format!("sync {}", dev.display())))?;
+    progress(&format!("verifying {label} against the signed root hash"));
+    let root = crate::formats::verity::parse_root_hash(&meta.usr.root_hash)
+        .map_err(|e| AgentError::Refused(e.to_string()))?;
+    let opts = crate::formats::verity::Options {
+        hash_offset: meta.usr.hash_offset,
+        data_blocks: Some(meta.usr.data_blocks),
+        ..Default::default()
+    };
+    crate::formats::verity::verify(dev, dev, &opts, &root).map_err(|e| {
+        AgentError::Refused(format!(
+            "{} does not read back as the signed payload ({e}); {label} stays unbootable",
+            dev.display()
+        ))
+    })?;
+    Ok(())
 }
 
 /// Install the update into the slot not running; returns its label.
@@ -481,53 +536,7 @@ pub fn apply(r: &ApplyRequest<'_>) -> Result<String, AgentError> {
     .map_err(io(format!("wipe the record of {}", dev.display())))?;
 
     // 3. The payload, synced and read back through its hash tree.
-    (r.progress)(&format!(
-        "writing {} ({} bytes)",
-        target.label, meta.payload.size
-    ));
-    let mut src = payload.open().map_err(io(format!("open {payload}")))?;
-    out.seek(SeekFrom::Start(0))
-        .map_err(io(format!("seek {}", dev.display())))?;
-    let mut buf = vec![0u8; 4 << 20];
-    let mut copied = 0u64;
-    loop {
-        let n = src.read(&mut buf).map_err(io(format!(
-            "read {payload} ({copied} of {} bytes written; {} stays unbootable)",
-            meta.payload.size, target.label
-        )))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])
-            .map_err(io(format!("write {}", dev.display())))?;
-        copied += n as u64;
-    }
-    if copied != meta.payload.size {
-        return Err(AgentError::Refused(format!(
-            "{} changed while it was read ({copied} of {} bytes); {} stays unbootable, apply again",
-            payload, meta.payload.size, target.label
-        )));
-    }
-    out.sync_all()
-        .map_err(io(format!("sync {}", dev.display())))?;
-    (r.progress)(&format!(
-        "verifying {} against the signed root hash",
-        target.label
-    ));
-    let root = crate::formats::verity::parse_root_hash(&meta.usr.root_hash)
-        .map_err(|e| AgentError::Refused(e.to_string()))?;
-    let opts = crate::formats::verity::Options {
-        hash_offset: meta.usr.hash_offset,
-        data_blocks: Some(meta.usr.data_blocks),
-        ..Default::default()
-    };
-    crate::formats::verity::verify(&dev, &dev, &opts, &root).map_err(|e| {
-        AgentError::Refused(format!(
-            "{} does not read back as the signed payload ({e}); {} stays unbootable",
-            dev.display(),
-            target.label
-        ))
-    })?;
+    write_slot(&meta, &payload, &mut out, &dev, &target.label, r.progress)?;
 
     // 4. The record, then 5. the attributes that make it boot next.
     (r.progress)(&format!("recording {}", target.label));

@@ -194,7 +194,7 @@ impl ModuleIndex {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         if !self.knows_modules() {
-            tracing::warn!(
+            tracing::info!(
                 kernel = version,
                 dir = %self.dir.display(),
                 "no modules.builtin and no modules: assuming everything boot needs is built in (the boot fails clearly if not)"

@@ -1165,3 +1165,68 @@ fn two_repos_with_the_same_versions_do_not_share_a_sandbox() {
     c.current_dir(&a);
     assert_eq!(stdout_of(&mut c), "/mnt/host/source");
 }
+
+#[test]
+fn entering_after_sdk_tools_was_replaced_says_the_sandbox_runs_the_old_one() {
+    let env = Env::new();
+    // A copy of both binaries, so replacing sdk-tools touches no other test.
+    let bin = env.scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for b in ["sdk-run", "sdk-tools"] {
+        std::fs::copy(sdk_e2e::bin_dir().join(b), bin.join(b)).unwrap();
+    }
+    chown_r(&env.user, &bin);
+    let r = env.rootfs();
+    let sdk = |script: &str| {
+        let mut c = env.user.command(&env.scratch, bin.join("sdk-run"));
+        c.args([
+            "-n",
+            "tools",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(env.repo());
+        c
+    };
+    let out = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    out(&mut sdk("true"));
+    assert_eq!(out(&mut sdk("true")), "", "nothing replaced, nothing said");
+    // A reinstall: a new file renamed over the old one.
+    let tmp = bin.join(".sdk-tools.new");
+    std::fs::copy(bin.join("sdk-tools"), &tmp).unwrap();
+    std::fs::rename(&tmp, bin.join("sdk-tools")).unwrap();
+    let err = out(&mut sdk("true"));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("sdk-tools was replaced since sandbox tools started")
+            && err.contains("`sdk-run stop tools`"),
+        "{err}"
+    );
+    run_ok(
+        &mut env
+            .user
+            .command(&env.scratch, bin.join("sdk-run"))
+            .args(["stop", "tools"])
+            .current_dir(env.repo()),
+    );
+    assert_eq!(
+        out(&mut sdk("true")),
+        "",
+        "a restarted sandbox runs the new one"
+    );
+    run_ok(
+        &mut env
+            .user
+            .command(&env.scratch, bin.join("sdk-run"))
+            .args(["rm", "-f", "tools"])
+            .current_dir(env.repo()),
+    );
+}
