@@ -1211,8 +1211,7 @@ fn entering_after_sdk_tools_was_replaced_says_the_sandbox_runs_the_old_one() {
         "{err}"
     );
     run_ok(
-        &mut env
-            .user
+        env.user
             .command(&env.scratch, bin.join("sdk-run"))
             .args(["stop", "tools"])
             .current_dir(env.repo()),
@@ -1223,8 +1222,7 @@ fn entering_after_sdk_tools_was_replaced_says_the_sandbox_runs_the_old_one() {
         "a restarted sandbox runs the new one"
     );
     run_ok(
-        &mut env
-            .user
+        env.user
             .command(&env.scratch, bin.join("sdk-run"))
             .args(["rm", "-f", "tools"])
             .current_dir(env.repo()),
