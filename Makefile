@@ -1,5 +1,5 @@
 # The two commands of the README, plus benchmarks.
-.PHONY: demo test bench install dist
+.PHONY: demo test bench install dist cross
 demo:
 	./.ci/demo.sh
 test:
@@ -10,3 +10,5 @@ install:
 	PREFIX=$(or $(PREFIX),/usr/local) DESTDIR=$(DESTDIR) ./.ci/install.sh
 dist:
 	./.ci/release.sh
+cross:
+	./.ci/cross.sh release

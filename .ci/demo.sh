@@ -11,6 +11,7 @@
 #
 #   make demo                       # as root on a fresh Debian 12 machine
 #   DEMO_BOARD=amd64-usr DEMO_DIR=/var/tmp/sdk-run-demo .ci/demo.sh
+#   DEMO_BOARD=arm64-usr .ci/demo.sh   # arm64: cross-built, booted under qemu-system-aarch64
 #   DEMO_REPO=demo-os .ci/demo.sh   # the busybox example instead
 #
 # Run as root, it uses the unprivileged user `make test` uses (created with
@@ -44,6 +45,8 @@ secs() { local ms=$((($(date +%s%N) - $1) / 1000000)); printf '%d.%d' $((ms / 10
 all_start=$(date +%s%N)
 timed "install deps" ./.ci/install-deps.sh
 timed "cargo build" cargo build --workspace --release --locked
+# The init of arm64-usr images is sdk-tools built for aarch64.
+timed "cross build" ./.ci/cross.sh release
 
 if [ "$(id -u)" = 0 ]; then
   eval "$(SDK_E2E_INSTALL=/opt/sdk-run-demo/bin ./.ci/setup-test-env.sh target/release)"

@@ -17,6 +17,9 @@ bin_dir=${BIN_DIR:-target/release}
 
 if [ -z "${BIN_DIR:-}" ] && command -v cargo >/dev/null; then
   cargo build --release --locked -p sdk-run -p sdk-tools
+  # sdk-tools for arm64 boards' images (init, update agent), when the
+  # cross compiler is there (.ci/install-deps.sh installs it).
+  if command -v aarch64-linux-gnu-gcc >/dev/null; then ./.ci/cross.sh release; fi
 fi
 for b in sdk-run sdk-tools; do
   if [ ! -x "$bin_dir/$b" ]; then
@@ -39,6 +42,16 @@ for b in sdk-run sdk-tools; do
   install -m 0755 "$bin_dir/$b" "$bin/.$b.new"
   strip "$bin/.$b.new"
   mv -f "$bin/.$b.new" "$bin/$b"
+done
+# Builds of sdk-tools for other architectures: the init of those boards'
+# images (found next to sdk-tools, bound beside it into sandboxes).
+for f in "$bin_dir"/sdk-tools-*; do
+  [ -f "$f" ] || continue
+  n=$(basename "$f")
+  install -m 0755 "$f" "$bin/.$n.new"
+  gnu=${n#sdk-tools-}-linux-gnu
+  if command -v "$gnu-strip" >/dev/null; then "$gnu-strip" "$bin/.$n.new"; fi
+  mv -f "$bin/.$n.new" "$bin/$n"
 done
 
 "$bin/sdk-run" man --dir "$man" >/dev/null

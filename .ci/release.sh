@@ -9,7 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_dir=${BIN_DIR:-target/release}
 out_dir=${OUT_DIR:-target/dist}
-[ -n "${BIN_DIR:-}" ] || cargo build --release --locked -p sdk-run -p sdk-tools
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release --locked -p sdk-run -p sdk-tools
+  ./.ci/cross.sh release
+fi
 version=$("$bin_dir/sdk-run" --version | awk '{print $2}')
 arch=$(uname -m)
 name=sdk-run-$version-$arch-linux

@@ -22,6 +22,10 @@ mkdir -p "$bin"
 for b in sdk-run sdk-tools; do
   install -m 0755 "$bindir_src/$b" "$bin/$b"
 done
+# sdk-tools built for other boards' architectures (.ci/cross.sh), beside it.
+for f in "$bindir_src"/sdk-tools-*; do
+  [ -f "$f" ] && install -m 0755 "$f" "$bin/$(basename "$f")"
+done
 
 echo "export SDK_E2E_USER=$user"
 echo "export SDK_E2E_BIN=$bin"

@@ -555,6 +555,23 @@ impl ExampleRepo {
     }
 }
 
+/// Set `os-version` in the repo's `sdk-version.toml`.
+pub fn set_os_version(repo: &Path, version: &str) {
+    let f = repo.join("sdk-version.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("os-version") {
+                format!("os-version = \"{version}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(f, text).unwrap();
+}
+
 /// The file of `dir` whose name ends with `suffix` (an image artifact:
 /// `_image.bin`, `_update.json`, `_qemu.sh`, ...).
 pub fn artifact(dir: &Path, suffix: &str) -> PathBuf {

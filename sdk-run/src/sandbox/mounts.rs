@@ -60,6 +60,9 @@ pub struct RootPlan {
     pub devpts_gid: Option<u32>,
     /// The host `sdk-tools` binary and its multi-call names.
     pub tools: Option<(PathBuf, Vec<String>)>,
+    /// `sdk-tools` built for other architectures (`sdk-tools-aarch64`):
+    /// the init and update agent of those boards' images, bound beside it.
+    pub foreign_tools: Vec<PathBuf>,
     pub sockets: Vec<Socket>,
 }
 
@@ -289,6 +292,15 @@ fn bind_in(s: &Step<'_>, plan: &RootPlan) -> Result<(), MountError> {
         for n in names {
             s.at("link", &dir.join(n), sys.symlink("sdk-tools", &dir.join(n)))?;
         }
+        for bin in &plan.foreign_tools {
+            let Some(name) = bin.file_name() else {
+                continue;
+            };
+            let dst = dir.join(name);
+            s.touch(&dst)?;
+            s.bind(bin, &dst)?;
+            s.readonly(&dst)?;
+        }
     }
     Ok(())
 }
@@ -314,6 +326,7 @@ mod tests {
             devices: vec!["/dev/kvm".into()],
             devpts_gid: Some(5),
             tools: Some(("/usr/bin/sdk-tools".into(), vec!["build_image".into()])),
+            foreign_tools: vec!["/usr/bin/sdk-tools-aarch64".into()],
             sockets: vec![Socket {
                 host: "/run/user/1/ssh".into(),
                 inside: "/run/host/ssh-agent.sock".into(),
@@ -383,6 +396,15 @@ mod tests {
         );
         assert_eq!(c[t + 1], "readonly /s/mnt/run/sdk-tools/bin/sdk-tools");
         assert!(c.contains(&"symlink sdk-tools /s/mnt/run/sdk-tools/bin/build_image".to_string()));
+        // The aarch64 build beside it, read-only too: arm64 images' init.
+        let f = pos(
+            &c,
+            "mount /usr/bin/sdk-tools-aarch64 /s/mnt/run/sdk-tools/bin/sdk-tools-aarch64",
+        );
+        assert_eq!(
+            c[f + 1],
+            "readonly /s/mnt/run/sdk-tools/bin/sdk-tools-aarch64"
+        );
         assert!(pos(&c, "mount tmpfs /s/mnt/run ") < t);
         assert!(pos(&c, "mount proc /s/mnt/proc proc") < pos(&c, "pivot_root"));
     }

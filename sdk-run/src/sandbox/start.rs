@@ -175,6 +175,7 @@ fn plan(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(RootPlan, ForEnter)>
             devices: cfg.devices.clone(),
             devpts_gid: cfg.idmap.to_host_gid(5).map(|_| 5),
             tools: tools(&sb.tools_cache)?,
+            foreign_tools: foreign_tools(),
             sockets,
         },
         image,
@@ -221,6 +222,23 @@ fn tools(cache: &Path) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
         },
     );
     Ok(Some((bin, names)))
+}
+
+/// Architectures whose images sdk-tools can make an init for, when built
+/// for them (`.ci/cross.sh`).
+const TOOL_ARCHES: &[&str] = &["x86_64", "aarch64"];
+
+/// The `sdk-tools-<arch>` builds next to this executable (one stat each).
+fn foreign_tools() -> Vec<PathBuf> {
+    let Ok(exe) = std::env::current_exe() else {
+        return Vec::new();
+    };
+    TOOL_ARCHES
+        .iter()
+        .filter(|a| **a != std::env::consts::ARCH)
+        .map(|a| exe.with_file_name(format!("sdk-tools-{a}")))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 /// The sdk-tools next to this executable, as one string that changes when

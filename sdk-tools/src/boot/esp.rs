@@ -77,6 +77,8 @@ pub struct EspSpec {
     pub kernel_version: Option<String>,
     /// Timestamp for the initramfs members (SOURCE_DATE_EPOCH).
     pub mtime: u32,
+    /// The machine the image boots on (the board's architecture).
+    pub target: initramfs::Target,
 }
 
 /// What `populate_esp` wrote.
@@ -239,13 +241,24 @@ fn efi_arch(arch: &str) -> Result<&'static str, BootError> {
     }
 }
 
-/// Command line words every entry carries besides the USR ones.
-pub fn base_cmdline(root: &PartRef, extra: &[String]) -> Vec<String> {
+/// The serial console of `arch`'s QEMU and generic machines: the 16550
+/// UART on PCs, the PL011 on ARM's `virt` machine and SBSA servers.
+pub fn serial_console(arch: &str) -> &'static str {
+    match arch {
+        "aarch64" | "arm64" => "ttyAMA0",
+        _ => "ttyS0",
+    }
+}
+
+/// Command line words every entry carries besides the USR ones. The
+/// last `console=` is `/dev/console`: the serial one, where test_image
+/// reads the boot.
+pub fn base_cmdline(root: &PartRef, arch: &str, extra: &[String]) -> Vec<String> {
     let mut v = vec![
         format!("root={}", root.cmdline()),
         "rootfstype=ext4".to_string(),
         "console=tty0".to_string(),
-        "console=ttyS0,115200n8".to_string(),
+        format!("console={},115200n8", serial_console(arch)),
         "panic=10".to_string(),
         // Our initramfs sets up USR's verity device; systemd's generator
         // would read usrhash= and wait for partitions named after it.
@@ -276,6 +289,7 @@ pub fn base_cmdline(root: &PartRef, extra: &[String]) -> Vec<String> {
 ///     extra_cmdline: vec![],
 ///     kernel_version: None,
 ///     mtime: 0,
+///     target: sdk_tools::boot::initramfs::Target::host(),
 /// })?;
 /// # Ok::<(), sdk_tools::boot::BootError>(())
 /// ```
@@ -295,23 +309,40 @@ pub struct StagedEsp {
     kernel_image: PathBuf,
     /// `slotboot::boot_id` of the kernel and the initramfs.
     boot_id: String,
+    /// The kernel on the ESP is `kernel_image` unpacked (see
+    /// [`copy_kernel`]); USR then carries that unpacked copy too.
+    unpacked: bool,
 }
 
 impl StagedEsp {
     /// What USR carries of these boot files (see `boot::slotboot`): the
-    /// conf, and where the initramfs to add as its `initrd` is.
-    pub fn slot_boot(&self, spec: &EspSpec) -> (super::slotboot::SlotBoot, PathBuf) {
-        let kernel = self
-            .kernel_image
-            .strip_prefix(&spec.staging_root)
-            .unwrap_or(&self.kernel_image);
+    /// conf, where the initramfs to add as its `initrd` is, and the
+    /// kernel to add as its `linux` when the package's own is compressed
+    /// (kexec and the EFI stub take the arm64 Image unpacked only).
+    pub fn slot_boot(
+        &self,
+        spec: &EspSpec,
+    ) -> (super::slotboot::SlotBoot, PathBuf, Option<PathBuf>) {
+        let kdir = spec.esp_dir.join(&self.kdir);
+        let (kernel, add) = if self.unpacked {
+            (
+                format!("/{}", super::slotboot::KERNEL),
+                Some(kdir.join("linux")),
+            )
+        } else {
+            let k = self
+                .kernel_image
+                .strip_prefix(&spec.staging_root)
+                .unwrap_or(&self.kernel_image);
+            (format!("/{}", k.display()), None)
+        };
         let conf = super::slotboot::SlotBoot {
-            kernel: format!("/{}", kernel.display()),
+            kernel,
             initrd: format!("/{}", super::slotboot::INITRD),
             version: self.kernel_version.clone(),
             id: self.boot_id.clone(),
         };
-        (conf, spec.esp_dir.join(&self.kdir).join("initrd"))
+        (conf, kdir.join("initrd"), add)
     }
 }
 
@@ -320,7 +351,7 @@ impl StagedEsp {
 /// be built while USR-A and its hash tree are (`spec.usr_hash` is not
 /// read).
 pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
-    let arch = std::env::consts::ARCH;
+    let arch = spec.target.arch.as_str();
     let kernel = kmod::find_kernel(&spec.staging_root, spec.kernel_version.as_deref())?;
     let sdboot = find_systemd_boot(&spec.staging_root, arch)?;
     let efi = efi_arch(arch)?.to_ascii_uppercase();
@@ -334,11 +365,12 @@ pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
     std::fs::create_dir_all(&dest).map_err(io("create", &dest))?;
     let initrd = initramfs::build(
         &kernel,
+        &spec.target,
         &dest.join("initrd"),
         spec.mtime,
         &spec.staging_root,
     )?;
-    std::fs::copy(&kernel.image, dest.join("linux"))
+    let unpacked = copy_kernel(&kernel.image, &dest.join("linux"), arch)
         .map_err(io("copy the kernel", &kernel.image))?;
     let boot_id = super::slotboot::boot_id(&dest.join("linux"), &dest.join("initrd"))
         .map_err(io("read", &dest))?;
@@ -362,7 +394,32 @@ pub fn stage_esp_files(spec: &EspSpec) -> Result<StagedEsp, BootError> {
         efi,
         kernel_image: kernel.image,
         boot_id,
+        unpacked,
     })
+}
+
+/// Copy the kernel to the ESP. An arm64 kernel as Debian ships it is the
+/// Image gzip-compressed, which GRUB unpacks itself; systemd-boot starts
+/// kernels as EFI programs and `kexec_file_load` on arm64 takes the Image
+/// format only, so it is unpacked here (the Image carries the EFI stub's
+/// PE header). Returns whether it was unpacked.
+pub fn copy_kernel(src: &Path, dst: &Path, arch: &str) -> std::io::Result<bool> {
+    let mut magic = [0u8; 2];
+    let gz = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(src)?;
+        f.read(&mut magic)? == 2 && magic == [0x1f, 0x8b]
+    };
+    if !(gz && matches!(arch, "aarch64" | "arm64")) {
+        std::fs::copy(src, dst)?;
+        return Ok(false);
+    }
+    let mut input =
+        flate2::read::GzDecoder::new(std::io::BufReader::new(std::fs::File::open(src)?));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dst)?);
+    std::io::copy(&mut input, &mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(true)
 }
 
 /// Second half of [`populate_esp`]: USR-A's boot entry, with its hash.
@@ -375,7 +432,7 @@ pub fn finish_esp(spec: &EspSpec, staged: StagedEsp) -> Result<EspReport, BootEr
         boot_id,
         ..
     } = staged;
-    let mut words = base_cmdline(&spec.root, &spec.extra_cmdline);
+    let mut words = base_cmdline(&spec.root, &spec.target.arch, &spec.extra_cmdline);
     words.push(format!("{}={boot_id}", super::slotboot::CMDLINE_ID));
     let entry = SlotEntry {
         slot: 'a',
@@ -427,7 +484,7 @@ mod tests {
             title: "Demo".into(),
             linux: "/sdk/6.1/linux".into(),
             initrd: "/sdk/6.1/initrd".into(),
-            base_cmdline: base_cmdline(&PartRef::label("ROOT"), &[]),
+            base_cmdline: base_cmdline(&PartRef::label("ROOT"), "x86_64", &[]),
         }
     }
 

@@ -60,9 +60,12 @@ pub const KEYS_DIR: &str = "etc/sdk-update/keys";
 /// Build the initramfs for `kernel` into `out` (written to a temporary name
 /// and renamed). `mtime` stamps every member (SOURCE_DATE_EPOCH).
 /// `os_root` is the OS tree: its trusted update keys
-/// (`usr/share/sdk-update/keys/*.pem`) go in too.
+/// (`usr/share/sdk-update/keys/*.pem`) go in too, and for a foreign
+/// `target` the init's shared libraries come from it (see
+/// [`init_libraries`]).
 pub fn build(
     kernel: &Kernel,
+    target: &Target,
     out: &Path,
     mtime: u32,
     os_root: &Path,
@@ -80,12 +83,14 @@ pub fn build(
         kind: Kind::CharDev { major: 5, minor: 1 },
     });
 
-    // The init: this executable, plus what the dynamic loader needs for it.
-    let exe = init_binary()?;
+    // The init: sdk-tools built for the target, plus what the dynamic
+    // loader needs for it.
+    let exe = init_binary(target)?;
     tree.file("init", 0o755, exe.clone());
-    let libs = elf_closure(&exe, Path::new("/"))?;
+    let (lib_root, libs) = init_libraries(target, &exe, os_root)?;
     for lib in &libs {
-        let data = read(lib, "read a shared library for the initramfs")?;
+        let real = resolve_in(&lib_root, lib)?;
+        let data = read(&real, "read a shared library for the initramfs")?;
         tree.file(&lib.to_string_lossy(), 0o755, data);
     }
     for m in &modules {
@@ -199,26 +204,122 @@ fn write_gz(out: &Path, entries: &[Entry], mtime: u32) -> Result<u64, BootError>
     })
 }
 
-/// This executable without symbols and debug info (52 MiB -> 7 MiB for a
-/// release build with line tables; the initramfs is unpacked on every
-/// boot). `strip` is binutils', which every SDK with a C compiler has;
-/// without it the binary goes in as it is, with a warning.
-/// This executable, stripped (as it is when `strip` is not at hand): the
-/// initramfs's init, and the update agent build_image puts in USR.
-pub fn init_binary() -> Result<Vec<u8>, BootError> {
+/// The machine an init is for: the board's architecture (`uname -m`) and
+/// its GNU target triple (the cross tools' prefix, the multiarch dir).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub arch: String,
+    pub triple: String,
+}
+
+impl Target {
+    /// The machine these tools run on.
+    pub fn host() -> Target {
+        let arch = std::env::consts::ARCH;
+        Target {
+            arch: arch.to_string(),
+            triple: format!("{arch}-linux-gnu"),
+        }
+    }
+
+    /// The machine a board's images run on (its profile's `arch`, never
+    /// its name).
+    pub fn of(board: &crate::board::Board) -> Target {
+        Target {
+            arch: board.arch.clone(),
+            triple: board.target.clone(),
+        }
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.arch == std::env::consts::ARCH
+    }
+}
+
+/// The file name of the sdk-tools built for `arch`, installed next to the
+/// host's `sdk-tools` (and bound beside it into sandboxes): the init and
+/// update agent of that architecture's images.
+pub fn foreign_tools_name(arch: &str) -> String {
+    format!("sdk-tools-{arch}")
+}
+
+/// Where the sdk-tools for a foreign `arch` is looked for:
+/// `SDK_TOOLS_<ARCH>` (e.g. `SDK_TOOLS_AARCH64`), else next to this
+/// executable.
+pub fn foreign_tools_path(arch: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(format!("SDK_TOOLS_{}", arch.to_ascii_uppercase())) {
+        return PathBuf::from(p);
+    }
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    me.with_file_name(foreign_tools_name(arch))
+}
+
+/// The architecture (`uname -m` name) an ELF file is built for.
+pub fn elf_arch(bytes: &[u8]) -> Option<&'static str> {
+    let header = goblin::elf::Elf::parse_header(bytes).ok()?;
+    match header.e_machine {
+        goblin::elf::header::EM_X86_64 => Some("x86_64"),
+        goblin::elf::header::EM_AARCH64 => Some("aarch64"),
+        goblin::elf::header::EM_RISCV => Some("riscv64"),
+        goblin::elf::header::EM_PPC64 => Some("ppc64le"),
+        goblin::elf::header::EM_S390 => Some("s390x"),
+        _ => None,
+    }
+}
+
+/// sdk-tools built for `target`, stripped (the initramfs is unpacked on
+/// every boot: 52 MiB -> 7 MiB for a release build with line tables): the
+/// initramfs's init, and the update agent build_image puts in USR. For
+/// the host's architecture that is this very executable; for another one,
+/// the `sdk-tools-<arch>` build installed beside it (see
+/// [`foreign_tools_path`]). Stripping uses binutils' `strip` (the
+/// target's `<triple>-strip` for a foreign build); without it the binary
+/// goes in as it is, with a warning. A binary of any other architecture
+/// than `target`'s is refused: an image never gets an init it cannot run.
+pub fn init_binary(target: &Target) -> Result<Vec<u8>, BootError> {
     use crate::cmd::CommandExt;
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| BootError::Io { what, path, source }
     };
-    // Our bytes, read by us: `/proc/self/exe` handed to strip would be
-    // strip itself.
-    let exe = std::fs::read("/proc/self/exe")
-        .map_err(io("read our own executable", Path::new("/proc/self/exe")))?;
+    let (src, strip) = if target.is_host() {
+        // Our bytes, read by us: `/proc/self/exe` handed to strip would be
+        // strip itself.
+        (PathBuf::from("/proc/self/exe"), "strip".to_string())
+    } else {
+        let p = foreign_tools_path(&target.arch);
+        if !p.is_file() {
+            return Err(BootError::Usage(format!(
+                "no {arch} build of sdk-tools at {path}: the init of a {arch} image is sdk-tools built for {arch}; build it with `make cross` (or `cargo build --release -p sdk-tools --target {arch}-unknown-linux-gnu`) and install it as {name} next to sdk-tools (make install does), or point SDK_TOOLS_{upper} at it",
+                arch = target.arch,
+                path = p.display(),
+                name = foreign_tools_name(&target.arch),
+                upper = target.arch.to_ascii_uppercase(),
+            )));
+        }
+        (p, format!("{}-strip", target.triple))
+    };
+    let exe = std::fs::read(&src).map_err(io("read the sdk-tools for the init", &src))?;
+    match elf_arch(&exe) {
+        Some(a) if a == target.arch => {}
+        found => {
+            return Err(BootError::Usage(format!(
+                "{} is {}, not {}: an image's init must be built for its board's architecture; install the {} build of sdk-tools as {}",
+                src.display(),
+                found.map_or(
+                    "not an ELF program of a known architecture".to_string(),
+                    |a| format!("an {a} program")
+                ),
+                target.arch,
+                target.arch,
+                foreign_tools_name(&target.arch),
+            )));
+        }
+    }
     let dir = tempfile::tempdir().map_err(io("create a temp dir", &std::env::temp_dir()))?;
     let (full, stripped) = (dir.path().join("init.full"), dir.path().join("init"));
     std::fs::write(&full, &exe).map_err(io("write", &full))?;
-    match std::process::Command::new("strip")
+    match std::process::Command::new(&strip)
         .args(["--strip-all", "-o"])
         .arg(&stripped)
         .arg(&full)
@@ -226,10 +327,35 @@ pub fn init_binary() -> Result<Vec<u8>, BootError> {
     {
         Ok(_) => std::fs::read(&stripped).map_err(io("read", &stripped)),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot strip the init; the initramfs will be larger");
+            tracing::warn!(error = %e, strip, "cannot strip the init; the initramfs will be larger");
             Ok(exe)
         }
     }
+}
+
+/// Where the shared libraries of `target`'s init are found: this machine
+/// for the host's architecture; for another one the image's own root
+/// (its Debian libc), else the cross toolchain's sysroot (`/usr/<triple>`,
+/// Debian's `libc6-<arch>-cross`), the libraries the init was linked
+/// against.
+pub fn init_libraries(
+    target: &Target,
+    exe: &[u8],
+    os_root: &Path,
+) -> Result<(PathBuf, Vec<PathBuf>), BootError> {
+    if target.is_host() {
+        let root = PathBuf::from("/");
+        return elf_closure(exe, &root).map(|l| (root, l));
+    }
+    let cross = PathBuf::from("/usr").join(&target.triple);
+    let mut last = None;
+    for root in [os_root.to_path_buf(), cross] {
+        match elf_closure(exe, &root) {
+            Ok(libs) => return Ok((root, libs)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("two roots tried"))
 }
 
 /// The dynamic loader and every shared library `exe` needs, transitively,
@@ -271,7 +397,7 @@ pub fn elf_closure(exe: &[u8], root: &Path) -> Result<Vec<PathBuf>, BootError> {
             let found = dirs
                 .iter()
                 .map(|d| PathBuf::from(d).join(lib))
-                .find(|p| root.join(p.strip_prefix("/").unwrap_or(p)).is_file())
+                .find(|p| resolve_in(root, p).is_ok_and(|r| r.is_file()))
                 .ok_or_else(|| BootError::BadElf {
                     path: who.clone().into(),
                     why: format!("needs {lib}, not found in {}", dirs.join(", ")),
@@ -280,7 +406,7 @@ pub fn elf_closure(exe: &[u8], root: &Path) -> Result<Vec<PathBuf>, BootError> {
         }
         for p in needed {
             if seen.insert(p.clone()) {
-                let real = root.join(p.strip_prefix("/").unwrap_or(&p));
+                let real = resolve_in(root, &p)?;
                 let data = std::fs::read(&real).map_err(|source| BootError::Io {
                     what: "read a shared library",
                     path: real.clone(),
@@ -295,13 +421,68 @@ pub fn elf_closure(exe: &[u8], root: &Path) -> Result<Vec<PathBuf>, BootError> {
     Ok(out)
 }
 
+/// `path` (absolute, as a program inside `root` names it) resolved inside
+/// `root` the way the kernel would after a chroot: symlinks are followed
+/// component by component, absolute targets and `..` never leave `root`.
+/// The result has no symlink left in it below `root`, so reading it reads
+/// the image's file and never the build machine's.
+pub fn resolve_in(root: &Path, path: &Path) -> Result<PathBuf, BootError> {
+    use std::path::Component;
+    let mut todo: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut done: Vec<std::ffi::OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            done.pop();
+            continue;
+        }
+        let here: PathBuf = std::iter::once(root.as_os_str().to_os_string())
+            .chain(done.iter().cloned())
+            .chain(std::iter::once(part.clone()))
+            .collect();
+        match std::fs::read_link(&here) {
+            Ok(target) => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(BootError::BadElf {
+                        path: path.to_path_buf(),
+                        why: format!("too many symlinks under {}", root.display()),
+                    });
+                }
+                if target.is_absolute() {
+                    done.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push(n.to_os_string()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Err(_) => done.push(part),
+        }
+    }
+    Ok(std::iter::once(root.as_os_str().to_os_string())
+        .chain(done)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_init_is_this_binary_stripped() {
-        let init = init_binary().unwrap();
+        let init = init_binary(&Target::host()).unwrap();
         let exe = std::fs::read("/proc/self/exe").unwrap();
         assert!(init.len() <= exe.len());
         // Same program (entry point and code size), no symbol table left.
@@ -326,12 +507,80 @@ mod tests {
     #[test]
     fn our_own_binary_needs_libc_and_the_loader() {
         let exe = std::fs::read("/proc/self/exe").unwrap();
-        let libs = elf_closure(&exe, Path::new("/")).unwrap();
+        let (_, libs) = init_libraries(&Target::host(), &exe, Path::new("/nonexistent")).unwrap();
         let names: Vec<String> = libs
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().any(|n| n == "libc.so.6"), "{names:?}");
         assert!(names.iter().any(|n| n.starts_with("ld-linux")), "{names:?}");
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root_never_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("usr/lib/aarch64-linux-gnu")).unwrap();
+        std::fs::write(r.join("usr/lib/aarch64-linux-gnu/libc.so.6"), b"x").unwrap();
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        // Absolute, as some packages ship them: inside the image, not here.
+        std::os::unix::fs::symlink(
+            "/lib/aarch64-linux-gnu/libc.so.6",
+            r.join("usr/lib/libc-abs.so"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.join("usr/lib/escape")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/passwd", r.join("usr/lib/dotdot")).unwrap();
+        let real = r.join("usr/lib/aarch64-linux-gnu/libc.so.6");
+        assert_eq!(
+            resolve_in(r, Path::new("/lib/aarch64-linux-gnu/libc.so.6")).unwrap(),
+            real
+        );
+        assert_eq!(
+            resolve_in(r, Path::new("/usr/lib/libc-abs.so")).unwrap(),
+            real
+        );
+        for escape in ["/usr/lib/escape", "/usr/lib/dotdot"] {
+            let p = resolve_in(r, Path::new(escape)).unwrap();
+            assert_eq!(p, r.join("etc/passwd"), "{escape}");
+            assert!(!p.exists());
+        }
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert!(resolve_in(r, Path::new("/loop")).is_err());
+    }
+
+    #[test]
+    fn a_foreign_init_must_be_built_for_the_board() {
+        let t = tempfile::tempdir().unwrap();
+        let target = Target {
+            arch: "aarch64".into(),
+            triple: "aarch64-linux-gnu".into(),
+        };
+        // Missing: says how to build and install it.
+        let missing = t.path().join("none");
+        // SAFETY: set_var is unsound only with threads reading the
+        // environment concurrently; this variable is read by this test only.
+        unsafe { std::env::set_var("SDK_TOOLS_AARCH64", &missing) };
+        let e = init_binary(&target).unwrap_err().to_string();
+        assert!(
+            e.contains("no aarch64 build of sdk-tools") && e.contains("make cross"),
+            "{e}"
+        );
+        // The host's binary in its place: refused, one line.
+        let wrong = t.path().join("sdk-tools-aarch64");
+        std::fs::copy("/proc/self/exe", &wrong).unwrap();
+        // SAFETY: as above.
+        unsafe { std::env::set_var("SDK_TOOLS_AARCH64", &wrong) };
+        let e = init_binary(&target).unwrap_err().to_string();
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("SDK_TOOLS_AARCH64") };
+        assert!(
+            e.contains(&format!(
+                "is an {} program, not aarch64",
+                std::env::consts::ARCH
+            )),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
     }
 }

@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 pub const DIR: &str = "usr/lib/sdk-boot";
 /// The initramfs built for the slot's kernel.
 pub const INITRD: &str = "usr/lib/sdk-boot/initrd";
+/// The slot's kernel unpacked, when its package ships it compressed
+/// (arm64's gzip-compressed Image).
+pub const KERNEL: &str = "usr/lib/sdk-boot/linux";
 /// What the slot boots with: `kernel=`, `initrd=`, `version=`, `id=`.
 pub const CONF: &str = "usr/lib/sdk-boot/boot.conf";
 /// The command line word naming the running kernel + initramfs.

@@ -38,17 +38,109 @@ impl Format {
     }
 }
 
-/// Firmware Debian's `ovmf` package installs (4 MiB flash layout first).
-const OVMF_PAIRS: &[(&str, &str)] = &[
-    (
-        "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    ),
-    (
-        "/usr/share/OVMF/OVMF_CODE.fd",
-        "/usr/share/OVMF/OVMF_VARS.fd",
-    ),
-];
+/// The QEMU machine an architecture's images boot in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    /// `uname -m` of the guest.
+    pub arch: &'static str,
+    pub qemu: &'static str,
+    pub machine: &'static str,
+    /// `-cpu` under TCG (empty: QEMU's default). On aarch64, `max` with the
+    /// implementation-defined pointer-authentication algorithm: the
+    /// architected QARMA5 costs TCG about three times the boot time.
+    pub tcg_cpu: &'static str,
+    /// UEFI firmware (code, variable store template), first found wins.
+    pub firmware: &'static [(&'static str, &'static str)],
+    /// The Debian package with that firmware.
+    pub firmware_package: &'static str,
+}
+
+/// PCs: q35, Debian's `ovmf` (4 MiB flash layout first).
+const X86_64: Machine = Machine {
+    arch: "x86_64",
+    qemu: "qemu-system-x86_64",
+    machine: "q35",
+    tcg_cpu: "",
+    firmware: &[
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+    ],
+    firmware_package: "ovmf",
+};
+
+/// 64-bit ARM: the `virt` machine, Debian's `qemu-efi-aarch64` (AAVMF).
+const AARCH64: Machine = Machine {
+    arch: "aarch64",
+    qemu: "qemu-system-aarch64",
+    machine: "virt",
+    tcg_cpu: "max,pauth-impdef=on",
+    firmware: &[(
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/AAVMF/AAVMF_VARS.fd",
+    )],
+    firmware_package: "qemu-efi-aarch64",
+};
+
+impl Machine {
+    /// The machine for images of `arch` (`uname -m` name).
+    pub fn for_arch(arch: &str) -> Result<Machine, BootError> {
+        match arch {
+            "x86_64" => Ok(X86_64),
+            "aarch64" => Ok(AARCH64),
+            o => Err(BootError::Usage(format!(
+                "booting {o} images is not supported (x86_64 and aarch64 are)"
+            ))),
+        }
+    }
+}
+
+/// The architecture a kernel image is for, from its boot header: x86's
+/// bzImage (`HdrS` at 0x202), arm64's Image (`ARM\x64` at 0x38), the
+/// latter also gzip-compressed as Debian ships it (QEMU and the EFI stub
+/// unpack it), and EFI zboot images (`zimg`, the payload's arch in the PE
+/// header).
+pub fn kernel_arch(head: &[u8]) -> Option<&'static str> {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    if at(0x202, b"HdrS") {
+        return Some("x86_64");
+    }
+    if at(0x38, b"ARM\x64") {
+        return Some("aarch64");
+    }
+    if at(0, &[0x1f, 0x8b]) {
+        let mut inner = [0u8; 0x40];
+        let mut gz = flate2::read::GzDecoder::new(head);
+        let mut n = 0;
+        while n < inner.len() {
+            match std::io::Read::read(&mut gz, &mut inner[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        return if n >= 0x3c && &inner[0x38..0x3c] == b"ARM\x64" {
+            Some("aarch64")
+        } else {
+            None
+        };
+    }
+    if at(0, b"MZ") && at(4, b"zimg") {
+        // The PE header's machine field: after "PE\0\0" at e_lfanew.
+        let lfanew = u32::from_le_bytes(head.get(0x3c..0x40)?.try_into().ok()?) as usize;
+        let machine = u16::from_le_bytes(head.get(lfanew + 4..lfanew + 6)?.try_into().ok()?);
+        return match machine {
+            0xaa64 => Some("aarch64"),
+            0x8664 => Some("x86_64"),
+            _ => None,
+        };
+    }
+    None
+}
 
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -61,6 +153,9 @@ pub struct VmSpec {
     /// A standalone compressed qcow2 (to ship) instead of an overlay
     /// backed by the raw image (to boot here, made in milliseconds).
     pub compress: bool,
+    /// The architecture the image's board profile says (with `--board`);
+    /// an image whose kernel is of another one is refused.
+    pub board_arch: Option<String>,
 }
 
 /// What `image_to_vm` wrote.
@@ -175,12 +270,6 @@ pub fn up_to_date(spec: &VmSpec) -> Option<VmOutput> {
 /// before anything is written.
 pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
     let image = &spec.image;
-    if std::env::consts::ARCH != "x86_64" {
-        return Err(BootError::Usage(format!(
-            "image_to_vm supports x86_64 hosts only (this is {})",
-            std::env::consts::ARCH
-        )));
-    }
     let parts = disk::partitions(image)?;
     let esp = disk::esp(&parts, image)?;
     disk::usr_slot(&parts, 'a', image)?;
@@ -193,17 +282,49 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
             entry.file_name
         )));
     }
-    let firmware = match spec.format {
-        Format::Qemu => None,
-        Format::QemuUefi => Some(find_ovmf(spec)?),
-    };
-
     let out_dir = spec
         .out_dir
         .clone()
         .unwrap_or_else(|| image.parent().unwrap_or(Path::new(".")).to_path_buf());
     std::fs::create_dir_all(&out_dir).map_err(io("create", &out_dir))?;
     let name = format!("{}_{}", image_name(image), spec.format.suffix());
+    // The machine follows the kernel the image boots (the board's profile
+    // says the same, or the image is not that board's).
+    let kernel_tmp = out_dir.join(format!(".{name}_vmlinuz.tmp"));
+    disk::esp_copy_out(image, &esp, &entry.linux, &kernel_tmp)?;
+    let head = read_head(&kernel_tmp, 64 << 10);
+    let arch = kernel_arch(&head).ok_or_else(|| {
+        let _ = std::fs::remove_file(&kernel_tmp);
+        BootError::Usage(format!(
+            "{}: the kernel {} is neither an x86_64 bzImage nor an arm64 Image; rebuild the image with build_image",
+            image.display(),
+            entry.linux
+        ))
+    })?;
+    if let Some(b) = spec.board_arch.as_deref().filter(|b| *b != arch) {
+        let _ = std::fs::remove_file(&kernel_tmp);
+        return Err(BootError::Usage(format!(
+            "{}: its kernel is for {arch}, but its board is {b}; rebuild it with build_image for that board",
+            image.display()
+        )));
+    }
+    let machine = match Machine::for_arch(arch) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&kernel_tmp);
+            return Err(e);
+        }
+    };
+    let firmware = match spec.format {
+        Format::Qemu => None,
+        Format::QemuUefi => match find_firmware(spec, &machine) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let _ = std::fs::remove_file(&kernel_tmp);
+                return Err(e);
+            }
+        },
+    };
     let disk_out = out_dir.join(format!("{name}_image.img"));
     let tmp = out_dir.join(format!(".{name}_image.img.tmp"));
     if spec.compress {
@@ -243,7 +364,8 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         None => {
             let kernel = format!("{name}_vmlinuz");
             let initrd = format!("{name}_initrd");
-            disk::esp_copy_out(image, &esp, &entry.linux, &out_dir.join(&kernel))?;
+            std::fs::rename(&kernel_tmp, out_dir.join(&kernel))
+                .map_err(io("rename", &kernel_tmp))?;
             disk::esp_copy_out(image, &esp, &entry.initrd, &out_dir.join(&initrd))?;
             format!(
                 "-kernel \"$DIR/{kernel}\" -initrd \"$DIR/{initrd}\" -append {}",
@@ -251,6 +373,7 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
             )
         }
         Some((code, vars)) => {
+            let _ = std::fs::remove_file(&kernel_tmp);
             let code_out = format!("{name}_efi_code.fd");
             let vars_out = format!("{name}_efi_vars.fd");
             std::fs::copy(&code, out_dir.join(&code_out)).map_err(io("copy", &code))?;
@@ -261,7 +384,7 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         }
     };
     let launcher = out_dir.join(format!("{name}.sh"));
-    let script = launcher_script(&format!("{name}_image.img"), &boot_args);
+    let script = launcher_script(&machine, &format!("{name}_image.img"), &boot_args);
     let tmp = out_dir.join(format!(".{name}.sh.tmp"));
     std::fs::write(&tmp, script).map_err(io("write", &tmp))?;
     {
@@ -278,27 +401,53 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
     })
 }
 
-fn find_ovmf(spec: &VmSpec) -> Result<(PathBuf, PathBuf), BootError> {
+/// The first `max` bytes of `path` (fewer when it is shorter or unreadable).
+fn read_head(path: &Path, max: u64) -> Vec<u8> {
+    let mut head = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(f, max), &mut head);
+    }
+    head
+}
+
+/// The UEFI firmware: `--ovmf-code`/`--ovmf-vars`, else the machine's
+/// Debian package's.
+fn find_firmware(spec: &VmSpec, m: &Machine) -> Result<(PathBuf, PathBuf), BootError> {
+    let pkg = m.firmware_package;
     match (&spec.ovmf_code, &spec.ovmf_vars) {
         (Some(c), v) => {
-            let v = v.clone().unwrap_or_else(|| PathBuf::from(OVMF_PAIRS[0].1));
+            let v = v.clone().unwrap_or_else(|| PathBuf::from(m.firmware[0].1));
             for f in [c, &v] {
                 if !f.is_file() {
-                    return Err(BootError::Usage(format!("UEFI firmware {} does not exist; install ovmf (apt-get install ovmf) or point --ovmf-code/--ovmf-vars at it", f.display())));
+                    return Err(BootError::Usage(format!("UEFI firmware {} does not exist; install {pkg} (apt-get install {pkg}) or point --ovmf-code/--ovmf-vars at it", f.display())));
                 }
             }
             Ok((c.clone(), v))
         }
-        (None, _) => OVMF_PAIRS
+        (None, _) => m
+            .firmware
             .iter()
             .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
             .find(|(c, v)| c.is_file() && v.is_file())
-            .ok_or_else(|| BootError::Usage("no OVMF UEFI firmware in /usr/share/OVMF; install it with `apt-get install ovmf` or pass --ovmf-code".into())),
+            .ok_or_else(|| {
+                BootError::Usage(format!(
+                    "no {} UEFI firmware at {}; install it with `apt-get install {pkg}` or pass --ovmf-code",
+                    m.arch, m.firmware[0].0
+                ))
+            }),
     }
 }
 
-/// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe.
-fn launcher_script(disk: &str, boot_args: &str) -> String {
+/// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe (only
+/// when the guest's architecture is this machine's).
+fn launcher_script(m: &Machine, disk: &str, boot_args: &str) -> String {
+    let Machine {
+        arch,
+        qemu,
+        machine,
+        tcg_cpu,
+        ..
+    } = *m;
     format!(
         r#"#!/bin/bash
 # QEMU launcher made by image_to_vm. Runs the image next to this script.
@@ -331,7 +480,7 @@ Usage: launcher [options] [-- extra qemu args]
   -nographic    no window; the serial console is this terminal
   -s            safe mode: never use KVM (TCG emulation)
   -h            this help
-Anything after -- goes to qemu-system-x86_64 unchanged.
+Anything after -- goes to {qemu} unchanged.
 KVM is used when /dev/kvm works and this is not itself a virtual machine;
 SDK_VM_ACCEL=kvm or SDK_VM_ACCEL=tcg decides instead.
 EOF
@@ -379,21 +528,22 @@ fi
 # Inside a virtual machine (nested KVM), the probe can pass and the real
 # guest still stop on an emulation failure: TCG there unless
 # SDK_VM_ACCEL=kvm asks for KVM (SDK_VM_ACCEL=tcg never uses it).
+# A guest of another architecture ({arch}) is always emulated.
 ACCEL=tcg
 case "${{SDK_VM_ACCEL:-auto}}" in
   kvm) ACCEL=kvm ;;
   tcg) ;;
   *)
-    if [ -z "$SAFE" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
+    if [ -z "$SAFE" ] && [ "$(uname -m)" = {arch} ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] &&
        ! grep -qw hypervisor /proc/cpuinfo 2>/dev/null &&
-       (timeout 3 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 32 -nodefaults \
+       (timeout 3 {qemu} -accel kvm -cpu host -machine {machine} -m 32 -nodefaults \
          -display none -no-reboot -boot reboot-timeout=0) >/dev/null 2>&1; then
       ACCEL=kvm
     fi ;;
 esac
 
-args=(-name sdk-run-vm -machine q35,accel=$ACCEL -m "$VM_MEMORY" -smp 1)
-if [ "$ACCEL" = kvm ]; then args+=(-cpu host); fi
+args=(-name sdk-run-vm -machine {machine},accel=$ACCEL -m "$VM_MEMORY" -smp 1)
+if [ "$ACCEL" = kvm ]; then args+=(-cpu host); elif [ -n "{tcg_cpu}" ]; then args+=(-cpu "{tcg_cpu}"); fi
 args+=(-drive if=virtio,format=qcow2,file="$DIR/{disk}")
 if [ "$SSH_PORT" != none ]; then
   # guestfwd runs the command once a connection, its stdio the stream.
@@ -406,7 +556,7 @@ if [ -n "$CONFIG_FILE" ]; then
   args+=(-fw_cfg name=opt/org.flatcar-linux/config,file="$CONFIG_FILE")
 fi
 if [ -n "$NOGRAPHIC" ]; then args+=(-nographic); fi
-exec qemu-system-x86_64 "${{args[@]}}" {boot_args} "$@"
+exec {qemu} "${{args[@]}}" {boot_args} "$@"
 "#,
         disk_sh = disk.replace("_image.img", ".sh"),
     )
@@ -710,12 +860,17 @@ mod tests {
     fn launcher_is_valid_bash_and_rejects_missing_config() {
         let dir = tempfile::tempdir().unwrap();
         let s = dir.path().join("x_qemu.sh");
-        std::fs::write(&s, launcher_script("x_qemu_image.img", "-kernel k")).unwrap();
-        Command::new("bash")
-            .arg("-n")
-            .arg(&s)
-            .run_capture()
-            .unwrap();
+        for arch in ["aarch64", "x86_64"] {
+            let m = Machine::for_arch(arch).unwrap();
+            let text = launcher_script(&m, "x_qemu_image.img", "-kernel k");
+            assert!(text.contains(&format!("exec {} ", m.qemu)), "{text}");
+            std::fs::write(&s, text).unwrap();
+            Command::new("bash")
+                .arg("-n")
+                .arg(&s)
+                .run_capture()
+                .unwrap();
+        }
         let out = Command::new("bash")
             .arg(&s)
             .args(["-i", "/nonexistent/config.ign"])
@@ -725,5 +880,22 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
         let help = Command::new("bash").arg(&s).arg("-h").run_stdout().unwrap();
         assert!(help.contains("-nographic"));
+    }
+
+    #[test]
+    fn kernels_say_their_architecture() {
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_arch(&bz), Some("x86_64"));
+        let mut image = vec![0u8; 0x40];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(kernel_arch(&image), Some("aarch64"));
+        // Debian's arm64 vmlinuz: the Image, gzip-compressed.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &image).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(kernel_arch(&gz), Some("aarch64"));
+        assert_eq!(kernel_arch(b"not a kernel at all"), None);
+        assert!(Machine::for_arch("riscv64").is_err());
     }
 }

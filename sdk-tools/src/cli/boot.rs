@@ -42,25 +42,33 @@ pub struct ImageSel {
     pub image: Option<PathBuf>,
 }
 
+/// The board named on the command line, from the repo here (or the
+/// shipped profiles).
+fn load_board(b: &str) -> anyhow::Result<crate::board::Board> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let repo = crate::image::repo::Repo::find(&cwd).ok();
+    crate::board::Board::load(repo.as_ref().map(|r| r.root.as_path()), b)
+        .map_err(sdk_common::error::bad_input)
+}
+
+/// The machine `--board` names (its profile's arch), else this one.
+fn target_of(board: Option<&str>) -> anyhow::Result<crate::boot::initramfs::Target> {
+    Ok(match board {
+        Some(b) => crate::boot::initramfs::Target::of(&load_board(b)?),
+        None => crate::boot::initramfs::Target::host(),
+    })
+}
+
 impl ImageSel {
-    fn resolve(&self) -> anyhow::Result<PathBuf> {
+    /// The image, and the architecture its board's profile says it is for
+    /// (with `--image`, the image itself tells).
+    fn resolve(&self) -> anyhow::Result<(PathBuf, Option<String>)> {
         match (&self.image, &self.board) {
-            (Some(i), _) => Ok(i.clone()),
+            (Some(i), _) => Ok((i.clone(), None)),
             (None, Some(b)) => {
-                // The board's profile says its architecture: the init in
-                // its images is this (x86_64) binary, so only x86_64
-                // boards boot yet.
-                let cwd = std::env::current_dir().context("cannot read the working directory")?;
-                let repo = crate::image::repo::Repo::find(&cwd).ok();
-                let board = crate::board::Board::load(repo.as_ref().map(|r| r.root.as_path()), b)
-                    .map_err(sdk_common::error::bad_input)?;
-                if board.arch != "x86_64" {
-                    return Err(anyhow::Error::new(crate::exit::UsageError(format!(
-                        "board {b} is {}: booting {} images is not supported yet (x86_64 boards such as amd64-usr are)",
-                        board.arch, board.arch
-                    ))));
-                }
-                crate::boot::vm::find_board_image(b).map_err(classify)
+                let board = load_board(b)?;
+                let image = crate::boot::vm::find_board_image(b).map_err(classify)?;
+                Ok((image, Some(board.arch)))
             }
             (None, None) => Err(anyhow::Error::new(crate::exit::UsageError(
                 "pass --board B or --image FILE".into(),
@@ -76,6 +84,7 @@ impl ImageSel {
 ///   image_to_vm --board amd64-usr                    # direct kernel boot
 ///   image_to_vm --board amd64-usr --format qemu_uefi # OVMF + systemd-boot
 ///   image_to_vm --board amd64-usr --compress         # a qcow2 that stands alone
+///   image_to_vm --board arm64-usr --format qemu_uefi # qemu-system-aarch64 -M virt, AAVMF
 ///   ./__build__/images/amd64-usr/latest/<name>_qemu.sh -nographic
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -88,10 +97,10 @@ pub struct ImageToVmArgs {
     /// Output directory (default: next to the image).
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// UEFI firmware code (default: Debian's OVMF_CODE_4M.fd).
+    /// UEFI firmware code (default: Debian's OVMF_CODE_4M.fd; AAVMF_CODE.fd for arm64).
     #[arg(long)]
     pub ovmf_code: Option<PathBuf>,
-    /// UEFI variable store template (default: Debian's OVMF_VARS_4M.fd).
+    /// UEFI variable store template (default: Debian's OVMF_VARS_4M.fd; AAVMF_VARS.fd for arm64).
     #[arg(long)]
     pub ovmf_vars: Option<PathBuf>,
     /// Write a standalone compressed qcow2 (to ship; seconds) instead of an
@@ -101,7 +110,7 @@ pub struct ImageToVmArgs {
 }
 
 pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
-    let image = a.sel.resolve()?;
+    let (image, board_arch) = a.sel.resolve()?;
     let out = crate::boot::vm::image_to_vm(&VmSpec {
         image: image.clone(),
         format: a.format.into(),
@@ -109,6 +118,7 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
         ovmf_code: a.ovmf_code,
         ovmf_vars: a.ovmf_vars,
         compress: a.compress,
+        board_arch,
     })
     .map_err(classify)
     .with_context(|| format!("image_to_vm {}", image.display()))?;
@@ -124,6 +134,7 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
 /// Examples:
 ///   test_image --board amd64-usr
 ///   test_image --board amd64-usr --format qemu_uefi --timeout 900
+///   test_image --board arm64-usr --tests tests/    # emulated: minutes, not seconds
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct TestImageArgs {
@@ -163,7 +174,7 @@ pub struct TestImageArgs {
 }
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
-    let image = a.sel.resolve()?;
+    let (image, board_arch) = a.sel.resolve()?;
     if let Some(i) = &a.ignition {
         crate::boot::ignition::check(i).map_err(classify)?;
     }
@@ -217,6 +228,7 @@ pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
         ovmf_code: None,
         ovmf_vars: None,
         compress: false,
+        board_arch,
     };
     let out = match crate::boot::vm::up_to_date(&spec) {
         Some(out) => out,
@@ -368,6 +380,9 @@ pub enum BootCmd {
         /// Kernel version whose modules go in [default: the kernel found in ROOT].
         #[arg(long)]
         kernel_version: Option<String>,
+        /// The board whose architecture the init is built for [default: this machine's].
+        #[arg(long)]
+        board: Option<String>,
     },
     /// Fill an ESP directory (systemd-boot, kernel, initramfs, USR-A entry):
     /// what build_image calls.
@@ -395,6 +410,9 @@ pub enum BootCmd {
         /// Extra kernel command line words.
         #[arg(long = "cmdline", allow_hyphen_values = true)]
         cmdline: Vec<String>,
+        /// The board whose architecture the boot files are for [default: this machine's].
+        #[arg(long)]
+        board: Option<String>,
     },
     /// Write an update payload into a USR slot and make it the next boot
     /// (GPT priority above the other slot, one try, not successful), then
@@ -438,10 +456,13 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             root,
             output,
             kernel_version,
+            board,
         } => {
+            let target = target_of(board.as_deref())?;
             let k = crate::boot::kmod::find_kernel(&root, kernel_version.as_deref())
                 .map_err(classify)?;
-            let r = crate::boot::initramfs::build(&k, &output, mtime(), &root).map_err(classify)?;
+            let r = crate::boot::initramfs::build(&k, &target, &output, mtime(), &root)
+                .map_err(classify)?;
             println!(
                 "{}: kernel {}, {} modules, {} bytes",
                 output.display(),
@@ -459,7 +480,9 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
             usr_a_uuid,
             title,
             cmdline,
+            board,
         } => {
+            let target = target_of(board.as_deref())?;
             let r = crate::boot::esp::populate_esp(&EspSpec {
                 staging_root: root,
                 esp_dir: esp.clone(),
@@ -474,6 +497,7 @@ pub fn boot(c: BootCmd) -> anyhow::Result<()> {
                 extra_cmdline: cmdline,
                 kernel_version: None,
                 mtime: mtime(),
+                target,
             })
             .map_err(classify)?;
             for f in &r.files {

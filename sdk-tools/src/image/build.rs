@@ -567,9 +567,10 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         title: format!("{} {} ({})", ins.id, plan.repo.os_version, plan.group),
         epoch: ins.epoch,
         extra_cmdline: &plan.board.kernel_cmdline,
+        target: crate::boot::initramfs::Target::of(&plan.board),
     });
-    let (slot_boot, initrd) = esp_job.slot_boot()?;
-    add_slot_boot(&mut ins.tree, &slot_boot, &initrd)?;
+    let (slot_boot, initrd, kernel) = esp_job.slot_boot()?;
+    add_slot_boot(&mut ins.tree, &slot_boot, &initrd, kernel.as_deref())?;
 
     let usr_img = out.join(format!("{name}_update.bin"));
     let fs_size = usr_stage(plan, &ins, &usr_a.label, &usr_img, work, stages)?;
@@ -672,10 +673,15 @@ fn add_slot_boot(
     tree: &mut Tree,
     conf: &crate::boot::slotboot::SlotBoot,
     initrd: &Path,
+    kernel: Option<&Path>,
 ) -> Result<()> {
-    use crate::boot::slotboot::{CONF, INITRD};
+    use crate::boot::slotboot::{CONF, INITRD, KERNEL};
     let f = fs::File::open(initrd).with_context(|| format!("open {}", initrd.display()))?;
     tree.add_file(INITRD, f, 0o644, 0, 0, "boot files", true)?;
+    if let Some(k) = kernel {
+        let f = fs::File::open(k).with_context(|| format!("open {}", k.display()))?;
+        tree.add_file(KERNEL, f, 0o644, 0, 0, "boot files", true)?;
+    }
     tree.add_file(
         CONF,
         conf.render().as_bytes(),
@@ -725,7 +731,7 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
             true,
         )?;
     }
-    super::postinst::update_agent(&mut tree, &id, &plan.repo.os_version, &plan.board.name)?;
+    super::postinst::update_agent(&mut tree, &id, &plan.repo.os_version, &plan.board)?;
     let epoch = env_epoch()
         .map_err(usage)?
         .unwrap_or_else(|| tree.newest_mtime());

@@ -28,6 +28,9 @@ pub struct EspInputs<'a> {
     pub epoch: u64,
     /// The board's extra kernel command line words.
     pub extra_cmdline: &'a [String],
+    /// The board's machine: the init, the boot loader and the serial
+    /// console are that architecture's.
+    pub target: crate::boot::initramfs::Target,
 }
 
 /// What the hook put on the ESP.
@@ -83,6 +86,7 @@ pub fn start(inputs: &EspInputs<'_>) -> EspJob {
         extra_cmdline: inputs.extra_cmdline.to_vec(),
         kernel_version: None,
         mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
+        target: inputs.target.clone(),
     };
     let s = spec.clone();
     EspJob {
@@ -105,8 +109,11 @@ impl EspJob {
     }
 
     /// Wait for the kernel and initramfs; what USR carries of them (see
-    /// `boot::slotboot`): its `boot.conf`, and the initramfs file to add.
-    pub fn slot_boot(&mut self) -> Result<(crate::boot::slotboot::SlotBoot, PathBuf)> {
+    /// `boot::slotboot`): its `boot.conf`, the initramfs file to add, and
+    /// the unpacked kernel to add when the package's is compressed.
+    pub fn slot_boot(
+        &mut self,
+    ) -> Result<(crate::boot::slotboot::SlotBoot, PathBuf, Option<PathBuf>)> {
         let spec = self.spec.clone();
         Ok(self.wait()?.slot_boot(&spec))
     }

@@ -233,16 +233,22 @@ RandomizedDelaySec=10min
 WantedBy=timers.target
 ";
 
-/// The update agent for an OS with systemd: this binary as
+/// The update agent for an OS with systemd: sdk-tools built for the
+/// board's architecture (this binary, or its `sdk-tools-<arch>` build) as
 /// `/usr/bin/sdk-update` (stripped, as the initramfs's init is), the
 /// release file it reads, the mark-good unit and the update timer
 /// (which does nothing until /etc/sdk-update/source names a source),
 /// enabled by preset. An OS without systemd gets the release file only.
-pub fn update_agent(tree: &mut Tree, os_id: &str, version: &str, board: &str) -> Result<()> {
+pub fn update_agent(
+    tree: &mut Tree,
+    os_id: &str,
+    version: &str,
+    board: &crate::board::Board,
+) -> Result<()> {
     let release = crate::boot::agent::Release {
         os_id: os_id.to_string(),
         version: version.to_string(),
-        board: board.to_string(),
+        board: board.name.clone(),
     };
     let origin = "update agent";
     tree.add_file(
@@ -257,7 +263,9 @@ pub fn update_agent(tree: &mut Tree, os_id: &str, version: &str, board: &str) ->
     if tree.get("usr/lib/systemd/systemd").is_none() {
         return Ok(());
     }
-    let agent = crate::boot::initramfs::init_binary().map_err(sdk_common::error::classify)?;
+    let target = crate::boot::initramfs::Target::of(board);
+    let agent =
+        crate::boot::initramfs::init_binary(&target).map_err(sdk_common::error::classify)?;
     tree.add_file(
         "usr/lib/sdk-update/sdk-tools",
         agent.as_slice(),

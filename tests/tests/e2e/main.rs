@@ -6,6 +6,7 @@
 //!   cargo test -p sdk-e2e --release -- --test-threads=2   # as `make test` runs it
 //!   cargo test -p sdk-e2e --release -- boot::             # one area
 
+mod arm64;
 mod boot;
 mod disk;
 mod fs;

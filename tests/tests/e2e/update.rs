@@ -15,22 +15,6 @@ use sdk_e2e::{Scratch, TestUser, artifact, chown_r, run_ok};
 
 const BOARD: &str = "amd64-usr";
 
-fn set_version(repo: &Path, version: &str) {
-    let f = repo.join("sdk-version.toml");
-    let text = std::fs::read_to_string(&f).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("os-version") {
-                format!("os-version = \"{version}\"\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(f, text).unwrap();
-}
-
 fn out_of(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -50,7 +34,7 @@ fn updates_apply_in_the_guest_and_an_unhealthy_one_rolls_back() {
     // An update of `version`: its metadata, signature and payload, copied
     // out of `latest` (the next build replaces it).
     let build = |version: &str| -> PathBuf {
-        set_version(&repo, version);
+        sdk_e2e::set_os_version(&repo, version);
         chown_r(&user, &repo);
         run_ok(&mut tool("build_packages"));
         run_ok(&mut tool("build_image"));
