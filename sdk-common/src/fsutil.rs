@@ -221,6 +221,196 @@ pub fn lock_file(path: &Path, holder: &str) -> io::Result<File> {
     Ok(file)
 }
 
+/// A temporary file beside an output (`<prefix><random>`), locked
+/// (`flock`) from before its name exists until it is dropped or persisted,
+/// so [`reap_stale_temps`] in a later run can tell one whose writer was
+/// killed from one being written. Made unnamed (`O_TMPFILE`) and linked
+/// under its name once locked; removed on drop unless persisted.
+#[derive(Debug)]
+pub struct LockedTemp {
+    path: std::path::PathBuf,
+    file: File,
+    keep: bool,
+}
+
+impl LockedTemp {
+    /// A new locked temporary file in `dir`, mode 0600.
+    pub fn new_in(dir: &Path, prefix: &str) -> io::Result<LockedTemp> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let unnamed = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir);
+        match unnamed {
+            Ok(file) => {
+                file.lock()?;
+                for _ in 0..16 {
+                    let path = dir.join(format!("{prefix}{}", random_suffix()));
+                    match nix::unistd::linkat(
+                        nix::fcntl::AT_FDCWD,
+                        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file))
+                            .as_str(),
+                        nix::fcntl::AT_FDCWD,
+                        &path,
+                        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                    ) {
+                        Ok(()) => {
+                            return Ok(LockedTemp {
+                                path,
+                                file,
+                                keep: false,
+                            });
+                        }
+                        Err(nix::errno::Errno::EEXIST) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "no free temporary name",
+                ))
+            }
+            // A filesystem without O_TMPFILE: named first, locked at once.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let t = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
+                let (file, path) = t.keep().map_err(|e| e.error)?;
+                file.lock()?;
+                Ok(LockedTemp {
+                    path,
+                    file,
+                    keep: false,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Rename it to `to` (replacing what is there); the lock goes with the
+    /// returned file.
+    pub fn persist(mut self, to: &Path) -> io::Result<File> {
+        fs::rename(&self.path, to)?;
+        self.keep = true;
+        self.file.try_clone()
+    }
+}
+
+impl Drop for LockedTemp {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A temporary directory beside an output (`<prefix><random>`) holding a
+/// locked `.lock` file (linked in already locked, see [`LockedTemp`]);
+/// removed with its contents on drop.
+#[derive(Debug)]
+pub struct LockedTempDir {
+    dir: Option<tempfile::TempDir>,
+    _lock: Option<LockedTemp>,
+}
+
+/// The lock file inside a [`LockedTempDir`].
+const DIR_LOCK: &str = ".lock";
+
+impl LockedTempDir {
+    pub fn new_in(dir: &Path, prefix: &str) -> io::Result<LockedTempDir> {
+        let d = tempfile::Builder::new().prefix(prefix).tempdir_in(dir)?;
+        let mut lock = LockedTemp::new_in(d.path(), ".lock-")?;
+        fs::rename(&lock.path, d.path().join(DIR_LOCK))?;
+        lock.path = d.path().join(DIR_LOCK);
+        Ok(LockedTempDir {
+            dir: Some(d),
+            _lock: Some(lock),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("until dropped").path()
+    }
+}
+
+impl Drop for LockedTempDir {
+    fn drop(&mut self) {
+        // The lock last: a reaper never sees the directory unlocked while
+        // it is still being removed by us.
+        drop(self.dir.take());
+        drop(self._lock.take());
+    }
+}
+
+/// Remove what killed runs left in `dir`: entries named `<prefix>...`
+/// made by [`LockedTemp`] or [`LockedTempDir`] whose lock nobody holds (its
+/// writer is gone). A directory with no lock file yet (its writer was
+/// killed between making it and locking it) goes once a minute old.
+/// Returns how many were removed; errors only cost a leftover.
+pub fn reap_stale_temps(dir: &Path, prefix: &str) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(md) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let lock_path = if md.is_dir() {
+            path.join(DIR_LOCK)
+        } else if md.is_file() {
+            path.clone()
+        } else {
+            continue;
+        };
+        let stale = match fs::File::open(&lock_path) {
+            Ok(f) => f.try_lock().is_ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && md.is_dir() => md
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+            Err(_) => false,
+        };
+        if stale && remove_any(&path).is_ok() {
+            tracing::info!(path = %path.display(), "removed what a killed run left");
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn random_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut h = Sha256::new();
+    h.update(std::process::id().to_le_bytes());
+    h.update(nanos.to_le_bytes());
+    h.update(std::thread::current().name().unwrap_or("").as_bytes());
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    h.update(
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes(),
+    );
+    hex::encode(&h.finalize()[..6])
+}
+
 /// Directories made for an output, taken back if the work fails: made
 /// with [`OutputDirs::create`], each one this call made (from the deepest
 /// up) is removed on drop when it is still empty, unless [`OutputDirs::keep`]
@@ -367,6 +557,49 @@ mod tests {
         hash_range(&f, 4 << 20, 2 << 20, &mut h).unwrap();
         let want: [u8; 32] = Sha256::digest(vec![0u8; 2 << 20]).into();
         assert_eq!(<[u8; 32]>::from(h.finalize()), want);
+    }
+
+    #[test]
+    fn temps_of_killed_writers_are_reaped_and_live_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let live = LockedTemp::new_in(d.path(), ".t-").unwrap();
+        let live_dir = LockedTempDir::new_in(d.path(), ".t-").unwrap();
+        assert!(live.path().is_file() && live_dir.path().join(".lock").is_file());
+        assert_eq!(
+            reap_stale_temps(d.path(), ".t-"),
+            0,
+            "a live writer's temps stay"
+        );
+        // A writer that died: its name stays, its lock is gone.
+        let mut dead = LockedTemp::new_in(d.path(), ".t-").unwrap();
+        dead.keep = true;
+        let dead_path = dead.path().to_path_buf();
+        drop(dead);
+        let dead_dir = tempfile::Builder::new()
+            .prefix(".t-")
+            .tempdir_in(d.path())
+            .unwrap()
+            .keep();
+        fs::write(dead_dir.join(DIR_LOCK), b"").unwrap();
+        fs::write(dead_dir.join("image"), b"half an image").unwrap();
+        // Someone else's file with another name is never touched.
+        fs::write(d.path().join("other"), b"x").unwrap();
+        assert_eq!(reap_stale_temps(d.path(), ".t-"), 2);
+        assert!(!dead_path.exists() && !dead_dir.exists());
+        assert!(live.path().exists() && live_dir.path().exists());
+        assert!(d.path().join("other").exists());
+        // Persisted: the new name, no temp left; dropped: gone.
+        let out = d.path().join("out");
+        let f = live.persist(&out).unwrap();
+        drop(f);
+        let p = live_dir.path().to_path_buf();
+        drop(live_dir);
+        assert!(out.is_file() && !p.exists());
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

@@ -53,8 +53,22 @@ pub struct VersionFile {
 
 impl VersionFile {
     /// The default sandbox name: `sdk-<sdk-version>_os-<os-version>`.
+    /// Two versions of the longest allowed length make 136 characters,
+    /// over the 128 a name may have: such a name is cut to 119 and ends in
+    /// `-` and 8 hex digits of the full name's sha256, so it stays one
+    /// name per version pair and within the limit.
     pub fn sandbox_name(&self) -> String {
-        format!("sdk-{}_os-{}", self.sdk_version, self.os_version)
+        let full = format!("sdk-{}_os-{}", self.sdk_version, self.os_version);
+        if full.len() <= crate::state::name::MAX_LEN {
+            return full;
+        }
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(full.as_bytes()));
+        format!(
+            "{}-{}",
+            &full[..crate::state::name::MAX_LEN - 9],
+            &digest[..8]
+        )
     }
 
     pub fn load(path: &Path) -> Result<VersionFile, VersionError> {
@@ -127,6 +141,17 @@ mod tests {
     fn good_file_gives_the_sandbox_name() {
         let v = parse("# c\nsdk-version = \"2025.03.1\"\nos-version = \"4230.0.0+dev\"\n").unwrap();
         assert_eq!(v.sandbox_name(), "sdk-2025.03.1_os-4230.0.0+dev");
+        // The longest versions still make a valid name, one per pair.
+        let long = |sdk: char, os: char| VersionFile {
+            path: PathBuf::from("sdk-version.toml"),
+            sdk_version: sdk.to_string().repeat(64),
+            os_version: os.to_string().repeat(64),
+            sdk_image: None,
+        };
+        let (a, b) = (long('a', 'b').sandbox_name(), long('a', 'c').sandbox_name());
+        assert_eq!(a.len(), 128);
+        assert_ne!(a, b);
+        crate::state::SandboxName::parse(&a).unwrap();
     }
 
     #[test]

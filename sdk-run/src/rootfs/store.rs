@@ -180,6 +180,10 @@ impl Store {
     /// Take the writer lock, waiting for another writer (with a note on
     /// stderr when it has to wait).
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        // images/ lives in the state root, kept private to its owner.
+        if let Some(state) = self.root.parent() {
+            crate::state::paths::ensure_private_dir(state).map_err(io_err("create", state))?;
+        }
         fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
         let path = self.root.join(".lock");
         let file = fs::OpenOptions::new()

@@ -16,6 +16,11 @@ pub struct SandboxLock {
 }
 
 fn open(sb: &SandboxPaths) -> anyhow::Result<File> {
+    // sandboxes/<name>: the state root two levels up is kept private.
+    if let Some(root) = sb.dir.parent().and_then(|p| p.parent()) {
+        crate::state::paths::ensure_private_dir(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+    }
     std::fs::create_dir_all(&sb.dir)
         .with_context(|| format!("cannot create {}", sb.dir.display()))?;
     OpenOptions::new()

@@ -5,6 +5,9 @@ use std::fmt;
 
 use crate::exit::UsageError;
 
+/// The longest sandbox name.
+pub const MAX_LEN: usize = 128;
+
 /// A valid sandbox name: 1-128 of `A-Z a-z 0-9 . _ + -`, starting with a
 /// letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,7 +17,7 @@ impl SandboxName {
     /// Check `name`; the error is one line saying what is allowed.
     pub fn parse(name: &str) -> Result<SandboxName, UsageError> {
         let ok = !name.is_empty()
-            && name.len() <= 128
+            && name.len() <= MAX_LEN
             && name.as_bytes()[0].is_ascii_alphanumeric()
             && name
                 .bytes()

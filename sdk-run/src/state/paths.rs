@@ -22,6 +22,26 @@ use std::path::{Path, PathBuf};
 use super::SandboxName;
 use crate::exit::UsageError;
 
+/// Create `dir` (and its parents) with mode 0700 for `dir` itself; an
+/// existing `dir` of ours that others can read or enter is set to 0700.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::metadata(dir)?;
+            if m.mode() & 0o077 != 0 && m.uid() == nix::unistd::geteuid().as_raw() {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The state directory root (`.../sdk-run`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDir {
@@ -61,6 +81,13 @@ impl StateDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Create the state directory private to its owner (0700, as podman's
+    /// storage is: sandbox records name repos, binds and ids), tightening
+    /// one an earlier version made readable by others.
+    pub fn ensure_private(&self) -> std::io::Result<()> {
+        ensure_private_dir(&self.root)
     }
 
     /// `images/`: the content-addressed store of unpacked rootfs bases.

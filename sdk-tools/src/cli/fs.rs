@@ -15,8 +15,10 @@ use crate::formats::fs::{self, FsOptions, FsType, Ownership};
 pub enum FsCommand {
     /// Build a filesystem image from a directory, without mounting.
     ///
-    /// Timestamps are all SOURCE_DATE_EPOCH (or --epoch, or 0); the same
-    /// tree and options give the same bytes.
+    /// Timestamps are all SOURCE_DATE_EPOCH (or --epoch, or 0; for 0 an
+    /// ext4 superblock says 1 s, as e2fsprogs takes 0 for "now"); the same
+    /// tree and options give the same bytes. A temporary directory that a
+    /// killed build left beside OUT is removed.
     ///
     /// Examples:
     ///   sdk-tools fs build --type ext4 --label USR-A --all-root staging/usr usr.ext4

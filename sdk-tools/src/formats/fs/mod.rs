@@ -252,8 +252,21 @@ pub fn suggested_size(fs: FsType, dir: &Path, slack_percent: u64) -> Result<u64,
     Ok(round_up(with_slack, 1 << 20))
 }
 
+/// The work directory beside the output, until the image is renamed into
+/// place.
+const TEMP_PREFIX: &str = ".sdk-tools-fs-";
+
+/// A filesystem tool that dies with us: a killed build never leaves
+/// mke2fs or debugfs writing into a directory nobody will use.
+fn tool(name: &str) -> Command {
+    let mut c = Command::new(name);
+    sdk_common::linux::dies_with_us(&mut c, libc::SIGKILL);
+    c
+}
+
 /// Build a `fs` image of the tree `src` at `out` (written beside it under
-/// a temporary name and renamed into place).
+/// a temporary name and renamed into place). A temporary directory a
+/// killed build left beside `out` is removed first.
 pub fn build(fs: FsType, src: &Path, out: &Path, opts: &FsOptions) -> Result<Built, FsError> {
     if !src.is_dir() {
         return Err(bad(format!(
@@ -278,16 +291,15 @@ pub fn build(fs: FsType, src: &Path, out: &Path, opts: &FsOptions) -> Result<Bui
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".sdk-tools-fs-")
-        .tempdir_in(dir)
-        .map_err(|e| {
-            bad(format!(
-                "cannot create {} in {}: {e}; check the directory exists and is writable",
-                out.display(),
-                dir.display()
-            ))
-        })?;
+    // What a killed build left here (its lock is free) goes first.
+    sdk_common::fsutil::reap_stale_temps(dir, TEMP_PREFIX);
+    let tmp = sdk_common::fsutil::LockedTempDir::new_in(dir, TEMP_PREFIX).map_err(|e| {
+        bad(format!(
+            "cannot create {} in {}: {e}; check the directory exists and is writable",
+            out.display(),
+            dir.display()
+        ))
+    })?;
     let image = tmp.path().join("image");
     tracing::info!(fs = fs.name(), src = %src.display(), out = %out.display(), "building filesystem");
     match fs {
@@ -364,9 +376,12 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     let f = std::fs::File::create(image).map_err(io_err("create", image))?;
     f.set_len(size).map_err(io_err("size", image))?;
     drop(f);
-    let fake_time = epoch.to_string();
+    // e2fsprogs reads E2FSPROGS_FAKE_TIME=0 as "not set" and stamps the
+    // superblock with the clock: an epoch of 0 gives the superblock 1 s
+    // (the files keep 0), so the image is the same bytes on every run.
+    let fake_time = epoch.max(1).to_string();
     let hash_seed = Uuid::new_v5(&uuid, b"ext4 hash seed");
-    let mut mkfs = Command::new("mke2fs");
+    let mut mkfs = tool("mke2fs");
     mkfs.env("E2FSPROGS_FAKE_TIME", &fake_time)
         .args([
             "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0",
@@ -389,7 +404,7 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     // one debugfs batch.
     let script_path = image.with_extension("debugfs");
     std::fs::write(&script_path, script).map_err(io_err("write", &script_path))?;
-    let out = Command::new("debugfs")
+    let out = tool("debugfs")
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
         .arg("-w")
         .arg("-f")
@@ -417,7 +432,7 @@ fn ext4(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     }
     let _ = std::fs::remove_file(&script_path);
     if opts.read_only {
-        Command::new("tune2fs")
+        tool("tune2fs")
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
             .args(["-O", "read-only"])
             .arg(image)
@@ -432,7 +447,7 @@ fn erofs(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), F
             "mkfs.erofs 1.5 (Debian 12) cannot set a label; drop the label or use ext4",
         ));
     }
-    let mut cmd = Command::new("mkfs.erofs");
+    let mut cmd = tool("mkfs.erofs");
     cmd.arg("--quiet")
         .arg(format!("-T{}", opts.epoch))
         .arg(format!("-U{uuid}"));
@@ -458,7 +473,7 @@ fn squashfs(src: &Path, image: &Path, opts: &FsOptions) -> Result<(), FsError> {
         return Err(bad("squashfs has no label or UUID; drop them"));
     }
     let epoch = opts.epoch.to_string();
-    let mut cmd = Command::new("mksquashfs");
+    let mut cmd = tool("mksquashfs");
     cmd.arg(src)
         .arg(image)
         .args(["-noappend", "-quiet", "-no-progress", "-no-xattrs"])
@@ -506,7 +521,7 @@ fn vfat(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     }
     let size = need_size(FsType::Vfat, src, opts)?;
     let volid = hex::encode(&uuid.as_bytes()[..4]);
-    let mut mkfs = Command::new("mkfs.vfat");
+    let mut mkfs = tool("mkfs.vfat");
     mkfs.env("SOURCE_DATE_EPOCH", opts.epoch.to_string())
         .args(["--invariant", "-C", "-i", &volid]);
     if let Some(l) = &opts.label {
@@ -525,7 +540,7 @@ fn vfat(src: &Path, image: &Path, opts: &FsOptions, uuid: Uuid) -> Result<(), Fs
     }
     top.sort();
     // mtools stamps what it creates with SOURCE_DATE_EPOCH.
-    Command::new("mcopy")
+    tool("mcopy")
         .env("SOURCE_DATE_EPOCH", opts.epoch.to_string())
         .env("MTOOLS_SKIP_CHECK", "1")
         .env("MTOOLSRC", "/dev/null")

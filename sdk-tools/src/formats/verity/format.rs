@@ -175,7 +175,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     if let Some(t) = temp {
         let _ = std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o644));
         t.persist(hash)
-            .map_err(|e| crate::io_err("rename into place", hash)(e.error))?;
+            .map_err(crate::io_err("rename into place", hash))?;
     }
     Ok(Formatted {
         root_hash,
@@ -191,13 +191,16 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     })
 }
 
+/// The temporary tree beside HASH, until renamed over it.
+const TEMP_PREFIX: &str = ".verity-";
+
 /// The file the tree goes into: HASH itself (appended to the data, or at
 /// an offset into an existing file), or a temporary file beside it that
 /// the caller renames over HASH at the end.
 fn open_output(
     hash: &Path,
     in_place: bool,
-) -> Result<(File, Option<tempfile::NamedTempFile>), VerityError> {
+) -> Result<(File, Option<sdk_common::fsutil::LockedTemp>), VerityError> {
     if in_place {
         let f = OpenOptions::new()
             .read(true)
@@ -210,17 +213,19 @@ fn open_output(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let t = tempfile::Builder::new()
-        .prefix(".verity-")
-        .tempfile_in(dir)
-        .map_err(|e| {
-            bad(format!(
-                "cannot create {} in {}: {e}; check the directory exists and is writable",
-                hash.display(),
-                dir.display()
-            ))
-        })?;
-    let f = t.reopen().map_err(crate::io_err("reopen", t.path()))?;
+    // What a killed run left here (its lock is free) goes first.
+    sdk_common::fsutil::reap_stale_temps(dir, TEMP_PREFIX);
+    let t = sdk_common::fsutil::LockedTemp::new_in(dir, TEMP_PREFIX).map_err(|e| {
+        bad(format!(
+            "cannot create {} in {}: {e}; check the directory exists and is writable",
+            hash.display(),
+            dir.display()
+        ))
+    })?;
+    let f = t
+        .file()
+        .try_clone()
+        .map_err(crate::io_err("reopen", t.path()))?;
     Ok((f, Some(t)))
 }
 
