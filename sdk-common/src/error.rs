@@ -116,6 +116,8 @@ mod tests {
 /// `{:#}` does, but without a cause whose text the message before it
 /// already ends with (error types that name their source in their own
 /// message and also give it as the source would otherwise say it twice).
+/// Control characters (a terminal escape from an archive header, a
+/// newline in a file name) are shown escaped, never sent to the terminal.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
@@ -128,7 +130,54 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
+    escape_controls(&out)
+}
+
+/// A clap usage error (rendered, several lines) as one line: the error,
+/// its tips, and where help is (`help`, e.g. "sdk-run --help").
+pub fn clap_line(text: &str, help: &str) -> String {
+    let mut lines = text.lines();
+    let mut out = lines.next().unwrap_or("error: bad arguments").to_string();
+    for l in lines {
+        if let Some(tip) = l.trim_start().strip_prefix("tip: ") {
+            out.push_str("; ");
+            out.push_str(tip);
+        }
+    }
+    out.push_str(&format!(" (see `{help}`)"));
+    escape_controls(&out)
+}
+
+/// `s` with every control character written as an escape (`\x1b`, `\n`).
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     out
+}
+
+/// Longest untrusted string a message shows (before escaping).
+const UNTRUSTED_MAX: usize = 120;
+
+/// A string from untrusted input (an archive member name, a header
+/// field) as a message shows it: control characters escaped and at most
+/// 120 characters, the rest marked as cut.
+pub fn quote_untrusted(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= UNTRUSTED_MAX {
+        escape_controls(s)
+    } else {
+        let head: String = s.chars().take(UNTRUSTED_MAX).collect();
+        format!("{}... ({n} characters)", escape_controls(&head))
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +185,17 @@ mod one_line_tests {
     #[derive(Debug, thiserror::Error)]
     #[error("cannot read x: {0}")]
     struct Named(#[source] std::io::Error);
+
+    #[test]
+    fn untrusted_bytes_never_reach_the_terminal() {
+        let e = anyhow::anyhow!("bad member \x1b]0;owned\x07name\nnext");
+        let line = super::one_line(&e);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("\\u{1b}]0;owned"), "{line}");
+        let long = "a".repeat(5000);
+        let q = super::quote_untrusted(&long);
+        assert!(q.len() < 200 && q.ends_with("(5000 characters)"), "{q}");
+    }
 
     #[test]
     fn a_source_already_in_the_message_is_said_once() {

@@ -411,6 +411,45 @@ fn random_suffix() -> String {
     hex::encode(&h.finalize()[..6])
 }
 
+/// What a path is, in words, for a message refusing it.
+pub fn kind_of(m: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    }
+}
+
+/// `path`'s metadata when it is a regular file (symlinks followed); an
+/// `InvalidInput` error saying what it is otherwise. Input files are
+/// checked with this before they are read: a FIFO or `/dev/zero` would
+/// block or never end.
+pub fn regular_file(path: &Path) -> io::Result<fs::Metadata> {
+    let m = fs::metadata(path)?;
+    if m.is_file() {
+        Ok(m)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", kind_of(&m)),
+        ))
+    }
+}
+
 /// Directories made for an output, taken back if the work fails: made
 /// with [`OutputDirs::create`], each one this call made (from the deepest
 /// up) is removed on drop when it is still empty, unless [`OutputDirs::keep`]

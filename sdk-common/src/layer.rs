@@ -47,6 +47,10 @@ const REPORT_NAMES: usize = 50;
 pub enum ExtractError {
     #[error("reading the tar stream: {0} (is the archive truncated or not a tar?)")]
     Read(#[source] io::Error),
+    #[error(
+        "entry {0}: a name longer than Linux allows (255 bytes a component, 4096 in all); the archive cannot be unpacked as it is"
+    )]
+    NameTooLong(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -244,6 +248,11 @@ impl Extractor {
             return Ok(());
         }
         self.report.entries += 1;
+        if raw.len() >= 4096 || raw.split(|b| *b == b'/').any(|c| c.len() > 255) {
+            return Err(ExtractError::NameTooLong(crate::error::quote_untrusted(
+                &shown,
+            )));
+        }
         let (rel, neutralised) = match normalise(&raw) {
             Ok(v) => v,
             Err(why) => {

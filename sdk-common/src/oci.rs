@@ -93,8 +93,12 @@ pub trait LayerSink {
 /// The directory sink: the hardened extractor.
 impl LayerSink for Extractor {
     fn apply_layer(&mut self, _name: &str, stream: &mut dyn Read) -> Result<(), SinkError> {
-        self.apply(stream)
-            .map_err(|e| SinkError::new(matches!(e, ExtractError::Read(_)), e))
+        self.apply(stream).map_err(|e| {
+            SinkError::new(
+                matches!(e, ExtractError::Read(_) | ExtractError::NameTooLong(_)),
+                e,
+            )
+        })
     }
 }
 
@@ -238,6 +242,9 @@ impl ImagePlan {
 struct ArchiveIndex {
     path: PathBuf,
     members: HashMap<String, (u64, u64)>,
+    /// The first member's name (of any type): image archives announce
+    /// themselves there.
+    first: Option<String>,
 }
 
 impl ArchiveIndex {
@@ -245,11 +252,16 @@ impl ArchiveIndex {
         let f = File::open(path).map_err(ioerr(path))?;
         let mut ar = tar::Archive::new(f);
         let mut members = HashMap::new();
+        let mut first = None;
         let entries = ar
             .entries_with_seek()
             .map_err(|e| bad(path, format!("not a tar archive: {e}")))?;
         for e in entries {
             let e = e.map_err(|e| bad(path, format!("damaged or truncated tar archive: {e}")))?;
+            if first.is_none() {
+                let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                first = Some(name.trim_start_matches("./").to_string());
+            }
             if e.header().entry_type().is_file() {
                 let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
                 let name = name.trim_start_matches("./").to_string();
@@ -267,6 +279,7 @@ impl ArchiveIndex {
         Ok(ArchiveIndex {
             path: path.to_path_buf(),
             members,
+            first,
         })
     }
 
@@ -311,6 +324,15 @@ pub fn inspect(path: &Path) -> Result<ImagePlan, ImportError> {
             ioerr(path)(e)
         }
     })?;
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(bad(
+            path,
+            format!(
+                "is {}; give an OCI archive or layout, a docker-save tarball or a rootfs tarball",
+                crate::fsutil::kind_of(&meta)
+            ),
+        ));
+    }
     if meta.is_dir() {
         if !path.join("oci-layout").exists() {
             return Err(bad(
@@ -343,6 +365,24 @@ fn inspect_archive(path: &Path, len: u64) -> Result<ImagePlan, ImportError> {
         inspect_oci(path, SourceKind::OciArchive, &Blobs::Tar(&ix))
     } else if ix.members.contains_key("manifest.json") && !ix.members.contains_key("etc/passwd") {
         inspect_docker(path, &ix)
+    } else if let Some(first) = ix.first.as_deref().filter(|f| starts_image_archive(f)) {
+        // It starts as an image archive does but lacks what one holds: a
+        // cut or damaged image, never a rootfs to unpack as it is.
+        let wants = if ix.members.contains_key("oci-layout")
+            || first == "index.json"
+            || first.starts_with("blobs")
+        {
+            "an OCI archive needs both `oci-layout` and `index.json`"
+        } else {
+            "a docker-save archive needs `manifest.json`"
+        };
+        Err(bad(
+            path,
+            format!(
+                "starts like an image archive (`{}`) but is not a whole one ({wants}): it is truncated or damaged; make or download it again",
+                crate::error::quote_untrusted(first)
+            ),
+        ))
     } else {
         Ok(tarball_plan(path, len))
     }
@@ -798,6 +838,25 @@ pub fn unpack(
     let mut x = Extractor::new(target, opts);
     let digest = apply_layers(plan, &mut x, progress)?;
     Ok((x.report, digest))
+}
+
+/// A sink that only reads each layer to its end: [`verify`]'s.
+struct Discard;
+
+impl LayerSink for Discard {
+    fn apply_layer(&mut self, _name: &str, stream: &mut dyn Read) -> Result<(), SinkError> {
+        io::copy(stream, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| SinkError::new(true, e))
+    }
+}
+
+/// Read every layer of `plan` and check it against its digest and size
+/// without writing anything: what an import does before it trusts that an
+/// image already in the store is the same as the archive's. Returns the
+/// content digest.
+pub fn verify(plan: &ImagePlan, progress: &(dyn Fn(u64) + Sync)) -> Result<String, ImportError> {
+    apply_layers(plan, &mut Discard, progress)
 }
 
 /// Stream every layer of `plan` in order into `sink`, checking each

@@ -256,16 +256,7 @@ fn hoist_globals(mut args: Vec<OsString>) -> Vec<OsString> {
 /// tips ("a similar argument exists: '--name'") kept, the usage block
 /// left to `--help`.
 fn one_line(text: &str) -> String {
-    let mut lines = text.lines();
-    let mut out = lines.next().unwrap_or("error: bad arguments").to_string();
-    for l in lines {
-        if let Some(tip) = l.trim_start().strip_prefix("tip: ") {
-            out.push_str("; ");
-            out.push_str(tip);
-        }
-    }
-    out.push_str(" (see `sdk-run --help`)");
-    out
+    sdk_common::error::clap_line(text, "sdk-run --help")
 }
 
 fn finish(r: anyhow::Result<i32>) -> i32 {

@@ -72,8 +72,9 @@ impl VersionFile {
     }
 
     pub fn load(path: &Path) -> Result<VersionFile, VersionError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| VersionError::Read(path.to_path_buf(), e))?;
+        let text = sdk_common::fsutil::regular_file(path)
+            .and_then(|_| std::fs::read_to_string(path))
+            .map_err(|e| VersionError::Read(path.to_path_buf(), e))?;
         Self::parse(&text, path)
     }
 
@@ -125,7 +126,7 @@ fn valid_version(v: &str) -> bool {
 pub fn find_repo(start: &Path) -> Option<PathBuf> {
     start
         .ancestors()
-        .find(|d| d.join(FILE_NAME).is_file())
+        .find(|d| std::fs::symlink_metadata(d.join(FILE_NAME)).is_ok())
         .map(Path::to_path_buf)
 }
 

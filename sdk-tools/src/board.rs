@@ -233,9 +233,8 @@ impl Board {
         if let Some(repo) = repo {
             let dir = repo.join("profiles").join(name);
             let path = dir.join(PROFILE_FILE);
-            if path.is_file() {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ParseError::file(&path, format!("cannot read: {e}")))?;
+            if crate::strict::present(&path) {
+                let text = crate::strict::read_text(&path)?;
                 return Board::parse(name, &path, &text, ProfileSource::Dir(dir));
             }
         }

@@ -131,7 +131,31 @@ pub fn main(args: Vec<OsString>) -> i32 {
     {
         crate::boot::init::run();
     }
-    let cli = Cli::parse_from(normalize_args(args));
+    let args = normalize_args(args);
+    let verb = args
+        .get(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| MULTICALL_NAMES.contains(&a.as_str()) || a == "update");
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // One line, as every other error: the problem, clap's tips,
+            // where help is.
+            let help = match verb.as_deref() {
+                Some(v) if v != "update" => format!("{v} --help"),
+                _ => "sdk-tools --help".to_string(),
+            };
+            eprintln!(
+                "{}",
+                sdk_common::error::clap_line(&e.render().to_string(), &help)
+            );
+            return crate::exit::USAGE;
+        }
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::ListTools => {

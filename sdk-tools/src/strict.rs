@@ -83,10 +83,25 @@ pub fn from_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Pars
 
 /// Read and deserialize a TOML file strictly.
 pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<(T, String), ParseError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ParseError::file(path, format!("cannot read: {e}")))?;
+    let text = read_text(path)?;
     let value = from_toml(path, &text)?;
     Ok((value, text))
+}
+
+/// A configuration file's text; one that is not a regular file (a
+/// directory, a FIFO that would block, a symlink loop) is an error naming
+/// the file and what it is.
+pub fn read_text(path: &Path) -> Result<String, ParseError> {
+    sdk_common::fsutil::regular_file(path)
+        .and_then(|_| std::fs::read_to_string(path))
+        .map_err(|e| ParseError::file(path, format!("cannot read: {e}")))
+}
+
+/// Whether there is anything at `path` (a dangling or looping symlink
+/// counts): a config file that is there but unreadable is reported, not
+/// taken as missing.
+pub fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ struct Inputs<'a> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    sdk_common::fsutil::sha256_hex(path)
+    sdk_common::fsutil::regular_file(path)
+        .and_then(|_| sdk_common::fsutil::sha256_hex(path))
         .map_err(sdk_common::error::bad_input)
         .with_context(|| path.display().to_string())
 }

@@ -157,7 +157,12 @@ pub fn print_report(report: &Report) {
         report.skipped_total
     );
     for (name, why) in &report.skipped {
-        eprintln!("  {name}: {why}");
+        // Names and reasons come from the archive's headers.
+        eprintln!(
+            "  {}: {}",
+            sdk_common::error::quote_untrusted(name),
+            sdk_common::error::quote_untrusted(why)
+        );
     }
     let more = report.skipped_total - report.skipped.len() as u64;
     if more > 0 {
@@ -197,6 +202,10 @@ pub fn import(ctx: &Ctx, path: &Path, tag: Option<&str>) -> Result<Imported> {
     if let Some(d) = &plan.digest
         && let Some(image) = ctx.store.get(d)
     {
+        // The manifest says it is an image we have: its bytes must say so
+        // too before anything is tagged from them.
+        let bar = progress(plan.total_bytes(), "verifying");
+        oci::verify(&plan, &*bar).map_err(classify)?;
         if let Some(t) = tag {
             ctx.store.tag(&lock, t, d)?;
         }

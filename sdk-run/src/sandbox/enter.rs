@@ -380,6 +380,15 @@ fn exec_child(
     if nix::unistd::chdir(dir).is_err() {
         let _ = nix::unistd::chdir(account.home.as_str()).or_else(|_| nix::unistd::chdir("/"));
     }
+    // Root inside (and sudo to it) never gets the powers that would undo
+    // the sandbox's own mounts: remounting the read-only sdk-tools bind or
+    // /sys, or reaching into the init (which holds them) with ptrace. A
+    // nested user namespace gets them back only over copies of these
+    // mounts that the kernel locks.
+    if let Err(e) = super::drop_sandbox_caps() {
+        eprintln!("sdk-run: cannot drop capabilities: {e}");
+        return exit::FAILURE;
+    }
     let (uid, gid) = (Uid::from_raw(account.uid), Gid::from_raw(account.gid));
     // With a single mapping setgroups(2) is denied by the kernel, and the
     // only group there is the sdk one anyway.

@@ -15,3 +15,30 @@ pub mod userns;
 pub mod users;
 
 pub use config::{Config, Net, RootfsSpec, Volume};
+
+/// Capabilities no process entered into a sandbox keeps, not even root
+/// inside: CAP_SYS_ADMIN would remount the read-only binds (the sdk-tools
+/// mount, /sys) writable, and CAP_SYS_PTRACE would reach into the init,
+/// which still has it. Dropped from the bounding set, so no exec (sudo, a
+/// file capability) brings them back; creating a nested user namespace
+/// still works, and the kernel locks the copies of these mounts there.
+pub const DROPPED_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_SYS_PTRACE,
+];
+
+/// Drop [`DROPPED_CAPS`] from the bounding, inheritable, permitted and
+/// effective sets of this (forked, about to exec) process.
+pub fn drop_sandbox_caps() -> Result<(), caps::errors::CapsError> {
+    for c in DROPPED_CAPS {
+        caps::drop(None, caps::CapSet::Bounding, *c)?;
+        for set in [
+            caps::CapSet::Inheritable,
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+        ] {
+            caps::drop(None, set, *c)?;
+        }
+    }
+    Ok(())
+}

@@ -287,6 +287,12 @@ pub fn run(cmd: UpdateCmd) -> Result<()> {
             keys,
             payload,
         } => {
+            if let Err(e) = sdk_common::fsutil::regular_file(&metadata) {
+                return Err(anyhow::Error::new(crate::exit::UsageError(format!(
+                    "{}: {e}; give the update's <name>_update.json (its .sig beside it)",
+                    metadata.display()
+                ))));
+            }
             let dir = keys.unwrap_or_else(|| PathBuf::from("/").join(update::TRUSTED_KEYS_DIR));
             let trusted = update::load_public_keys(&dir).map_err(classify)?;
             // The signature first: nothing of an unsigned file is trusted,

@@ -43,7 +43,7 @@ impl Repo {
         let mut dir = Some(start);
         while let Some(d) = dir {
             let path = d.join(VERSION_FILE);
-            if path.is_file() {
+            if crate::strict::present(&path) {
                 return Repo::load(d);
             }
             dir = d.parent();

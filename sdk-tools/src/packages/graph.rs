@@ -9,10 +9,25 @@ use super::recipe::RecipeSet;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
-    #[error("{} needs {missing}, which has no recipe (packages/{missing}/package.toml); add it or fix the dependency in {}", chain.join(" -> "), chain.last().map(|s| format!("packages/{s}/package.toml")).unwrap_or_default())]
+    #[error("{}", missing_text(chain, missing))]
     Missing { chain: Vec<String>, missing: String },
     #[error("dependency cycle: {}; break it in one of these recipes", chain.join(" -> "))]
     Cycle { chain: Vec<String> },
+}
+
+/// What a missing recipe's message says: who needs it, or (asked for
+/// directly: a board's `os-package`, a package named on the command line)
+/// that nothing by that name exists.
+fn missing_text(chain: &[String], missing: &str) -> String {
+    match chain.last() {
+        Some(last) => format!(
+            "{} needs {missing}, which has no recipe (packages/{missing}/package.toml); add it or fix the dependency in packages/{last}/package.toml",
+            chain.join(" -> ")
+        ),
+        None => format!(
+            "{missing} has no recipe (packages/{missing}/package.toml); add it, or fix the name asked for (the board profile's os-package or the command line)"
+        ),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -510,7 +510,7 @@ impl RecipeSet {
         for cat in read_dir(&base) {
             for pkg in read_dir(&cat) {
                 let file = pkg.join(RECIPE_FILE);
-                if !file.is_file() {
+                if !crate::strict::present(&file) {
                     continue;
                 }
                 let name = format!(
@@ -518,14 +518,14 @@ impl RecipeSet {
                     cat.file_name().unwrap().to_string_lossy(),
                     pkg.file_name().unwrap().to_string_lossy()
                 );
-                match std::fs::read_to_string(&file) {
+                match crate::strict::read_text(&file) {
                     Ok(text) => match parse(&name, &pkg, &text) {
                         Ok(r) => {
                             recipes.insert(name, r);
                         }
                         Err(e) => errors.push(e),
                     },
-                    Err(e) => errors.push(ParseError::file(&file, format!("cannot read: {e}"))),
+                    Err(e) => errors.push(e),
                 }
             }
         }

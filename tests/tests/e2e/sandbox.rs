@@ -427,6 +427,46 @@ fn files_on_binds_belong_to_the_caller_and_root_maps_to_the_subordinate_range() 
     assert_eq!(out, "ro-data\nread-only");
 }
 
+/// Root inside cannot undo the sandbox's read-only mounts: remounting
+/// the sdk-tools bind or /sys writable fails, also from a nested user and
+/// mount namespace (the kernel locks the copies there), and the tools
+/// file stays unwritten; CAP_SYS_ADMIN and CAP_SYS_PTRACE are not in any
+/// entered process's bounding set, so sudo cannot bring them back.
+#[test]
+fn root_inside_cannot_remount_the_tools_or_sys_writable() {
+    let env = Env::new();
+    let r = env.rootfs();
+    let script = "grep CapBnd /proc/self/status; \
+        for m in /run/sdk-tools/bin/sdk-tools /sys; do mount -o remount,rw,bind $m 2>/dev/null && echo remounted $m; done; \
+        unshare -r -m sh -c 'mount -o remount,rw,bind /run/sdk-tools/bin/sdk-tools 2>/dev/null && echo nested-remounted'; \
+        echo x >> /run/sdk-tools/bin/sdk-tools 2>/dev/null && echo tools-written; echo end";
+    let out = stdout_of(&mut env.sdk(&[
+        "-n",
+        "caps",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "-u",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
+    assert!(out.ends_with("end"), "{out}");
+    for bad in ["remounted", "nested-remounted", "tools-written"] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+    let bnd = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no CapBnd: {out}"));
+    // CAP_SYS_PTRACE is 19, CAP_SYS_ADMIN 21; CAP_CHOWN (0) stays, for
+    // package installs that own files as root.
+    assert_eq!(bnd & (1 << 19 | 1 << 21), 0, "{bnd:x}");
+    assert_ne!(bnd & 1, 0, "{bnd:x}");
+}
+
 #[test]
 fn host_is_hidden_and_sys_is_read_only() {
     let env = Env::new();

@@ -529,6 +529,24 @@ impl Source<'_> {
         if p.label.is_empty() || p.label.encode_utf16().count() > 36 {
             return Err(kerr("label", "label must be 1 to 36 characters".into()));
         }
+        if p.label.chars().any(char::is_control) {
+            // A NUL would end the GPT name early; others garble listings.
+            return Err(kerr(
+                "label",
+                "label must not contain control characters (NUL, tab, newline, ...)".into(),
+            ));
+        }
+        if let Some(fs) = &p.fs
+            && fs.parse::<crate::formats::fs::FsType>().is_err()
+        {
+            return Err(kerr(
+                "fs",
+                format!(
+                    "fs {:?} is not one build_image makes; use ext4, erofs, squashfs or vfat (or leave it out for a raw partition)",
+                    sdk_common::error::quote_untrusted(fs)
+                ),
+            ));
+        }
         if !seen.labels.insert(p.label.clone()) {
             return Err(kerr("label", "the label is used twice".into()));
         }

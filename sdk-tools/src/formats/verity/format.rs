@@ -76,6 +76,40 @@ pub(super) fn open_data(
     Ok((file, blocks))
 }
 
+/// Hash trees past this offset would need a file larger than Linux
+/// allows (2^63 bytes); anything near it is a typo.
+const MAX_HASH_OFFSET: u64 = 1 << 60;
+
+/// DATA is a file or block device (not a directory, FIFO or socket), HASH
+/// is not a directory, and the offset is one a file can have: bad input
+/// named in one line, before anything is opened for writing.
+fn check_paths(data: &Path, hash: &Path, hash_offset: u64) -> Result<(), VerityError> {
+    use std::os::unix::fs::FileTypeExt;
+    let data_md = std::fs::metadata(data).map_err(crate::io_err("read", data))?;
+    if !(data_md.is_file() || data_md.file_type().is_block_device()) {
+        return Err(bad(format!(
+            "DATA {} is {}; give the data image (a file or a block device)",
+            data.display(),
+            sdk_common::fsutil::kind_of(&data_md)
+        )));
+    }
+    if let Ok(m) = std::fs::metadata(hash)
+        && !(m.is_file() || m.file_type().is_block_device())
+    {
+        return Err(bad(format!(
+            "HASH {} is {}; give a file to write the hash tree to",
+            hash.display(),
+            sdk_common::fsutil::kind_of(&m)
+        )));
+    }
+    if hash_offset > MAX_HASH_OFFSET {
+        return Err(bad(format!(
+            "hash offset {hash_offset} is past 2^60 bytes, beyond any real image; give the byte offset after the data"
+        )));
+    }
+    Ok(())
+}
+
 /// Build the dm-verity hash tree of DATA into HASH, exactly as
 /// `veritysetup format` would with the same options, and return the root
 /// hash and the resolved parameters.
@@ -98,6 +132,7 @@ pub fn format(data: &Path, hash: &Path, opts: &Options) -> Result<Formatted, Ver
     let dbs = opts.data_block_size.unwrap_or(4096);
     let hbs = opts.hash_block_size.unwrap_or(4096);
     check_block_sizes(dbs, hbs)?;
+    check_paths(data, hash, opts.hash_offset)?;
     let appended = same_file(data, hash);
     if appended && opts.hash_offset == 0 {
         return Err(bad(
