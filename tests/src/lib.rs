@@ -555,6 +555,91 @@ impl ExampleRepo {
     }
 }
 
+/// The disk layout of the `testboard` board: small partitions, the
+/// layout variants the image tests build.
+pub const TEST_BOARD_LAYOUT: &str = r#"
+[disk]
+sector-size = 512
+alignment = "1MiB"
+arch = "x86-64"
+
+[[partition]]
+number = 1
+label = "EFI-SYSTEM"
+type = "efi"
+size = "40MiB"
+fs = "vfat"
+
+[[partition]]
+number = 2
+label = "BIOS-BOOT"
+type = "bios"
+size = "1MiB"
+
+[[partition]]
+number = 3
+label = "USR-A"
+type = "flatcar-usr"
+size = "24MiB"
+features = ["prioritize", "verity"]
+fs = "ext4"
+
+[[partition]]
+number = 4
+label = "USR-B"
+type = "flatcar-usr"
+size = "24MiB"
+
+[[partition]]
+number = 6
+label = "OEM"
+type = "linux"
+size = "8MiB"
+fs = "ext4"
+
+[[partition]]
+number = 9
+label = "ROOT"
+type = "flatcar-resize"
+size = "16MiB"
+fs = "ext4"
+
+# USR-A too small for the content (its filesystem alone is 1 MiB, then
+# the verity tree).
+[variant.tiny.partition.3]
+size = "1MiB"
+
+[variant.erofs.partition.3]
+fs = "erofs"
+
+[variant.squashfs.partition.3]
+fs = "squashfs"
+"#;
+
+pub const TEST_BOARD_PROFILE: &str = r#"
+description = "test board"
+arch = "x86_64"
+debian-arch = "amd64"
+target = "x86_64-linux-gnu"
+os-package = "meta/os"
+disk-layout = "disk-layout.toml"
+kernel-cmdline = ["systemd.log_level=info", "sdk.test=1"]
+
+[toolchain]
+cc = "x86_64-linux-gnu-gcc"
+cxx = "x86_64-linux-gnu-g++"
+ar = "x86_64-linux-gnu-ar"
+"#;
+
+/// `profiles/testboard/` in `repo`: an x86_64 board with the small
+/// layout above, for builds from a staging root (`build_image --root`).
+pub fn write_test_board(repo: &Path) {
+    let dir = repo.join("profiles/testboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("profile.toml"), TEST_BOARD_PROFILE).unwrap();
+    std::fs::write(dir.join("disk-layout.toml"), TEST_BOARD_LAYOUT).unwrap();
+}
+
 /// Set `os-version` in the repo's `sdk-version.toml`.
 pub fn set_os_version(repo: &Path, version: &str) {
     let f = repo.join("sdk-version.toml");

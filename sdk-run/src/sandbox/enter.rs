@@ -277,11 +277,30 @@ const FORWARD: &[Signal] = &[
 /// Enter and run; returns the command's exit code (a command killed by a
 /// signal makes sdk-run die of the same signal).
 pub fn enter(state: &State, opts: &EnterOptions) -> anyhow::Result<i32> {
-    let fds = NsFds::open(state)?;
-    fds.join(&sys::Linux)?;
+    // The init, held from before the namespaces are opened: when a step
+    // below fails because `sdk-run stop`/`rm` ended it meanwhile (its
+    // /proc entry gone, a fork into a dead pid namespace failing with
+    // ENOMEM), the error says that, not the symptom.
+    let init = sys::pidfd_open(state.pid).ok();
+    let raced = |e: anyhow::Error| -> anyhow::Error {
+        let gone = init
+            .as_ref()
+            .is_none_or(|f| sys::pidfd_kill(std::os::fd::AsFd::as_fd(f), 0).is_err());
+        if gone {
+            anyhow::anyhow!(
+                "sandbox {} was stopped or removed while entering it; run the command again",
+                opts.name
+            )
+        } else {
+            e
+        }
+    };
+    let fds = NsFds::open(state).map_err(raced)?;
+    fds.join(&sys::Linux).map_err(raced)?;
     drop(fds);
 
-    let account = choose_account(Path::new("/"), state, opts.user.as_deref(), &opts.name)?;
+    let account =
+        choose_account(Path::new("/"), state, opts.user.as_deref(), &opts.name).map_err(raced)?;
     // The image's WorkingDir applies whoever runs (as in docker); the init
     // made it at start when the image lacked it.
     let elsewhere = state.working_dir.as_deref().unwrap_or(&account.home);
@@ -303,7 +322,7 @@ pub fn enter(state: &State, opts: &EnterOptions) -> anyhow::Result<i32> {
     let sfd =
         SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).context("cannot create a signalfd")?;
 
-    let child = match sys::fork().context("cannot fork")? {
+    let child = match sys::fork().context("cannot fork").map_err(raced)? {
         ForkResult::Child => {
             let code = exec_child(
                 &account,

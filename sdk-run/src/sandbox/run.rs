@@ -403,13 +403,20 @@ fn create_and_start(
                 env: Vec::new(),
                 build_volume: new.keep_build.then(|| state_dir.build_volume(new.name)),
             };
-            let spec = new.spec.cloned().context("no rootfs")?;
+            // Checked as existing, gone under the lock: another command
+            // removed it meanwhile. Never made again from something else.
+            let spec = new.spec.cloned().ok_or_else(|| {
+                usage(format!(
+                    "sandbox {} was removed while this command was starting it; run the command again to make it anew",
+                    new.name
+                ))
+            })?;
             create::create(sb, &req, spec, map)?
         } else {
             read_json(&sb.config())?
         };
-        let st = start::start(sb, &cfg)?;
-        start::record(sb, &st)?;
+        let (st, commit) = start::start(sb, &cfg)?;
+        start::record(sb, &st, commit)?;
         Ok::<_, anyhow::Error>(st)
     })();
     match result {

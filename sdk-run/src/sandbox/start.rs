@@ -14,7 +14,10 @@
 //! ```
 //!
 //! I is re-parented to the host's init when C exits, so the sandbox
-//! outlives the launcher and the terminal (it also calls setsid).
+//! outlives the launcher and the terminal (it also calls setsid). Until L
+//! has written `state.json`, I waits on a pipe only L can write ("c"): a
+//! launcher killed at any moment before that closes it, and I exits, so no
+//! init ever runs that no record names.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -295,7 +298,12 @@ fn now() -> u64 {
 
 /// Start the sandbox described by `cfg` (which must not be running; the
 /// caller holds the sandbox lock) and record it in `state.json`.
-pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
+/// The launcher's half of the handover: the init runs on once
+/// [`record`] has written the state and says so through it; dropped
+/// unsaid (the launcher failed or was killed), the init exits.
+pub struct Commit(OwnedFd);
+
+pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<(State, Commit)> {
     kill_unfinished(sb);
     let caller = crate::idmap::Caller::current();
     if let Err(e) = cfg
@@ -320,23 +328,27 @@ pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
     let (u_r, u_w) = pipe()?;
     let (g_r, g_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
+    let (commit_r, commit_w) = pipe()?;
     match sys::fork().context("cannot fork")? {
         ForkResult::Child => {
-            drop((u_r, g_w, rep_r));
+            drop((u_r, g_w, rep_r, commit_w));
             let code = child(
                 cfg,
                 &plan,
                 image.working_dir.as_deref(),
                 flags,
-                u_w,
-                g_r,
-                rep_w,
+                Pipes {
+                    u_w,
+                    g_r,
+                    rep_w,
+                    commit_r,
+                },
             );
             // SAFETY: leave without running the parent's destructors.
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
-            drop((u_w, g_r, rep_w));
+            drop((u_w, g_r, rep_w, commit_r));
             let mut b = [0u8; 1];
             let unshared = std::fs::File::from(u_r).read(&mut b).unwrap_or(0) == 1;
             let mut map_err = None;
@@ -369,7 +381,7 @@ pub fn start(sb: &SandboxPaths, cfg: &Config) -> anyhow::Result<State> {
             if let Some(e) = map_err {
                 return Err(e).context("cannot write the sandbox's id maps");
             }
-            finish(cfg, &report, image)
+            finish(cfg, &report, image).map(|s| (s, Commit(commit_w)))
         }
     }
 }
@@ -420,17 +432,38 @@ fn finish(cfg: &Config, report: &str, image: ForEnter) -> anyhow::Result<State> 
     state
 }
 
-/// Write the state (under the lock) for a started sandbox.
-pub fn record(sb: &SandboxPaths, state: &State) -> anyhow::Result<()> {
-    if let Err(e) = write_json(&sb.state(), state) {
+/// Write the state (under the lock) for a started sandbox, then let its
+/// init run on.
+pub fn record(sb: &SandboxPaths, state: &State, commit: Commit) -> anyhow::Result<()> {
+    let kill = || {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(state.pid),
             nix::sys::signal::SIGKILL,
         );
+    };
+    if let Err(e) = write_json(&sb.state(), state) {
+        kill();
         return Err(e);
+    }
+    if let Err(e) = std::fs::File::from(commit.0).write_all(b"c") {
+        kill();
+        let _ = std::fs::remove_file(sb.state());
+        return Err(e).context("cannot hand the sandbox over to its init");
     }
     let _ = std::fs::remove_file(sb.starting());
     Ok(())
+}
+
+/// The pipes between the launcher and the child (and the init).
+struct Pipes {
+    /// C -> L: the user namespace exists ("u").
+    u_w: OwnedFd,
+    /// L -> C: the maps are written ("g").
+    g_r: OwnedFd,
+    /// C and I -> L: the report lines.
+    rep_w: OwnedFd,
+    /// L -> I: the state is recorded ("c"); EOF before it: give up.
+    commit_r: OwnedFd,
 }
 
 /// `starting.json`: an init that has not reported ready yet.
@@ -463,10 +496,14 @@ fn child(
     plan: &RootPlan,
     working_dir: Option<&str>,
     flags: CloneFlags,
-    u_w: OwnedFd,
-    g_r: OwnedFd,
-    rep_w: OwnedFd,
+    pipes: Pipes,
 ) -> i32 {
+    let Pipes {
+        u_w,
+        g_r,
+        rep_w,
+        commit_r,
+    } = pipes;
     let mut rep = std::fs::File::from(rep_w);
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
         report_line(
@@ -508,7 +545,7 @@ fn child(
             report_line(&mut rep, format!("P{child}"));
             0
         }
-        Ok(ForkResult::Child) => init(cfg, plan, working_dir, rep),
+        Ok(ForkResult::Child) => init(cfg, plan, working_dir, rep, commit_r),
     }
 }
 
@@ -523,7 +560,13 @@ fn report_line(rep: &mut std::fs::File, mut line: String) {
 }
 
 /// I: pid 1 inside. Assemble, report, then reap forever.
-fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::fs::File) -> i32 {
+fn init(
+    cfg: &Config,
+    plan: &RootPlan,
+    working_dir: Option<&str>,
+    mut rep: std::fs::File,
+    commit: OwnedFd,
+) -> i32 {
     let _ = nix::unistd::setsid();
     let _ = nix::sys::prctl::set_name(c"sdk-run-init");
     let setup = (|| -> anyhow::Result<()> {
@@ -597,6 +640,12 @@ fn init(cfg: &Config, plan: &RootPlan, working_dir: Option<&str>, mut rep: std::
     }
     report_line(&mut rep, "OK".into());
     drop(rep);
+    // Run on only once the launcher has recorded us; a launcher gone
+    // before that (killed, failed) closes the pipe: end the sandbox.
+    let mut c = [0u8; 1];
+    if std::fs::File::from(commit).read(&mut c).unwrap_or(0) != 1 || c[0] != b'c' {
+        return 1;
+    }
     // Nothing of the launcher may stay open here: not its lock, not pipes.
     sys::close_fds_from(3, &[]);
     reap_forever()

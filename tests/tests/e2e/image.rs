@@ -11,80 +11,6 @@ use std::process::Command;
 
 use sdk_e2e::{Scratch, TestUser, chown_r, run_expect, run_ok};
 
-const LAYOUT: &str = r#"
-[disk]
-sector-size = 512
-alignment = "1MiB"
-arch = "x86-64"
-
-[[partition]]
-number = 1
-label = "EFI-SYSTEM"
-type = "efi"
-size = "40MiB"
-fs = "vfat"
-
-[[partition]]
-number = 2
-label = "BIOS-BOOT"
-type = "bios"
-size = "1MiB"
-
-[[partition]]
-number = 3
-label = "USR-A"
-type = "flatcar-usr"
-size = "24MiB"
-features = ["prioritize", "verity"]
-fs = "ext4"
-
-[[partition]]
-number = 4
-label = "USR-B"
-type = "flatcar-usr"
-size = "24MiB"
-
-[[partition]]
-number = 6
-label = "OEM"
-type = "linux"
-size = "8MiB"
-fs = "ext4"
-
-[[partition]]
-number = 9
-label = "ROOT"
-type = "flatcar-resize"
-size = "16MiB"
-fs = "ext4"
-
-# USR-A too small for the content (its filesystem alone is 1 MiB, then
-# the verity tree).
-[variant.tiny.partition.3]
-size = "1MiB"
-
-[variant.erofs.partition.3]
-fs = "erofs"
-
-[variant.squashfs.partition.3]
-fs = "squashfs"
-"#;
-
-const PROFILE: &str = r#"
-description = "test board"
-arch = "x86_64"
-debian-arch = "amd64"
-target = "x86_64-linux-gnu"
-os-package = "meta/os"
-disk-layout = "disk-layout.toml"
-kernel-cmdline = ["systemd.log_level=info", "sdk.test=1"]
-
-[toolchain]
-cc = "x86_64-linux-gnu-gcc"
-cxx = "x86_64-linux-gnu-g++"
-ar = "x86_64-linux-gnu-ar"
-"#;
-
 /// A distro repo with the test board, and a staging root beside it.
 struct Fixture {
     user: TestUser,
@@ -96,14 +22,13 @@ impl Fixture {
         let user = TestUser::get();
         let scratch = Scratch::new(&user);
         let repo = scratch.path().join("repo");
-        fs::create_dir_all(repo.join("profiles/testboard")).unwrap();
+        fs::create_dir_all(&repo).unwrap();
         fs::write(
             repo.join("sdk-version.toml"),
             "sdk-version = \"2025.01.0\"\nos-version = \"1.2.3\"\n",
         )
         .unwrap();
-        fs::write(repo.join("profiles/testboard/profile.toml"), PROFILE).unwrap();
-        fs::write(repo.join("profiles/testboard/disk-layout.toml"), LAYOUT).unwrap();
+        sdk_e2e::write_test_board(&repo);
         let root = scratch.path().join("root");
         let w = |p: &str, data: &[u8], mode: u32| {
             let p = root.join(p);

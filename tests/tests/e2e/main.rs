@@ -8,6 +8,7 @@
 
 mod arm64;
 mod boot;
+mod chaos;
 mod disk;
 mod fs;
 mod harness;

@@ -243,7 +243,6 @@ fn bad_inputs_exit_2_and_leave_the_store_unchanged() {
     let good = docker_save(&[T::new().file("f", "x").bytes()], &[]);
     let p = write(&s, &user, "good.tar", &good);
     import(&user, &s, &p, &[]);
-    let listed = images_json(&user, &s);
 
     let lay = s.path().join("lay");
     run_ok(user.command(&s, "sh").args([
@@ -274,15 +273,47 @@ skopeo copy --quiet oci:lay:t oci-archive:img.tar"#,
         .unwrap();
     let gz = gz.finish().unwrap();
     let gzcut = write(&s, &user, "cut.tar.gz", &gz[..gz.len() / 2]);
+    // An OCI archive cut right after its first member (`oci-layout`):
+    // once imported as a rootfs tarball holding that one file.
+    let head = write(&s, &user, "head.tar", &archive[..1024]);
+    // An entry name no filesystem can hold.
+    let mut long = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    long.append_data(&mut h, "n".repeat(5000), &b"x"[..])
+        .unwrap();
+    let long = write(&s, &user, "long.tar", &long.into_inner().unwrap());
+    // The good archive of `lay` is in the store: the damaged layout (same
+    // manifest) is still read and refused, and never tagged.
+    import(&user, &s, &s.path().join("img.tar"), &[]);
+    let listed = images_json(&user, &s);
 
     for (what, path, needle) in [
-        ("digest", lay.clone(), "digest mismatch"),
+        ("digest, same image stored", lay.clone(), "digest mismatch"),
         ("truncated", cut, "truncated"),
+        (
+            "cut after oci-layout",
+            head,
+            "starts like an image archive (`oci-layout`)",
+        ),
+        (
+            "5000-character name",
+            long,
+            "a name longer than Linux allows",
+        ),
+        ("a device", "/dev/zero".into(), "is a character device"),
         ("media type", odd, "unknown layer media type"),
         ("truncated gzip", gzcut, ""),
         ("missing", s.path().join("nope.tar"), "does not exist"),
     ] {
-        let out = run_expect(sdk(&user, &s).arg("import").arg(&path), 2);
+        let out = run_expect(
+            sdk(&user, &s)
+                .arg("import")
+                .arg(&path)
+                .args(["--tag", "from-bad-input"]),
+            2,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
         assert!(err.contains(needle), "{what}: {err}");
@@ -302,6 +333,34 @@ skopeo copy --quiet oci:lay:t oci-archive:img.tar"#,
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("m.toml:3:") && err.contains("mirror"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A base that never ends (/dev/zero) or blocks (a FIFO): refused at
+    // once, not read (timeout: a hang fails the test instead of stalling).
+    std::fs::create_dir_all(s.path().join("fifo-dir")).unwrap();
+    let fifo = s.path().join("fifo-dir/base.tar");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    chown_r(&user, s.path());
+    for (key, base, needle) in [
+        ("tarball", "/dev/zero", "is a character device"),
+        ("oci-archive", "/dev/zero", "is a character device"),
+        ("tarball", fifo.to_str().unwrap(), "is a FIFO"),
+    ] {
+        let m = write(
+            &s,
+            &user,
+            "dev.toml",
+            format!("[base]\n{key} = \"{base}\"\n").as_bytes(),
+        );
+        let out = run_expect(
+            user.command(&s, "timeout")
+                .args(["20", "sdk-run", "build", "--digest-only"])
+                .arg(&m)
+                .env("XDG_DATA_HOME", s.path().join("data")),
+            2,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{key} = {base}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }
 
 /// An OCI layout whose one layer has `media_type`, all digests right.
