@@ -11,9 +11,12 @@ pub mod cmd;
 pub mod compress;
 pub mod error;
 pub mod fsutil;
+#[cfg(test)]
+mod fuzz;
 pub mod layer;
 pub mod linux;
 pub mod log;
+pub mod mutate;
 pub mod oci;
 pub mod progress;
 

@@ -11,3 +11,6 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod state;
 pub mod version;
+
+#[cfg(test)]
+mod fuzz;

@@ -14,6 +14,9 @@ pub mod image;
 pub mod packages;
 pub mod strict;
 
+#[cfg(test)]
+mod fuzz;
+
 /// A failed file operation, naming the operation and the path (the `Io`
 /// variant of every module's error enum).
 #[derive(Debug, thiserror::Error)]

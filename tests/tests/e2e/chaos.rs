@@ -16,35 +16,22 @@ use std::time::{Duration, Instant};
 
 use sdk_e2e::{Scratch, TestUser, chown_r, pattern, run_ok};
 
-/// xorshift64*: small, seedable, good enough to spread kill points.
-struct Rng(u64);
+/// The kill points' generator, seeded by `SDK_CHAOS_SEED` or the clock.
+struct Rng(sdk_common::mutate::Rng);
 
 impl Rng {
     fn new() -> (Rng, u64) {
         let seed = std::env::var("SDK_CHAOS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        (Rng(seed), seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            .unwrap_or_else(sdk_common::mutate::seed);
+        (Rng(sdk_common::mutate::Rng::new(seed)), seed)
     }
 
     /// A moment in `0..limit`.
     fn before(&mut self, limit: Duration) -> Duration {
         let us = limit.as_micros().max(1) as u64;
-        Duration::from_micros(self.next() % us)
+        Duration::from_micros(self.0.next_u64() % us)
     }
 }
 
