@@ -399,6 +399,10 @@ fn exec_child(
     if nix::unistd::chdir(dir).is_err() {
         let _ = nix::unistd::chdir(account.home.as_str()).or_else(|_| nix::unistd::chdir("/"));
     }
+    // Only stdio goes in: a descriptor the caller had open (a directory,
+    // a socket, another process's pipe) would be a way out of the
+    // sandbox, as podman and docker close them too.
+    sys::close_fds_from(3, &[]);
     // Root inside (and sudo to it) never gets the powers that would undo
     // the sandbox's own mounts: remounting the read-only sdk-tools bind or
     // /sys, or reaching into the init (which holds them) with ptrace. A

@@ -467,6 +467,67 @@ fn root_inside_cannot_remount_the_tools_or_sys_writable() {
     assert_ne!(bnd & 1, 0, "{bnd:x}");
 }
 
+/// What the outside probe checked, as `sdk` and as root inside: global
+/// sysctls under /proc/sys cannot be written, no device
+/// node can be made, no descriptor of the launcher leaks in, and ids map
+/// to the caller and the subordinate range only.
+#[test]
+fn neither_sdk_nor_root_inside_reach_the_host() {
+    let env = Env::new();
+    let r = env.rootfs();
+    // Writes that would change nothing if they went through (the value
+    // already there): the test never alters the machine it runs on.
+    let script = "for f in /proc/sys/kernel/sysrq /proc/sys/vm/swappiness /proc/sys/net/core/somaxconn; do \
+          v=$(cat $f); echo $v 2>/dev/null > $f && echo wrote $f; done; \
+        mknod /tmp/dev-null c 1 3 2>/dev/null && echo mknod-made; \
+        echo fds: $(ls /proc/self/fd); \
+        echo map: $(cat /proc/self/uid_map); echo end";
+    for user in ["sdk", "root"] {
+        let out = stdout_of(&mut env.sdk(&[
+            "-n",
+            "probe",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "-u",
+            user,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]));
+        assert!(out.ends_with("end"), "{user}: {out}");
+        for bad in ["wrote", "mknod-made"] {
+            assert!(!out.contains(bad), "{user}: {bad}: {out}");
+        }
+        let fds = out
+            .lines()
+            .find_map(|l| l.strip_prefix("fds:"))
+            .unwrap_or_default();
+        // stdio, and the directory ls reads.
+        for fd in fds.split_whitespace() {
+            assert!(
+                ["0", "1", "2", "3"].contains(&fd),
+                "{user}: leaked fd {fd}: {out}"
+            );
+        }
+        let map = out
+            .lines()
+            .find_map(|l| l.strip_prefix("map:"))
+            .unwrap_or_default();
+        let nums: Vec<u64> = map.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        // Triples of (inside, outside, count); the caller at 1000, the
+        // rest inside the test user's subordinate range.
+        let sub = sdk_e2e::subuid_start(&env.user) as u64;
+        for t in nums.chunks(3) {
+            let outside = t[1];
+            assert!(
+                outside == env.user.uid as u64 || (sub..sub + 65536).contains(&outside),
+                "{user}: {map}"
+            );
+        }
+    }
+}
+
 #[test]
 fn host_is_hidden_and_sys_is_read_only() {
     let env = Env::new();
