@@ -263,6 +263,12 @@ pub fn run() -> ! {
     say("sdk-init: starting");
     if let Err(e) = boot() {
         say(&format!("sdk-init: error: {e}"));
+        // What this boot wrote to ROOT (the first-boot mark, /etc) on the
+        // disk before the panic, and before the line that says it is over:
+        // ROOT has no journal, and a power cut on top of unwritten
+        // metadata left its bitmaps broken for the next boot (seen under
+        // load: the next first boot did not see the mark).
+        nix::unistd::sync();
         say("sdk-init: cannot continue the boot");
         // Exiting pid 1 makes the kernel panic (and reboot with panic=N).
         std::process::exit(1);
