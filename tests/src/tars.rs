@@ -80,6 +80,23 @@ impl Tar {
     }
 }
 
+/// A rootfs tarball of `count` small files (`file N` said `repeat`
+/// times) spread over `dirs` folders `dK/`: an import long enough to be
+/// killed in the middle.
+pub fn many_small_files(count: usize, dirs: usize, repeat: usize) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for i in 0..count {
+        let mut h = tar::Header::new_gnu();
+        let data = format!("file {i}\n").repeat(repeat);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, format!("d{}/f{i}", i % dirs), data.as_bytes())
+            .unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
 pub fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }

@@ -329,18 +329,8 @@ fn killed_sandbox_starts_and_imports_leave_no_orphan_init_or_half_image() {
 
     // Import of a tarball of many small files, killed at random: never a
     // half image listed, the next import finishes.
-    let mut t = tar::Builder::new(Vec::new());
-    for i in 0..20_000 {
-        let mut h = tar::Header::new_gnu();
-        let data = format!("file {i}\n").repeat(10);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, format!("d{}/f{i}", i % 50), data.as_bytes())
-            .unwrap();
-    }
     let tarball = scratch.path().join("many.tar");
-    std::fs::write(&tarball, t.into_inner().unwrap()).unwrap();
+    std::fs::write(&tarball, sdk_e2e::tars::many_small_files(20_000, 50, 10)).unwrap();
     chown_r(&user, scratch.path());
     let images = |seed: u64| {
         let out = run_ok(user.command(&scratch, "sdk-run").args(["images", "--json"]));

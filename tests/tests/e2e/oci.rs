@@ -398,17 +398,8 @@ fn kill_9_during_import_leaves_nothing_half_done() {
     let user = TestUser::get();
     let s = Scratch::new(&user);
     // Many small files: long enough to be killed in the middle.
-    let mut t = tar::Builder::new(Vec::new());
-    for i in 0..80_000 {
-        let mut h = tar::Header::new_gnu();
-        let data = format!("file {i}\n").repeat(20);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, format!("d{}/f{i}", i % 100), data.as_bytes())
-            .unwrap();
-    }
-    let p = write(&s, &user, "big.tar", &t.into_inner().unwrap());
+    let big = sdk_e2e::tars::many_small_files(80_000, 100, 20);
+    let p = write(&s, &user, "big.tar", &big);
     let mut child = sdk(&user, &s).arg("import").arg(&p).spawn().unwrap();
     // Wait until the unpack is under way (files appear in .tmp/).
     let tmp = s.path().join("data/sdk-run/images/.tmp");
