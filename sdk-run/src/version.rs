@@ -199,4 +199,28 @@ mod tests {
         std::fs::create_dir_all(d.path().join("a/b")).unwrap();
         assert_eq!(find_repo(&d.path().join("a/b")).unwrap(), d.path());
     }
+
+    #[test]
+    fn a_version_file_that_is_no_file_is_reported_not_missed() {
+        let d = tempfile::tempdir().unwrap();
+        let makers: [(&str, &dyn Fn(&Path)); 3] = [
+            ("directory", &|p| std::fs::create_dir(p).unwrap()),
+            ("FIFO", &|p| {
+                nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap()
+            }),
+            ("loop", &|p| {
+                std::os::unix::fs::symlink(FILE_NAME, p).unwrap()
+            }),
+        ];
+        for (kind, make) in makers {
+            let repo = d.path().join(kind);
+            std::fs::create_dir_all(repo.join("sub")).unwrap();
+            make(&repo.join(FILE_NAME));
+            assert_eq!(find_repo(&repo.join("sub")).unwrap(), repo, "{kind}");
+            let e = VersionFile::load(&repo.join(FILE_NAME))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(FILE_NAME), "{kind}: {e}");
+        }
+    }
 }

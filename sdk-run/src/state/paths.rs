@@ -177,6 +177,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("share/sdk-run");
+        ensure_private_dir(&root).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        // One an older version left readable by others is tightened.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+    }
+
+    #[test]
     fn xdg_wins_over_home() {
         let s = StateDir::from_vars(Some("/x".into()), Some("/home/a".into())).unwrap();
         assert_eq!(s.root(), Path::new("/x/sdk-run"));

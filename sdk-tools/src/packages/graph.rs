@@ -164,6 +164,20 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_root_says_what_was_asked_for() {
+        let s = set(&[("a/app", &[], &[])]);
+        let err = build_order(&s, &["meta/nothere".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("meta/nothere has no recipe (packages/meta/nothere/package.toml)")
+                && err.contains("os-package"),
+            "{err}"
+        );
+        assert!(!err.starts_with(' ') && !err.ends_with("in "), "{err}");
+    }
+
+    #[test]
     fn missing_names_the_chain() {
         let s = set(&[("m/os", &["a/app"], &[]), ("a/app", &["l/nolib"], &[])]);
         let err = build_order(&s, &["m/os".into()]).unwrap_err().to_string();

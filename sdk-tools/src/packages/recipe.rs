@@ -590,6 +590,21 @@ mod tests {
     }
 
     #[test]
+    fn a_package_toml_that_is_no_file_is_an_error_not_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let pkg = d.path().join("packages/cat");
+        std::fs::create_dir_all(pkg.join("dir/package.toml")).unwrap();
+        std::fs::create_dir_all(pkg.join("loop")).unwrap();
+        std::os::unix::fs::symlink("package.toml", pkg.join("loop/package.toml")).unwrap();
+        let e = RecipeSet::load(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("cat/dir/package.toml") && e.contains("a directory"),
+            "{e}"
+        );
+        assert!(e.contains("cat/loop/package.toml"), "{e}");
+    }
+
+    #[test]
     fn build_recipe_with_defaults() {
         let d = dir_with(&[("build.sh", "true")]);
         let r = parse(

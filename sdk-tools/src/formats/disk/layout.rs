@@ -902,6 +902,23 @@ size = "2MiB"
     }
 
     #[test]
+    fn unknown_filesystems_and_control_characters_in_labels_are_refused() {
+        fails(
+            &GOOD.replace("size = \"64MiB\"", "size = \"64MiB\"\nfs = \"ntfs\""),
+            None,
+            11,
+            "fs \"ntfs\" is not one build_image makes",
+        );
+        // TOML's \u0000: a NUL that would end the GPT name early.
+        fails(
+            &GOOD.replace("label = \"EFI-SYSTEM\"", "label = \"EFI\\u0000SYSTEM\""),
+            None,
+            8,
+            "must not contain control characters",
+        );
+    }
+
+    #[test]
     fn invalid_layouts_name_file_line_and_partition() {
         fails(
             &GOOD.replace("type = \"efi\"", "type = \"efl\""),
