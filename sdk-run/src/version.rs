@@ -203,7 +203,8 @@ mod tests {
     #[test]
     fn a_version_file_that_is_no_file_is_reported_not_missed() {
         let d = tempfile::tempdir().unwrap();
-        let makers: [(&str, &dyn Fn(&Path)); 3] = [
+        type Make<'a> = &'a dyn Fn(&Path);
+        let makers: [(&str, Make); 3] = [
             ("directory", &|p| std::fs::create_dir(p).unwrap()),
             ("FIFO", &|p| {
                 nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap()
