@@ -239,10 +239,12 @@ fn killed_fs_builds_and_verity_formats_leave_nothing_behind() {
     assert!(leftovers(&out, &[".verity-"]).is_empty());
 }
 
-/// Every `sdk-run-init` of the test user, and the pids the state records
-/// of `state_dir` name.
-fn inits_and_records(uid: u32, state_dir: &Path) -> (Vec<u32>, Vec<u32>) {
-    let inits: Vec<u32> = processes_mentioning(uid, "")
+/// The `sdk-run-init`s of the test user started with `marker` on their
+/// command line (an init is a fork of the launcher: its argv is the
+/// launcher's; other tests' sandboxes run beside this one), and the pids
+/// the state records of `state_dir` name.
+fn inits_and_records(uid: u32, marker: &str, state_dir: &Path) -> (Vec<u32>, Vec<u32>) {
+    let inits: Vec<u32> = processes_mentioning(uid, marker)
         .into_iter()
         .filter(|(pid, _)| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -277,6 +279,7 @@ fn killed_sandbox_starts_and_imports_leave_no_orphan_init_or_half_image() {
     sdk_e2e::busybox_rootfs(&rootfs);
     chown_r(&user, scratch.path());
     let state = scratch.path().join("data/sdk-run");
+    let marker = rootfs.to_str().unwrap();
     // Create + start + enter of a fresh sandbox each time (a name per
     // trial), killed at random; then every init alive is a recorded one.
     let n = std::cell::Cell::new(0);
@@ -302,7 +305,7 @@ fn killed_sandbox_starts_and_imports_leave_no_orphan_init_or_half_image() {
         // never handed over): none alive that no record names.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let (inits, recorded) = inits_and_records(user.uid, &state);
+            let (inits, recorded) = inits_and_records(user.uid, marker, &state);
             let orphans: Vec<_> = inits.iter().filter(|p| !recorded.contains(p)).collect();
             if orphans.is_empty() {
                 break;
@@ -320,7 +323,7 @@ fn killed_sandbox_starts_and_imports_leave_no_orphan_init_or_half_image() {
                 .args(["rm", "-f", &format!("chaos{i}")]),
         );
     }
-    let (inits, _) = inits_and_records(user.uid, &state);
+    let (inits, _) = inits_and_records(user.uid, marker, &state);
     assert!(inits.is_empty(), "inits after rm -f of all: {inits:?}");
     eprintln!(
         "chaos sandbox start: {landed} of {} kills landed mid-run (run {full:?}, SDK_CHAOS_SEED={seed})",
