@@ -85,8 +85,10 @@ const MAX_HASH_OFFSET: u64 = 1 << 60;
 /// named in one line, before anything is opened for writing.
 fn check_paths(data: &Path, hash: &Path, hash_offset: u64) -> Result<(), VerityError> {
     use std::os::unix::fs::FileTypeExt;
-    let data_md = std::fs::metadata(data).map_err(crate::io_err("read", data))?;
-    if !(data_md.is_file() || data_md.file_type().is_block_device()) {
+    // A missing DATA is for open_data to say.
+    if let Ok(data_md) = std::fs::metadata(data)
+        && !(data_md.is_file() || data_md.file_type().is_block_device())
+    {
         return Err(bad(format!(
             "DATA {} is {}; give the data image (a file or a block device)",
             data.display(),
