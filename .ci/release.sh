@@ -11,7 +11,8 @@ bin_dir=${BIN_DIR:-target/release}
 out_dir=${OUT_DIR:-target/dist}
 if [ -z "${BIN_DIR:-}" ]; then
   cargo build --release --locked -p sdk-run -p sdk-tools
-  ./.ci/cross.sh release
+  # With the cross compiler, the tarball carries sdk-tools-aarch64 too.
+  if command -v aarch64-linux-gnu-gcc >/dev/null; then ./.ci/cross.sh release; fi
 fi
 version=$("$bin_dir/sdk-run" --version | awk '{print $2}')
 arch=$(uname -m)
