@@ -640,6 +640,21 @@ pub fn write_test_board(repo: &Path) {
     std::fs::write(dir.join("disk-layout.toml"), TEST_BOARD_LAYOUT).unwrap();
 }
 
+/// Byte offset of the partition named `name`, as sfdisk reads the GPT.
+pub fn part_offset(user: &TestUser, scratch: &Scratch, image: &Path, name: &str) -> u64 {
+    let parts = run_ok(user.command(scratch, "sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_str(&parts).unwrap();
+    let start = v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} partition: {parts}"))["start"]
+        .as_u64()
+        .unwrap();
+    start * 512
+}
+
 /// Set `os-version` in the repo's `sdk-version.toml`.
 pub fn set_os_version(repo: &Path, version: &str) {
     let f = repo.join("sdk-version.toml");

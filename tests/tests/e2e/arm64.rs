@@ -184,18 +184,9 @@ fn arm64_flipped_byte_in_usr_a_stops_the_boot() {
     let scratch = Scratch::new(&user);
     let f = fixture(&user);
     let image = image_copy(&user, &scratch, f, "flipped");
-    let parts = run_ok(user.command(&scratch, "sfdisk").arg("--json").arg(&image));
-    let v: serde_json::Value = serde_json::from_str(&parts).unwrap();
-    let start = v["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "USR-A")
-        .unwrap()["start"]
-        .as_u64()
-        .unwrap();
     // A byte of USR-A's ext4 superblock.
-    sdk_e2e::flip_bit(&image, start * 512 + 1024 + 100, 0);
+    let start = sdk_e2e::part_offset(&user, &scratch, &image, "USR-A");
+    sdk_e2e::flip_bit(&image, start + 1024 + 100, 0);
     let out = run_expect(
         user.command(&scratch, "sdk-tools")
             .arg("test_image")

@@ -147,21 +147,6 @@ fn boot_until(
     text
 }
 
-/// Byte offset of the partition named `name`, as sfdisk reads the GPT.
-fn part_offset(user: &TestUser, scratch: &Scratch, image: &Path, name: &str) -> u64 {
-    let parts = run_ok(user.command(scratch, "sfdisk").arg("--json").arg(image));
-    let v: serde_json::Value = serde_json::from_str(&parts).unwrap();
-    let start = v["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} partition: {parts}"))["start"]
-        .as_u64()
-        .unwrap();
-    start * 512
-}
-
 fn console(scratch: &Scratch, format: &str) -> String {
     let log = scratch.path().join(format!("test_{format}_console.log"));
     String::from_utf8_lossy(
@@ -228,7 +213,7 @@ fn flipped_byte_in_usr_a_fails_verity_in_the_guest() {
     let (image, _) = image_copy(&user, &scratch);
     // One byte inside USR-A's first data block (the ext4 superblock the
     // kernel reads at mount time).
-    let usr_a = part_offset(&user, &scratch, &image, "USR-A");
+    let usr_a = sdk_e2e::part_offset(&user, &scratch, &image, "USR-A");
     let at = usr_a + 1024 + 100;
     {
         use std::os::unix::fs::FileExt;
@@ -445,7 +430,7 @@ fn bad_input_is_refused_before_qemu_starts() {
     let esp_at = format!(
         "{}@@{}",
         image.display(),
-        part_offset(&user, &scratch, &image, "EFI-SYSTEM")
+        sdk_e2e::part_offset(&user, &scratch, &image, "EFI-SYSTEM")
     );
     let entry = run_ok(
         user.command(&scratch, "mtype")
@@ -877,7 +862,7 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
     // dm-verity still guards USR under systemd: one flipped byte in
     // USR-A's ext4 superblock stops the boot.
     let image = copy("flipped.bin");
-    let at = part_offset(&user, &scratch, &image, "USR-A") + 1024 + 100;
+    let at = sdk_e2e::part_offset(&user, &scratch, &image, "USR-A") + 1024 + 100;
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
