@@ -27,18 +27,13 @@ pub const DROPPED_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_SYS_PTRACE,
 ];
 
-/// Drop [`DROPPED_CAPS`] from the bounding, inheritable, permitted and
-/// effective sets of this (forked, about to exec) process.
+/// Drop [`DROPPED_CAPS`] from the bounding set of this (forked, about to
+/// exec) process: one prctl each. That is enough: the exec that follows
+/// gives root (uid 0 after exec) the bounding set at most, and any other
+/// user nothing, so nothing is cleared from the other sets on this path.
 pub fn drop_sandbox_caps() -> Result<(), caps::errors::CapsError> {
     for c in DROPPED_CAPS {
         caps::drop(None, caps::CapSet::Bounding, *c)?;
-        for set in [
-            caps::CapSet::Inheritable,
-            caps::CapSet::Effective,
-            caps::CapSet::Permitted,
-        ] {
-            caps::drop(None, set, *c)?;
-        }
     }
     Ok(())
 }
