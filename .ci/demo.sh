@@ -45,7 +45,7 @@ secs() { local ms=$((($(date +%s%N) - $1) / 1000000)); printf '%d.%d' $((ms / 10
 all_start=$(date +%s%N)
 timed "install deps" ./.ci/install-deps.sh
 timed "cargo build" cargo build --workspace --release --locked
-# The init of arm64-usr images is sdk-tools built for aarch64.
+# The static launcher; the init of arm64-usr images is sdk-tools for aarch64.
 timed "cross build" ./.ci/cross.sh release
 
 if [ "$(id -u)" = 0 ]; then

@@ -17,9 +17,10 @@ bin_dir=${BIN_DIR:-target/release}
 
 if [ -z "${BIN_DIR:-}" ] && command -v cargo >/dev/null; then
   cargo build --release --locked -p sdk-run -p sdk-tools
-  # sdk-tools for arm64 boards' images (init, update agent), when the
-  # cross compiler is there (.ci/install-deps.sh installs it).
-  if command -v aarch64-linux-gnu-gcc >/dev/null; then ./.ci/cross.sh release; fi
+  # The static launcher; sdk-tools for arm64 boards' images (init,
+  # update agent) when the cross compiler is there (.ci/install-deps.sh
+  # installs it).
+  CROSS_ARCHES=$(command -v aarch64-linux-gnu-gcc >/dev/null && echo aarch64 || true) ./.ci/cross.sh release
 fi
 for b in sdk-run sdk-tools; do
   if [ ! -x "$bin_dir/$b" ]; then
@@ -38,8 +39,15 @@ mkdir -p "$bin" "$man" "$bash_c" "$zsh_c" "$fish_c"
 
 # Into a temporary name first, so a running sdk-run is never overwritten
 # in place (its text would change under it).
+# The static launcher (.ci/cross.sh) unless cargo linked sdk-run since.
+src_sdk_run=$bin_dir/sdk-run
+if [ -x "$bin_dir/sdk-run-static" ] && ! [ "$src_sdk_run" -nt "$bin_dir/sdk-run-static" ]; then
+  src_sdk_run=$bin_dir/sdk-run-static
+fi
 for b in sdk-run sdk-tools; do
-  install -m 0755 "$bin_dir/$b" "$bin/.$b.new"
+  src=$bin_dir/$b
+  [ "$b" = sdk-run ] && src=$src_sdk_run
+  install -m 0755 "$src" "$bin/.$b.new"
   strip "$bin/.$b.new"
   mv -f "$bin/.$b.new" "$bin/$b"
 done

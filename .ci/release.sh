@@ -11,8 +11,8 @@ bin_dir=${BIN_DIR:-target/release}
 out_dir=${OUT_DIR:-target/dist}
 if [ -z "${BIN_DIR:-}" ]; then
   cargo build --release --locked -p sdk-run -p sdk-tools
-  # With the cross compiler, the tarball carries sdk-tools-aarch64 too.
-  if command -v aarch64-linux-gnu-gcc >/dev/null; then ./.ci/cross.sh release; fi
+  # The static launcher; with the cross compiler, sdk-tools-aarch64 too.
+  CROSS_ARCHES=$(command -v aarch64-linux-gnu-gcc >/dev/null && echo aarch64 || true) ./.ci/cross.sh release
 fi
 version=$("$bin_dir/sdk-run" --version | awk '{print $2}')
 arch=$(uname -m)

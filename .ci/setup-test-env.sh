@@ -19,9 +19,15 @@ grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
 grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
 
 mkdir -p "$bin"
-for b in sdk-run sdk-tools; do
-  install -m 0755 "$bindir_src/$b" "$bin/$b"
-done
+# The static launcher (.ci/cross.sh) unless cargo linked sdk-run since.
+launcher=$bindir_src/sdk-run
+if [ -x "$bindir_src/sdk-run-static" ] && ! [ "$launcher" -nt "$bindir_src/sdk-run-static" ]; then
+  launcher=$bindir_src/sdk-run-static
+elif [ -x "$bindir_src/sdk-run-static" ]; then
+  echo "note: $bindir_src/sdk-run-static is older than sdk-run; testing the dynamic build (.ci/cross.sh makes the static one)" >&2
+fi
+install -m 0755 "$launcher" "$bin/sdk-run"
+install -m 0755 "$bindir_src/sdk-tools" "$bin/sdk-tools"
 # sdk-tools built for other boards' architectures (.ci/cross.sh), beside it.
 for f in "$bindir_src"/sdk-tools-*; do
   [ -f "$f" ] && install -m 0755 "$f" "$bin/$(basename "$f")"

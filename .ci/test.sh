@@ -15,7 +15,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
 cargo build --workspace --release --locked
-# The init and update agent of arm64-usr images: sdk-tools for aarch64.
+# The static launcher, and the init and update agent of arm64-usr images
+# (sdk-tools for aarch64).
 ./.ci/cross.sh release
 
 step "unit tests"

@@ -92,13 +92,24 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The calling process's real ids and its passwd name.
+    /// The calling process's real ids and its passwd name: from
+    /// `/etc/passwd` itself, else through NSS (LDAP, sssd). The released
+    /// launcher is linked statically, and a static glibc reaches NSS only
+    /// through the shared modules of the glibc it was built with, so the
+    /// file, which shadow's own tools read too, comes first.
     pub fn current() -> Caller {
         let uid = nix::unistd::getuid();
-        let name = nix::unistd::User::from_uid(uid)
+        let name = std::fs::read_to_string("/etc/passwd")
             .ok()
-            .flatten()
-            .map(|u| u.name);
+            .and_then(|p| crate::sandbox::users::lookup(&p, &uid.to_string()))
+            .filter(|a| a.uid == uid.as_raw())
+            .map(|a| a.name)
+            .or_else(|| {
+                nix::unistd::User::from_uid(uid)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            });
         Caller {
             name,
             uid: uid.as_raw(),
