@@ -20,7 +20,7 @@ use sdk_common::linux as sys;
 
 /// The recorded state, if any (a damaged file counts as none).
 pub fn read_state(sb: &SandboxPaths) -> Option<State> {
-    read_json(&sb.state()).ok()
+    crate::state::read_state(sb)
 }
 
 /// Kill the init of `st` if it is still the recorded process and wait

@@ -11,4 +11,6 @@ pub mod record;
 
 pub use name::SandboxName;
 pub use paths::{SandboxPaths, StateDir};
-pub use record::{NsIds, State, is_running, read_json, read_state, start_time, write_json};
+pub use record::{
+    NsIds, State, is_running, read_json, read_json_opt, read_state, start_time, write_json,
+};

@@ -81,9 +81,17 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
         .with_context(|| format!("cannot rename {} into place", tmp.display()))
 }
 
+/// A JSON file that may be missing or damaged: `None` for both, without
+/// making an error (an `anyhow::Error` captures a backtrace when
+/// `RUST_BACKTRACE` is set, which costs more than the rest of a start).
+pub fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The recorded state, if any (a damaged file counts as none).
 pub fn read_state(sb: &SandboxPaths) -> Option<State> {
-    read_json(&sb.state()).ok()
+    read_json_opt(&sb.state())
 }
 
 /// Is the recorded init still alive (same pid *and* same start time)?

@@ -1049,6 +1049,54 @@ fn gpg_agent_socket_is_bound_where_gpg_looks() {
     drop(listener);
 }
 
+/// With the default GnuPG home (no `GNUPGHOME`), the agent is looked up
+/// where GnuPG puts it, here `~/.gnupg/S.gpg-agent` (the test user has no
+/// `/run/user` directory), without asking gpgconf: one that would answer
+/// elsewhere comes first on PATH.
+#[test]
+fn gpg_agent_of_the_default_home_is_found_without_gpgconf() {
+    let env = Env::new();
+    let home = env.scratch.path().join("home");
+    std::fs::create_dir_all(home.join(".gnupg")).unwrap();
+    let sock = home.join(".gnupg/S.gpg-agent");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fake = env.scratch.path().join("fake-bin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join("gpgconf"),
+        "#!/bin/sh\necho /nonexistent/S.gpg-agent\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        fake.join("gpgconf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    chown_r(&env.user, &home);
+    chown_r(&env.user, &fake);
+    let r = env.rootfs();
+    let mut c = env.sdk(&[
+        "-n",
+        "gpg-default",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "test -S /run/user/1000/gnupg/S.gpg-agent && echo socket",
+    ]);
+    c.env("HOME", &home).env_remove("GNUPGHOME").env(
+        "PATH",
+        format!(
+            "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+            fake.display(),
+            sdk_e2e::bin_dir().display()
+        ),
+    );
+    assert_eq!(stdout_of(&mut c), "socket");
+    drop(listener);
+}
+
 #[test]
 fn prune_asks_rm_carries_on_and_build_survives_recreation() {
     let env = Env::new();
