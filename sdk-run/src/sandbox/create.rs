@@ -226,18 +226,6 @@ pub fn create(
                 .context("cannot move the extracted rootfs into place")?;
             RootfsSpec::Bind(sb.rootfs())
         }
-        RootfsSpec::Overlay { lower, upper, work } => {
-            // Made as root inside, so the sandbox's / is root's.
-            let (u, w) = (upper.clone(), work.clone());
-            userns::run_in_userns(&map, move || {
-                for d in [&u, &w] {
-                    std::fs::create_dir_all(d)
-                        .with_context(|| format!("cannot create {}", d.display()))?;
-                }
-                Ok(())
-            })?;
-            RootfsSpec::Overlay { lower, upper, work }
-        }
         other => other,
     };
     let cfg = Config {

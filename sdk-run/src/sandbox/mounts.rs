@@ -154,12 +154,19 @@ pub fn assemble(sys: &dyn Sys, plan: &RootPlan) -> Result<(), MountError> {
     )?;
     match &plan.rootfs {
         RootfsSpec::Bind(dir) => s.bind(dir, m)?,
-        RootfsSpec::Overlay { lower, upper, work } => s.fs(
-            "overlay",
-            m,
-            MsFlags::empty(),
-            &overlay_options(lower, upper, work),
-        )?,
+        RootfsSpec::Overlay { lower, upper, work } => {
+            // Made here, as root inside, on first start: the sandbox's /
+            // (the upper directory) is root's, with no namespace of its
+            // own at create.
+            s.mkdir(upper)?;
+            s.mkdir(work)?;
+            s.fs(
+                "overlay",
+                m,
+                MsFlags::empty(),
+                &overlay_options(lower, upper, work),
+            )?
+        }
     }
     for d in ["proc", "dev", "sys", "tmp", "run"] {
         s.mkdir(&m.join(d))?;
@@ -420,8 +427,9 @@ mod tests {
         p.devpts_gid = None;
         assemble(&r, &p).unwrap();
         let c = r.take();
+        assert_eq!(c[1..3], ["mkdir /s/upper", "mkdir /s/work"]);
         assert_eq!(
-            c[1],
+            c[3],
             "mount overlay /s/mnt overlay 0 lowerdir=/img,upperdir=/s/upper,workdir=/s/work,userxattr"
         );
         assert!(c.contains(&"mount devpts /s/mnt/dev/pts devpts MS_NOSUID|MS_NOEXEC newinstance,ptmxmode=0666,mode=0620".to_string()));

@@ -13,6 +13,7 @@ use crate::exit::UsageError;
 use crate::idmap::{Caller, IdMap, SubIdFiles};
 use crate::sandbox::config::Config;
 use crate::sandbox::create::remove_tree;
+use crate::sandbox::userns;
 use crate::state::lock;
 use crate::state::{SandboxName, State, is_running, read_json};
 use crate::state::{SandboxPaths, StateDir};
@@ -166,6 +167,10 @@ pub fn remove(state: &StateDir, sb: &SandboxPaths) -> anyhow::Result<()> {
 
 /// Stop and delete; the caller holds the lock.
 pub fn remove_locked(state: &StateDir, sb: &SandboxPaths) -> anyhow::Result<()> {
+    // A running sandbox's user namespace, held across the stop: its tree
+    // is removed in there, with no new namespace (and no newuidmap and
+    // newgidmap) to make.
+    let held = read_state(sb).and_then(|st| userns::hold_of(&st));
     stop_locked(sb)?;
     let map = match read_json::<Config>(&sb.config()) {
         Ok(c) => c.idmap,
@@ -182,7 +187,17 @@ pub fn remove_locked(state: &StateDir, sb: &SandboxPaths) -> anyhow::Result<()> 
         .join(format!(".trash-{name}-{}", std::process::id()));
     std::fs::rename(&sb.dir, &trash)
         .with_context(|| format!("cannot move {} aside", sb.dir.display()))?;
-    remove_tree(&map, &trash)
+    match &held {
+        Some(ns) if map.has_root() => {
+            let d = trash.clone();
+            userns::run_in_existing_userns(ns.as_fd(), &map, move || {
+                std::fs::remove_dir_all(&d)
+                    .with_context(|| format!("cannot remove {}", d.display()))
+            })
+            .map_err(anyhow::Error::from)
+        }
+        _ => remove_tree(&map, &trash),
+    }
 }
 
 fn caller_map() -> anyhow::Result<IdMap> {

@@ -26,6 +26,7 @@
 //! lock in the closure is).
 
 use std::io::{Read, Write};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -64,7 +65,34 @@ pub fn run_in_userns<F>(map: &IdMap, f: F) -> Result<(), UsernsError>
 where
     F: FnOnce() -> anyhow::Result<()>,
 {
-    let (status, msg) = fork_in_userns(map, |report| match f() {
+    run_in(map, None, f)
+}
+
+/// [`run_in_userns`] in a user namespace that exists (`ns`, an open
+/// `/proc/PID/ns/user` of a sandbox's init, which keeps it alive after the
+/// init is gone) and has `map`: no new namespace, so no newuidmap and
+/// newgidmap to run.
+pub fn run_in_existing_userns<F>(ns: BorrowedFd<'_>, map: &IdMap, f: F) -> Result<(), UsernsError>
+where
+    F: FnOnce() -> anyhow::Result<()>,
+{
+    run_in(map, Some(ns), f)
+}
+
+/// The user namespace of a running sandbox's init, held open: `None` when
+/// the init is gone or its namespace is not the one recorded at start.
+pub fn hold_of(state: &crate::state::State) -> Option<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(format!("/proc/{}/ns/user", state.pid)).ok()?;
+    let same = f.metadata().ok()?.ino() == state.ns.user;
+    (same && crate::state::is_running(state)).then(|| f.into())
+}
+
+fn run_in<F>(map: &IdMap, join: Option<BorrowedFd<'_>>, f: F) -> Result<(), UsernsError>
+where
+    F: FnOnce() -> anyhow::Result<()>,
+{
+    let (status, msg) = fork_in_userns(map, join, |report| match f() {
         Ok(()) => {
             let _ = report.write_all(&[CHILD_OK]);
             0
@@ -90,7 +118,7 @@ where
 /// exit status (stdio is inherited unless `cmd` says otherwise).
 pub fn command_in_userns(map: &IdMap, cmd: &mut Command) -> Result<ExitStatus, UsernsError> {
     use std::os::unix::process::ExitStatusExt;
-    let (status, msg) = fork_in_userns(map, |report| {
+    let (status, msg) = fork_in_userns(map, None, |report| {
         let e = cmd.exec();
         let _ = write!(report, "cannot run {:?}: {e}", cmd.get_program());
         127
@@ -107,10 +135,12 @@ pub fn command_in_userns(map: &IdMap, cmd: &mut Command) -> Result<ExitStatus, U
     })
 }
 
-/// The handshake. `body` runs in the child with the report pipe (CLOEXEC,
+/// The handshake (or, with `join`, setns into that namespace, whose maps
+/// are written). `body` runs in the child with the report pipe (CLOEXEC,
 /// so a successful exec closes it) and returns the child's exit code.
 fn fork_in_userns(
     map: &IdMap,
+    join: Option<BorrowedFd<'_>>,
     body: impl FnOnce(&mut std::fs::File) -> i32,
 ) -> Result<(WaitStatus, Vec<u8>), UsernsError> {
     use nix::fcntl::OFlag;
@@ -124,19 +154,27 @@ fn fork_in_userns(
             drop((to_parent_r, go_w, rep_r));
             let mut report = std::fs::File::from(rep_w);
             let code = (|| {
-                if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
-                    let _ = write!(report, "{}", UsernsError::Unavailable(e));
-                    return 1;
-                }
-                let mut tp = std::fs::File::from(to_parent_w);
-                if tp.write_all(b"u").is_err() {
-                    return 1;
-                }
-                drop(tp);
-                let mut b = [0u8; 1];
-                let n = std::fs::File::from(go_r).read(&mut b).unwrap_or(0);
-                if n != 1 || b[0] != b'g' {
-                    return 1;
+                if let Some(ns) = join {
+                    if let Err(e) = nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER) {
+                        let _ = write!(report, "cannot join the sandbox's user namespace: {e}");
+                        return 1;
+                    }
+                    drop((to_parent_w, go_r));
+                } else {
+                    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+                        let _ = write!(report, "{}", UsernsError::Unavailable(e));
+                        return 1;
+                    }
+                    let mut tp = std::fs::File::from(to_parent_w);
+                    if tp.write_all(b"u").is_err() {
+                        return 1;
+                    }
+                    drop(tp);
+                    let mut b = [0u8; 1];
+                    let n = std::fs::File::from(go_r).read(&mut b).unwrap_or(0);
+                    if n != 1 || b[0] != b'g' {
+                        return 1;
+                    }
                 }
                 if let Err(e) = become_root(map) {
                     let _ = write!(report, "cannot become root in the user namespace: {e}");
@@ -156,9 +194,12 @@ fn fork_in_userns(
         ForkResult::Parent { child } => {
             drop((to_parent_w, go_r, rep_w));
             let mut b = [0u8; 1];
-            let unshared = std::fs::File::from(to_parent_r).read(&mut b).unwrap_or(0) == 1;
+            let unshared =
+                join.is_none() && std::fs::File::from(to_parent_r).read(&mut b).unwrap_or(0) == 1;
             let mut go = std::fs::File::from(go_w);
-            let mapped = if unshared {
+            let mapped = if join.is_some() {
+                Ok(true)
+            } else if unshared {
                 map.write_for(child.as_raw(), Path::new("/proc"))
                     .map(|()| go.write_all(b"g").is_ok())
             } else {

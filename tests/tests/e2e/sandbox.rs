@@ -1097,6 +1097,72 @@ fn gpg_agent_of_the_default_home_is_found_without_gpgconf() {
     drop(listener);
 }
 
+/// Removing a running sandbox deletes its files (here an overlay layer
+/// owned by root inside, a subordinate id outside) from inside the
+/// sandbox's own user namespace, held across the stop: no new namespace,
+/// so newuidmap and newgidmap are not run (ones that fail come first on
+/// PATH); a stopped one is removed through them as before.
+#[test]
+fn removing_a_running_sandbox_reuses_its_user_namespace() {
+    let env = Env::new();
+    let fake = env.scratch.path().join("fail-bin");
+    std::fs::create_dir_all(&fake).unwrap();
+    for tool in ["newuidmap", "newgidmap"] {
+        std::fs::write(
+            fake.join(tool),
+            "#!/bin/sh\necho \"$0 must not run\" >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            fake.join(tool),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    chown_r(&env.user, &fake);
+    let r = env.rootfs();
+    let r = r.to_str().unwrap();
+    for name in ["held", "stopped"] {
+        run_ok(&mut env.sdk(&[
+            "-n",
+            name,
+            "--rootfs",
+            r,
+            "--overlay",
+            "-u",
+            "root",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /var/lib/x && echo y > /var/lib/x/root-file",
+        ]));
+    }
+    run_ok(&mut env.sdk(&["stop", "stopped"]));
+    let failing_path = format!(
+        "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        fake.display(),
+        sdk_e2e::bin_dir().display()
+    );
+    let mut rm = env.sdk(&["rm", "-f", "held"]);
+    rm.env("PATH", &failing_path);
+    run_ok(&mut rm);
+    assert!(!env.sandboxes_dir().join("held").exists());
+    // The stopped one has no namespace left to join: the helpers run.
+    let mut rm = env.sdk(&["rm", "-f", "stopped"]);
+    rm.env("PATH", &failing_path);
+    let out = rm.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not run"));
+    // What that removal left (moved aside first) goes with `prune`.
+    run_ok(&mut env.sdk(&["prune", "-f"]));
+    let left: Vec<String> = std::fs::read_dir(env.sandboxes_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "stopped" || n == "held" || n.starts_with(".trash"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+}
+
 #[test]
 fn prune_asks_rm_carries_on_and_build_survives_recreation() {
     let env = Env::new();
