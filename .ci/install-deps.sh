@@ -42,6 +42,7 @@ PACKAGES=(
   openssh-client    # test_image --tests: ssh into the guest
   netcat-openbsd    # launcher -u: QEMU's guestfwd reaches an update server on the loopback through nc
   systemd           # systemd-repart: benchmark peer of build_image
+  time              # benchmarks: peak RSS (/usr/bin/time)
 )
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")

@@ -161,4 +161,11 @@ for name in small big; do
   p=$(median "systemd-repart-$name")
   echo "$name root: median build_image ${o} s, systemd-repart ${p} s: $(awk -v a="$p" -v b="$o" 'BEGIN { printf "%.2f", a / b }')x"
 done
+# Peak memory: build_image streams files into the filesystems and hashes
+# in bounded chunks, so its peak RSS should stay flat as /usr grows.
+for name in small big; do
+  rss=$(cd "$work/repo-$name" && /usr/bin/time -f %M "$tools" build_image --board bench --root "$work/$name" \
+    --output "$work/out-$name" --replace 2>&1 >/dev/null | tail -1)
+  echo "$name root: build_image peak RSS $((rss / 1024)) MiB ($(du -sm --apparent-size "$work/$name/usr" | cut -f1) MiB in /usr)"
+done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"

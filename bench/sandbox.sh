@@ -7,7 +7,12 @@
 #
 #   bench/sandbox.sh [SDK_RUN_BIN_DIR]   # as a user with /etc/subuid ranges
 #
-# Needs: hyperfine, util-linux (nsenter), bubblewrap, busybox-static, uidmap.
+# `unshare --map-auto` (util-linux) is the floor of a start with a full
+# subordinate id map: the same two setuid helpers, no rootfs, no mounts.
+# PERF=1 adds `perf stat` of entering (CPU, page faults) for both tools.
+#
+# Needs: hyperfine, util-linux (nsenter, unshare), bubblewrap,
+# busybox-static, uidmap (perf for PERF=1).
 set -euo pipefail
 bin=${1:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 bin=$(cd "$bin" && pwd)
@@ -55,9 +60,26 @@ for r in $(seq "$rounds"); do
     -n "start a stopped sandbox + enter" "sdk-run -n bench-restart -- true" \
     --prepare "true" \
     -n "bwrap (new namespaces)" \
-    "bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --bind ../rootfs / --proc /proc --dev /dev true"
+    "bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --bind ../rootfs / --proc /proc --dev /dev true" \
+    --prepare "true" \
+    -n "unshare --map-auto (newuidmap + newgidmap, no rootfs)" \
+    "unshare --user --map-auto --map-root-user --pid --fork --mount --uts --ipc true"
 done
+# What a process costs before and around main: CPU, page faults.
+if [ -n "${PERF:-}" ] && command -v perf >/dev/null; then
+  for c in "sdk-run -n bench -- true" "nsenter -U -m -p --preserve-credentials -t $pid true"; do
+    perf stat -r 300 -e task-clock,page-faults,context-switches $c 2>&1 |
+      grep -E 'task-clock|page-faults|elapsed' | sed "s|^|  ${c%% *}: |"
+  done
+fi
+# The launcher's peak RSS (target < 10 MB): entering, and creating.
+if [ -x /usr/bin/time ]; then
+  sdk-run rm -f bench-new >/dev/null 2>&1 || true
+  echo "peak RSS: enter $(/usr/bin/time -f %M sdk-run -n bench -- true 2>&1) KiB," \
+    "create + start + enter $(/usr/bin/time -f %M sdk-run -n bench-new --rootfs ../rootfs -- true 2>&1) KiB"
+fi
 sdk-run rm -f bench bench-new bench-restart >/dev/null
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg); RUST_BACKTRACE=${RUST_BACKTRACE:-unset}"
 
 python3 - "$rounds" <<'PY'
 import json, statistics, sys
@@ -76,4 +98,8 @@ for kind in ("enter", "create"):
         print(f"  {m*1000:8.3f} ms  {m/base:5.2f}x  cpu {statistics.mean(cpu[n])*1000:6.3f} ms  {n}")
     if kind == "enter":
         print(f"  sdk-run / nsenter = {base / statistics.median(times[names[1]]):.2f}x")
+    else:
+        print(f"  create / bwrap = {base / statistics.median(times[names[2]]):.2f}x, "
+              f"start / bwrap = {statistics.median(times[names[1]]) / statistics.median(times[names[2]]):.2f}x, "
+              f"create / unshare --map-auto = {base / statistics.median(times[names[3]]):.2f}x")
 PY
