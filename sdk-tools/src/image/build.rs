@@ -227,6 +227,8 @@ struct Plan {
     signing: Option<update::SignKey>,
     /// Public keys USR carries for updates: (file name, PEM text).
     trusted_keys: Vec<(String, String)>,
+    /// The repo's and the board's `overrides/` trees, checked.
+    overrides: super::overrides::Overrides,
 }
 
 /// The key that signs updates: `--sign-key` (or SDK_UPDATE_SIGN_KEY),
@@ -319,6 +321,11 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
     };
     // Before any output directory is made.
     source.check(&board)?;
+    let board_dir = match &board.source {
+        crate::board::ProfileSource::Dir(d) => Some(d.as_path()),
+        crate::board::ProfileSource::Embedded => None,
+    };
+    let overrides = super::overrides::Overrides::load(&repo.root, board_dir).map_err(bad_input)?;
     let (signing, trusted_keys) = match req.oci {
         Some(_) => (None, Vec::new()),
         None => {
@@ -327,6 +334,7 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
         }
     };
     Ok(Plan {
+        overrides,
         repo,
         board,
         layout,
@@ -719,6 +727,11 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
     super::postinst::base_passwd(&mut tree)?;
     // Read while the staged files are all in place.
     let scripts = super::postinst::script_listing(&tree, &packages);
+    // Local files last, over what the packages installed (the update keys
+    // and agent below still win: overrides cannot replace them).
+    plan.overrides
+        .apply(&mut tree)
+        .map_err(|e| usage(format!("{e:#}")))?;
     // The update keys the OS trusts, under dm-verity with the rest of USR.
     for (name, pem) in &plan.trusted_keys {
         tree.add_file(
@@ -751,9 +764,14 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
     stages.mark(
         "install",
         &format!(
-            "{} packages, {} paths, SOURCE_DATE_EPOCH={epoch}",
+            "{} packages, {} paths{}, SOURCE_DATE_EPOCH={epoch}",
             packages.len(),
-            tree.entries().len()
+            tree.entries().len(),
+            if plan.overrides.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} from overrides)", plan.overrides.len())
+            }
         ),
     );
     Ok(Installed {

@@ -13,6 +13,7 @@ pub mod esp;
 pub mod install;
 pub mod oci;
 pub mod outputs;
+pub mod overrides;
 pub mod postinst;
 pub mod repo;
 pub mod sbom;

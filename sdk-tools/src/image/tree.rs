@@ -238,6 +238,12 @@ impl Tree {
             .take_while(move |(k, _)| k.starts_with(&start))
     }
 
+    /// Where a new entry at `path` would land: its parents resolved through
+    /// the tree's symlinks (see `resolve`).
+    pub fn resolve_path(&self, path: &str, origin: &str) -> Result<String> {
+        self.resolve(path, origin)
+    }
+
     /// Resolve `path` so that its parent directories are real directories of
     /// the tree, following in-tree symlinks (clamped at the root). Returns
     /// the resolved path; the last component is not followed.

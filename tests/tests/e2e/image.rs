@@ -29,6 +29,34 @@ impl Fixture {
         )
         .unwrap();
         sdk_e2e::write_test_board(&repo);
+        // Local files for every board, and the board's own, which win;
+        // modes from overrides.toml, not from the checkout.
+        let w = |p: PathBuf, data: &[u8], mode: u32| {
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, data).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        w(
+            repo.join("overrides/usr/lib/motd.d/10-local"),
+            b"repo motd\n",
+            0o600,
+        );
+        w(
+            repo.join("overrides/usr/libexec/local-tool"),
+            b"#!/bin/sh\n",
+            0o700,
+        );
+        w(repo.join("overrides/etc/local.conf"), b"x = 1\n", 0o666);
+        fs::write(
+            repo.join("overrides.toml"),
+            "[[path]]\npath = \"usr/libexec/local-tool\"\nmode = \"0750\"\n",
+        )
+        .unwrap();
+        w(
+            repo.join("profiles/testboard/overrides/usr/lib/motd.d/10-local"),
+            b"board motd\n",
+            0o644,
+        );
         let root = scratch.path().join("root");
         let w = |p: &str, data: &[u8], mode: u32| {
             let p = root.join(p);
@@ -520,6 +548,20 @@ fn disk_image_has_the_layout_verity_fsck_clean_filesystems_and_true_contents() {
         listed.contains_key("/share/factory/etc/os-release"),
         "/etc defaults under /usr/share/factory"
     );
+    // The overrides, as debugfs found them (the loop above): fixed and
+    // declared modes and owners, /etc defaults, the board's over the root's.
+    assert_eq!(listed["/lib/motd.d/10-local"].0, "-rw-r--r--");
+    assert_eq!(
+        (
+            &listed["/libexec/local-tool"].0,
+            &listed["/libexec/local-tool"].1
+        ),
+        (&"-rwxr-x---".to_string(), &"0:0".to_string())
+    );
+    assert_eq!(listed["/share/factory/etc/local.conf"].0, "-rw-r--r--");
+    let expected = work.join("board-motd");
+    fs::write(&expected, b"board motd\n").unwrap();
+    assert_eq!(listed["/lib/motd.d/10-local"].3, sha256(&expected));
 
     // One flipped byte in USR-A's data: veritysetup refuses it.
     let mut bytes = fs::read(&usr).unwrap();
@@ -667,6 +709,43 @@ fn bad_input_exits_2_in_one_line_and_leaves_latest_alone() {
     let mut c = f.tool("build_image");
     c.args(["--board", "no-such-board", "--root"]).arg(f.root());
     assert_one_line_exit_2(&run_expect(&mut c, 2), "no-such-board");
+    // Overrides: a path outside USR, a declared path no tree has, and a
+    // directory over one of the image's files.
+    let ov = f.repo().join("overrides");
+    let bad = |p: &str, data: Option<&[u8]>, want: &str| {
+        let path = ov.join(p);
+        match data {
+            Some(d) => {
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(&path, d).unwrap();
+            }
+            None => fs::create_dir_all(&path).unwrap(),
+        }
+        chown_r(&f.user, &ov);
+        assert_one_line_exit_2(&run(&["--replace"], true), want);
+        let top = ov.join(
+            p.split('/')
+                .take(if data.is_some() { 1 } else { 3 })
+                .collect::<Vec<_>>()
+                .join("/"),
+        );
+        if top.is_dir() {
+            fs::remove_dir_all(&top).unwrap();
+        } else {
+            fs::remove_file(&top).unwrap();
+        }
+    };
+    bad("var/lib/state", Some(b"x"), "outside USR");
+    bad("usr/bin/hello/inner", None, "an override replaces files");
+    let manifest = f.repo().join("overrides.toml");
+    let kept = fs::read_to_string(&manifest).unwrap();
+    fs::write(
+        &manifest,
+        format!("{kept}[[path]]\npath = \"usr/missing\"\n"),
+    )
+    .unwrap();
+    assert_one_line_exit_2(&run(&["--replace"], true), "usr/missing");
+    fs::write(&manifest, kept).unwrap();
 
     assert_eq!(latest(), before);
     assert!(first.join("manifest.json").exists());
