@@ -81,6 +81,27 @@ impl Env {
             .map(|p| p as i32)
     }
 
+    /// A directory of the test user's with executable `scripts` (name,
+    /// text), and a PATH that puts it before sdk-run's and the system's.
+    fn fake_tools(&self, dir: &str, scripts: &[(&str, &str)]) -> String {
+        let d = self.scratch.path().join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, text) in scripts {
+            std::fs::write(d.join(name), text).unwrap();
+            std::fs::set_permissions(
+                d.join(name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        chown_r(&self.user, &d);
+        format!(
+            "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+            d.display(),
+            sdk_e2e::bin_dir().display()
+        )
+    }
+
     fn sandboxes_dir(&self) -> PathBuf {
         self.scratch.path().join("data/sdk-run/sandboxes")
     }
@@ -1060,39 +1081,18 @@ fn gpg_agent_of_the_default_home_is_found_without_gpgconf() {
     std::fs::create_dir_all(home.join(".gnupg")).unwrap();
     let sock = home.join(".gnupg/S.gpg-agent");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let fake = env.scratch.path().join("fake-bin");
-    std::fs::create_dir_all(&fake).unwrap();
-    std::fs::write(
-        fake.join("gpgconf"),
-        "#!/bin/sh\necho /nonexistent/S.gpg-agent\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        fake.join("gpgconf"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    chown_r(&env.user, &home);
-    chown_r(&env.user, &fake);
-    let r = env.rootfs();
-    let mut c = env.sdk(&[
-        "-n",
-        "gpg-default",
-        "--rootfs",
-        r.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "test -S /run/user/1000/gnupg/S.gpg-agent && echo socket",
-    ]);
-    c.env("HOME", &home).env_remove("GNUPGHOME").env(
-        "PATH",
-        format!(
-            "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
-            fake.display(),
-            sdk_e2e::bin_dir().display()
-        ),
+    let path = env.fake_tools(
+        "fake-bin",
+        &[("gpgconf", "#!/bin/sh\necho /nonexistent/S.gpg-agent\n")],
     );
+    chown_r(&env.user, &home);
+    let mut c = env.sh(
+        "gpg-default",
+        "test -S /run/user/1000/gnupg/S.gpg-agent && echo socket",
+    );
+    c.env("HOME", &home)
+        .env_remove("GNUPGHOME")
+        .env("PATH", path);
     assert_eq!(stdout_of(&mut c), "socket");
     drop(listener);
 }
@@ -1105,21 +1105,8 @@ fn gpg_agent_of_the_default_home_is_found_without_gpgconf() {
 #[test]
 fn removing_a_running_sandbox_reuses_its_user_namespace() {
     let env = Env::new();
-    let fake = env.scratch.path().join("fail-bin");
-    std::fs::create_dir_all(&fake).unwrap();
-    for tool in ["newuidmap", "newgidmap"] {
-        std::fs::write(
-            fake.join(tool),
-            "#!/bin/sh\necho \"$0 must not run\" >&2\nexit 1\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            fake.join(tool),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-    }
-    chown_r(&env.user, &fake);
+    let fail = "#!/bin/sh\necho \"$0 must not run\" >&2\nexit 1\n";
+    let failing_path = env.fake_tools("fail-bin", &[("newuidmap", fail), ("newgidmap", fail)]);
     let r = env.rootfs();
     let r = r.to_str().unwrap();
     for name in ["held", "stopped"] {
@@ -1138,11 +1125,6 @@ fn removing_a_running_sandbox_reuses_its_user_namespace() {
         ]));
     }
     run_ok(&mut env.sdk(&["stop", "stopped"]));
-    let failing_path = format!(
-        "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
-        fake.display(),
-        sdk_e2e::bin_dir().display()
-    );
     let mut rm = env.sdk(&["rm", "-f", "held"]);
     rm.env("PATH", &failing_path);
     run_ok(&mut rm);
