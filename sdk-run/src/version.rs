@@ -39,6 +39,10 @@ struct RawVersionFile {
     sdk_version: toml::Spanned<String>,
     os_version: toml::Spanned<String>,
     sdk_image: Option<String>,
+    /// Parent recipe trees of a derivative (sdk-tools reads them).
+    #[allow(dead_code)]
+    #[serde(default)]
+    parents: Vec<String>,
 }
 
 /// A parsed, validated version file.

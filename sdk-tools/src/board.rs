@@ -197,9 +197,13 @@ pub fn known_boards(repo: Option<&Path>) -> Vec<String> {
         .filter_map(|(k, _)| k.strip_suffix(&format!("/{PROFILE_FILE}")))
         .map(str::to_string)
         .collect();
-    if let Some(repo) = repo
-        && let Ok(dir) = std::fs::read_dir(repo.join("profiles"))
-    {
+    let trees = repo
+        .map(|r| crate::image::repo::trees(r).unwrap_or_else(|_| vec![r.to_path_buf()]))
+        .unwrap_or_default();
+    for tree in trees {
+        let Ok(dir) = std::fs::read_dir(tree.join("profiles")) else {
+            continue;
+        };
         for entry in dir.flatten() {
             if entry.path().join(PROFILE_FILE).is_file() {
                 names.push(entry.file_name().to_string_lossy().into_owned());
@@ -231,11 +235,15 @@ impl Board {
             return Err(unknown());
         }
         if let Some(repo) = repo {
-            let dir = repo.join("profiles").join(name);
-            let path = dir.join(PROFILE_FILE);
-            if crate::strict::present(&path) {
-                let text = crate::strict::read_text(&path)?;
-                return Board::parse(name, &path, &text, ProfileSource::Dir(dir));
+            // The repo's own profiles first, then its parents', the
+            // nearest first (see `image::repo::trees`).
+            for tree in crate::image::repo::trees(repo)?.iter().rev() {
+                let dir = tree.join("profiles").join(name);
+                let path = dir.join(PROFILE_FILE);
+                if crate::strict::present(&path) {
+                    let text = crate::strict::read_text(&path)?;
+                    return Board::parse(name, &path, &text, ProfileSource::Dir(dir));
+                }
             }
         }
         match embedded_file(name, PROFILE_FILE) {
@@ -408,6 +416,36 @@ mod tests {
         assert!(err.contains("unknown board `pdp11-usr`"), "{err}");
         assert!(err.contains("amd64-usr, arm64-usr"), "{err}");
         assert!(Board::load(None, "../etc").is_err());
+    }
+
+    #[test]
+    fn a_derivative_finds_its_parents_boards_and_its_own_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, derived) = (dir.path().join("base"), dir.path().join("derived"));
+        let amd = embedded_file("amd64-usr", PROFILE_FILE).unwrap();
+        for (tree, desc) in [(&base, "from base"), (&derived, "from derived")] {
+            std::fs::create_dir_all(tree.join("profiles/site-usr")).unwrap();
+            let text = amd
+                .lines()
+                .filter(|l| !l.starts_with("description"))
+                .collect::<Vec<_>>();
+            std::fs::write(
+                tree.join("profiles/site-usr").join(PROFILE_FILE),
+                format!("description = \"{desc}\"\n{}\n", text.join("\n")),
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all(base.join("profiles/only-base")).unwrap();
+        std::fs::write(base.join("profiles/only-base").join(PROFILE_FILE), amd).unwrap();
+        std::fs::write(
+            derived.join("sdk-version.toml"),
+            "sdk-version = \"1\"\nos-version = \"1\"\nparents = [\"../base\"]\n",
+        )
+        .unwrap();
+        let b = Board::load(Some(&derived), "site-usr").unwrap();
+        assert_eq!(b.description, "from derived");
+        assert!(Board::load(Some(&derived), "only-base").is_ok());
+        assert!(known_boards(Some(&derived)).contains(&"only-base".to_string()));
     }
 
     #[test]

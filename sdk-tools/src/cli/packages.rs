@@ -134,8 +134,13 @@ pub fn build_packages(args: BuildPackagesArgs) -> Result<()> {
                     Action::Install => "install from cache",
                     Action::Build => "build",
                 };
+                let from = if p.tree == "." {
+                    String::new()
+                } else {
+                    format!(" from {}", p.tree)
+                };
                 println!(
-                    "{:<20} {} {} ({})",
+                    "{:<20} {} {} ({}){from}",
                     what,
                     p.name,
                     p.version,

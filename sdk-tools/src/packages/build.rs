@@ -58,6 +58,9 @@ pub struct Planned {
     pub kind: super::recipe::Kind,
     pub input_hash: String,
     pub action: Action,
+    /// The tree the recipe comes from: `.` for the repo itself, else the
+    /// parent tree's path (relative to the repo when it is inside it).
+    pub tree: String,
     #[serde(skip)]
     pub deps: Vec<String>,
 }
@@ -125,9 +128,10 @@ impl Report {
 /// (unknown board, bad recipe, cycle, missing package) is a [`UsageError`].
 pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
     let board = crate::board::Board::load(Some(&opts.repo), &opts.board).map_err(bad_input)?;
-    if !opts.repo.join("packages").is_dir() {
+    let trees = crate::image::repo::trees(&opts.repo).map_err(bad_input)?;
+    if !trees.iter().any(|t| t.join("packages").is_dir()) {
         return Err(UsageError(format!(
-            "{} has no packages/ directory; run in a distro repo or pass --repo DIR",
+            "{} has no packages/ directory (nor do its parent trees); run in a distro repo or pass --repo DIR",
             opts.repo.display()
         ))
         .into());
@@ -144,6 +148,19 @@ pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
     };
     let order = graph::build_order(&recipes, &roots).map_err(bad_input)?;
     Ok((board, recipes, order))
+}
+
+/// How `--pretend` names a recipe tree: `.` for the repo, a parent by its
+/// path relative to the repo when inside it, else in full.
+fn tree_label(repo: &Path, tree: &Path) -> String {
+    let repo = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
+    if tree == repo {
+        return ".".into();
+    }
+    match tree.strip_prefix(&repo) {
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => tree.display().to_string(),
+    }
 }
 
 /// Where a package's binary package with `input_hash` would be.
@@ -196,6 +213,11 @@ pub fn plan(
             kind: recipe.kind_name(),
             input_hash: h,
             action,
+            tree: recipes
+                .trees
+                .get(name)
+                .map(|t| tree_label(&opts.repo, t))
+                .unwrap_or_else(|| ".".into()),
             deps,
         });
     }

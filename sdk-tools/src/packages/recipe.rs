@@ -481,6 +481,8 @@ impl Src<'_> {
 #[derive(Debug, Clone, Default)]
 pub struct RecipeSet {
     pub recipes: BTreeMap<String, Recipe>,
+    /// The tree (the repo or one of its parents) each recipe comes from.
+    pub trees: BTreeMap<String, PathBuf>,
 }
 
 /// Every bad recipe found while loading a repo (all of them, not just the
@@ -490,9 +492,34 @@ pub struct RecipeSet {
 pub struct RecipeErrors(pub Vec<ParseError>);
 
 impl RecipeSet {
-    /// Load `<repo>/packages/*/*/package.toml`.
+    /// Load `packages/*/*/package.toml` of the repo's trees (its parents',
+    /// then its own; see `image::repo::trees`): a later tree's recipe of a
+    /// name replaces an earlier one's.
     pub fn load(repo: &Path) -> Result<RecipeSet, RecipeErrors> {
-        let base = repo.join("packages");
+        let trees = crate::image::repo::trees(repo).map_err(|e| RecipeErrors(vec![e]))?;
+        let mut set = RecipeSet::default();
+        let mut errors = Vec::new();
+        for tree in trees {
+            match Self::load_tree(&tree) {
+                Ok(recipes) => {
+                    for (name, r) in recipes {
+                        set.trees.insert(name.clone(), tree.clone());
+                        set.recipes.insert(name, r);
+                    }
+                }
+                Err(RecipeErrors(e)) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(RecipeErrors(errors))
+        }
+    }
+
+    /// The recipes of one tree.
+    fn load_tree(tree: &Path) -> Result<BTreeMap<String, Recipe>, RecipeErrors> {
+        let base = tree.join("packages");
         let mut recipes = BTreeMap::new();
         let mut errors = Vec::new();
         let read_dir = |p: &Path| -> Vec<PathBuf> {
@@ -530,7 +557,7 @@ impl RecipeSet {
             }
         }
         if errors.is_empty() {
-            Ok(RecipeSet { recipes })
+            Ok(recipes)
         } else {
             Err(RecipeErrors(errors))
         }

@@ -368,6 +368,85 @@ fn unchanged_is_a_no_op_and_a_change_rebuilds_exactly_its_dependents() {
     }
 }
 
+/// A derivative names the repo above as its parent tree, overrides one of
+/// its recipes and adds one: only those (and what depends on them) build,
+/// in the same build root the parent's packages are in; `--pretend` says
+/// which tree each recipe comes from; a cycle of parents is one line.
+#[test]
+fn a_derivative_overrides_one_recipe_adds_one_and_rebuilds_nothing_else() {
+    let env = Env::new(None);
+    chain_repo(&env);
+    let (v, _) = env.report("amd64-usr", &["meta/all"], 0);
+    assert_eq!(with_outcome(&v, "built").len(), 5, "{v:#}");
+
+    let derived_dir = env.scratch.path().join("derived");
+    let derived = Env {
+        user: env.user.clone(),
+        scratch: Scratch::new(&env.user),
+        repo: derived_dir.clone(),
+        build: env.build.clone(),
+    };
+    std::fs::create_dir_all(derived_dir.join("packages")).unwrap();
+    std::fs::write(
+        derived_dir.join("sdk-version.toml"),
+        "sdk-version = \"1\"\nos-version = \"1\"\nparents = [\"../repo\"]\n",
+    )
+    .unwrap();
+    derived.recipe(
+        "other/d",
+        "version = \"1\"\nkind = \"build\"\n",
+        Some(&file_sh("usr/share/d/d.txt", "derived d")),
+    );
+    derived.recipe(
+        "extra/e",
+        "version = \"1\"\nkind = \"build\"\n",
+        Some(&file_sh("usr/share/e/e.txt", "e")),
+    );
+    chown_r(&env.user, env.scratch.path());
+
+    let pretend = run_ok(&mut derived.build("amd64-usr", &["meta/all", "extra/e", "--pretend"]));
+    let line = |name: &str| {
+        pretend
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("{name} not in {pretend}"))
+            .to_string()
+    };
+    let parent = env.repo.canonicalize().unwrap();
+    assert!(
+        line("base/a").ends_with(&format!(" from {}", parent.display())),
+        "{pretend}"
+    );
+    assert!(line("base/a").starts_with("up to date"), "{pretend}");
+    assert!(!line("other/d").contains(" from "), "{pretend}");
+    assert!(line("other/d").starts_with("build"), "{pretend}");
+
+    let (v, _) = derived.report("amd64-usr", &["meta/all", "extra/e"], 0);
+    assert_eq!(
+        with_outcome(&v, "built"),
+        vec!["extra/e", "meta/all", "other/d"],
+        "{v:#}"
+    );
+    assert_eq!(
+        with_outcome(&v, "up-to-date"),
+        vec!["base/a", "mid/b", "top/c"],
+        "{v:#}"
+    );
+    let d = std::fs::read_to_string(env.cross("amd64-usr").join("usr/share/d/d.txt")).unwrap();
+    assert_eq!(d.trim(), "derived d");
+
+    // The parent naming the derivative back: a cycle, said in one line.
+    std::fs::write(
+        env.repo.join("sdk-version.toml"),
+        "sdk-version = \"1\"\nos-version = \"1\"\nparents = [\"../derived\"]\n",
+    )
+    .unwrap();
+    let out = run_expect(&mut derived.build("amd64-usr", &["meta/all"]), 2);
+    let err = stderr(&out);
+    assert_eq!(sdk_e2e::error_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("a cycle"), "{err}");
+}
+
 #[test]
 fn new_version_drops_files_the_old_one_owned() {
     let env = Env::new(None);
