@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use super::apt_sources;
 use super::import::{Ctx, in_userns, own_root_dir, progress};
 use super::manifest::{Base, Manifest};
-use super::store::{Image, ImageMeta};
+use super::store::{Image, ImageMeta, Store};
 use crate::exit::UsageError;
 use sdk_common::layer::{Extractor, Options, Report};
 use sdk_common::oci;
@@ -57,8 +57,17 @@ fn debian_sources(suite: &str) -> Result<String> {
     })
 }
 
-/// The resolved inputs and their digest (sha256 hex).
-fn resolve(m: &Manifest) -> Result<(String, Option<String>)> {
+/// The store image a `base.image` names.
+fn base_image(store: &Store, name: &str) -> Result<Image> {
+    store
+        .resolve(name)
+        .map_err(sdk_common::error::classify)
+        .context("base.image")
+}
+
+/// The resolved inputs and their digest (sha256 hex). `store` resolves a
+/// `base.image` (to the digest it names, which its own inputs fixed).
+fn resolve(m: &Manifest, store: Option<&Store>) -> Result<(String, Option<String>)> {
     let mut base = BTreeMap::new();
     let mut sources = None;
     match &m.base {
@@ -78,6 +87,13 @@ fn resolve(m: &Manifest) -> Result<(String, Option<String>)> {
                 None => sha256_file(p)?,
             };
             base.insert("image", d);
+        }
+        Base::Image(name) => {
+            let store = match store {
+                Some(s) => s,
+                None => &Ctx::from_env()?.store,
+            };
+            base.insert("store-image", base_image(store, name)?.meta.digest);
         }
     }
     let mut files = Vec::new();
@@ -105,12 +121,12 @@ fn resolve(m: &Manifest) -> Result<(String, Option<String>)> {
 
 /// The store digest of a manifest (its resolved inputs).
 pub fn digest(m: &Manifest) -> Result<String> {
-    Ok(resolve(m)?.0)
+    Ok(resolve(m, None)?.0)
 }
 
 /// The image for `m`, building it first when the store lacks it.
 pub fn ensure(ctx: &Ctx, m: &Manifest) -> Result<Image> {
-    let (digest, sources) = resolve(m)?;
+    let (digest, sources) = resolve(m, Some(&ctx.store))?;
     if let Some(img) = ctx.store.get(&digest) {
         return Ok(img);
     }
@@ -135,17 +151,19 @@ pub fn ensure(ctx: &Ctx, m: &Manifest) -> Result<Image> {
             return Err(e);
         }
     };
-    let env = m.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let meta = ImageMeta::new(
-        &digest,
-        "manifest",
-        &m.origin,
-        oci::RuntimeConfig {
-            env,
-            ..Default::default()
-        },
-        report.skipped_total,
-    );
+    // On a store image, its runtime settings carry over, the manifest's
+    // `env` added (a name set in both takes the manifest's value).
+    let mut config = match &m.base {
+        Base::Image(name) => base_image(&ctx.store, name)?.meta.config,
+        _ => oci::RuntimeConfig::default(),
+    };
+    for (k, v) in &m.env {
+        config
+            .env
+            .retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
+        config.env.push(format!("{k}={v}"));
+    }
+    let meta = ImageMeta::new(&digest, "manifest", &m.origin, config, report.skipped_total);
     if !ctx.store.publish(&lock, &tmp, &meta)? {
         ctx.remove_trees(vec![tmp])?;
     }
@@ -188,6 +206,12 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
         messages = Some((child.stderr.take().expect("piped"), suite.clone()));
         mmdebstrap = Some(child);
     }
+    // A store image as the base: its tree is copied (never linked: the
+    // commands below may change files, and the base must stay as it is).
+    let parent = match &m.base {
+        Base::Image(name) => Some(base_image(&ctx.store, name)?.rootfs()),
+        _ => None,
+    };
     let m2 = m.clone();
     let res: Result<Report> = in_userns(&ctx.map, &result, move || {
         own_root_dir(&rootfs)?;
@@ -210,6 +234,19 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
                 let bar = progress(plan.total_bytes(), "unpacking base");
                 let (r, _) = oci::unpack(&plan, &rootfs, &*bar)?;
                 report.merge(r);
+            }
+            Base::Image(_) => {
+                let src = parent.expect("resolved above");
+                // As root inside: owners, modes, links, xattrs kept.
+                let st = Command::new("cp")
+                    .args(["-a", "--reflink=auto", "--"])
+                    .arg(src.join("."))
+                    .arg(&rootfs)
+                    .status()
+                    .context("cannot run cp")?;
+                if !st.success() {
+                    bail!("copying the base image {} failed ({st})", src.display());
+                }
             }
         }
         copy_files(&m2, &rootfs, &mut report)?;

@@ -18,6 +18,7 @@
 //! # oci-archive = "sdk.oci.tar"    # OCI image layout tar or `docker save` tarball
 //! # oci-layout = "sdk-layout"      # OCI image layout directory
 //! # tarball = "rootfs.tar.zst"     # plain, gzip or zstd rootfs tarball
+//! # image = "my-sdk:1"             # an image of the store (tag or digest): chains builds
 //!
 //! # Environment of every process entered into a sandbox of this image.
 //! [env]
@@ -82,6 +83,8 @@ struct RawManifest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawBase {
+    /// An image of the store, by tag or digest.
+    image: Option<Spanned<String>>,
     oci_archive: Option<Spanned<String>>,
     oci_layout: Option<Spanned<String>>,
     tarball: Option<Spanned<String>>,
@@ -116,6 +119,9 @@ pub enum Base {
     Tarball(PathBuf),
     /// A Debian suite bootstrapped with mmdebstrap from the host's apt sources.
     Debian { suite: String, variant: String },
+    /// An image already in the store (a tag or digest, as `sdk-run images`
+    /// lists them): images chain, each built on the one before.
+    Image(String),
 }
 
 /// One file copied into the rootfs.
@@ -238,6 +244,16 @@ impl Src<'_> {
     fn base(&self, raw: &Spanned<RawBase>) -> Result<Base, ManifestError> {
         let b = raw.get_ref();
         let mut bases = Vec::new();
+        if let Some(i) = &b.image {
+            let name = i.get_ref().trim();
+            if name.is_empty() {
+                return Err(self.at(
+                    i.span(),
+                    "`base.image` is empty; name a tag or digest from `sdk-run images`".into(),
+                ));
+            }
+            bases.push(Base::Image(name.to_string()));
+        }
         if let Some(p) = &b.oci_archive {
             bases.push(Base::OciArchive(self.rel(p, "base.oci-archive")?));
         }
@@ -283,7 +299,7 @@ impl Src<'_> {
             return Err(self.at(
             raw.span(),
             format!(
-                "`base` needs exactly one of oci-archive, oci-layout, tarball, debian (found {})",
+                "`base` needs exactly one of image, oci-archive, oci-layout, tarball, debian (found {})",
                 bases.len()
             ),
         ));
@@ -444,6 +460,10 @@ mode = "0600"
         assert_eq!(m.base, Base::Tarball("/abs/r.tar.gz".into()));
         let m = parse("[base]\noci-layout = \"lay\"\n").unwrap();
         assert_eq!(m.base, Base::OciLayout("/srv/m/lay".into()));
+        let m = parse("[base]\nimage = \"my-sdk:1\"\n").unwrap();
+        assert_eq!(m.base, Base::Image("my-sdk:1".into()));
+        assert!(parse("[base]\nimage = \" \"\n").is_err());
+        assert!(parse("[base]\nimage = \"a\"\ntarball = \"t\"\n").is_err());
     }
 
     #[track_caller]

@@ -162,6 +162,63 @@ mode = "0640"
     assert_eq!(v[0]["tags"][0], "bb");
     assert_eq!(v[0]["config"]["env"][0], "GREETING=by sdk-run");
 
+    // A manifest on that image: built on a copy of it (the base is not
+    // changed), its env carried over and added to, by tag or digest.
+    std::fs::write(
+        s.path().join("child.toml"),
+        "commands = [\"echo child >> /etc/greeting && echo x > /etc/child\"]\n\
+         [base]\nimage = \"bb\"\n[env]\nLAYER = \"child\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        s.path().join("no-parent.toml"),
+        "[base]\nimage = \"no-such-tag\"\n",
+    )
+    .unwrap();
+    // Only the new files: the store under the scratch keeps its owners.
+    chown_r(&user, &s.path().join("child.toml"));
+    chown_r(&user, &s.path().join("no-parent.toml"));
+    let child = run_ok(sdk(&user, &s).args(["build", "child.toml", "--tag", "bb-child"]));
+    let child = child.trim();
+    assert_ne!(child, digest);
+    let child_root = s
+        .path()
+        .join("data/sdk-run/images")
+        .join(child)
+        .join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(child_root.join("etc/greeting")).unwrap(),
+        "built by sdk-run\nchild\n"
+    );
+    assert_eq!(
+        std::fs::metadata(child_root.join("etc/motd"))
+            .unwrap()
+            .uid(),
+        subuid_start(&user)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/greeting")).unwrap(),
+        "built by sdk-run\n",
+        "the base image is unchanged"
+    );
+    assert!(!root.join("etc/child").exists());
+    let imgs: serde_json::Value =
+        serde_json::from_str(&run_ok(sdk(&user, &s).args(["images", "--json"]))).unwrap();
+    let c = imgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["tags"][0] == "bb-child")
+        .unwrap();
+    assert_eq!(
+        c["config"]["env"],
+        serde_json::json!(["GREETING=by sdk-run", "LAYER=child"])
+    );
+    let out = run_expect(sdk(&user, &s).args(["build", "no-parent.toml"]), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-tag"), "{err}");
+    run_ok(sdk(&user, &s).args(["rmi", "bb-child"]));
+
     // A failing command: exit 2, one line naming it, store unchanged.
     let out = run_expect(sdk(&user, &s).args(["build", "bad.toml"]), 2);
     let err = String::from_utf8_lossy(&out.stderr);
