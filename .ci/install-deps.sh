@@ -43,6 +43,7 @@ PACKAGES=(
   netcat-openbsd    # launcher -u: QEMU's guestfwd reaches an update server on the loopback through nc
   systemd           # systemd-repart: benchmark peer of build_image
   time              # benchmarks: peak RSS (/usr/bin/time)
+  ansible           # rootfs manifests: playbooks (community.general.chroot)
 )
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")

@@ -33,6 +33,9 @@ struct Inputs<'a> {
     commands: &'a [String],
     env: &'a BTreeMap<String, String>,
     files: Vec<(String, Option<u32>, String)>,
+    /// Each playbook and every file of its folder (roles, templates, vars).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    playbooks: Vec<(String, Vec<(String, String)>)>,
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -107,6 +110,32 @@ fn resolve(m: &Manifest, store: Option<&Store>) -> Result<(String, Option<String
         })?;
         files.push((f.dst.display().to_string(), f.mode, d));
     }
+    let mut playbooks = Vec::new();
+    for p in &m.playbooks {
+        let bad =
+            |msg: String| UsageError(format!("{}: playbooks {}: {msg}", m.origin, p.display()));
+        if !p.is_file() {
+            return Err(
+                bad("no such file; give a playbook relative to the manifest".into()).into(),
+            );
+        }
+        let dir = p.parent().unwrap_or(Path::new("/"));
+        let mut tree = Vec::new();
+        for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let e = e.map_err(|e| bad(e.to_string()))?;
+            if e.file_type().is_file() {
+                let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+                tree.push((rel.display().to_string(), sha256_file(e.path())?));
+            }
+        }
+        playbooks.push((
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            tree,
+        ));
+    }
     let inputs = Inputs {
         format: BUILD_FORMAT,
         base,
@@ -114,6 +143,7 @@ fn resolve(m: &Manifest, store: Option<&Store>) -> Result<(String, Option<String
         commands: &m.commands,
         env: &m.env,
         files,
+        playbooks,
     };
     let json = serde_json::to_vec(&inputs).expect("serialisable");
     Ok((hex::encode(Sha256::digest(&json)), sources))
@@ -213,6 +243,8 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
         _ => None,
     };
     let m2 = m.clone();
+    // Ansible's own state (~/.ansible) for the run, not the caller's home.
+    let ansible_home = tmp.join("ansible");
     let res: Result<Report> = in_userns(&ctx.map, &result, move || {
         own_root_dir(&rootfs)?;
         let mut report = Report::default();
@@ -258,8 +290,8 @@ fn build_into(ctx: &Ctx, m: &Manifest, sources: Option<&str>, tmp: &Path) -> Res
             ));
         }
         commands.extend(m2.commands.iter().cloned());
-        if !commands.is_empty() {
-            run_in_chroot(&rootfs, &m2.env, &commands)?;
+        if !commands.is_empty() || !m2.playbooks.is_empty() {
+            run_in_chroot(&rootfs, &m2.env, &commands, &m2.playbooks, &ansible_home)?;
         }
         Ok(report)
     });
@@ -337,7 +369,13 @@ fn copy_files(m: &Manifest, rootfs: &Path, report: &mut Report) -> Result<()> {
 /// /proc, /dev and /sys bound in and its resolv.conf for network access.
 /// Must run in a throwaway process (it unshares the mount namespace), as
 /// root in the user namespace.
-fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[String]) -> Result<()> {
+fn run_in_chroot(
+    rootfs: &Path,
+    env: &BTreeMap<String, String>,
+    commands: &[String],
+    playbooks: &[PathBuf],
+    ansible_home: &Path,
+) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
     mount(
@@ -398,6 +436,8 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
             .env("DEBIAN_FRONTEND", "noninteractive")
             .envs(env)
             .stdin(Stdio::null())
+            // What commands print goes to stderr: stdout is the digest's.
+            .stdout(Stdio::from(std::io::stderr()))
             .status()
             .with_context(|| format!("cannot run chroot(8) for `{c}`"))?;
         if !status.success() {
@@ -408,12 +448,70 @@ fn run_in_chroot(rootfs: &Path, env: &BTreeMap<String, String>, commands: &[Stri
             break;
         }
     }
+    if result.is_ok() {
+        result = run_playbooks(rootfs, env, playbooks, ansible_home);
+    }
     if had_resolv.is_none() && rootfs.join("etc").is_dir() {
         // Unmount (in our own mount namespace), then drop the placeholder.
         let _ = nix::mount::umount2(&resolv, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&resolv);
     }
     result
+}
+
+/// `ansible-playbook` against `rootfs` through Ansible's chroot connection
+/// (community.general.chroot, shipped in Debian's `ansible`), as root
+/// inside the user namespace; the inventory is the root itself.
+fn run_playbooks(
+    rootfs: &Path,
+    env: &BTreeMap<String, String>,
+    playbooks: &[PathBuf],
+    ansible_home: &Path,
+) -> Result<()> {
+    for p in playbooks {
+        // Absolute: ansible-playbook runs from the playbook's folder.
+        let p = &p
+            .canonicalize()
+            .with_context(|| format!("cannot find the playbook {}", p.display()))?;
+        tracing::info!(playbook = %p.display(), "running ansible-playbook on the new rootfs");
+        std::fs::create_dir_all(ansible_home.join("tmp"))?;
+        let mut cmd = Command::new("ansible-playbook");
+        sdk_common::linux::dies_with_us(&mut cmd, libc::SIGTERM);
+        let inventory = format!("{},", rootfs.display());
+        let status = cmd
+            .args(["-i", &inventory, "-c", "community.general.chroot"])
+            .arg(p)
+            .current_dir(p.parent().unwrap_or(Path::new("/")))
+            .env("HOME", ansible_home)
+            .env("ANSIBLE_HOME", ansible_home)
+            .env("ANSIBLE_LOCAL_TEMP", ansible_home.join("tmp"))
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_PYTHON_INTERPRETER", "auto_silent")
+            .envs(env)
+            .stdin(Stdio::null())
+            // Its report goes to stderr: stdout is the digest's.
+            .stdout(Stdio::from(std::io::stderr()))
+            .status();
+        let status = match status {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(UsageError(
+                    "the manifest has playbooks, but ansible-playbook is not installed; install Debian's ansible".into(),
+                )
+                .into());
+            }
+            Err(e) => return Err(e).context("cannot run ansible-playbook"),
+        };
+        if !status.success() {
+            return Err(UsageError(format!(
+                "ansible-playbook {} failed ({status}); its output is above",
+                p.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Where the default SDK comes from: the embedded manifest.

@@ -11,6 +11,10 @@
 //! # Shell commands run inside the new rootfs (as root, `/bin/sh -c`), in
 //! # order, after packages and files.
 //! commands = ["echo sdk > /etc/hostname"]
+//! # Ansible playbooks run last against the new root (ansible-playbook with
+//! # a chroot connection, as root inside the user namespace); relative to
+//! # the manifest's folder; each one's folder is an input of the digest.
+//! playbooks = ["site.yml"]
 //!
 //! # Exactly one base. Relative paths are relative to the manifest's folder.
 //! [base]
@@ -78,6 +82,8 @@ struct RawManifest {
     env: BTreeMap<Spanned<String>, String>,
     #[serde(default)]
     files: Vec<Spanned<RawFile>>,
+    #[serde(default)]
+    playbooks: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +150,9 @@ pub struct Manifest {
     pub commands: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub files: Vec<FileCopy>,
+    /// Ansible playbooks run against the new root last (a chroot
+    /// connection, as root inside the user namespace).
+    pub playbooks: Vec<PathBuf>,
 }
 
 impl Manifest {
@@ -202,6 +211,11 @@ impl Manifest {
             env.insert(key.clone(), v.clone());
         }
         let files = src.files(&raw.files)?;
+        let playbooks = raw
+            .playbooks
+            .iter()
+            .map(|p| src.rel(p, "playbooks"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Manifest {
             origin: origin.to_string(),
             base,
@@ -209,6 +223,7 @@ impl Manifest {
             commands,
             env,
             files,
+            playbooks,
         })
     }
 }

@@ -219,6 +219,54 @@ mode = "0640"
     assert!(err.contains("no-such-tag"), "{err}");
     run_ok(sdk(&user, &s).args(["rmi", "bb-child"]));
 
+    // An Ansible layer: a playbook (raw tasks: the busybox root has no
+    // Python) run against the new root through a chroot connection, as
+    // root inside; a failing one is one line, exit 2.
+    let play = s.path().join("ansible");
+    std::fs::create_dir_all(&play).unwrap();
+    std::fs::write(
+        play.join("site.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    \
+         - ansible.builtin.raw: echo \"set by ansible as $(id -u)\" > /etc/from-ansible\n",
+    )
+    .unwrap();
+    std::fs::write(
+        play.join("fail.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.raw: exit 4\n",
+    )
+    .unwrap();
+    std::fs::write(
+        s.path().join("play.toml"),
+        "playbooks = [\"ansible/site.yml\"]\n[base]\nimage = \"bb\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        s.path().join("play-fail.toml"),
+        "playbooks = [\"ansible/fail.yml\"]\n[base]\nimage = \"bb\"\n",
+    )
+    .unwrap();
+    for f in ["ansible", "play.toml", "play-fail.toml"] {
+        chown_r(&user, &s.path().join(f));
+    }
+    let played = run_ok(sdk(&user, &s).args(["build", "play.toml", "--tag", "bb-ansible"]));
+    let file = s
+        .path()
+        .join("data/sdk-run/images")
+        .join(played.trim())
+        .join("rootfs/etc/from-ansible");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "set by ansible as 0\n"
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), subuid_start(&user));
+    let out = run_expect(sdk(&user, &s).args(["build", "play-fail.toml"]), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ansible-playbook") && err.contains("fail.yml"),
+        "{err}"
+    );
+    run_ok(sdk(&user, &s).args(["rmi", "bb-ansible"]));
+
     // A failing command: exit 2, one line naming it, store unchanged.
     let out = run_expect(sdk(&user, &s).args(["build", "bad.toml"]), 2);
     let err = String::from_utf8_lossy(&out.stderr);
