@@ -83,12 +83,13 @@ pub struct CommitArgs {
 /// Examples:
 ///   sdk-run build                                 the default SDK
 ///   sdk-run build rootfs-manifests/mine.toml --tag mine
+///   sdk-run build site.toml --tag site:2025.03 --tag site:latest
 pub struct BuildArgs {
     /// A rootfs manifest (see README "Rootfs manifests").
     pub manifest: Option<PathBuf>,
-    /// Name the image (letters, digits, `._:-`).
+    /// Name the image (letters, digits, `._:-`); repeat for several names.
     #[arg(long)]
-    pub tag: Option<String>,
+    pub tag: Vec<String>,
     /// Only print the digest the manifest resolves to; build nothing.
     #[arg(long)]
     pub digest_only: bool,
@@ -197,11 +198,19 @@ pub fn build(a: &BuildArgs) -> Result<i32> {
         println!("{}", build::digest(&m)?);
         return Ok(0);
     }
+    // Every name checked before anything is built.
+    if let Some(t) = a.tag.iter().find(|t| !crate::rootfs::store::valid_tag(t)) {
+        return Err(bad_input(crate::rootfs::store::StoreError::BadTag(
+            t.clone(),
+        )));
+    }
     let ctx = Ctx::from_env()?;
     let img = build::ensure(&ctx, &m)?;
-    if let Some(t) = &a.tag {
+    if !a.tag.is_empty() {
         let lock = ctx.store.lock()?;
-        ctx.store.tag(&lock, t, &img.meta.digest)?;
+        for t in &a.tag {
+            ctx.store.tag(&lock, t, &img.meta.digest)?;
+        }
     }
     println!("{}", img.meta.digest);
     Ok(0)

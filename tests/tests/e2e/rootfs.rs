@@ -178,7 +178,20 @@ mode = "0640"
     // Only the new files: the store under the scratch keeps its owners.
     chown_r(&user, &s.path().join("child.toml"));
     chown_r(&user, &s.path().join("no-parent.toml"));
-    let child = run_ok(sdk(&user, &s).args(["build", "child.toml", "--tag", "bb-child"]));
+    // A bad name among several: refused before anything is built.
+    let out = run_expect(
+        sdk(&user, &s).args(["build", "child.toml", "--tag", "ok", "--tag", "bad/tag"]),
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad/tag"));
+    let child = run_ok(sdk(&user, &s).args([
+        "build",
+        "child.toml",
+        "--tag",
+        "bb-child",
+        "--tag",
+        "bb-child:1",
+    ]));
     let child = child.trim();
     assert_ne!(child, digest);
     let child_root = s
@@ -210,6 +223,7 @@ mode = "0640"
         .iter()
         .find(|i| i["tags"][0] == "bb-child")
         .unwrap();
+    assert_eq!(c["tags"], serde_json::json!(["bb-child", "bb-child:1"]));
     assert_eq!(
         c["config"]["env"],
         serde_json::json!(["GREETING=by sdk-run", "LAYER=child"])
@@ -217,7 +231,7 @@ mode = "0640"
     let out = run_expect(sdk(&user, &s).args(["build", "no-parent.toml"]), 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-tag"), "{err}");
-    run_ok(sdk(&user, &s).args(["rmi", "bb-child"]));
+    run_ok(sdk(&user, &s).args(["rmi", "bb-child", "bb-child:1"]));
 
     // An Ansible layer: a playbook (raw tasks: the busybox root has no
     // Python) run against the new root through a chroot connection, as
