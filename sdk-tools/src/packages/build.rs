@@ -136,7 +136,7 @@ pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
         ))
         .into());
     }
-    let recipes = RecipeSet::load(&opts.repo).map_err(bad_input)?;
+    let recipes = RecipeSet::load_trees(&trees).map_err(bad_input)?;
     let roots = if opts.packages.is_empty() {
         vec![board.os_package.clone()]
     } else {
@@ -150,14 +150,14 @@ pub fn resolve(opts: &Options) -> Result<(Board, RecipeSet, Vec<String>)> {
     Ok((board, recipes, order))
 }
 
-/// How `--pretend` names a recipe tree: `.` for the repo, a parent by its
-/// path relative to the repo when inside it, else in full.
+/// How `--pretend` names a recipe tree: `.` for the repo (`repo` is
+/// canonical, as the trees are), a parent by its path relative to the repo
+/// when inside it, else in full.
 fn tree_label(repo: &Path, tree: &Path) -> String {
-    let repo = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
     if tree == repo {
         return ".".into();
     }
-    match tree.strip_prefix(&repo) {
+    match tree.strip_prefix(repo) {
         Ok(rel) => rel.display().to_string(),
         Err(_) => tree.display().to_string(),
     }
@@ -188,6 +188,10 @@ pub fn plan(
     } else {
         String::new()
     };
+    let repo = opts
+        .repo
+        .canonicalize()
+        .unwrap_or_else(|_| opts.repo.clone());
     let mut hashes: BTreeMap<String, String> = BTreeMap::new();
     let mut packages = Vec::new();
     for name in &order {
@@ -216,7 +220,7 @@ pub fn plan(
             tree: recipes
                 .trees
                 .get(name)
-                .map(|t| tree_label(&opts.repo, t))
+                .map(|t| tree_label(&repo, t))
                 .unwrap_or_else(|| ".".into()),
             deps,
         });

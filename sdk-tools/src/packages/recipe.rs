@@ -497,10 +497,16 @@ impl RecipeSet {
     /// name replaces an earlier one's.
     pub fn load(repo: &Path) -> Result<RecipeSet, RecipeErrors> {
         let trees = crate::image::repo::trees(repo).map_err(|e| RecipeErrors(vec![e]))?;
+        Self::load_trees(&trees)
+    }
+
+    /// [`RecipeSet::load`] for trees already resolved, in the order they
+    /// apply.
+    pub fn load_trees(trees: &[PathBuf]) -> Result<RecipeSet, RecipeErrors> {
         let mut set = RecipeSet::default();
         let mut errors = Vec::new();
         for tree in trees {
-            match Self::load_tree(&tree) {
+            match Self::load_tree(tree) {
                 Ok(recipes) => {
                     for (name, r) in recipes {
                         set.trees.insert(name.clone(), tree.clone());
