@@ -85,7 +85,7 @@ fn visit(dir: &Path, stack: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result
                     .map(|d| d.display().to_string())
                     .collect();
                 return Err(at(format!(
-                    "parents: a cycle, {}; a tree cannot derive from itself",
+                    "parents: a cycle, {}; a tree cannot derive from itself, so drop one of these from its `parents`",
                     chain.join(" -> ")
                 )));
             }
