@@ -44,6 +44,8 @@ PACKAGES=(
   systemd           # systemd-repart: benchmark peer of build_image
   time              # benchmarks: peak RSS (/usr/bin/time)
   ansible           # rootfs manifests: playbooks (community.general.chroot)
+  ipxe-qemu         # netboot: the iPXE ROMs QEMU boots from the network with
+  xorriso           # build_image --format iso: hybrid ISO images
 )
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")

@@ -266,6 +266,158 @@ pub fn kexec_file_load(
     Errno::result(r).map(drop)
 }
 
+/// `struct loop_info64` of `<linux/loop.h>`.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+
+/// Attach `file` to a free loop device (asked of `/dev/loop-control`),
+/// its data starting `offset` bytes in. The device is read-only when
+/// `file` was opened read-only. Returns the loop device's number
+/// (`/dev/loop<N>`, block major 7, minor N). The device stays attached
+/// after this returns (no auto-clear: the caller's open of it would be
+/// the last one and detach it).
+pub fn loop_attach(file: BorrowedFd<'_>, offset: u64) -> Result<u32, Errno> {
+    use std::os::fd::AsFd;
+    let ctl = nix::fcntl::open(
+        "/dev/loop-control",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
+    let n = Errno::result(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
+    let n = u32::try_from(n).map_err(|_| Errno::EINVAL)?;
+    let read_only = nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map(|f| f & libc::O_ACCMODE == libc::O_RDONLY)
+        .unwrap_or(true);
+    let mode = if read_only {
+        nix::fcntl::OFlag::O_RDONLY
+    } else {
+        nix::fcntl::OFlag::O_RDWR
+    };
+    let dev = nix::fcntl::open(
+        format!("/dev/loop{n}").as_str(),
+        mode | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: LOOP_SET_FD takes an fd number by value; `file` is open.
+    Errno::result(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, file.as_raw_fd()) })?;
+    if offset == 0 {
+        return Ok(n);
+    }
+    let info = LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rdevice: 0,
+        offset,
+        sizelimit: 0,
+        number: 0,
+        encrypt_type: 0,
+        encrypt_key_size: 0,
+        flags: 0,
+        file_name: [0; 64],
+        crypt_name: [0; 64],
+        encrypt_key: [0; 32],
+        init: [0; 2],
+    };
+    // SAFETY: LOOP_SET_STATUS64 reads a loop_info64, which `info` is
+    // (repr(C), the kernel's layout), alive for the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &info) };
+    if let Err(e) = Errno::result(r) {
+        // SAFETY: LOOP_CLR_FD (0x4C01) takes no argument.
+        unsafe { libc::ioctl(dev.as_raw_fd(), 0x4C01) };
+        return Err(e);
+    }
+    Ok(n)
+}
+
+/// `addr` as the `sockaddr` the interface and route ioctls take.
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; sockaddr is
+    // plain bytes, so any bit pattern is valid.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Give interface `name` the IPv4 address `addr`/`netmask`, bring it up,
+/// and route everything through `gateway` when there is one: what the
+/// kernel's `ip=` autoconfiguration would do with a static address.
+pub fn ipv4_configure(
+    name: &str,
+    addr: std::net::Ipv4Addr,
+    netmask: std::net::Ipv4Addr,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Result<(), Errno> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let request = || {
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req
+    };
+    let mut req = request();
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    // SAFETY: SIOCSIFADDR reads the ifreq we own for the duration of the call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })?;
+    let mut req = request();
+    req.ifr_ifru.ifru_netmask = sockaddr_in(netmask);
+    // SAFETY: as above, SIOCSIFNETMASK.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) })?;
+    let mut req = request();
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: as above, SIOCSIFFLAGS.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
+    if let Some(gw) = gateway.filter(|g| !g.is_unspecified()) {
+        // SAFETY: rtentry is plain data; zeroed is a valid value.
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        rt.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr_in(gw);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // SAFETY: SIOCADDRT reads the rtentry we own for the call (its
+        // device pointer is null: the kernel picks it by the gateway).
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) };
+        match Errno::result(r) {
+            Ok(_) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// `fork(2)`.
 ///
 /// Only call it while the process is single-threaded, or from code that

@@ -19,7 +19,11 @@
 //! - `root=PARTUUID=...|PARTLABEL=...` (default `PARTLABEL=ROOT`),
 //!   `rootfstype=` (default ext4), `init=` (default the first of
 //!   /usr/lib/systemd/systemd, /usr/sbin/init, /sbin/init),
-//!   `rd.timeout=<s>` to wait for disks (default 60).
+//!   `rd.timeout=<s>` to wait for disks (default 60);
+//! - `sdk.usr-url=tftp://...|http://...|cdrom:/PATH` instead of a USR
+//!   partition: the USR image as a file (netboot, live ISO; see
+//!   `boot::netroot`), with `ip=CLIENT:SERVER:GATEWAY:NETMASK::DEVICE:off`
+//!   to fetch it; `root=tmpfs` keeps ROOT in memory.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -83,6 +87,8 @@ pub enum PartSpec {
     Uuid(String),
     Label(String),
     Path(PathBuf),
+    /// `root=tmpfs`: ROOT in memory, empty at every boot.
+    Tmpfs,
 }
 
 impl PartSpec {
@@ -93,6 +99,8 @@ impl PartSpec {
             Ok(PartSpec::Label(l.to_string()))
         } else if s.starts_with("/dev/") {
             Ok(PartSpec::Path(s.into()))
+        } else if s == "tmpfs" {
+            Ok(PartSpec::Tmpfs)
         } else {
             Err(InitError::Cmdline(format!(
                 "`{s}`: name a partition as PARTUUID=, PARTLABEL= or /dev/..."
@@ -133,13 +141,29 @@ pub struct Plan {
     /// The slot a kexec'd boot was started for (`sdk.usr-slot=`): booted
     /// without choosing again.
     pub pinned_slot: Option<String>,
+    /// USR as a file (`sdk.usr-url=`) instead of `usr`.
+    pub usr_url: Option<super::netroot::UsrUrl>,
+    /// How to configure the network for `usr_url` (`ip=`).
+    pub ip: Option<super::netroot::IpConfig>,
 }
 
 impl Plan {
     pub fn from_cmdline(c: &BTreeMap<String, String>) -> InitResult<Plan> {
+        let usr_url = c
+            .get("sdk.usr-url")
+            .map(|u| super::netroot::UsrUrl::parse(u))
+            .transpose()
+            .map_err(InitError::Cmdline)?;
+        let ip = match (&usr_url, c.get("ip")) {
+            (Some(u), Some(v)) if u.needs_network() => {
+                Some(super::netroot::IpConfig::parse(v).map_err(InitError::Cmdline)?)
+            }
+            _ => None,
+        };
         let usr = match (c.get("verity.usr"), c.get("mount.usr")) {
             (Some(v), _) => PartSpec::parse(v)?,
             (None, Some(m)) if m != "/dev/mapper/usr" => PartSpec::parse(m)?,
+            _ if usr_url.is_some() => PartSpec::Path("/dev/mapper/usr".into()),
             _ => return Err(InitError::Cmdline("no USR partition on the kernel command line (verity.usr=PARTUUID=... or mount.usr=PARTLABEL=...)".into())),
         };
         let usrhash = c
@@ -198,6 +222,8 @@ impl Plan {
             timeout,
             boot_id: c.get(super::slotboot::CMDLINE_ID).cloned(),
             pinned_slot: c.get(super::slotboot::CMDLINE_SLOT).cloned(),
+            usr_url,
+            ip,
         })
     }
 }
@@ -334,8 +360,21 @@ fn boot() -> InitResult<()> {
 /// Find USR, read its verity superblock and create `/dev/mapper/usr`
 /// with the root hash from the command line. Returns the slot's label.
 fn setup_verity_usr(plan: &Plan) -> InitResult<String> {
-    let named = wait_for(&plan.usr, plan.timeout)?;
-    let (usr_dev, usrhash, hash_offset) = pick_slot(plan, named);
+    let (usr_dev, usrhash, hash_offset) = match &plan.usr_url {
+        Some(url) => {
+            let file = super::netroot::usr_file(url, plan.ip.as_ref(), plan.timeout, &say)
+                .map_err(InitError::Disk)?;
+            let (name, major, minor) = super::netroot::attach(&file).map_err(InitError::Disk)?;
+            let dev = BlockDev {
+                name,
+                label: "USR image".into(),
+                major,
+                minor,
+            };
+            (dev, plan.usrhash.clone(), plan.hash_offset)
+        }
+        None => pick_slot(plan, wait_for(&plan.usr, plan.timeout)?),
+    };
     let plan = &Plan {
         usrhash,
         hash_offset,
@@ -444,14 +483,24 @@ fn start_slot_kernel(plan: &Plan, cmdline: &str, slot: &str) -> InitResult<()> {
 /// ROOT on /sysroot, the verity device read-only on /sysroot/usr.
 fn mount_root_and_usr(plan: &Plan) -> InitResult<()> {
     use nix::mount::MsFlags;
-    let root_dev = wait_for(&plan.root, plan.timeout)?;
-    mount(
-        &format!("/dev/{}", root_dev.name),
-        "/sysroot",
-        &plan.rootfstype,
-        MsFlags::empty(),
-        None,
-    )?;
+    if plan.root == PartSpec::Tmpfs {
+        mount(
+            "tmpfs",
+            "/sysroot",
+            "tmpfs",
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )?;
+    } else {
+        let root_dev = wait_for(&plan.root, plan.timeout)?;
+        mount(
+            &format!("/dev/{}", root_dev.name),
+            "/sysroot",
+            &plan.rootfstype,
+            MsFlags::empty(),
+            None,
+        )?;
+    }
     let mut head = vec![0u8; 4096];
     File::open("/dev/mapper/usr")
         .and_then(|mut u| u.read_exact(&mut head))
@@ -698,6 +747,7 @@ fn find_part(spec: &PartSpec) -> Option<BlockDev> {
         let hit = match spec {
             PartSpec::Label(l) => ev.get("PARTNAME") == Some(l),
             PartSpec::Path(p) => p == &PathBuf::from(format!("/dev/{name}")),
+            PartSpec::Tmpfs => false,
             PartSpec::Uuid(u) => {
                 let parent = std::fs::canonicalize(&dir)
                     .ok()?
@@ -1004,6 +1054,28 @@ mod tests {
         assert_eq!(p.usr, PartSpec::Label("USR-B".into()));
         assert_eq!(p.hash_offset, Some(8192));
         assert_eq!(p.on_corruption, OnCorruption::Restart);
+    }
+
+    #[test]
+    fn a_usr_image_from_the_network_with_root_in_memory() {
+        let c = parse_cmdline(&format!(
+            "sdk.usr-url=tftp://10.0.2.2/x_usr.squashfs ip=10.0.2.15:10.0.2.2:10.0.2.2:255.255.255.0:::off usrhash={HASH} root=tmpfs"
+        ));
+        let p = Plan::from_cmdline(&c).unwrap();
+        assert!(matches!(
+            p.usr_url,
+            Some(crate::boot::netroot::UsrUrl::Tftp { .. })
+        ));
+        assert_eq!(p.ip.unwrap().client, std::net::Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(p.root, PartSpec::Tmpfs);
+        // A network source without ip=, or a bad one, is refused up front.
+        let c = parse_cmdline(&format!(
+            "sdk.usr-url=tftp://10.0.2.2/x ip=dhcp usrhash={HASH}"
+        ));
+        assert!(Plan::from_cmdline(&c).is_err());
+        // The verity hash stays required.
+        let c = parse_cmdline("sdk.usr-url=cdrom:/usr.img root=tmpfs");
+        assert!(Plan::from_cmdline(&c).is_err());
     }
 
     #[test]

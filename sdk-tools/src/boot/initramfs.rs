@@ -31,7 +31,9 @@ pub const KERNEL_VERSION_FILE: &str = "etc/sdk-initrd/kernel-version";
 /// may use (built-in ones are fine too).
 pub const REQUIRED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "dm-verity", "ext4"];
 /// Taken when the kernel has them: other disk buses and USR filesystems.
-/// `qemu_fw_cfg` brings the Ignition config QEMU passes.
+/// `qemu_fw_cfg` brings the Ignition config QEMU passes; the NIC and
+/// `loop` a netboot's USR image ([`NETBOOT_MODULES`]), the CD drive and
+/// ISO 9660 a live ISO's ([`ISO_MODULES`]).
 pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_scsi",
     "sd_mod",
@@ -39,7 +41,38 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "squashfs",
     "nvme",
     "qemu_fw_cfg",
+    "loop",
+    "virtio_net",
+    "isofs",
+    "sr_mod",
+    "ahci",
+    "ata_piix",
 ];
+
+/// What a netboot needs of the kernel: the NIC QEMU gives (and real
+/// machines' drivers built in or added by the board), `loop` for the
+/// fetched USR image, and the filesystem it is in.
+pub const NETBOOT_MODULES: &[&str] = &["virtio_net", "loop"];
+/// What a live ISO needs: the CD drive (SATA on q35), ISO 9660 and `loop`.
+pub const ISO_MODULES: &[&str] = &["sr_mod", "isofs", "loop"];
+
+/// Fail (a usage error naming the module) unless the kernel in `root`
+/// has every one of `needed`, built in or as a module.
+pub fn check_modules(root: &Path, needed: &[&str]) -> Result<(), BootError> {
+    let kernel = super::kmod::find_kernel(root, None)?;
+    let idx = ModuleIndex::load(&kernel.modules_dir)?;
+    if !idx.knows_modules() {
+        return Ok(());
+    }
+    match needed.iter().find(|m| !idx.has(m)) {
+        Some(m) => Err(BootError::MissingModule {
+            kernel: kernel.version,
+            module: (*m).to_string(),
+            dir: kernel.modules_dir,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// What went into an initramfs.
 #[derive(Debug, Clone)]

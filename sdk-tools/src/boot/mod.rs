@@ -18,6 +18,7 @@ pub mod ignition;
 pub mod init;
 pub mod initramfs;
 pub mod kmod;
+pub mod netroot;
 pub mod serve;
 pub mod slot;
 pub mod slotboot;

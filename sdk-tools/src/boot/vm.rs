@@ -27,6 +27,12 @@ pub enum Format {
     Qemu,
     /// Boot the disk through UEFI firmware (OVMF) and systemd-boot.
     QemuUefi,
+    /// Boot a netboot set (`build_image --format pxe`) from QEMU's TFTP
+    /// server through the NIC's iPXE; no disk.
+    Pxe,
+    /// Boot a live ISO (`build_image --format iso`) from `-cdrom` under
+    /// UEFI; no disk.
+    Iso,
 }
 
 impl Format {
@@ -34,6 +40,18 @@ impl Format {
         match self {
             Format::Qemu => "qemu",
             Format::QemuUefi => "qemu_uefi",
+            Format::Pxe => "pxe",
+            Format::Iso => "iso",
+        }
+    }
+
+    /// The folder of `build_image --format` outputs this boots, under
+    /// `__build__/images/<board>/`, and the main file's extension.
+    fn output(self) -> (Option<&'static str>, &'static str) {
+        match self {
+            Format::Qemu | Format::QemuUefi => (None, "bin"),
+            Format::Pxe => (Some("pxe"), "ipxe"),
+            Format::Iso => (Some("iso"), "iso"),
         }
     }
 }
@@ -183,6 +201,17 @@ pub fn image_name(image: &Path) -> String {
 /// (not the `_update.bin` payload) under the current directory or one of
 /// its parents.
 pub fn find_board_image(board: &str) -> Result<PathBuf, BootError> {
+    find_board_output(board, Format::Qemu)
+}
+
+/// What `format` boots of `board`'s latest build: the disk image, or
+/// the iPXE script of `pxe/latest/`, or the ISO of `iso/latest/`.
+pub fn find_board_output(board: &str, format: Format) -> Result<PathBuf, BootError> {
+    let (sub, ext) = format.output();
+    let build = match sub {
+        Some(f) => format!("build_image --board {board} --format {f}"),
+        None => format!("build_image --board {board}"),
+    };
     let cwd = std::env::current_dir().map_err(|source| BootError::Io {
         what: "read",
         path: ".".into(),
@@ -190,9 +219,15 @@ pub fn find_board_image(board: &str) -> Result<PathBuf, BootError> {
     })?;
     let dir = cwd
         .ancestors()
-        .map(|a| a.join("__build__/images").join(board).join("latest"))
+        .map(|a| {
+            let d = a.join("__build__/images").join(board);
+            sub.map_or(d.clone(), |s| d.join(s)).join("latest")
+        })
         .find(|d| d.is_dir())
-        .ok_or_else(|| BootError::Usage(format!("no __build__/images/{board}/latest here or above; run build_image --board {board} first (or pass --image FILE)")))?;
+        .ok_or_else(|| {
+            let at = sub.map_or(String::new(), |s| format!("{s}/"));
+            BootError::Usage(format!("no __build__/images/{board}/{at}latest here or above; run {build} first (or pass --image FILE)"))
+        })?;
     let mut bins: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|source| BootError::Io {
             what: "read",
@@ -206,18 +241,18 @@ pub fn find_board_image(board: &str) -> Result<PathBuf, BootError> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            n.ends_with(".bin") && !n.ends_with("_update.bin")
+            n.ends_with(&format!(".{ext}")) && !n.ends_with("_update.bin")
         })
         .collect();
     bins.sort();
     match bins.len() {
         1 => Ok(bins.remove(0)),
         0 => Err(BootError::Usage(format!(
-            "no disk image (*.bin) in {}; run build_image --board {board}",
+            "no *.{ext} in {}; run {build}",
             dir.display()
         ))),
         _ => Err(BootError::Usage(format!(
-            "several disk images in {}; pass --image FILE",
+            "several *.{ext} in {}; pass --image FILE",
             dir.display()
         ))),
     }
@@ -237,19 +272,23 @@ pub fn up_to_date(spec: &VmSpec) -> Option<VmOutput> {
         .out_dir
         .clone()
         .unwrap_or_else(|| image.parent().unwrap_or(Path::new(".")).to_path_buf());
-    let name = format!("{}_{}", image_name(image), spec.format.suffix());
+    let name = vm_name(image, spec.format);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let built = mtime(image)?;
     let mut needed = vec![
         out_dir.join(format!("{name}.sh")),
-        out_dir.join(format!("{name}_image.img")),
+        match spec.format {
+            Format::Pxe | Format::Iso => image.clone(),
+            _ => out_dir.join(format!("{name}_image.img")),
+        },
     ];
     match spec.format {
+        Format::Pxe => {}
         Format::Qemu => needed.extend([
             out_dir.join(format!("{name}_vmlinuz")),
             out_dir.join(format!("{name}_initrd")),
         ]),
-        Format::QemuUefi => needed.extend([
+        Format::QemuUefi | Format::Iso => needed.extend([
             out_dir.join(format!("{name}_efi_code.fd")),
             out_dir.join(format!("{name}_efi_vars.fd")),
         ]),
@@ -269,6 +308,9 @@ pub fn up_to_date(spec: &VmSpec) -> Option<VmOutput> {
 /// Make the qcow2 and launcher for `spec.image`. Everything is checked
 /// before anything is written.
 pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
+    if matches!(spec.format, Format::Pxe | Format::Iso) {
+        return live_to_vm(spec);
+    }
     let image = &spec.image;
     let parts = disk::partitions(image)?;
     let esp = disk::esp(&parts, image)?;
@@ -287,7 +329,7 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         .clone()
         .unwrap_or_else(|| image.parent().unwrap_or(Path::new(".")).to_path_buf());
     std::fs::create_dir_all(&out_dir).map_err(io("create", &out_dir))?;
-    let name = format!("{}_{}", image_name(image), spec.format.suffix());
+    let name = vm_name(image, spec.format);
     // The machine follows the kernel the image boots (the board's profile
     // says the same, or the image is not that board's).
     let kernel_tmp = out_dir.join(format!(".{name}_vmlinuz.tmp"));
@@ -316,7 +358,7 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         }
     };
     let firmware = match spec.format {
-        Format::Qemu => None,
+        Format::Qemu | Format::Pxe | Format::Iso => None,
         Format::QemuUefi => match find_firmware(spec, &machine) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -384,7 +426,18 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         }
     };
     let launcher = out_dir.join(format!("{name}.sh"));
-    let script = launcher_script(&machine, &format!("{name}_image.img"), &boot_args);
+    let disk = format!("{name}_image.img");
+    let script = launcher_script(
+        &machine,
+        &Media {
+            name: &name,
+            file: &disk,
+            args: &format!("-drive if=virtio,format=qcow2,file=\"$DIR/{disk}\""),
+            net: "",
+            memory: 1024,
+        },
+        &boot_args,
+    );
     let tmp = out_dir.join(format!(".{name}.sh.tmp"));
     std::fs::write(&tmp, script).map_err(io("write", &tmp))?;
     {
@@ -440,7 +493,27 @@ fn find_firmware(spec: &VmSpec, m: &Machine) -> Result<(PathBuf, PathBuf), BootE
 
 /// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe (only
 /// when the guest's architecture is this machine's).
-fn launcher_script(m: &Machine, disk: &str, boot_args: &str) -> String {
+/// What a launcher boots: its own name, the file it needs beside it,
+/// the QEMU arguments that attach it, the NIC's extra user-mode
+/// networking options (non-empty: the guest always gets a NIC), and the
+/// default memory.
+struct Media<'a> {
+    name: &'a str,
+    file: &'a str,
+    args: &'a str,
+    net: &'a str,
+    memory: u32,
+}
+
+fn launcher_script(m: &Machine, media: &Media<'_>, boot_args: &str) -> String {
+    let Media {
+        name,
+        file,
+        args: media_args,
+        net,
+        memory,
+    } = *media;
+    let always_net = if net.is_empty() { "" } else { "1" };
     let Machine {
         arch,
         qemu,
@@ -452,11 +525,11 @@ fn launcher_script(m: &Machine, disk: &str, boot_args: &str) -> String {
         r#"#!/bin/bash
 # QEMU launcher made by image_to_vm. Runs the image next to this script.
 #
-#   ./{disk_sh} -nographic              serial console in this terminal
-#   ./{disk_sh} -M 2048 -p 2223 -- -snapshot
+#   ./{name}.sh -nographic              serial console in this terminal
+#   ./{name}.sh -M 2048 -p 2223 -- -snapshot
 set -euo pipefail
 DIR=$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)
-VM_MEMORY=1024
+VM_MEMORY={memory}
 SSH_PORT=2222
 CONFIG_FILE=""
 NOGRAPHIC=""
@@ -467,7 +540,7 @@ UPDATE_PORT=""
 usage() {{
   cat <<'EOF'
 Usage: launcher [options] [-- extra qemu args]
-  -M MB         memory (default 1024)
+  -M MB         memory (default {memory})
   -p PORT       forward host port PORT to the guest's ssh port 22 (default 2222; "none" for no forward)
   -i FILE       an Ignition config for the first boot, passed by fw_cfg as
                 opt/com.coreos/config and opt/org.flatcar-linux/config (checked
@@ -516,8 +589,8 @@ if [ -n "$CONFIG_FILE" ] && command -v ignition-validate >/dev/null &&
   echo "error: $CONFIG_FILE is not a valid Ignition config: $(printf '%s' "$why" | head -1)" >&2
   exit 2
 fi
-if [ ! -f "$DIR/{disk}" ]; then
-  echo "error: disk image $DIR/{disk} is missing; run image_to_vm again" >&2
+if [ ! -f "$DIR/{file}" ]; then
+  echo "error: $DIR/{file} is missing; run image_to_vm again" >&2
   exit 2
 fi
 
@@ -544,10 +617,13 @@ esac
 
 args=(-name sdk-run-vm -machine {machine},accel=$ACCEL -m "$VM_MEMORY" -smp 1)
 if [ "$ACCEL" = kvm ]; then args+=(-cpu host); elif [ -n "{tcg_cpu}" ]; then args+=(-cpu "{tcg_cpu}"); fi
-args+=(-drive if=virtio,format=qcow2,file="$DIR/{disk}")
-if [ "$SSH_PORT" != none ]; then
+args+=({media_args})
+if [ "$SSH_PORT" != none ] || [ -n "{always_net}" ]; then
   # guestfwd runs the command once a connection, its stdio the stream.
-  args+=(-netdev "user,id=eth0${{RESTRICT:+,restrict=on}},hostfwd=tcp:127.0.0.1:$SSH_PORT-:22${{UPDATE_PORT:+,guestfwd=tcp:10.0.2.100:80-cmd:nc -N 127.0.0.1 $UPDATE_PORT}}" -device virtio-net-pci,netdev=eth0)
+  netdev="user,id=eth0${{RESTRICT:+,restrict=on}}{net}"
+  if [ "$SSH_PORT" != none ]; then netdev+=",hostfwd=tcp:127.0.0.1:$SSH_PORT-:22"; fi
+  if [ -n "$UPDATE_PORT" ]; then netdev+=",guestfwd=tcp:10.0.2.100:80-cmd:nc -N 127.0.0.1 $UPDATE_PORT"; fi
+  args+=(-netdev "$netdev" -device virtio-net-pci,netdev=eth0)
 else
   args+=(-nic none)
 fi
@@ -558,8 +634,119 @@ fi
 if [ -n "$NOGRAPHIC" ]; then args+=(-nographic); fi
 exec {qemu} "${{args[@]}}" {boot_args} "$@"
 "#,
-        disk_sh = disk.replace("_image.img", ".sh"),
     )
+}
+
+/// The launcher's and console log's base name: `<image>_<format>`; a
+/// netboot set or ISO is named for its format already.
+fn vm_name(image: &Path, format: Format) -> String {
+    match format {
+        Format::Pxe | Format::Iso => format!("{}_qemu", image_name(image)),
+        f => format!("{}_{}", image_name(image), f.suffix()),
+    }
+}
+
+/// `image_to_vm` of a netboot set (`spec.image` its iPXE script, the
+/// rest beside it, served by QEMU's TFTP server) or of a live ISO. No
+/// disk: the launcher boots what is there, every boot a first boot.
+fn live_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
+    let image = &spec.image;
+    let file = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let want = spec.format.output().1;
+    if !image.is_file() || !file.ends_with(&format!(".{want}")) {
+        return Err(BootError::Usage(format!(
+            "{}: --format {} boots a *.{want} that build_image --format {} wrote; pass that file",
+            image.display(),
+            spec.format.suffix(),
+            spec.format.suffix()
+        )));
+    }
+    let dir = image.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let out_dir = spec.out_dir.clone().unwrap_or_else(|| dir.clone());
+    let same_dir = std::fs::canonicalize(&dir).ok() == std::fs::canonicalize(&out_dir).ok();
+    if !same_dir {
+        return Err(BootError::Usage(format!(
+            "--output: a {} launcher lives beside {}; leave --output out",
+            spec.format.suffix(),
+            image.display()
+        )));
+    }
+    let arch = spec.board_arch.clone().unwrap_or_else(|| "x86_64".into());
+    if arch != "x86_64" {
+        return Err(BootError::Usage(format!(
+            "booting {} sets in QEMU is x86_64 only so far (this board is {arch}); the set itself is built",
+            spec.format.suffix()
+        )));
+    }
+    let machine = Machine::for_arch(&arch)?;
+    let name = vm_name(image, spec.format);
+    let (media, net, boot_args, memory) = match spec.format {
+        Format::Pxe => {
+            let stem = image_name(image);
+            for part in ["vmlinuz", "initrd"] {
+                let p = dir.join(format!("{stem}.{part}"));
+                if !p.is_file() {
+                    return Err(BootError::Usage(format!(
+                        "{}: the netboot set is incomplete; build it again with build_image --format pxe",
+                        p.display()
+                    )));
+                }
+            }
+            // The NIC's iPXE takes QEMU's DHCP offer, whose boot file is
+            // the script; the script fetches the rest from the same TFTP
+            // server (QEMU's, serving the set's folder).
+            (
+                String::new(),
+                format!(",tftp=$DIR,bootfile={file}"),
+                "-boot n".to_string(),
+                2048,
+            )
+        }
+        _ => {
+            let (code, vars) = find_firmware(spec, &machine)?;
+            let code_out = format!("{name}_efi_code.fd");
+            let vars_out = format!("{name}_efi_vars.fd");
+            std::fs::copy(&code, out_dir.join(&code_out)).map_err(io("copy", &code))?;
+            std::fs::copy(&vars, out_dir.join(&vars_out)).map_err(io("copy", &vars))?;
+            (
+                format!("-cdrom \"$DIR/{file}\""),
+                String::new(),
+                format!(
+                    "-drive if=pflash,format=raw,unit=0,readonly=on,file=\"$DIR/{code_out}\" -drive if=pflash,format=raw,unit=1,file=\"$DIR/{vars_out}\""
+                ),
+                1536,
+            )
+        }
+    };
+    let launcher = out_dir.join(format!("{name}.sh"));
+    let script = launcher_script(
+        &machine,
+        &Media {
+            name: &name,
+            file: &file,
+            args: &media,
+            net: &net,
+            memory,
+        },
+        &boot_args,
+    );
+    let tmp = out_dir.join(format!(".{name}.sh.tmp"));
+    std::fs::write(&tmp, script).map_err(io("write", &tmp))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &tmp))?;
+    }
+    std::fs::rename(&tmp, &launcher).map_err(io("rename", &tmp))?;
+    Ok(VmOutput {
+        launcher,
+        disk: image.clone(),
+        console_log: out_dir.join(format!("{name}_console.log")),
+        cmdline: None,
+    })
 }
 
 /// The result of one `test_image` boot.

@@ -19,6 +19,10 @@ pub enum FormatArg {
     /// Boot the disk through UEFI firmware (OVMF) and systemd-boot.
     #[value(name = "qemu_uefi")]
     QemuUefi,
+    /// A netboot set (build_image --format pxe) over QEMU's TFTP and iPXE.
+    Pxe,
+    /// A live ISO (build_image --format iso) from -cdrom under UEFI.
+    Iso,
 }
 
 impl From<FormatArg> for Format {
@@ -26,6 +30,8 @@ impl From<FormatArg> for Format {
         match f {
             FormatArg::Qemu => Format::Qemu,
             FormatArg::QemuUefi => Format::QemuUefi,
+            FormatArg::Pxe => Format::Pxe,
+            FormatArg::Iso => Format::Iso,
         }
     }
 }
@@ -62,12 +68,12 @@ fn target_of(board: Option<&str>) -> anyhow::Result<crate::boot::initramfs::Targ
 impl ImageSel {
     /// The image, and the architecture its board's profile says it is for
     /// (with `--image`, the image itself tells).
-    fn resolve(&self) -> anyhow::Result<(PathBuf, Option<String>)> {
+    fn resolve(&self, format: Format) -> anyhow::Result<(PathBuf, Option<String>)> {
         match (&self.image, &self.board) {
             (Some(i), _) => Ok((i.clone(), None)),
             (None, Some(b)) => {
                 let board = load_board(b)?;
-                let image = crate::boot::vm::find_board_image(b).map_err(classify)?;
+                let image = crate::boot::vm::find_board_output(b, format).map_err(classify)?;
                 Ok((image, Some(board.arch)))
             }
             (None, None) => Err(anyhow::Error::new(crate::exit::UsageError(
@@ -85,13 +91,15 @@ impl ImageSel {
 ///   image_to_vm --board amd64-usr --format qemu_uefi # OVMF + systemd-boot
 ///   image_to_vm --board amd64-usr --compress         # a qcow2 that stands alone
 ///   image_to_vm --board arm64-usr --format qemu_uefi # qemu-system-aarch64 -M virt, AAVMF
+///   image_to_vm --board amd64-usr --format pxe       # the pxe/ set: QEMU's TFTP + iPXE, no disk
 ///   ./__build__/images/amd64-usr/latest/<name>_qemu.sh -nographic
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ImageToVmArgs {
     #[command(flatten)]
     pub sel: ImageSel,
-    /// How the VM boots: qemu (kernel and initramfs given to QEMU) or qemu_uefi (OVMF, systemd-boot).
+    /// How the VM boots: qemu (kernel and initramfs given to QEMU), qemu_uefi (OVMF, systemd-boot),
+    /// pxe (a netboot set over TFTP) or iso (a live ISO).
     #[arg(long, value_enum, default_value = "qemu")]
     pub format: FormatArg,
     /// Output directory (default: next to the image).
@@ -110,7 +118,7 @@ pub struct ImageToVmArgs {
 }
 
 pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
-    let (image, board_arch) = a.sel.resolve()?;
+    let (image, board_arch) = a.sel.resolve(a.format.into())?;
     let out = crate::boot::vm::image_to_vm(&VmSpec {
         image: image.clone(),
         format: a.format.into(),
@@ -134,13 +142,16 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
 /// Examples:
 ///   test_image --board amd64-usr
 ///   test_image --board amd64-usr --format qemu_uefi --timeout 900
+///   test_image --board amd64-usr --format pxe        # build_image --format pxe first
+///   test_image --board amd64-usr --format iso        # build_image --format iso first
 ///   test_image --board arm64-usr --tests tests/    # emulated: minutes, not seconds
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct TestImageArgs {
     #[command(flatten)]
     pub sel: ImageSel,
-    /// How the VM boots: qemu (kernel and initramfs given to QEMU) or qemu_uefi (OVMF, systemd-boot).
+    /// How the VM boots: qemu (kernel and initramfs given to QEMU), qemu_uefi (OVMF, systemd-boot),
+    /// pxe (a netboot set over QEMU's TFTP and iPXE) or iso (a live ISO from -cdrom).
     #[arg(long, value_enum, default_value = "qemu")]
     pub format: FormatArg,
     /// Seconds to wait for the marker.
@@ -174,7 +185,7 @@ pub struct TestImageArgs {
 }
 
 pub fn test_image(a: TestImageArgs) -> anyhow::Result<()> {
-    let (image, board_arch) = a.sel.resolve()?;
+    let (image, board_arch) = a.sel.resolve(a.format.into())?;
     if let Some(i) = &a.ignition {
         crate::boot::ignition::check(i).map_err(classify)?;
     }

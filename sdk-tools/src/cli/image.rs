@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use crate::formats::fs::FsType;
 use crate::image::build::{ImageRequest, build_image};
+use crate::image::live::OutputFormat;
 use crate::image::sysext::{SysextRequest, build_sysext};
 
 /// Build a GPT disk image with A/B USR partitions under dm-verity.
@@ -22,6 +23,13 @@ Examples:
   build_image --board amd64-usr --root ./staging
       Build from a staging root made elsewhere (files owned by you count
       as root's in the image).
+  build_image --board amd64-usr --format pxe
+      A netboot set in __build__/images/amd64-usr/pxe/: kernel, initramfs,
+      the USR image (squashfs + verity tree) and an iPXE script that boots
+      them from the TFTP server it came from (test_image --format pxe).
+  build_image --board amd64-usr --format iso
+      A hybrid live ISO (UEFI, CD or USB stick) in .../iso/; ROOT is in
+      memory, USR verified from the medium (test_image --format iso).
   build_image --board amd64-usr --oci os.tar
       Write the OS tree as a one-layer OCI image archive instead; layer on
       it (umoci, podman) and come back with --from-oci os-custom.tar.
@@ -70,6 +78,10 @@ pub struct BuildImageArgs {
     /// made once in __build__/keys].
     #[arg(long, value_name = "FILE", env = "SDK_UPDATE_SIGN_KEY")]
     pub sign_key: Option<PathBuf>,
+    /// What to build: the disk image, a netboot set (pxe) or a live ISO
+    /// (iso); the last two go to <output>/<format>/ by default.
+    #[arg(long, value_enum, default_value = "disk")]
+    pub format: OutputFormat,
 }
 
 /// Build a systemd-sysext image from packages.
@@ -128,6 +140,7 @@ pub fn run_build_image(a: BuildImageArgs) -> Result<()> {
         build_root: a.build_root,
         layout_variant: a.disk_layout,
         sign_key: a.sign_key,
+        format: a.format,
     })
     .map(|_| ())
 }

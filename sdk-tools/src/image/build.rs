@@ -22,6 +22,7 @@ use super::contents::contents_txt;
 use super::derive::{Seed, env_epoch};
 use super::esp::EspInputs;
 use super::install::{Source, install};
+use super::live::OutputFormat;
 use super::outputs::{Artifact, OutputDir, artifacts};
 use super::repo::Repo;
 use super::sbom;
@@ -61,12 +62,16 @@ pub struct ImageRequest {
     /// The ed25519 key (PKCS#8 PEM) that signs the update metadata; else
     /// the repo's development key.
     pub sign_key: Option<PathBuf>,
+    /// The disk image, a netboot set or a live ISO.
+    pub format: OutputFormat,
 }
 
 /// The stages of a disk image build, in order.
 const DISK_STAGES: &[&str] = &[
     "install", "usr", "verity", "esp", "disk", "outputs", "publish",
 ];
+/// The stages of a netboot set or a live ISO.
+const LIVE_STAGES: &[&str] = &["install", "usr", "verity", "boot", "outputs", "publish"];
 /// The stages of `--oci`.
 const OCI_STAGES: &[&str] = &["install", "oci"];
 
@@ -229,6 +234,7 @@ struct Plan {
     trusted_keys: Vec<(String, String)>,
     /// The repo's and the board's `overrides/` trees, checked.
     overrides: super::overrides::Overrides,
+    format: OutputFormat,
 }
 
 /// The key that signs updates: `--sign-key` (or SDK_UPDATE_SIGN_KEY),
@@ -290,12 +296,23 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
             layout_path.display()
         ))
     })?;
-    let usr_fs: FsType = usr
+    let mut usr_fs: FsType = usr
         .fs
         .as_deref()
         .unwrap_or("ext4")
         .parse()
         .map_err(|e: fsb::FsError| usage(format!("{}: USR-A fs: {e}", layout_path.display())))?;
+    // A netboot or live USR image is read whole into memory or off a
+    // CD: compressed (squashfs, or erofs when the board's USR is).
+    if req.format != OutputFormat::Disk && usr_fs == FsType::Ext4 {
+        usr_fs = FsType::Squashfs;
+    }
+    if req.format != OutputFormat::Disk && req.oci.is_some() {
+        return Err(usage(format!(
+            "--oci writes an OCI archive, not a {} image; drop --format or --oci",
+            req.format.name()
+        )));
+    }
     if usr_fs == FsType::Vfat {
         return Err(usage(format!(
             "{}: USR-A fs vfat cannot carry owners and modes; use ext4, erofs or squashfs",
@@ -334,6 +351,7 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
         }
     };
     Ok(Plan {
+        format: req.format,
         overrides,
         repo,
         board,
@@ -392,10 +410,15 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
         .as_ref()
         .map(|o| absolute(&cwd, o))
         .unwrap_or_else(|| {
-            plan.repo
+            let d = plan
+                .repo
                 .root
                 .join("__build__/images")
-                .join(&plan.board.name)
+                .join(&plan.board.name);
+            match plan.format {
+                OutputFormat::Disk => d,
+                f => d.join(f.name()),
+            }
         });
     let out = OutputDir::open(&out_dir).map_err(|e| match e {
         e @ super::outputs::OutputError::Busy { .. } => bad_input(e),
@@ -406,15 +429,19 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
     let name = format!("{stem}-a{attempt}");
     let work = out.temp()?;
     // Everything is checked: from here on the stages show as they go.
-    let mut stages = Stages::new(false, DISK_STAGES);
-    let built = build_once(&plan, work.path(), attempt, &mut stages).map_err(explain_full_disk)?;
+    let order = match plan.format {
+        OutputFormat::Disk => DISK_STAGES,
+        _ => LIVE_STAGES,
+    };
+    let mut stages = Stages::new(false, order);
+    let built = build_any(&plan, work.path(), attempt, &mut stages).map_err(explain_full_disk)?;
     if req.check_reproducible {
         eprintln!("build_image: --check-reproducible: building a second time to compare");
-        let again = build_once(
+        let again = build_any(
             &plan,
             &work.path().join("check"),
             attempt,
-            &mut Stages::new(true, DISK_STAGES),
+            &mut Stages::new(true, order),
         )
         .map_err(explain_full_disk)?;
         compare(&built, &again)?;
@@ -435,8 +462,169 @@ pub fn build_image(req: &ImageRequest) -> Result<PathBuf> {
         built.root_hash,
         stages.summary()
     );
-    println!("{}", dest.join(format!("{}.bin", built.name)).display());
+    let main = match plan.format {
+        OutputFormat::Disk => format!("{}.bin", built.name),
+        OutputFormat::Pxe => format!("{}.ipxe", built.name),
+        OutputFormat::Iso => format!("{}.iso", built.name),
+    };
+    println!("{}", dest.join(main).display());
     Ok(dest)
+}
+
+fn build_any(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Result<Built> {
+    match plan.format {
+        OutputFormat::Disk => build_once(plan, work, attempt, stages),
+        _ => build_live(plan, work, attempt, stages),
+    }
+}
+
+/// A netboot set or a live ISO: the disk image's install, USR and
+/// verity stages and its initramfs, without the disk (see `image::live`).
+fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Result<Built> {
+    use super::live;
+    fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
+    let mut ins = install_stage(plan, work, stages)?;
+    crate::boot::initramfs::check_modules(ins.tree.root(), plan.format.modules())
+        .map_err(classify)
+        .with_context(|| format!("--format {}", plan.format.name()))?;
+    let name = format!("{}_{}_{}", ins.id, plan.group, plan.format.name());
+    let out = work.join("out");
+    fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    let esp_dir = work.join("esp");
+    fs::create_dir_all(&esp_dir).with_context(|| format!("create {}", esp_dir.display()))?;
+    let title = format!("{} {} ({})", ins.id, plan.repo.os_version, plan.group);
+    let target = crate::boot::initramfs::Target::of(&plan.board);
+    let arch = target.arch.clone();
+    let mut esp_job = super::esp::start(&EspInputs {
+        staging_root: ins.tree.root(),
+        esp_dir: &esp_dir,
+        usr_hash: "",
+        usr_hash_offset: 0,
+        usr_a_uuid: uuid::Uuid::nil(),
+        usr_b_uuid: uuid::Uuid::nil(),
+        root_uuid: None,
+        title: title.clone(),
+        epoch: ins.epoch,
+        extra_cmdline: &plan.board.kernel_cmdline,
+        target,
+    });
+    let (slot_boot, initrd, kernel) = esp_job.slot_boot()?;
+    add_slot_boot(&mut ins.tree, &slot_boot, &initrd, kernel.as_deref())?;
+    let kdir = initrd
+        .parent()
+        .expect("the initramfs is in the kernel's folder")
+        .to_path_buf();
+
+    let usr_file = format!("{name}_usr.{}", plan.usr_fs.name());
+    let usr_img = match plan.format {
+        OutputFormat::Iso => work.join(&usr_file),
+        _ => out.join(&usr_file),
+    };
+    let fs_size = usr_stage(plan, &ins, "USR", &usr_img, work, stages)?;
+    let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
+    let root_hash = formatted.root_hash_hex();
+    stages.mark(
+        "verity",
+        &format!(
+            "root hash {root_hash}, tree {} KiB",
+            formatted.hash_size >> 10
+        ),
+    );
+    let base = crate::boot::esp::base_cmdline(
+        &crate::boot::esp::PartRef::label("ROOT"),
+        &arch,
+        &plan.board.kernel_cmdline,
+    );
+    let detail = match plan.format {
+        OutputFormat::Pxe => {
+            let words = live::cmdline(&base, &root_hash, fs_size, &format!("${{base}}{usr_file}"));
+            for (from, to) in [("linux", "vmlinuz"), ("initrd", "initrd")] {
+                let dst = out.join(format!("{name}.{to}"));
+                fs::copy(kdir.join(from), &dst)
+                    .with_context(|| format!("write {}", dst.display()))?;
+            }
+            let script = out.join(format!("{name}.ipxe"));
+            fs::write(&script, live::ipxe_script(&title, &name, &words))
+                .with_context(|| format!("write {}", script.display()))?;
+            format!("{name}.ipxe, cmdline: {words}")
+        }
+        _ => {
+            let words = live::cmdline(
+                &base,
+                &root_hash,
+                fs_size,
+                &format!("cdrom:{}", live::ISO_USR),
+            );
+            let kd = kdir
+                .strip_prefix(&esp_dir)
+                .unwrap_or(&kdir)
+                .display()
+                .to_string();
+            let entry = esp_dir.join("loader/entries/live.conf");
+            fs::write(
+                &entry,
+                format!("title {title}\nlinux /{kd}/linux\ninitrd /{kd}/initrd\noptions {words}\n"),
+            )
+            .with_context(|| format!("write {}", entry.display()))?;
+            let esp_img = work.join("esp.img");
+            let size = fsb::suggested_size(FsType::Vfat, &esp_dir, 10).map_err(classify)?;
+            fsb::build(
+                FsType::Vfat,
+                &esp_dir,
+                &esp_img,
+                &FsOptions {
+                    label: Some("SDK-LIVE".into()),
+                    uuid: Some(ins.seed.uuid("esp")),
+                    epoch: ins.epoch,
+                    size: Some(size),
+                    read_only: false,
+                    ..FsOptions::default()
+                },
+            )
+            .map_err(classify)?;
+            let iso = out.join(format!("{name}.iso"));
+            live::write_iso(&iso, &esp_img, &usr_img, ins.epoch)?;
+            format!("{name}.iso, cmdline: {words}")
+        }
+    };
+    drop(esp_job);
+    stages.mark("boot", &detail);
+
+    let texts = OutputTexts {
+        version: version_txt(plan, &ins.id, attempt, ins.epoch, &root_hash),
+        verity: verity_txt(&formatted, fs_size, None),
+    };
+    write_outputs(plan, &ins, &name, &out, texts)?;
+    let arts = artifacts(&out, &["manifest.json"], &[])?;
+    let manifest = serde_json::json!({
+        "name": name,
+        "format": plan.format.name(),
+        "board": plan.board.name,
+        "group": plan.group,
+        "version": plan.repo.os_version,
+        "attempt": attempt,
+        "source-date-epoch": ins.epoch,
+        "usr-root-hash": root_hash,
+        "artifacts": arts,
+    });
+    let mpath = out.join("manifest.json");
+    fs::write(
+        &mpath,
+        serde_json::to_vec_pretty(&manifest).context("render manifest")?,
+    )
+    .with_context(|| format!("write {}", mpath.display()))?;
+    for d in [ins.tree.root().to_path_buf(), esp_dir] {
+        let _ = super::outputs::remove_any(&d);
+    }
+    stages.mark(
+        "outputs",
+        &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
+    );
+    Ok(Built {
+        name,
+        root_hash,
+        artifacts: arts,
+    })
 }
 
 fn compare(a: &Built, b: &Built) -> Result<()> {
@@ -639,7 +827,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     // outputs
     let texts = OutputTexts {
         version: version_txt(plan, &ins.id, attempt, ins.epoch, &root_hash),
-        verity: verity_txt(&formatted, fs_size, &usr_a),
+        verity: verity_txt(&formatted, fs_size, Some(&usr_a)),
     };
     write_outputs(plan, &ins, &name, &out, texts)?;
     let known = [usr_done.wait()?, disk_done.wait()?];
@@ -1023,9 +1211,14 @@ fn version_txt(plan: &Plan, id: &str, attempt: u32, epoch: u64, root_hash: &str)
 }
 
 /// `<name>_verity.txt`: what `veritysetup` and an updater need.
-fn verity_txt(formatted: &verity::Formatted, fs_size: u64, usr_a: &disk::Partition) -> String {
+/// (`usr_a`: the partition it is for; a netboot or ISO USR image has none.)
+fn verity_txt(
+    formatted: &verity::Formatted,
+    fs_size: u64,
+    usr_a: Option<&disk::Partition>,
+) -> String {
     format!(
-        "VERITY_ROOT_HASH={}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\nVERITY_PARTITION={}\nVERITY_PARTUUID={}\n",
+        "VERITY_ROOT_HASH={}\nVERITY_SALT={}\nVERITY_UUID={}\nVERITY_HASH_OFFSET={fs_size}\nVERITY_DATA_BLOCKS={}\nVERITY_DATA_BLOCK_SIZE={}\nVERITY_HASH_BLOCK_SIZE={}\nVERITY_HASH_ALGORITHM={}\n",
         formatted.root_hash_hex(),
         formatted.salt_hex(),
         formatted.uuid.map(|u| u.to_string()).unwrap_or_default(),
@@ -1033,9 +1226,9 @@ fn verity_txt(formatted: &verity::Formatted, fs_size: u64, usr_a: &disk::Partiti
         formatted.data_block_size,
         formatted.hash_block_size,
         formatted.algorithm.name(),
-        usr_a.label,
-        usr_a.uuid,
-    )
+    ) + &usr_a
+        .map(|p| format!("VERITY_PARTITION={}\nVERITY_PARTUUID={}\n", p.label, p.uuid))
+        .unwrap_or_default()
 }
 
 /// outputs: the text files beside the images (version, verity, package
@@ -1254,7 +1447,7 @@ mod tests {
         let seed = Seed::new(&[b"t"], 0);
         let formatted = verity::format(&img, &img, &verity_options(&seed, 64 << 10)).unwrap();
         let layout = board_layout();
-        let text = verity_txt(&formatted, 64 << 10, layout.by_role(Role::UsrA).unwrap());
+        let text = verity_txt(&formatted, 64 << 10, layout.by_role(Role::UsrA));
         let get = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}=")))

@@ -11,6 +11,7 @@ pub mod contents;
 pub mod derive;
 pub mod esp;
 pub mod install;
+pub mod live;
 pub mod oci;
 pub mod outputs;
 pub mod overrides;
