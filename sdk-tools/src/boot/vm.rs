@@ -681,7 +681,13 @@ fn live_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
             spec.format.suffix()
         )));
     }
-    let machine = Machine::for_arch(&arch)?;
+    let mut machine = Machine::for_arch(&arch)?;
+    if spec.format == Format::Iso {
+        // `-cdrom` on q35 is a SATA (AHCI) drive, a driver Debian's cloud
+        // kernel leaves out; on the i440fx machine it is an IDE one
+        // (ata_piix), which that kernel has. OVMF boots either.
+        machine.machine = "pc";
+    }
     let name = vm_name(image, spec.format);
     let (media, net, boot_args, memory) = match spec.format {
         Format::Pxe => {
