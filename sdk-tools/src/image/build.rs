@@ -583,7 +583,7 @@ fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
             )
             .map_err(classify)?;
             let iso = out.join(format!("{name}.iso"));
-            live::write_iso(&iso, &esp_img, &usr_img, ins.epoch)?;
+            live::write_iso(&iso, &work.join("iso"), &esp_img, &usr_img, ins.epoch)?;
             format!("{name}.iso, cmdline: {words}")
         }
     };

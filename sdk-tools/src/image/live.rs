@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cmd::CommandExt;
 
@@ -88,18 +88,40 @@ pub fn ipxe_script(title: &str, name: &str, words: &str) -> String {
 }
 
 /// Write the hybrid ISO `out`: `esp_img` as the El Torito EFI boot image
-/// (also a GPT partition, for USB sticks) and `usr_img` as [`ISO_USR`].
-/// Timestamps follow `epoch` (xorriso reads SOURCE_DATE_EPOCH).
-pub fn write_iso(out: &Path, esp_img: &Path, usr_img: &Path, epoch: u64) -> Result<()> {
-    let graft = |inside: &str, file: &Path| format!("{inside}={}", file.display());
+/// (also a GPT partition, for USB sticks) and `usr_img` as [`ISO_USR`],
+/// from a tree staged in `stage` (links to them). Every time in the ISO
+/// is `epoch`: xorriso reads SOURCE_DATE_EPOCH for the volume, and takes
+/// the files' and folders' own times, set here.
+pub fn write_iso(out: &Path, stage: &Path, esp_img: &Path, usr_img: &Path, epoch: u64) -> Result<()> {
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    let place = |from: &Path, inside: &str| -> Result<()> {
+        let to = stage.join(inside.trim_start_matches('/'));
+        let dir = to.parent().expect("a path inside the ISO");
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::hard_link(from, &to)
+            .or_else(|_| std::fs::copy(from, &to).map(drop))
+            .with_context(|| format!("stage {} for the ISO", from.display()))
+    };
+    place(esp_img, ISO_ESP)?;
+    place(usr_img, ISO_USR)?;
+    for p in [
+        stage.join(ISO_ESP),
+        stage.join(ISO_USR.trim_start_matches('/')),
+        stage.join("boot"),
+        stage.join("sdk"),
+        stage.to_path_buf(),
+    ] {
+        std::fs::File::open(&p)
+            .and_then(|h| h.set_modified(when))
+            .with_context(|| format!("set the time of {}", p.display()))?;
+    }
     std::process::Command::new("xorriso")
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .args(["-as", "mkisofs", "-quiet", "-o"])
         .arg(out)
-        .args(["-V", ISO_VOLUME, "-R", "-graft-points"])
+        .args(["-V", ISO_VOLUME, "-R"])
         .args(["-e", ISO_ESP, "-no-emul-boot", "-isohybrid-gpt-basdat"])
-        .arg(graft(ISO_ESP, esp_img))
-        .arg(graft(ISO_USR.trim_start_matches('/'), usr_img))
+        .arg(stage)
         .run_capture()?;
     Ok(())
 }
