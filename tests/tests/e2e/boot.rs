@@ -22,6 +22,10 @@ const BOARD: &str = "amd64-usr";
 struct Fixture {
     /// The published image folder (`__build__/images/<board>/latest`).
     dir: PathBuf,
+    /// The netboot set and the live ISO of the same packages
+    /// (`.../<board>/pxe/latest`, `.../<board>/iso/latest`).
+    pxe: PathBuf,
+    iso: PathBuf,
     /// Where the fixture lives (removed at exit).
     top: PathBuf,
 }
@@ -35,29 +39,36 @@ extern "C" fn remove_fixture() {
 }
 
 fn fixture(user: &TestUser) -> &'static Path {
-    &FIXTURE
-        .get_or_init(|| {
-            let scratch = Scratch::new(user);
-            let top = scratch.path().to_path_buf();
-            let example = sdk_e2e::ExampleRepo::new(user, &scratch, "demo-os");
-            std::mem::forget(scratch);
-            // SAFETY: registers a plain extern "C" function with no
-            // arguments; it only removes the fixture directory at exit.
-            unsafe {
-                libc::atexit(remove_fixture);
-            }
-            let repo = example.path.clone();
-            let helper = Scratch::new(user);
-            let tool = |verb: &str| example.tool(user, &helper, verb, BOARD);
-            run_ok(&mut tool("setup_board"));
-            run_ok(&mut tool("build_packages"));
-            run_ok(&mut tool("build_image"));
-            Fixture {
-                dir: repo.join("__build__/images").join(BOARD).join("latest"),
-                top,
-            }
-        })
-        .dir
+    &shared(user).dir
+}
+
+fn shared(user: &TestUser) -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        let scratch = Scratch::new(user);
+        let top = scratch.path().to_path_buf();
+        let example = sdk_e2e::ExampleRepo::new(user, &scratch, "demo-os");
+        std::mem::forget(scratch);
+        // SAFETY: registers a plain extern "C" function with no
+        // arguments; it only removes the fixture directory at exit.
+        unsafe {
+            libc::atexit(remove_fixture);
+        }
+        let repo = example.path.clone();
+        let helper = Scratch::new(user);
+        let tool = |verb: &str| example.tool(user, &helper, verb, BOARD);
+        run_ok(&mut tool("setup_board"));
+        run_ok(&mut tool("build_packages"));
+        run_ok(&mut tool("build_image"));
+        run_ok(tool("build_image").args(["--format", "pxe"]));
+        run_ok(tool("build_image").args(["--format", "iso"]));
+        let images = repo.join("__build__/images").join(BOARD);
+        Fixture {
+            dir: images.join("latest"),
+            pxe: images.join("pxe/latest"),
+            iso: images.join("iso/latest"),
+            top,
+        }
+    })
 }
 
 /// A private copy of the example image (and its update payload) in
@@ -241,6 +252,225 @@ fn flipped_byte_in_usr_a_fails_verity_in_the_guest() {
         log.contains("dm-verity device corrupted"),
         "the kernel must stop: {log}"
     );
+}
+
+/// A private copy of the netboot set or live ISO folder in `scratch`
+/// (test_image writes its launcher and console log beside the set); the
+/// folder and the file test_image boots (`*.ipxe`, `*.iso`).
+fn live_copy(user: &TestUser, scratch: &Scratch, format: &str) -> (PathBuf, PathBuf) {
+    let f = shared(user);
+    let src = if format == "pxe" { &f.pxe } else { &f.iso };
+    let dir = scratch.path().join(format);
+    run_ok(
+        user.command(scratch, "cp")
+            .arg("-a")
+            .arg(std::fs::canonicalize(src).unwrap())
+            .arg(&dir),
+    );
+    let ext = if format == "pxe" { ".ipxe" } else { ".iso" };
+    let main = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(ext))
+        .unwrap_or_else(|| panic!("no *{ext} in {}", dir.display()));
+    (dir, main)
+}
+
+fn live_console(dir: &Path) -> String {
+    let log = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("_qemu_console.log"))
+        .unwrap_or_else(|| panic!("no console log in {}", dir.display()));
+    String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned()
+}
+
+/// Every file of a build folder's manifest is there with its sha256.
+fn manifest_holds(dir: &Path) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    for a in m["artifacts"].as_array().unwrap() {
+        let name = a["name"].as_str().unwrap();
+        let out = run_ok(Command::new("sha256sum").arg(dir.join(name)));
+        let sum = out;
+        assert_eq!(
+            sum.split_whitespace().next(),
+            a["sha256"].as_str(),
+            "{name}"
+        );
+    }
+    m
+}
+
+#[test]
+fn the_netboot_set_boots_over_qemus_tftp_with_usr_verified_and_root_in_memory() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (dir, script) = live_copy(&user, &scratch, "pxe");
+    let m = manifest_holds(&dir);
+    assert_eq!(m["format"], "pxe");
+    let names: Vec<&str> = m["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for suffix in [
+        "_pxe.vmlinuz",
+        "_pxe.initrd",
+        "_pxe.ipxe",
+        "_pxe_usr.squashfs",
+        "_pxe_verity.txt",
+        "_pxe_packages.txt",
+    ] {
+        assert!(
+            names.iter().any(|n| n.ends_with(suffix)),
+            "{suffix}: {names:?}"
+        );
+    }
+    // The USR image is a squashfs with its tree appended, which the
+    // outside tool checks against the recorded root hash.
+    let usr = dir.join(names.iter().find(|n| n.ends_with("_usr.squashfs")).unwrap());
+    let v: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(artifact(&dir, "_verity.txt"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let head = std::fs::read(&usr).unwrap();
+    assert_eq!(&head[..4], b"hsqs");
+    run_ok(
+        Command::new("veritysetup")
+            .args(["verify", "--hash-offset", &v["VERITY_HASH_OFFSET"]])
+            .arg(&usr)
+            .arg(&usr)
+            .arg(&v["VERITY_ROOT_HASH"]),
+    );
+    assert!(
+        std::fs::read_to_string(&script)
+            .unwrap()
+            .contains(&format!("usrhash={}", v["VERITY_ROOT_HASH"]))
+    );
+    let out = test_image(&user, &scratch, &script, "pxe", 0);
+    assert!(
+        out.contains("first boot OK: x86_64: usr=/dev/mapper/usr"),
+        "{out}"
+    );
+    let log = live_console(&dir);
+    // iPXE took QEMU's DHCP offer and the script; the init fetched USR
+    // over TFTP, on a loop device under dm-verity.
+    assert!(log.contains("iPXE"), "{log}");
+    assert!(
+        log.contains("sdk-init: fetching USR from tftp://10.0.2.2/"),
+        "{log}"
+    );
+    assert!(log.contains("sdk-init: USR is loop0"), "{log}");
+    assert!(log.contains("panic_on_corruption"), "{log}");
+}
+
+#[test]
+fn a_flipped_byte_in_the_netboot_usr_stops_the_boot() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (dir, script) = live_copy(&user, &scratch, "pxe");
+    let usr = artifact(&dir, "_usr.squashfs");
+    {
+        // In the squashfs superblock, read when USR is mounted.
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&usr)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 40).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], 40).unwrap();
+    }
+    let out = test_image(&user, &scratch, &script, "pxe", 1);
+    assert!(out.contains("FAIL"), "{out}");
+    assert!(!out.contains("usr=/dev/mapper/usr"), "{out}");
+    let log = live_console(&dir);
+    assert!(log.contains("sdk-init: fetched"), "{log}");
+    assert!(
+        log.contains("device-mapper: verity") && log.contains("is corrupted"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_live_iso_boots_under_ovmf_from_the_cdrom_with_usr_verified() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (dir, iso) = live_copy(&user, &scratch, "iso");
+    assert_eq!(manifest_holds(&dir)["format"], "iso");
+    // The outside view: an El Torito UEFI boot image, and the USR file.
+    let report = Command::new("xorriso")
+        .arg("-indev")
+        .arg(&iso)
+        .args([
+            "-report_el_torito",
+            "plain",
+            "-find",
+            "/sdk",
+            "-exec",
+            "lsdl",
+        ])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{report:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&report.stdout),
+        String::from_utf8_lossy(&report.stderr)
+    );
+    assert!(text.contains("UEFI"), "{text}");
+    assert!(text.contains("/sdk/usr.img"), "{text}");
+    let out = test_image(&user, &scratch, &iso, "iso", 0);
+    assert!(
+        out.contains("first boot OK: x86_64: usr=/dev/mapper/usr"),
+        "{out}"
+    );
+    let log = live_console(&dir);
+    assert!(log.contains("DVD-ROM"), "the firmware booted the CD: {log}");
+    assert!(
+        log.contains("sdk-init: USR image /sdk/usr.img on /dev/sr0"),
+        "{log}"
+    );
+    assert!(log.contains("panic_on_corruption"), "{log}");
+}
+
+#[test]
+fn live_formats_refuse_what_cannot_boot_that_way_in_one_line() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (image, _) = image_copy(&user, &scratch);
+    // A disk image is not a netboot set.
+    let out = run_expect(
+        user.command(&scratch, "sdk-tools")
+            .args(["test_image", "--format", "pxe", "--image"])
+            .arg(&image),
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("*.ipxe"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // --oci writes an archive, not a netboot set: refused before a build.
+    let f = shared(&user);
+    let repo = f.dir.ancestors().nth(4).unwrap();
+    let out = run_expect(
+        user.command(&scratch, "sdk-tools")
+            .current_dir(repo)
+            .args(["build_image", "--board", BOARD, "--format", "pxe", "--oci"])
+            .arg(scratch.path().join("os.tar")),
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--oci"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!scratch.path().join("os.tar").exists());
 }
 
 #[test]
