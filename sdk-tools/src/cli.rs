@@ -65,6 +65,8 @@ pub enum Command {
     ImageToVm(boot::ImageToVmArgs),
     #[command(name = "test_image")]
     TestImage(boot::TestImageArgs),
+    /// Upload an output set (a build folder with its manifest) to S3.
+    Publish(image::PublishArgs),
     #[command(subcommand)]
     Boot(boot::BootCmd),
     /// Signed update payloads: check metadata, its signature and the payload.
@@ -173,6 +175,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::BuildSysext(a) => image::run_build_sysext(a),
         Command::ImageToVm(a) => boot::image_to_vm(a),
         Command::TestImage(a) => boot::test_image(a),
+        Command::Publish(a) => image::run_publish(a),
         Command::Boot(c) => boot::boot(c),
         Command::Update(c) => update::run(c),
         Command::Completions { shell, name } => sdk_common::clidoc::print_completions(

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod formats;
 pub mod image;
 pub mod packages;
+pub mod publish;
 pub mod strict;
 
 #[cfg(test)]

@@ -82,6 +82,35 @@ pub struct BuildImageArgs {
     /// (iso); the last two go to <output>/<format>/ by default.
     #[arg(long, value_enum, default_value = "disk")]
     pub format: OutputFormat,
+    /// Then upload the build to s3://BUCKET/PREFIX (see `sdk-tools publish`).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub publish: Option<String>,
+}
+
+/// Upload an output set to S3 or an S3-compatible store.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  sdk-tools publish __build__/images/amd64-usr/latest s3://images/demo
+      Upload the latest disk build as s3://images/demo/developer-1.0.0-a1/...
+      (every file of its manifest, checked against it, manifest.json last).
+  AWS_ENDPOINT_URL=http://127.0.0.1:9000 sdk-tools publish __build__/images/amd64-usr/pxe/latest s3://boot/nodes
+      The netboot set to a store of one's own (MinIO, Ceph, moto).
+  build_image --board amd64-usr --format iso --publish s3://images/demo
+      Build, then publish.
+
+Publishing again uploads only what the store does not hold already (same
+size and sha256). Endpoint, region and credentials are read as the AWS
+tools read them: AWS_ENDPOINT_URL(_S3), AWS_REGION, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config and ~/.aws/credentials.")]
+pub struct PublishArgs {
+    /// The build folder (with its manifest.json).
+    pub dir: PathBuf,
+    /// Where to: s3://BUCKET/PREFIX.
+    pub url: String,
+    /// Print what was done as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Build a systemd-sysext image from packages.
@@ -128,7 +157,13 @@ fn parse_fs(s: &str) -> Result<FsType, String> {
 }
 
 pub fn run_build_image(a: BuildImageArgs) -> Result<()> {
-    build_image(&ImageRequest {
+    let target = a
+        .publish
+        .as_deref()
+        .map(crate::publish::S3Url::parse)
+        .transpose()
+        .map_err(sdk_common::error::classify)?;
+    let dest = build_image(&ImageRequest {
         board: a.board,
         group: a.group,
         replace: a.replace,
@@ -141,8 +176,46 @@ pub fn run_build_image(a: BuildImageArgs) -> Result<()> {
         layout_variant: a.disk_layout,
         sign_key: a.sign_key,
         format: a.format,
-    })
-    .map(|_| ())
+    })?;
+    if let Some(url) = target {
+        print_report(&publish_dir(&dest, &url)?, false)?;
+    }
+    Ok(())
+}
+
+fn publish_dir(
+    dir: &std::path::Path,
+    url: &crate::publish::S3Url,
+) -> Result<crate::publish::Report> {
+    let ep = crate::publish::Endpoint::current();
+    crate::publish::publish(dir, url, &ep).map_err(sdk_common::error::classify)
+}
+
+fn print_report(r: &crate::publish::Report, json: bool) -> Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "location": r.location,
+            "uploaded": r.uploaded,
+            "unchanged": r.unchanged,
+            "bytes": r.bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!(
+            "publish: {}: {} uploaded ({} bytes), {} unchanged",
+            r.location,
+            r.uploaded.len(),
+            r.bytes,
+            r.unchanged.len()
+        );
+        println!("{}", r.location);
+    }
+    Ok(())
+}
+
+pub fn run_publish(a: PublishArgs) -> Result<()> {
+    let url = crate::publish::S3Url::parse(&a.url).map_err(sdk_common::error::classify)?;
+    print_report(&publish_dir(&a.dir, &url)?, a.json)
 }
 
 pub fn run_build_sysext(a: BuildSysextArgs) -> Result<()> {

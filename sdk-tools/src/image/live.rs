@@ -92,7 +92,13 @@ pub fn ipxe_script(title: &str, name: &str, words: &str) -> String {
 /// from a tree staged in `stage` (links to them). Every time in the ISO
 /// is `epoch`: xorriso reads SOURCE_DATE_EPOCH for the volume, and takes
 /// the files' and folders' own times, set here.
-pub fn write_iso(out: &Path, stage: &Path, esp_img: &Path, usr_img: &Path, epoch: u64) -> Result<()> {
+pub fn write_iso(
+    out: &Path,
+    stage: &Path,
+    esp_img: &Path,
+    usr_img: &Path,
+    epoch: u64,
+) -> Result<()> {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
     let place = |from: &Path, inside: &str| -> Result<()> {
         let to = stage.join(inside.trim_start_matches('/'));
