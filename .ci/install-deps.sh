@@ -57,3 +57,11 @@ $SUDO apt-get update -qq
 # the whole qemu family to the suite.
 $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
   ${codename:+qemu-utils/$codename} "${PACKAGES[@]}" >/dev/null
+
+# moto (PyPI), in server mode: the local S3 store `publish` is tested
+# against (on 127.0.0.1 only), with boto3 as the outside view of what it
+# holds. The machine's own Python; Debian's asks for --break-system-packages.
+if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q "moto[server]" 2>/dev/null ||
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --break-system-packages "moto[server]"
+fi

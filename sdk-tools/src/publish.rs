@@ -146,9 +146,9 @@ impl Endpoint {
     /// This process's environment and config file.
     pub fn current() -> Endpoint {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let path = env("AWS_CONFIG_FILE").map(PathBuf::from).or_else(|| {
-            env("HOME").map(|h| Path::new(&h).join(".aws/config"))
-        });
+        let path = env("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws/config")));
         let text = path
             .and_then(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_default();
@@ -240,7 +240,8 @@ fn items(dir: &Path) -> Result<(Vec<Item>, Option<String>), PublishError> {
             sha256: have,
         });
     }
-    let (size, sha256) = hash_file(&mpath).map_err(|e| usage(format!("{}: {e}", mpath.display())))?;
+    let (size, sha256) =
+        hash_file(&mpath).map_err(|e| usage(format!("{}: {e}", mpath.display())))?;
     out.push(Item {
         name: "manifest.json".into(),
         size,
@@ -269,19 +270,20 @@ fn s3_error_text(body: &[u8]) -> String {
 
 /// An error response, as one line saying what to do.
 fn refused(url: &S3Url, ep: &Endpoint, status: u16, body: &[u8]) -> PublishError {
-    let why = s3_error_text(body);
+    let why = match s3_error_text(body) {
+        t if t.is_empty() => String::new(),
+        t => format!(" {t}"),
+    };
     let bucket = &url.bucket;
     let at = ep.shown();
     match status {
         403 | 401 => usage(format!(
-            "s3://{bucket} at {at} refused the credentials (HTTP {status} {why}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile's in ~/.aws/credentials) to a key that may write there"
+            "s3://{bucket} at {at} refused the credentials (HTTP {status}{why}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile's in ~/.aws/credentials) to a key that may write there"
         )),
         404 => usage(format!(
-            "s3://{bucket} does not exist at {at} (HTTP 404 {why}): create the bucket or fix the URL"
+            "s3://{bucket} does not exist at {at} (HTTP 404{why}): create the bucket or fix the URL"
         )),
-        _ => PublishError::Failed(format!(
-            "s3://{bucket} at {at}: HTTP {status} {why}"
-        )),
+        _ => PublishError::Failed(format!("s3://{bucket} at {at}: HTTP {status}{why}")),
     }
 }
 
@@ -413,8 +415,7 @@ fn upload(
 /// named after the folder (`latest` resolved), under `<format>/` for a
 /// netboot set or ISO (as they are in `__build__/images/<board>/`).
 pub fn publish(dir: &Path, url: &S3Url, ep: &Endpoint) -> Result<Report, PublishError> {
-    let real = std::fs::canonicalize(dir)
-        .map_err(|e| usage(format!("{}: {e}", dir.display())))?;
+    let real = std::fs::canonicalize(dir).map_err(|e| usage(format!("{}: {e}", dir.display())))?;
     let name = real
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -458,7 +459,10 @@ mod tests {
     fn urls_name_a_bucket_and_a_prefix() {
         let u = S3Url::parse("s3://images/demo/amd64/").unwrap();
         assert_eq!(u.bucket, "images");
-        assert_eq!(u.key("developer-1.0.0-a1", "x.bin"), "demo/amd64/developer-1.0.0-a1/x.bin");
+        assert_eq!(
+            u.key("developer-1.0.0-a1", "x.bin"),
+            "demo/amd64/developer-1.0.0-a1/x.bin"
+        );
         let u = S3Url::parse("s3://images").unwrap();
         assert_eq!(u.key("s", "f"), "s/f");
         for bad in ["images/x", "s3://", "s3://Upper/x", "s3://ab"] {
@@ -494,7 +498,10 @@ mod tests {
     #[test]
     fn error_bodies_become_one_line() {
         let body = b"<?xml version=\"1.0\"?><Error><Code>InvalidAccessKeyId</Code><Message>The key does not exist.</Message></Error>";
-        assert_eq!(s3_error_text(body), "InvalidAccessKeyId: The key does not exist.");
+        assert_eq!(
+            s3_error_text(body),
+            "InvalidAccessKeyId: The key does not exist."
+        );
         let u = S3Url::parse("s3://images/x").unwrap();
         let ep = Endpoint::from(&|_: &str| None, "");
         let e = refused(&u, &ep, 403, body);

@@ -511,6 +511,23 @@ pub fn resolve_in(root: &Path, path: &Path) -> Result<PathBuf, BootError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_format_the_kernel_cannot_boot_is_refused_naming_the_module() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("usr/lib/modules/6.1.0-9-test");
+        std::fs::create_dir_all(dir.join("kernel/drivers/block")).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(dir.join("modules.builtin"), "kernel/fs/isofs/isofs.ko\n").unwrap();
+        std::fs::write(dir.join("kernel/drivers/block/loop.ko"), b"").unwrap();
+        check_modules(root.path(), &["loop", "isofs"]).unwrap();
+        let e = check_modules(root.path(), NETBOOT_MODULES).unwrap_err();
+        assert!(
+            matches!(&e, BootError::MissingModule { module, .. } if module == "virtio_net"),
+            "{e}"
+        );
+        assert!(sdk_common::error::BadInput::is_bad_input(&e));
+    }
     use super::*;
 
     #[test]

@@ -76,6 +76,18 @@ pub struct IpConfig {
 
 impl IpConfig {
     pub fn parse(s: &str) -> Result<IpConfig, String> {
+        let static_only = || {
+            format!(
+                "ip=`{s}`: sdk-init needs a static address (CLIENT:SERVER:GATEWAY:NETMASK::DEVICE:off); \
+                 an iPXE script passes its lease as ip=${{ip}}::${{gateway}}:${{netmask}}"
+            )
+        };
+        if matches!(
+            s,
+            "dhcp" | "on" | "any" | "bootp" | "rarp" | "both" | "dhcp6" | "auto6"
+        ) {
+            return Err(static_only());
+        }
         let f: Vec<&str> = s.split(':').collect();
         let addr = |i: usize, what: &str| -> Result<Option<Ipv4Addr>, String> {
             match f.get(i).copied().filter(|v| !v.is_empty()) {
@@ -86,12 +98,7 @@ impl IpConfig {
                     .map_err(|_| format!("ip=`{s}`: the {what} `{v}` is not an IPv4 address")),
             }
         };
-        let client = addr(0, "client address")?.ok_or_else(|| {
-            format!(
-                "ip=`{s}`: sdk-init needs a static address (CLIENT:SERVER:GATEWAY:NETMASK::DEVICE:off); \
-                 an iPXE script passes its lease as ip=${{ip}}::${{gateway}}:${{netmask}}"
-            )
-        })?;
+        let client = addr(0, "client address")?.ok_or_else(static_only)?;
         let netmask = addr(3, "netmask")?.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
         Ok(IpConfig {
             client,

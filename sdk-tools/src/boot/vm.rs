@@ -1055,7 +1055,17 @@ mod tests {
         let s = dir.path().join("x_qemu.sh");
         for arch in ["aarch64", "x86_64"] {
             let m = Machine::for_arch(arch).unwrap();
-            let text = launcher_script(&m, "x_qemu_image.img", "-kernel k");
+            let text = launcher_script(
+                &m,
+                &Media {
+                    name: "x_qemu",
+                    file: "x_qemu_image.img",
+                    args: "-drive if=virtio,format=qcow2,file=\"$DIR/x_qemu_image.img\"",
+                    net: "",
+                    memory: 1024,
+                },
+                "-kernel k",
+            );
             assert!(text.contains(&format!("exec {} ", m.qemu)), "{text}");
             std::fs::write(&s, text).unwrap();
             Command::new("bash")
@@ -1064,6 +1074,25 @@ mod tests {
                 .run_capture()
                 .unwrap();
         }
+        // A netboot launcher: no disk, a NIC always, QEMU's TFTP server.
+        let pxe = dir.path().join("x_pxe_qemu.sh");
+        let text = launcher_script(
+            &Machine::for_arch("x86_64").unwrap(),
+            &Media {
+                name: "x_pxe_qemu",
+                file: "x_pxe.ipxe",
+                args: "",
+                net: ",tftp=$DIR,bootfile=x_pxe.ipxe",
+                memory: 2048,
+            },
+            "-boot n",
+        );
+        assert!(!text.contains("-drive if=virtio"), "{text}");
+        assert!(text.contains("VM_MEMORY=2048"), "{text}");
+        std::fs::write(&pxe, text).unwrap();
+        let out = Command::new("bash").arg(&pxe).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("x_pxe.ipxe is missing"));
         let out = Command::new("bash")
             .arg(&s)
             .args(["-i", "/nonexistent/config.ign"])

@@ -442,6 +442,143 @@ fn the_live_iso_boots_under_ovmf_from_the_cdrom_with_usr_verified() {
     assert!(log.contains("panic_on_corruption"), "{log}");
 }
 
+/// A local S3 store: moto in server mode on the loopback, with IAM
+/// checks from its fifth request on (the first four make a user, its
+/// key, its policy and the bucket `images`). Killed when dropped.
+struct S3Store {
+    child: std::process::Child,
+    url: String,
+    key: (String, String),
+}
+
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What boto3 (the outside view) says of the store: `script` runs with
+/// `s3` a client as the key's owner; its stdout.
+fn boto3(store: &S3Store, script: &str) -> String {
+    let prelude = format!(
+        "import boto3, hashlib, json, sys\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='{}', aws_secret_access_key='{}', region_name='us-east-1')\n",
+        store.url, store.key.0, store.key.1
+    );
+    run_ok(Command::new("python3").args(["-c", &format!("{prelude}{script}")]))
+}
+
+fn s3_store() -> S3Store {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto (pip install 'moto[server]'; .ci/install-deps.sh does)");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run_ok(Command::new("python3").args([
+        "-c",
+        &format!(
+            "import boto3, json\nkw = dict(endpoint_url='{url}', aws_access_key_id='setup', aws_secret_access_key='setup', region_name='us-east-1')\niam = boto3.client('iam', **kw)\niam.create_user(UserName='publisher')\nk = iam.create_access_key(UserName='publisher')['AccessKey']\niam.put_user_policy(UserName='publisher', PolicyName='s3', PolicyDocument=json.dumps({{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Action': 's3:*', 'Resource': '*'}}]}}))\nboto3.client('s3', **kw).create_bucket(Bucket='images')\nprint(k['AccessKeyId'], k['SecretAccessKey'])\n"
+        ),
+    ]));
+    let mut words = out.split_whitespace();
+    let key = (
+        words.next().unwrap().to_string(),
+        words.next().unwrap().to_string(),
+    );
+    S3Store { child, url, key }
+}
+
+#[test]
+fn publishing_to_s3_round_trips_byte_identical_and_a_second_publish_uploads_nothing() {
+    let user = TestUser::get();
+    let scratch = Scratch::new(&user);
+    let (dir, _) = live_copy(&user, &scratch, "pxe");
+    let store = s3_store();
+    let publish = |secret: &str| {
+        let mut c = user.command(&scratch, "sdk-tools");
+        c.arg("publish")
+            .arg(&dir)
+            .args(["s3://images/nodes", "--json"])
+            .env("AWS_ENDPOINT_URL", &store.url)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", &store.key.0)
+            .env("AWS_SECRET_ACCESS_KEY", secret);
+        c
+    };
+    let listing = "r = s3.list_objects_v2(Bucket='images')\nprint(json.dumps(sorted(o['Key'] for o in r.get('Contents', []))))";
+    // Refused credentials: one line, exit 2, nothing in the store.
+    let out = run_expect(&mut publish("not-the-secret"), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(boto3(&store, listing).trim(), "[]");
+
+    let first: serde_json::Value =
+        serde_json::from_str(&run_ok(&mut publish(&store.key.1))).unwrap();
+    let m = manifest_holds(&dir);
+    let files = m["artifacts"].as_array().unwrap().len() + 1;
+    assert_eq!(
+        first["uploaded"].as_array().unwrap().len(),
+        files,
+        "{first}"
+    );
+    assert_eq!(
+        first["uploaded"].as_array().unwrap().last().unwrap(),
+        "manifest.json"
+    );
+    // boto3 reads every object back (the whole listing: moto's checks
+    // refuse boto3's signature of a Prefix= query): the same bytes, and
+    // the USR image
+    // went in parts (a multipart ETag ends in -N).
+    let set = std::fs::canonicalize(&dir).unwrap();
+    let set = set.file_name().unwrap().to_string_lossy();
+    let prefix = format!("nodes/pxe/{set}/");
+    let check = format!(
+        "out = {{}}\nfor o in s3.list_objects_v2(Bucket='images')['Contents']:\n    if not o['Key'].startswith('{prefix}'):\n        continue\n    b = s3.get_object(Bucket='images', Key=o['Key'])['Body'].read()\n    out[o['Key'][len('{prefix}'):]] = [hashlib.sha256(b).hexdigest(), o['ETag']]\nprint(json.dumps(out))"
+    );
+    let held: serde_json::Value = serde_json::from_str(&boto3(&store, &check)).unwrap();
+    assert_eq!(held.as_object().unwrap().len(), files, "{held}");
+    for (name, v) in held.as_object().unwrap() {
+        let local = run_ok(Command::new("sha256sum").arg(dir.join(name)));
+        assert_eq!(v[0].as_str(), local.split_whitespace().next(), "{name}");
+        if name.ends_with("_usr.squashfs") {
+            assert!(
+                v[1].as_str().unwrap().trim_matches('"').contains('-'),
+                "{v}"
+            );
+        }
+    }
+    // Again: nothing to upload.
+    let again: serde_json::Value =
+        serde_json::from_str(&run_ok(&mut publish(&store.key.1))).unwrap();
+    assert_eq!(again["uploaded"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(
+        again["unchanged"].as_array().unwrap().len(),
+        files,
+        "{again}"
+    );
+}
+
 #[test]
 fn live_formats_refuse_what_cannot_boot_that_way_in_one_line() {
     let user = TestUser::get();
