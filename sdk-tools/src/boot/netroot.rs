@@ -495,9 +495,9 @@ mod tests {
         assert_eq!(&r[..2], &[0, 1]);
         assert_eq!(
             &r[2..],
-            b"x/usr.img\0octet\0blksize\01428\0tsize\00\0".as_slice()
+            b"x/usr.img\x00octet\x00blksize\x001428\x00tsize\x000\x00".as_slice()
         );
-        let o = tftp_options(b"blksize\01428\0TSIZE\0123\0");
+        let o = tftp_options(b"blksize\x001428\x00TSIZE\x00123\x00");
         assert_eq!(o["blksize"], "1428");
         assert_eq!(o["tsize"], "123");
     }
