@@ -136,8 +136,8 @@ pub struct FsOptions {
     /// ext4: set the `read-only` feature so the kernel refuses to mount
     /// it writable (USR); default true.
     pub read_only: bool,
-    /// squashfs/erofs compressor (`zstd`, `xz`, `lz4hc`...); default:
-    /// the tool's.
+    /// squashfs/erofs compressor (`zstd`, `xz`, `lz4hc`...), for squashfs
+    /// with a level after a colon (`zstd:3`); default: the tool's.
     pub compression: Option<String>,
     /// squashfs only: a mksquashfs pseudo file (`-pf`) applied after the
     /// tree is read, e.g. `path m MODE UID GID` lines giving every path its
@@ -501,8 +501,22 @@ fn squashfs(src: &Path, image: &Path, opts: &FsOptions) -> Result<(), FsError> {
                 .arg(gid.to_string());
         }
     }
-    if let Some(c) = &opts.compression {
-        cmd.arg("-comp").arg(c);
+    // `zstd:3`: the compressor and its level.
+    match opts
+        .compression
+        .as_deref()
+        .map(|c| c.split_once(':').unwrap_or((c, "")))
+    {
+        None => {}
+        Some((c, "")) => {
+            cmd.arg("-comp").arg(c);
+        }
+        Some((c, level)) => {
+            cmd.arg("-comp")
+                .arg(c)
+                .arg("-Xcompression-level")
+                .arg(level);
+        }
     }
     if let Some(p) = &opts.pseudo_file {
         cmd.arg("-pf").arg(p);
