@@ -36,8 +36,16 @@ for f in disk pxe iso; do
 done
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 cmd() { echo "runuser -u $user -- env -C $work/repo PATH=$bin:$PATH SDK_BUILD_ROOT=$work/build SDK_CACHE_DIR=$work/cache sdk-tools build_image --board amd64-usr --format $1 --replace"; }
-hyperfine --runs "$runs" --style basic --export-markdown "$work/formats.md" \
+hyperfine --runs "$runs" --style basic --export-json "$work/formats.json" \
   -n disk "$(cmd disk)" -n pxe "$(cmd pxe)" -n iso "$(cmd iso)"
+python3 - "$work/formats.json" <<'PY'
+import json, sys
+r = {b["command"]: b for b in json.load(open(sys.argv[1]))["results"]}
+disk = r["disk"]["median"]
+for name in ("disk", "pxe", "iso"):
+    b = r[name]
+    print(f"median {name}: {b['median']:.2f} s ({b['median'] / disk:.2f}x the disk image)")
+PY
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 images=$work/repo/__build__/images/amd64-usr
 echo "sizes:"

@@ -235,6 +235,9 @@ struct Plan {
     /// The repo's and the board's `overrides/` trees, checked.
     overrides: super::overrides::Overrides,
     format: OutputFormat,
+    /// `usr_fs` is squashfs because a netboot or ISO build implied it (the
+    /// layout says ext4), not because the board asked for it.
+    usr_fs_implied: bool,
 }
 
 /// The key that signs updates: `--sign-key` (or SDK_UPDATE_SIGN_KEY),
@@ -304,7 +307,8 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
         .map_err(|e: fsb::FsError| usage(format!("{}: USR-A fs: {e}", layout_path.display())))?;
     // A netboot or live USR image is read whole into memory or off a
     // CD: compressed (squashfs, or erofs when the board's USR is).
-    if req.format != OutputFormat::Disk && usr_fs == FsType::Ext4 {
+    let usr_fs_implied = req.format != OutputFormat::Disk && usr_fs == FsType::Ext4;
+    if usr_fs_implied {
         usr_fs = FsType::Squashfs;
     }
     if req.format != OutputFormat::Disk && req.oci.is_some() {
@@ -351,6 +355,7 @@ fn plan(req: &ImageRequest, cwd: &Path) -> Result<Plan> {
         }
     };
     Ok(Plan {
+        usr_fs_implied,
         format: req.format,
         overrides,
         repo,
@@ -515,12 +520,26 @@ fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         .expect("the initramfs is in the kernel's folder")
         .to_path_buf();
 
-    let usr_file = format!("{name}_usr.{}", plan.usr_fs.name());
+    // Unprivileged mksquashfs (4.5) and mkfs.erofs (1.5) cannot store
+    // extended attributes: an OS with file capabilities (ping) gets the
+    // ext4 USR the disk image has, unless the board asked for another.
+    let usr_fs = if plan.usr_fs_implied && ins.tree.below("usr").any(|(_, e)| !e.xattrs.is_empty())
+    {
+        eprintln!(
+            "build_image: USR carries extended attributes (file capabilities), which {} made without root cannot hold: the {} image's USR is ext4",
+            plan.usr_fs.name(),
+            plan.format.name()
+        );
+        FsType::Ext4
+    } else {
+        plan.usr_fs
+    };
+    let usr_file = format!("{name}_usr.{}", usr_fs.name());
     let usr_img = match plan.format {
         OutputFormat::Iso => work.join(&usr_file),
         _ => out.join(&usr_file),
     };
-    let fs_size = usr_stage(plan, &ins, "USR", &usr_img, work, stages)?;
+    let fs_size = usr_stage(usr_fs, &ins, "USR", &usr_img, work, stages)?;
     let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
     let root_hash = formatted.root_hash_hex();
     stages.mark(
@@ -591,7 +610,7 @@ fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     stages.mark("boot", &detail);
 
     let texts = OutputTexts {
-        version: version_txt(plan, &ins.id, attempt, ins.epoch, &root_hash),
+        version: version_txt(plan, usr_fs, &ins.id, attempt, ins.epoch, &root_hash),
         verity: verity_txt(&formatted, fs_size, None),
     };
     write_outputs(plan, &ins, &name, &out, texts)?;
@@ -769,7 +788,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     add_slot_boot(&mut ins.tree, &slot_boot, &initrd, kernel.as_deref())?;
 
     let usr_img = out.join(format!("{name}_update.bin"));
-    let fs_size = usr_stage(plan, &ins, &usr_a.label, &usr_img, work, stages)?;
+    let fs_size = usr_stage(plan.usr_fs, &ins, &usr_a.label, &usr_img, work, stages)?;
     let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
     check_usr_fits(&usr_a, fs_size, formatted.hash_size, &layout.source)?;
     let root_hash = formatted.root_hash_hex();
@@ -826,7 +845,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
 
     // outputs
     let texts = OutputTexts {
-        version: version_txt(plan, &ins.id, attempt, ins.epoch, &root_hash),
+        version: version_txt(plan, plan.usr_fs, &ins.id, attempt, ins.epoch, &root_hash),
         verity: verity_txt(&formatted, fs_size, Some(&usr_a)),
     };
     write_outputs(plan, &ins, &name, &out, texts)?;
@@ -975,7 +994,7 @@ fn install_stage(plan: &Plan, work: &Path, stages: &mut Stages) -> Result<Instal
 /// usr: the /usr filesystem image at `usr_img`, padded to a 4 KiB
 /// boundary where the hash tree will start; returns that size.
 fn usr_stage(
-    plan: &Plan,
+    fs_type: FsType,
     ins: &Installed,
     label: &str,
     usr_img: &Path,
@@ -984,7 +1003,7 @@ fn usr_stage(
 ) -> Result<u64> {
     let usr_src = ins.tree.disk_path("usr");
     let mut usr_detail = String::new();
-    let built_size = if plan.usr_fs == FsType::Ext4 {
+    let built_size = if fs_type == FsType::Ext4 {
         // Our own writer: owners, modes and times straight from the table,
         // file data copied into place in one pass (see `crate::formats::fs::ext4`).
         let uuid = ins.seed.uuid("usr");
@@ -1015,24 +1034,24 @@ fn usr_stage(
     } else {
         let mut opts = FsOptions {
             label: None,
-            uuid: (plan.usr_fs != FsType::Squashfs).then(|| ins.seed.uuid("usr")),
+            uuid: (fs_type != FsType::Squashfs).then(|| ins.seed.uuid("usr")),
             epoch: ins.epoch,
             owner: Ownership::Root,
             read_only: true,
             // zstd at level 3: as small as mksquashfs's default gzip within
             // 3 % and 30 times faster (0.6 s against 19 s for the busybox
             // example's 183 MB on two cores); the kernel reads it natively.
-            compression: (plan.usr_fs == FsType::Squashfs).then(|| "zstd:3".to_string()),
+            compression: (fs_type == FsType::Squashfs).then(|| "zstd:3".to_string()),
             ..FsOptions::default()
         };
         attrs::read_only_owners(
             &ins.tree,
             "usr",
-            plan.usr_fs,
+            fs_type,
             &work.join("usr.pseudo"),
             &mut opts,
         )?;
-        fsb::build(plan.usr_fs, &usr_src, usr_img, &opts)
+        fsb::build(fs_type, &usr_src, usr_img, &opts)
             .map_err(classify)?
             .size
     };
@@ -1049,7 +1068,7 @@ fn usr_stage(
         "usr",
         &format!(
             "{} {} MiB from {}{usr_detail}",
-            plan.usr_fs.name(),
+            fs_type.name(),
             fs_size >> 20,
             usr_src.display()
         ),
@@ -1189,7 +1208,14 @@ struct OutputTexts {
 }
 
 /// `version.txt`: what was built, from what, when.
-fn version_txt(plan: &Plan, id: &str, attempt: u32, epoch: u64, root_hash: &str) -> String {
+fn version_txt(
+    plan: &Plan,
+    usr_fs: FsType,
+    id: &str,
+    attempt: u32,
+    epoch: u64,
+    root_hash: &str,
+) -> String {
     format!(
         "OS_ID={id}\nOS_VERSION={}\nSDK_VERSION={}\nBOARD={}\nARCH={}\nGROUP={}\nATTEMPT={attempt}\nBUILD_ID={}-{}-a{attempt}\nSOURCE_DATE_EPOCH={epoch}\nUSR_FS={}\nUSR_ROOT_HASH={root_hash}\n",
         plan.repo.os_version,
@@ -1199,7 +1225,7 @@ fn version_txt(plan: &Plan, id: &str, attempt: u32, epoch: u64, root_hash: &str)
         plan.group,
         plan.group,
         plan.repo.os_version,
-        plan.usr_fs.name(),
+        usr_fs.name(),
     ) + &match &plan.signing {
         Some(k) => format!(
             "UPDATE_KEY_ID={}\nUPDATE_KEY={}\n",
