@@ -130,7 +130,10 @@ pub fn image_to_vm(a: ImageToVmArgs) -> anyhow::Result<()> {
     })
     .map_err(classify)
     .with_context(|| format!("image_to_vm {}", image.display()))?;
-    println!("disk:     {}", out.disk.display());
+    match a.format {
+        FormatArg::Pxe | FormatArg::Iso => println!("boots:    {}", out.disk.display()),
+        _ => println!("disk:     {}", out.disk.display()),
+    }
     println!("launcher: {}", out.launcher.display());
     println!("run it:   {} -nographic", out.launcher.display());
     Ok(())

@@ -1249,6 +1249,35 @@ fn the_systemd_example_boots_to_running_with_no_failed_units() {
         "{log}"
     );
     assert!(!log.contains("systemd-os: boot finished"), "{log}");
+    // The same OS as a live ISO (its USR ext4: ping's capability), booted
+    // under OVMF from -cdrom with ROOT in memory, provisioned by Ignition
+    // and tested over ssh like the disk.
+    let built = run_ok(tool("build_image").args(["--format", "iso"]));
+    assert!(built.trim().ends_with(".iso"), "{built}");
+    let run = run_expect(
+        tool("test_image")
+            .args(["--format", "iso", "--timeout", BOOT_TIMEOUT])
+            .args(["--marker", "systemd-os: boot finished:", "--ignition"])
+            .arg(&ign)
+            .arg("--tests")
+            .arg(repo.join("tests")),
+        0,
+    );
+    let out = String::from_utf8_lossy(&run.stdout);
+    for want in [
+        "1..6\n",
+        "ok 1 - 10-systemd-running\n",
+        "ok 2 - 20-usr-on-verity\n",
+        "ok 3 - 30-network-up\n",
+        "ok 5 - 40-ping-as-user\n",
+        "ok 6 - 50-sysext-merged\n",
+    ] {
+        assert!(
+            out.contains(want),
+            "{want:?} not in:\n{out}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
 }
 
 #[test]
