@@ -50,6 +50,6 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 images=$work/repo/__build__/images/amd64-usr
 echo "sizes:"
 du -b --apparent-size "$images"/latest/*_image.bin "$images"/latest/*_update.bin \
-  "$images"/pxe/latest/*_usr.squashfs "$images"/pxe/latest/*.initrd \
+  "$images"/pxe/latest/*_usr.* "$images"/pxe/latest/*.initrd \
   "$images"/pxe/latest/*.vmlinuz "$images"/iso/latest/*.iso |
   awk '{ printf "  %8.1f MiB  %s\n", $1 / 1048576, $2 }'
