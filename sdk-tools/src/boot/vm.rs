@@ -438,20 +438,25 @@ pub fn image_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         },
         &boot_args,
     );
-    let tmp = out_dir.join(format!(".{name}.sh.tmp"));
-    std::fs::write(&tmp, script).map_err(io("write", &tmp))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod", &tmp))?;
-    }
-    std::fs::rename(&tmp, &launcher).map_err(io("rename", &tmp))?;
+    write_executable(&launcher, &script)?;
     Ok(VmOutput {
         launcher,
         disk: disk_out,
         console_log: out_dir.join(format!("{name}_console.log")),
         cmdline: (spec.format == Format::Qemu).then(|| entry.options.clone()),
     })
+}
+
+/// Write `text` to `path` as an executable script, by a rename (a
+/// launcher is never seen half-written).
+fn write_executable(path: &Path, text: &str) -> Result<(), BootError> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("chmod", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))
 }
 
 /// The first `max` bytes of `path` (fewer when it is shorter or unreadable).
@@ -739,14 +744,7 @@ fn live_to_vm(spec: &VmSpec) -> Result<VmOutput, BootError> {
         },
         &boot_args,
     );
-    let tmp = out_dir.join(format!(".{name}.sh.tmp"));
-    std::fs::write(&tmp, script).map_err(io("write", &tmp))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod", &tmp))?;
-    }
-    std::fs::rename(&tmp, &launcher).map_err(io("rename", &tmp))?;
+    write_executable(&launcher, &script)?;
     Ok(VmOutput {
         launcher,
         disk: image.clone(),

@@ -615,23 +615,7 @@ fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     };
     write_outputs(plan, &ins, &name, &out, texts)?;
     let arts = artifacts(&out, &["manifest.json"], &[])?;
-    let manifest = serde_json::json!({
-        "name": name,
-        "format": plan.format.name(),
-        "board": plan.board.name,
-        "group": plan.group,
-        "version": plan.repo.os_version,
-        "attempt": attempt,
-        "source-date-epoch": ins.epoch,
-        "usr-root-hash": root_hash,
-        "artifacts": arts,
-    });
-    let mpath = out.join("manifest.json");
-    fs::write(
-        &mpath,
-        serde_json::to_vec_pretty(&manifest).context("render manifest")?,
-    )
-    .with_context(|| format!("write {}", mpath.display()))?;
+    write_manifest(plan, &ins, &name, attempt, &root_hash, &arts, &out)?;
     for d in [ins.tree.root().to_path_buf(), esp_dir] {
         let _ = super::outputs::remove_any(&d);
     }
@@ -854,8 +838,33 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         write_update_metadata(plan, &ins, key, &known[0], &formatted, fs_size, &out, &name)?;
     }
     let arts = artifacts(&out, &["manifest.json"], &known)?;
+    write_manifest(plan, &ins, &name, attempt, &root_hash, &arts, &out)?;
+    let _ = cleanup.join();
+    stages.mark(
+        "outputs",
+        &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
+    );
+    Ok(Built {
+        name,
+        root_hash,
+        artifacts: arts,
+    })
+}
+
+/// `manifest.json`: what was built (the format too: `publish` files a
+/// netboot set or ISO under it) and every other artifact's size and digest.
+fn write_manifest(
+    plan: &Plan,
+    ins: &Installed,
+    name: &str,
+    attempt: u32,
+    root_hash: &str,
+    arts: &[Artifact],
+    out: &Path,
+) -> Result<()> {
     let manifest = serde_json::json!({
         "name": name,
+        "format": plan.format.name(),
         "board": plan.board.name,
         "group": plan.group,
         "version": plan.repo.os_version,
@@ -869,17 +878,7 @@ fn build_once(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         &mpath,
         serde_json::to_vec_pretty(&manifest).context("render manifest")?,
     )
-    .with_context(|| format!("write {}", mpath.display()))?;
-    let _ = cleanup.join();
-    stages.mark(
-        "outputs",
-        &format!("{} artifacts with sha256 in manifest.json", arts.len() + 1),
-    );
-    Ok(Built {
-        name,
-        root_hash,
-        artifacts: arts,
-    })
+    .with_context(|| format!("write {}", mpath.display()))
 }
 
 /// The slot's own kernel and initramfs, in USR: the initramfs copied
