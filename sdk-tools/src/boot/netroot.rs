@@ -409,14 +409,8 @@ pub fn usr_file(
                 std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
             }
             let f = std::fs::File::create(dest).map_err(|e| format!("create {FETCHED}: {e}"))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
             let t = Instant::now();
-            let n = match url {
-                UsrUrl::Tftp { server, path } => tftp_get(*server, path, &mut w, timeout * 10)?,
-                UsrUrl::Http(u) => http_get(u, &mut w)?,
-                UsrUrl::Cdrom(_) => unreachable!(),
-            };
-            w.flush().map_err(|e| format!("write {FETCHED}: {e}"))?;
+            let n = fetch_into(url, f, timeout)?;
             let secs = t.elapsed().as_secs_f64();
             say(&format!(
                 "sdk-init: fetched {} MiB in {secs:.1}s ({:.1} MiB/s)",
@@ -425,6 +419,37 @@ pub fn usr_file(
             ));
             Ok(dest.to_path_buf())
         }
+    }
+}
+
+/// Fetch `url` into `file`; a `.zst` file is unpacked as it arrives.
+/// Returns the bytes received.
+fn fetch_into(url: &UsrUrl, file: std::fs::File, timeout: Duration) -> Result<u64, String> {
+    let w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let name = match url {
+        UsrUrl::Tftp { path, .. } => path.as_str(),
+        UsrUrl::Http(u) => u.as_str(),
+        UsrUrl::Cdrom(p) => p.as_str(),
+    };
+    let get = |out: &mut dyn Write| match url {
+        UsrUrl::Tftp { server, path } => tftp_get(*server, path, &mut Box::new(out), timeout * 10),
+        UsrUrl::Http(u) => http_get(u, &mut Box::new(out)),
+        UsrUrl::Cdrom(_) => Err("a medium is read in place, not fetched".into()),
+    };
+    if name.ends_with(".zst") {
+        let mut dec =
+            zstd::stream::write::Decoder::new(w).map_err(|e| format!("unpack {name}: {e}"))?;
+        let n = get(&mut dec)?;
+        dec.flush().map_err(|e| format!("unpack {name}: {e}"))?;
+        dec.into_inner()
+            .flush()
+            .map_err(|e| format!("write {FETCHED}: {e}"))?;
+        Ok(n)
+    } else {
+        let mut w = w;
+        let n = get(&mut w)?;
+        w.flush().map_err(|e| format!("write {FETCHED}: {e}"))?;
+        Ok(n)
     }
 }
 
@@ -563,6 +588,40 @@ mod tests {
             .collect();
         let port = serve(data.clone(), 8, None);
         assert_eq!(get_from(port, Duration::from_secs(60)).unwrap(), data);
+    }
+
+    #[test]
+    fn a_zst_image_is_unpacked_as_it_arrives_and_a_broken_one_fails() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 97) as u8).collect();
+        let packed = zstd::encode_all(&data[..], 3).unwrap();
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let mut broken = packed.clone();
+        let mid = broken.len() / 2;
+        broken[mid] ^= 0xff;
+        std::thread::spawn(move || {
+            for (req, body) in server.incoming_requests().zip([packed, broken]) {
+                let _ = req.respond(tiny_http::Response::from_data(body));
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let url = UsrUrl::Http(format!("http://127.0.0.1:{port}/usr.ext4.zst"));
+        let out = dir.path().join("usr.img");
+        let n = fetch_into(
+            &url,
+            std::fs::File::create(&out).unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(n < data.len() as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        let e = fetch_into(
+            &url,
+            std::fs::File::create(&out).unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.contains("usr.ext4.zst"), "{e}");
     }
 
     #[test]

@@ -535,9 +535,12 @@ fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
         plan.usr_fs
     };
     let usr_file = format!("{name}_usr.{}", usr_fs.name());
+    // An ext4 USR (uncompressed) is sent compressed over the network: the
+    // init unpacks it as it arrives, and dm-verity checks what it unpacked.
+    let zstd_net = plan.format == OutputFormat::Pxe && usr_fs == FsType::Ext4;
     let usr_img = match plan.format {
-        OutputFormat::Iso => work.join(&usr_file),
-        _ => out.join(&usr_file),
+        OutputFormat::Pxe if !zstd_net => out.join(&usr_file),
+        _ => work.join(&usr_file),
     };
     let fs_size = usr_stage(usr_fs, &ins, "USR", &usr_img, work, stages)?;
     let formatted = verity::format(&usr_img, &usr_img, &verity_options(&ins.seed, fs_size))?;
@@ -556,7 +559,14 @@ fn build_live(plan: &Plan, work: &Path, attempt: u32, stages: &mut Stages) -> Re
     );
     let detail = match plan.format {
         OutputFormat::Pxe => {
-            let words = live::cmdline(&base, &root_hash, fs_size, &format!("${{base}}{usr_file}"));
+            let sent = if zstd_net {
+                let z = format!("{usr_file}.zst");
+                live::compress(&usr_img, &out.join(&z))?;
+                z
+            } else {
+                usr_file.clone()
+            };
+            let words = live::cmdline(&base, &root_hash, fs_size, &format!("${{base}}{sent}"));
             for (from, to) in [("linux", "vmlinuz"), ("initrd", "initrd")] {
                 let dst = out.join(format!("{name}.{to}"));
                 fs::copy(kdir.join(from), &dst)

@@ -87,6 +87,23 @@ pub fn ipxe_script(title: &str, name: &str, words: &str) -> String {
     )
 }
 
+/// `from` zstd-compressed into `to` (level 3): an ext4 USR image as a
+/// netboot set sends it; the init unpacks a `.zst` URL as it arrives.
+pub fn compress(from: &Path, to: &Path) -> Result<()> {
+    let mut input =
+        std::fs::File::open(from).with_context(|| format!("open {}", from.display()))?;
+    let out = std::fs::File::create(to).with_context(|| format!("create {}", to.display()))?;
+    let mut enc = zstd::Encoder::new(std::io::BufWriter::new(out), 3)
+        .with_context(|| format!("compress into {}", to.display()))?;
+    std::io::copy(&mut input, &mut enc)
+        .with_context(|| format!("compress into {}", to.display()))?;
+    let mut w = enc
+        .finish()
+        .with_context(|| format!("compress into {}", to.display()))?;
+    std::io::Write::flush(&mut w).with_context(|| format!("write {}", to.display()))?;
+    Ok(())
+}
+
 /// Write the hybrid ISO `out`: `esp_img` as the El Torito EFI boot image
 /// (also a GPT partition, for USB sticks) and `usr_img` as [`ISO_USR`],
 /// from a tree staged in `stage` (links to them). Every time in the ISO
