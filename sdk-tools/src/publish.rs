@@ -415,7 +415,12 @@ fn upload(
 /// named after the folder (`latest` resolved), under `<format>/` for a
 /// netboot set or ISO (as they are in `__build__/images/<board>/`).
 pub fn publish(dir: &Path, url: &S3Url, ep: &Endpoint) -> Result<Report, PublishError> {
-    let real = std::fs::canonicalize(dir).map_err(|e| usage(format!("{}: {e}", dir.display())))?;
+    let real = std::fs::canonicalize(dir).map_err(|e| {
+        usage(format!(
+            "{}: {e}; give a folder build_image wrote (e.g. __build__/images/BOARD/latest)",
+            dir.display()
+        ))
+    })?;
     let name = real
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
