@@ -132,6 +132,8 @@ Paste to go on:
       # the SDK shell (as $user; \`sdk-run list\` shows the sandbox); inside:
       #   build_packages --board $board && build_image --board $board --replace
       #   image_to_vm --board $board && test_image --board $board$inner_test
+      #   build_image --board $board --format iso && test_image --board $board --format iso
+      #   build_image --board $board --format pxe && test_image --board $board --format pxe
   $boot
       # boot the image on this terminal (Ctrl-a x quits QEMU)
 EOF
