@@ -113,6 +113,13 @@ printf '  %-16s %8s s\n' "total" "$(secs "$all_start")"
 enter="cd $repo && $bin/sdk-run -t"
 inner_test=""
 [ "$example" = systemd-os ] && inner_test=" --marker 'systemd-os: boot finished:' --tests tests"
+# The live ISO and the netboot set boot in QEMU on x86_64 only.
+live=""
+if [ "$board" = amd64-usr ]; then
+  live="
+      #   build_image --board $board --format iso && test_image --board $board --format iso
+      #   build_image --board $board --format pxe && test_image --board $board --format pxe"
+fi
 boot="$qemu_sh -nographic"
 [ "$example" = systemd-os ] && boot="$qemu_sh -nographic -i $ign -p 2222"
 login="ssh -i $key -p 2222 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null core@127.0.0.1"
@@ -131,9 +138,7 @@ Paste to go on:
   $enter
       # the SDK shell (as $user; \`sdk-run list\` shows the sandbox); inside:
       #   build_packages --board $board && build_image --board $board --replace
-      #   image_to_vm --board $board && test_image --board $board$inner_test
-      #   build_image --board $board --format iso && test_image --board $board --format iso
-      #   build_image --board $board --format pxe && test_image --board $board --format pxe
+      #   image_to_vm --board $board && test_image --board $board$inner_test$live
   $boot
       # boot the image on this terminal (Ctrl-a x quits QEMU)
 EOF
