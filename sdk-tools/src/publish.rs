@@ -181,20 +181,7 @@ struct Item {
 }
 
 fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, hex::encode(h.finalize())))
+    sdk_common::fsutil::hash_file(path).map(|(n, sum)| (n, hex::encode(sum)))
 }
 
 /// The set's files from its manifest, each checked against it, the

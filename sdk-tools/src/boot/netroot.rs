@@ -28,6 +28,16 @@ pub enum UsrUrl {
     Cdrom(String),
 }
 
+impl std::fmt::Display for UsrUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsrUrl::Tftp { server, path } => write!(f, "tftp://{server}/{path}"),
+            UsrUrl::Http(u) => f.write_str(u),
+            UsrUrl::Cdrom(p) => write!(f, "cdrom:{p}"),
+        }
+    }
+}
+
 impl UsrUrl {
     pub fn parse(s: &str) -> Result<UsrUrl, String> {
         if let Some(rest) = s.strip_prefix("tftp://") {
@@ -398,12 +408,7 @@ pub fn usr_file(
             Ok(file)
         }
         UsrUrl::Tftp { .. } | UsrUrl::Http(_) => {
-            let shown = match url {
-                UsrUrl::Tftp { server, path } => format!("tftp://{server}/{path}"),
-                UsrUrl::Http(u) => u.clone(),
-                UsrUrl::Cdrom(_) => unreachable!(),
-            };
-            say(&format!("sdk-init: fetching USR from {shown}"));
+            say(&format!("sdk-init: fetching USR from {url}"));
             let dest = Path::new(FETCHED);
             if let Some(d) = dest.parent() {
                 std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
@@ -425,32 +430,21 @@ pub fn usr_file(
 /// Fetch `url` into `file`; a `.zst` file is unpacked as it arrives.
 /// Returns the bytes received.
 fn fetch_into(url: &UsrUrl, file: std::fs::File, timeout: Duration) -> Result<u64, String> {
-    let w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let name = match url {
-        UsrUrl::Tftp { path, .. } => path.as_str(),
-        UsrUrl::Http(u) => u.as_str(),
-        UsrUrl::Cdrom(p) => p.as_str(),
-    };
-    let get = |out: &mut dyn Write| match url {
-        UsrUrl::Tftp { server, path } => tftp_get(*server, path, &mut Box::new(out), timeout * 10),
-        UsrUrl::Http(u) => http_get(u, &mut Box::new(out)),
-        UsrUrl::Cdrom(_) => Err("a medium is read in place, not fetched".into()),
-    };
-    if name.ends_with(".zst") {
-        let mut dec =
-            zstd::stream::write::Decoder::new(w).map_err(|e| format!("unpack {name}: {e}"))?;
-        let n = get(&mut dec)?;
-        dec.flush().map_err(|e| format!("unpack {name}: {e}"))?;
-        dec.into_inner()
-            .flush()
-            .map_err(|e| format!("write {FETCHED}: {e}"))?;
-        Ok(n)
+    let file = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut out: Box<dyn Write> = if url.to_string().ends_with(".zst") {
+        Box::new(zstd::stream::write::Decoder::new(file).map_err(|e| format!("unpack {url}: {e}"))?)
     } else {
-        let mut w = w;
-        let n = get(&mut w)?;
-        w.flush().map_err(|e| format!("write {FETCHED}: {e}"))?;
-        Ok(n)
-    }
+        Box::new(file)
+    };
+    let n = match url {
+        UsrUrl::Tftp { server, path } => tftp_get(*server, path, &mut out, timeout * 10)?,
+        UsrUrl::Http(u) => http_get(u, &mut out)?,
+        UsrUrl::Cdrom(_) => return Err("a medium is read in place, not fetched".into()),
+    };
+    // The decoder's flush unpacks what it holds and flushes the file.
+    out.flush()
+        .map_err(|e| format!("unpack {url} into {FETCHED}: {e}"))?;
+    Ok(n)
 }
 
 /// Attach `file` read-only to a loop device: its name (`loop0`) and

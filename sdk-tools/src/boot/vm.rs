@@ -496,8 +496,6 @@ fn find_firmware(spec: &VmSpec, m: &Machine) -> Result<(PathBuf, PathBuf), BootE
     }
 }
 
-/// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe (only
-/// when the guest's architecture is this machine's).
 /// What a launcher boots: its own name, the file it needs beside it,
 /// the QEMU arguments that attach it, the NIC's extra user-mode
 /// networking options (non-empty: the guest always gets a NIC), and the
@@ -510,6 +508,8 @@ struct Media<'a> {
     memory: u32,
 }
 
+/// The launcher: Flatcar's `<name>_qemu.sh` options, KVM by probe (only
+/// when the guest's architecture is this machine's).
 fn launcher_script(m: &Machine, media: &Media<'_>, boot_args: &str) -> String {
     let Media {
         name,
