@@ -119,35 +119,52 @@ impl IpConfig {
     }
 }
 
-/// The first Ethernet interface (`/sys/class/net/*/type` 1) but
-/// loopback, waiting up to `timeout` for its driver.
-fn first_ethernet(timeout: Duration) -> Result<String, String> {
+/// The sorted names in `dir` (`/sys/class/net`, `/sys/class/block`).
+fn names_in(dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `find()` until it finds something or `timeout` passes (devices appear
+/// as their drivers probe); `missing` says what did not appear.
+fn wait_until<T>(
+    timeout: Duration,
+    missing: &str,
+    mut find: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let start = Instant::now();
     loop {
-        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| {
-                        std::fs::read_to_string(e.path().join("type"))
-                            .is_ok_and(|t| t.trim() == "1")
-                            && e.file_name() != "lo"
-                    })
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        if let Some(n) = names.into_iter().next() {
-            return Ok(n);
+        if let Some(x) = find() {
+            return Ok(x);
         }
         if start.elapsed() > timeout {
-            return Err(format!(
-                "no network interface appeared within {}s (is the NIC's driver, e.g. virtio_net, in the kernel?)",
-                timeout.as_secs()
-            ));
+            return Err(format!("{missing} within {}s", timeout.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The first Ethernet interface (`/sys/class/net/*/type` 1) but
+/// loopback, waiting up to `timeout` for its driver.
+fn first_ethernet(timeout: Duration) -> Result<String, String> {
+    wait_until(
+        timeout,
+        "no network interface appeared (is the NIC's driver, e.g. virtio_net, in the kernel?)",
+        || {
+            names_in("/sys/class/net").into_iter().find(|n| {
+                n != "lo"
+                    && std::fs::read_to_string(format!("/sys/class/net/{n}/type"))
+                        .is_ok_and(|t| t.trim() == "1")
+            })
+        },
+    )
 }
 
 /// Bring the interface up as `ip=` says. Returns its name.
@@ -345,34 +362,19 @@ const MEDIA: &str = "/run/sdk-init/media";
 /// byte 32769), waiting up to `timeout`.
 fn find_iso9660(timeout: Duration) -> Result<String, String> {
     use std::os::unix::fs::FileExt;
-    let start = Instant::now();
-    loop {
-        let mut names: Vec<String> = std::fs::read_dir("/sys/class/block")
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
+    wait_until(
+        timeout,
+        "no ISO 9660 medium appeared (is the CD drive's driver, e.g. sr_mod and ahci or ata_piix, in the kernel?)",
+        || {
+            names_in("/sys/class/block").into_iter().find(|n| {
+                let mut magic = [0u8; 5];
+                std::fs::File::open(format!("/dev/{n}"))
+                    .and_then(|f| f.read_exact_at(&mut magic, 32769))
+                    .is_ok()
+                    && &magic == b"CD001"
             })
-            .unwrap_or_default();
-        names.sort();
-        for n in names {
-            let mut magic = [0u8; 5];
-            let hit = std::fs::File::open(format!("/dev/{n}"))
-                .and_then(|f| f.read_exact_at(&mut magic, 32769))
-                .is_ok()
-                && &magic == b"CD001";
-            if hit {
-                return Ok(n);
-            }
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "no ISO 9660 medium appeared within {}s (is the CD drive's driver, e.g. sr_mod and ahci, in the kernel?)",
-                timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        },
+    )
 }
 
 /// The USR image file `url` names, on this machine: fetched into memory,
