@@ -432,21 +432,25 @@ pub fn usr_file(
 /// Fetch `url` into `file`; a `.zst` file is unpacked as it arrives.
 /// Returns the bytes received.
 fn fetch_into(url: &UsrUrl, file: std::fs::File, timeout: Duration) -> Result<u64, String> {
-    let file = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut out: Box<dyn Write> = if url.to_string().ends_with(".zst") {
-        Box::new(zstd::stream::write::Decoder::new(file).map_err(|e| format!("unpack {url}: {e}"))?)
+    fn get(url: &UsrUrl, out: &mut impl Write, timeout: Duration) -> Result<u64, String> {
+        let n = match url {
+            UsrUrl::Tftp { server, path } => tftp_get(*server, path, out, timeout * 10)?,
+            UsrUrl::Http(u) => http_get(u, out)?,
+            UsrUrl::Cdrom(_) => return Err("a medium is read in place, not fetched".into()),
+        };
+        // A decoder's flush unpacks what it holds and flushes the file.
+        out.flush()
+            .map_err(|e| format!("unpack {url} into {FETCHED}: {e}"))?;
+        Ok(n)
+    }
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+    if url.to_string().ends_with(".zst") {
+        let mut dec =
+            zstd::stream::write::Decoder::new(file).map_err(|e| format!("unpack {url}: {e}"))?;
+        get(url, &mut dec, timeout)
     } else {
-        Box::new(file)
-    };
-    let n = match url {
-        UsrUrl::Tftp { server, path } => tftp_get(*server, path, &mut out, timeout * 10)?,
-        UsrUrl::Http(u) => http_get(u, &mut out)?,
-        UsrUrl::Cdrom(_) => return Err("a medium is read in place, not fetched".into()),
-    };
-    // The decoder's flush unpacks what it holds and flushes the file.
-    out.flush()
-        .map_err(|e| format!("unpack {url} into {FETCHED}: {e}"))?;
-    Ok(n)
+        get(url, &mut file, timeout)
+    }
 }
 
 /// Attach `file` read-only to a loop device: its name (`loop0`) and
